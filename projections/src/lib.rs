@@ -1,0 +1,29 @@
+//! Read models of userstream and the machinery that builds them from the log.
+//!
+//! A projection is a name, the migrations of its tables, and an `apply` that
+//! writes one event into those tables inside the runner's transaction. The
+//! runner owns ordering, checkpoints, leases and retries; a projection only
+//! has to be deterministic.
+
+pub mod read_models;
+pub mod runner;
+
+pub use runner::{ProjectionError, Runner, RunnerHandle, RunnerStatus};
+
+use sqlx::AnyConnection;
+use std::future::Future;
+use userstream_eventlog::{Migration, RecordedEvent};
+
+pub trait Projection: Send + Sync + 'static {
+    /// Stable name; also the checkpoint's key.
+    fn name(&self) -> &'static str;
+    /// The steps that create this projection's tables.
+    fn migrations(&self) -> &'static [Migration];
+    /// Writes `event` into the read model. Runs inside the batch transaction;
+    /// must not commit, and must give the same tables for the same events.
+    fn apply(
+        &self,
+        conn: &mut AnyConnection,
+        event: &RecordedEvent,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+}

@@ -1,0 +1,488 @@
+//! The users read model: one row per user, its emails and phones in a lookup
+//! table, and a live-user count per application. Built only from `user.*`
+//! events; serves get, list (paged, filtered) and search.
+
+use super::filter::{Field, Filter, SqlBuilder};
+use crate::{Projection, ProjectionError};
+use serde_json::{json, Value};
+use sqlx::{AnyConnection, Row};
+use userstream_domain::user::{EmailEntry, PhoneEntry, UserEvent};
+use userstream_domain::codec::v1;
+use userstream_eventlog::{format_time, Db, Migration, RecordedEvent, Tenant};
+
+pub const NAME: &str = "users_v1";
+
+const DDL: &str = "
+    CREATE TABLE IF NOT EXISTS users_v1 (
+        company_id TEXT NOT NULL,
+        application_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        version BIGINT NOT NULL,
+        username TEXT NOT NULL,
+        username_key TEXT NOT NULL,
+        first_name TEXT,
+        last_name TEXT,
+        gender TEXT,
+        emails TEXT NOT NULL,
+        phone_numbers TEXT NOT NULL,
+        meta TEXT NOT NULL,
+        external_id TEXT,
+        rr_id TEXT,
+        account_type TEXT NOT NULL,
+        blocked BIGINT NOT NULL,
+        archived BIGINT NOT NULL,
+        archived_at TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (application_id, user_id)
+    );
+    CREATE INDEX IF NOT EXISTS users_v1_list ON users_v1 (company_id, application_id, archived, seq);
+    CREATE INDEX IF NOT EXISTS users_v1_username ON users_v1 (application_id, username_key);
+    CREATE INDEX IF NOT EXISTS users_v1_external ON users_v1 (application_id, external_id);
+    CREATE TABLE IF NOT EXISTS user_contacts_v1 (
+        application_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (application_id, kind, value, user_id)
+    );
+    CREATE INDEX IF NOT EXISTS user_contacts_v1_user ON user_contacts_v1 (application_id, user_id);
+    CREATE TABLE IF NOT EXISTS user_counts_v1 (
+        company_id TEXT NOT NULL,
+        application_id TEXT NOT NULL,
+        live BIGINT NOT NULL,
+        PRIMARY KEY (company_id, application_id)
+    );";
+
+const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: DDL, postgres: DDL }];
+
+/// The tables this read model owns, for rebuilds and comparisons.
+pub const TABLES: &[&str] = &["users_v1", "user_contacts_v1", "user_counts_v1"];
+
+/// One user as the read model holds it. JSON columns hold the Fynd wire shapes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRow {
+    pub company_id: String,
+    pub application_id: String,
+    pub user_id: String,
+    pub version: i64,
+    pub username: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub gender: Option<String>,
+    pub emails: Value,
+    pub phone_numbers: Value,
+    pub meta: Value,
+    pub external_id: Option<String>,
+    pub rr_id: Option<String>,
+    pub account_type: String,
+    pub blocked: bool,
+    pub archived: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+const COLUMNS: &str = "u.company_id, u.application_id, u.user_id, u.version, u.username, u.first_name, u.last_name, u.gender, u.emails, u.phone_numbers, u.meta, u.external_id, u.rr_id, u.account_type, u.blocked, u.archived, u.created_at, u.updated_at";
+
+fn json_column(row: &sqlx::any::AnyRow, name: &str) -> Result<Value, sqlx::Error> {
+    let text: String = row.try_get(name)?;
+    serde_json::from_str(&text).map_err(|e| sqlx::Error::ColumnDecode { index: name.into(), source: Box::new(e) })
+}
+
+fn decode_row(row: &sqlx::any::AnyRow) -> Result<UserRow, sqlx::Error> {
+    Ok(UserRow {
+        company_id: row.try_get("company_id")?,
+        application_id: row.try_get("application_id")?,
+        user_id: row.try_get("user_id")?,
+        version: row.try_get("version")?,
+        username: row.try_get("username")?,
+        first_name: row.try_get("first_name")?,
+        last_name: row.try_get("last_name")?,
+        gender: row.try_get("gender")?,
+        emails: json_column(row, "emails")?,
+        phone_numbers: json_column(row, "phone_numbers")?,
+        meta: json_column(row, "meta")?,
+        external_id: row.try_get("external_id")?,
+        rr_id: row.try_get("rr_id")?,
+        account_type: row.try_get("account_type")?,
+        blocked: row.try_get::<i64, _>("blocked")? != 0,
+        archived: row.try_get::<i64, _>("archived")? != 0,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// The Fynd wire shape of an email list.
+pub fn emails_json(list: &[EmailEntry]) -> Value {
+    Value::Array(
+        list.iter()
+            .map(|e| json!({"email": e.email.as_str(), "primary": e.primary, "verified": e.verified, "active": e.active}))
+            .collect(),
+    )
+}
+
+/// The Fynd wire shape of a phone list (`country_code` is a number).
+pub fn phones_json(list: &[PhoneEntry]) -> Value {
+    Value::Array(
+        list.iter()
+            .map(|p| {
+                json!({"phone": p.phone.number, "country_code": p.phone.country_code, "primary": p.primary, "verified": p.verified, "active": p.active})
+            })
+            .collect(),
+    )
+}
+
+/// Lookup keys of a stored contact list: lower-case emails, `+cc number` phones.
+fn contact_keys(emails: &Value, phones: &Value) -> Vec<(&'static str, String)> {
+    let mut keys = Vec::new();
+    for e in emails.as_array().into_iter().flatten() {
+        if let Some(email) = e.get("email").and_then(Value::as_str) {
+            keys.push(("email", email.to_string()));
+        }
+    }
+    for p in phones.as_array().into_iter().flatten() {
+        if let (Some(phone), Some(cc)) = (p.get("phone").and_then(Value::as_str), p.get("country_code").and_then(Value::as_u64)) {
+            keys.push(("phone", format!("+{cc}{phone}")));
+        }
+    }
+    keys
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UsersProjection;
+
+impl Projection for UsersProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn migrations(&self) -> &'static [Migration] {
+        MIGRATIONS
+    }
+
+    async fn apply(&self, conn: &mut AnyConnection, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        let Some(user_id) = event.stream.strip_prefix("user-") else {
+            return Ok(());
+        };
+        let decoded = userstream_domain::decode(&event.event_type, event.schema as u32, &event.data)
+            .map_err(|e| ProjectionError::Poison { position: event.position, reason: e.to_string() })?;
+        let app = event.application_id.as_str();
+        let at = |t| format_time(t);
+        match decoded {
+            UserEvent::Created(e) => {
+                let emails = emails_json(&e.emails);
+                let phones = phones_json(&e.phone_numbers);
+                let inserted = sqlx::query(
+                    "INSERT INTO users_v1 (company_id, application_id, user_id, seq, version, username, username_key, first_name, last_name, gender, emails, phone_numbers, meta, external_id, rr_id, account_type, blocked, archived, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0, 0, $17, $17) ON CONFLICT DO NOTHING",
+                )
+                .bind(&event.company_id)
+                .bind(app)
+                .bind(user_id)
+                .bind(event.position)
+                .bind(event.version)
+                .bind(e.username.as_str())
+                .bind(e.username.key())
+                .bind(e.first_name.as_ref().map(|n| n.as_str().to_string()))
+                .bind(e.last_name.as_ref().map(|n| n.as_str().to_string()))
+                .bind(e.gender.map(|g| g.as_str()))
+                .bind(emails.to_string())
+                .bind(phones.to_string())
+                .bind(e.meta.to_string())
+                .bind(e.external_id.clone())
+                .bind(e.rr_id.clone())
+                .bind(&e.account_type)
+                .bind(at(e.at))
+                .execute(&mut *conn)
+                .await?;
+                if inserted.rows_affected() == 1 {
+                    insert_contacts(conn, app, user_id, &contact_keys(&emails, &phones)).await?;
+                    bump_count(conn, &event.company_id, app, 1).await?;
+                }
+            }
+            UserEvent::Updated(e) => apply_update(conn, event, user_id, &e).await?,
+            UserEvent::Blocked(v1::UserBlocked { at: t, .. }) => {
+                set_flag(conn, event, user_id, "blocked", 1, &at(t)).await?;
+            }
+            UserEvent::Unblocked(v1::UserUnblocked { at: t, .. }) => {
+                set_flag(conn, event, user_id, "blocked", 0, &at(t)).await?;
+            }
+            UserEvent::Archived(e) => {
+                if set_flag(conn, event, user_id, "archived", 1, &at(e.at)).await? {
+                    sqlx::query("UPDATE users_v1 SET archived_at = $1 WHERE application_id = $2 AND user_id = $3")
+                        .bind(at(e.at))
+                        .bind(app)
+                        .bind(user_id)
+                        .execute(&mut *conn)
+                        .await?;
+                    delete_contacts(conn, app, user_id).await?;
+                    bump_count(conn, &event.company_id, app, -1).await?;
+                }
+            }
+            UserEvent::Restored(e) => {
+                if set_flag(conn, event, user_id, "archived", 0, &at(e.at)).await? {
+                    let row = sqlx::query("SELECT emails, phone_numbers FROM users_v1 WHERE application_id = $1 AND user_id = $2")
+                        .bind(app)
+                        .bind(user_id)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    let keys = contact_keys(&json_column(&row, "emails")?, &json_column(&row, "phone_numbers")?);
+                    insert_contacts(conn, app, user_id, &keys).await?;
+                    bump_count(conn, &event.company_id, app, 1).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sets a 0/1 column if the row is older than the event. Returns whether the
+/// value changed.
+async fn set_flag(
+    conn: &mut AnyConnection,
+    event: &RecordedEvent,
+    user_id: &str,
+    column: &str,
+    value: i64,
+    at: &str,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!(
+        "UPDATE users_v1 SET {column} = $1, version = $2, updated_at = $3 WHERE application_id = $4 AND user_id = $5 AND version < $2 AND {column} <> $1"
+    );
+    let done = sqlx::query(&sql)
+        .bind(value)
+        .bind(event.version)
+        .bind(at)
+        .bind(&event.application_id)
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn apply_update(
+    conn: &mut AnyConnection,
+    event: &RecordedEvent,
+    user_id: &str,
+    e: &v1::UserUpdated,
+) -> Result<(), sqlx::Error> {
+    let mut sets: Vec<(&str, Option<String>)> = vec![("updated_at", Some(format_time(e.at)))];
+    if let Some(v) = &e.first_name {
+        sets.push(("first_name", Some(v.as_str().to_string())));
+    }
+    if let Some(v) = &e.last_name {
+        sets.push(("last_name", Some(v.as_str().to_string())));
+    }
+    if let Some(v) = e.gender {
+        sets.push(("gender", Some(v.as_str().to_string())));
+    }
+    if let Some(v) = &e.meta {
+        sets.push(("meta", Some(v.to_string())));
+    }
+    if let Some(v) = &e.external_id {
+        sets.push(("external_id", Some(v.clone())));
+    }
+    if let Some(v) = &e.rr_id {
+        sets.push(("rr_id", Some(v.clone())));
+    }
+    let emails = e.emails.as_ref().map(|l| emails_json(l));
+    let phones = e.phone_numbers.as_ref().map(|l| phones_json(l));
+    if let Some(v) = &emails {
+        sets.push(("emails", Some(v.to_string())));
+    }
+    if let Some(v) = &phones {
+        sets.push(("phone_numbers", Some(v.to_string())));
+    }
+    let assignments: Vec<String> = sets.iter().enumerate().map(|(i, (c, _))| format!("{c} = ${}", i + 1)).collect();
+    let n = sets.len();
+    let sql = format!(
+        "UPDATE users_v1 SET {}, version = ${} WHERE application_id = ${} AND user_id = ${} AND version < ${}",
+        assignments.join(", "),
+        n + 1,
+        n + 2,
+        n + 3,
+        n + 1
+    );
+    let mut query = sqlx::query(&sql);
+    for (_, v) in sets {
+        query = query.bind(v);
+    }
+    let done = query.bind(event.version).bind(&event.application_id).bind(user_id).execute(&mut *conn).await?;
+    if done.rows_affected() == 1 && (emails.is_some() || phones.is_some()) {
+        let row = sqlx::query("SELECT emails, phone_numbers, archived FROM users_v1 WHERE application_id = $1 AND user_id = $2")
+            .bind(&event.application_id)
+            .bind(user_id)
+            .fetch_one(&mut *conn)
+            .await?;
+        if row.try_get::<i64, _>("archived")? == 0 {
+            delete_contacts(conn, &event.application_id, user_id).await?;
+            let keys = contact_keys(&json_column(&row, "emails")?, &json_column(&row, "phone_numbers")?);
+            insert_contacts(conn, &event.application_id, user_id, &keys).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn insert_contacts(
+    conn: &mut AnyConnection,
+    app: &str,
+    user_id: &str,
+    keys: &[(&'static str, String)],
+) -> Result<(), sqlx::Error> {
+    for (kind, value) in keys {
+        sqlx::query("INSERT INTO user_contacts_v1 (application_id, kind, value, user_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(app)
+            .bind(*kind)
+            .bind(value)
+            .bind(user_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn delete_contacts(conn: &mut AnyConnection, app: &str, user_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM user_contacts_v1 WHERE application_id = $1 AND user_id = $2")
+        .bind(app)
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn bump_count(conn: &mut AnyConnection, company: &str, app: &str, by: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO user_counts_v1 (company_id, application_id, live) VALUES ($1, $2, $3)
+         ON CONFLICT (company_id, application_id) DO UPDATE SET live = user_counts_v1.live + $3",
+    )
+    .bind(company)
+    .bind(app)
+    .bind(by)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Queries over the users read model. Archived users are never returned.
+#[derive(Clone)]
+pub struct UsersQuery {
+    db: Db,
+}
+
+/// The largest page a list may ask for.
+pub const MAX_PAGE_SIZE: i64 = 500;
+
+impl UsersQuery {
+    pub fn new(db: Db) -> Self {
+        UsersQuery { db }
+    }
+
+    pub async fn get(&self, tenant: &Tenant, user_id: &str) -> Result<Option<UserRow>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM users_v1 u WHERE u.application_id = $1 AND u.company_id = $2 AND u.user_id = $3 AND u.archived = 0"
+        );
+        let row = sqlx::query(&sql)
+            .bind(&tenant.application_id)
+            .bind(&tenant.company_id)
+            .bind(user_id.to_lowercase())
+            .fetch_optional(&self.db.pool)
+            .await?;
+        row.as_ref().map(decode_row).transpose()
+    }
+
+    /// A page of users, newest first, and the number of users matching.
+    pub async fn list(
+        &self,
+        tenant: &Tenant,
+        filter: Option<&Filter>,
+        page_no: i64,
+        page_size: i64,
+    ) -> Result<(Vec<UserRow>, i64), sqlx::Error> {
+        let offset = (page_no.max(1) - 1) * page_size;
+        let mut cond = SqlBuilder::starting_after(4);
+        if let Some(f) = filter {
+            cond.sql.push_str(" AND ");
+            f.to_sql(&mut cond);
+        }
+        let sql = format!(
+            "SELECT {COLUMNS} FROM users_v1 u WHERE u.company_id = $1 AND u.application_id = $2 AND u.archived = 0{} ORDER BY u.seq DESC LIMIT $3 OFFSET $4",
+            cond.sql
+        );
+        let mut query = sqlx::query(&sql).bind(&tenant.company_id).bind(&tenant.application_id).bind(page_size).bind(offset);
+        for b in &cond.binds {
+            query = query.bind(b.as_str());
+        }
+        let rows = query.fetch_all(&self.db.pool).await?;
+        let items = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
+        let total = if filter.is_none() {
+            sqlx::query_scalar::<_, i64>("SELECT live FROM user_counts_v1 WHERE company_id = $1 AND application_id = $2")
+                .bind(&tenant.company_id)
+                .bind(&tenant.application_id)
+                .fetch_optional(&self.db.pool)
+                .await?
+                .unwrap_or(0)
+        } else {
+            let mut cond = SqlBuilder::starting_after(2);
+            cond.sql.push_str(" AND ");
+            if let Some(f) = filter {
+                f.to_sql(&mut cond);
+            }
+            let sql = format!(
+                "SELECT COUNT(*) FROM users_v1 u WHERE u.company_id = $1 AND u.application_id = $2 AND u.archived = 0{}",
+                cond.sql
+            );
+            let mut query = sqlx::query_scalar::<_, i64>(&sql).bind(&tenant.company_id).bind(&tenant.application_id);
+            for b in &cond.binds {
+                query = query.bind(b.as_str());
+            }
+            query.fetch_one(&self.db.pool).await?
+        };
+        Ok((items, total))
+    }
+
+    /// Users matching any of `terms`, each an id, email, phone, username or
+    /// external id (exact; emails and usernames case-insensitively). Every
+    /// lookup uses an index.
+    pub async fn search(&self, tenant: &Tenant, terms: &[String]) -> Result<Vec<UserRow>, sqlx::Error> {
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut b = SqlBuilder::starting_after(2);
+        let lists: Vec<(Field, Vec<String>)> = [Field::UserId, Field::Email, Field::Phone, Field::Username, Field::ExternalId]
+            .into_iter()
+            .map(|f| (f, terms.iter().map(|t| super::filter::normalise(f, t)).collect()))
+            .collect();
+        let mut parts = Vec::new();
+        for (field, values) in &lists {
+            let mut s = SqlBuilder::starting_after(2 + b.binds.len());
+            let head = match field {
+                Field::Email => "SELECT user_id FROM user_contacts_v1 WHERE application_id = $2 AND kind = 'email' AND value IN (",
+                Field::Phone => "SELECT user_id FROM user_contacts_v1 WHERE application_id = $2 AND kind = 'phone' AND value IN (",
+                Field::UserId => "SELECT user_id FROM users_v1 WHERE application_id = $2 AND user_id IN (",
+                Field::Username => "SELECT user_id FROM users_v1 WHERE application_id = $2 AND username_key IN (",
+                _ => "SELECT user_id FROM users_v1 WHERE application_id = $2 AND external_id IN (",
+            };
+            s.sql.push_str(head);
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    s.sql.push_str(", ");
+                }
+                s.bind(v.clone());
+            }
+            s.sql.push(')');
+            parts.push(s.sql);
+            b.binds.extend(s.binds);
+        }
+        let sql = format!(
+            "SELECT {COLUMNS} FROM users_v1 u WHERE u.company_id = $1 AND u.application_id = $2 AND u.archived = 0 AND u.user_id IN ({}) ORDER BY u.seq DESC LIMIT 100",
+            parts.join(" UNION ")
+        );
+        let mut query = sqlx::query(&sql).bind(&tenant.company_id).bind(&tenant.application_id);
+        for v in &b.binds {
+            query = query.bind(v.as_str());
+        }
+        let rows = query.fetch_all(&self.db.pool).await?;
+        rows.iter().map(decode_row).collect()
+    }
+}

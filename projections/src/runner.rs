@@ -1,0 +1,222 @@
+//! The projection runner: reads the log in position order and applies each
+//! event to a read model, committing the read-model writes and the checkpoint
+//! in one transaction.
+//!
+//! Guarantees:
+//! - **No skip, no double-apply**: a batch's writes and its checkpoint commit
+//!   together; a crash anywhere in a batch rolls both back, and the batch is
+//!   read again from the old checkpoint.
+//! - **One runner per projection at a time** across processes on PostgreSQL:
+//!   the batch transaction locks the checkpoint row (`FOR UPDATE SKIP LOCKED`);
+//!   a runner that finds it locked does nothing this round.
+//! - **Poison events stop the projection**: an event the projection cannot
+//!   apply is recorded (logged, and reported by [`RunnerStatus`]) and the
+//!   runner stops advancing; it never skips it.
+
+use crate::Projection;
+use sqlx::{Acquire, Executor};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use userstream_eventlog::{Db, Dialect, EventLog, Migration, SqlEventLog};
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sqlite: "CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, position BIGINT NOT NULL, failure TEXT)",
+    postgres: "CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, position BIGINT NOT NULL, failure TEXT)",
+}];
+
+/// Why applying an event failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// The event cannot be applied, now or ever (undecodable, impossible).
+    #[error("poison event at position {position}: {reason}")]
+    Poison { position: i64, reason: String },
+    /// The database failed; the batch is retried.
+    #[error("storage failure: {0}")]
+    Storage(#[from] sqlx::Error),
+}
+
+/// What a runner reports about itself.
+#[derive(Debug, Clone, Default)]
+pub struct RunnerStatus {
+    pub position: i64,
+    pub failure: Option<String>,
+}
+
+pub struct Runner<P> {
+    log: SqlEventLog,
+    projection: P,
+    batch_size: i64,
+    position: watch::Sender<i64>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+/// A handle on a running projection: its checkpoint and its health.
+#[derive(Clone)]
+pub struct RunnerHandle {
+    pub name: &'static str,
+    position: watch::Receiver<i64>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl RunnerHandle {
+    pub fn status(&self) -> RunnerStatus {
+        RunnerStatus {
+            position: *self.position.borrow(),
+            failure: self.failure.lock().map(|f| f.clone()).unwrap_or(None),
+        }
+    }
+
+    /// Waits until the checkpoint reaches `position`, at most `timeout`.
+    /// Returns whether it did.
+    pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {
+        let mut rx = self.position.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position)).await.is_ok_and(|r| r.is_ok())
+    }
+}
+
+impl<P: Projection> Runner<P> {
+    /// Migrates the checkpoint table and the projection's own tables.
+    pub async fn new(log: SqlEventLog, projection: P) -> Result<Self, sqlx::Error> {
+        let db = log.db();
+        db.migrate("checkpoints", MIGRATIONS).await?;
+        db.migrate(projection.name(), projection.migrations()).await?;
+        sqlx::query("INSERT INTO checkpoints (name, position) VALUES ($1, 0) ON CONFLICT DO NOTHING")
+            .bind(projection.name())
+            .execute(&db.pool)
+            .await?;
+        let position = read_checkpoint(db, projection.name()).await?;
+        Ok(Runner {
+            log,
+            projection,
+            batch_size: 500,
+            position: watch::channel(position).0,
+            failure: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    pub fn with_batch_size(mut self, batch_size: i64) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    pub fn handle(&self) -> RunnerHandle {
+        RunnerHandle { name: self.projection.name(), position: self.position.subscribe(), failure: self.failure.clone() }
+    }
+
+    /// Runs until `cancel` fires or a poison event stops it. Wakes when this
+    /// process appends, and polls every `poll` for appends by other processes.
+    pub async fn run(self, cancel: CancellationToken, poll: Duration) {
+        let mut head = self.log.watch_head();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            match self.step().await {
+                Ok(0) => {
+                    backoff = Duration::from_millis(50);
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = head.changed() => {}
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                }
+                Ok(_) => backoff = Duration::from_millis(50),
+                Err(ProjectionError::Poison { position, reason }) => {
+                    let message = format!("stopped at poison event {position}: {reason}");
+                    tracing::error!(projection = self.projection.name(), position, %reason, "projection stopped");
+                    self.record_failure(&message).await;
+                    return;
+                }
+                Err(ProjectionError::Storage(e)) => {
+                    tracing::warn!(projection = self.projection.name(), error = %e, "projection batch failed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn record_failure(&self, message: &str) {
+        if let Ok(mut f) = self.failure.lock() {
+            *f = Some(message.to_string());
+        }
+        let _ = sqlx::query("UPDATE checkpoints SET failure = $1 WHERE name = $2")
+            .bind(message)
+            .bind(self.projection.name())
+            .execute(&self.log.db().pool)
+            .await;
+    }
+
+    /// Applies one batch. Returns how many events it applied (0: nothing new,
+    /// or another process holds the lease).
+    pub async fn step(&self) -> Result<usize, ProjectionError> {
+        let db = self.log.db();
+        let name = self.projection.name();
+        let from = read_checkpoint(db, name).await?;
+        let events = self.log.read_all(from, self.batch_size).await?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            self.position.send_if_modified(|p| std::mem::replace(p, from) != from);
+            return Ok(0);
+        };
+        let span = tracing::debug_span!("projection.batch", projection = name, from, to = last, events = events.len());
+        async {
+            let mut pooled = db.pool.acquire().await?;
+            let conn = pooled.acquire().await?;
+            conn.execute(db.begin_write()).await?;
+            let outcome = async {
+                let lease_sql = match db.dialect {
+                    Dialect::Sqlite => "SELECT position FROM checkpoints WHERE name = $1",
+                    Dialect::Postgres => "SELECT position FROM checkpoints WHERE name = $1 FOR UPDATE SKIP LOCKED",
+                };
+                let current: Option<i64> = sqlx::query_scalar(lease_sql).bind(name).fetch_optional(&mut *conn).await?;
+                if current != Some(from) {
+                    // Another runner holds the lease or moved the checkpoint: read again later.
+                    return Ok(0);
+                }
+                for event in &events {
+                    self.projection.apply(conn, event).await?;
+                }
+                sqlx::query("UPDATE checkpoints SET position = $1 WHERE name = $2")
+                    .bind(last)
+                    .bind(name)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(events.len())
+            }
+            .await;
+            match outcome {
+                Ok(0) => {
+                    conn.execute("ROLLBACK").await?;
+                    Ok(0)
+                }
+                Ok(n) => {
+                    conn.execute("COMMIT").await?;
+                    self.position.send_replace(last);
+                    Ok(n)
+                }
+                Err(e) => {
+                    let _ = conn.execute("ROLLBACK").await;
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+async fn read_checkpoint(db: &Db, name: &str) -> Result<i64, sqlx::Error> {
+    let position: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(position.unwrap_or(0))
+}

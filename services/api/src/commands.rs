@@ -1,0 +1,291 @@
+//! Command handling: load → evolve → decide → append, retried on a version
+//! conflict unless the caller pinned a version (`If-Match`).
+//!
+//! Uniqueness of email, phone and username is the log's job: each command
+//! claims the unique values its user holds after the change and releases the
+//! ones it no longer holds, in the same transaction as the events.
+
+use std::collections::BTreeSet;
+use time::OffsetDateTime;
+use userstream_domain::codec;
+use userstream_domain::user::{self, Context, UniqueKind, User, UserCommand, UserError, UserEvent, UserState};
+use userstream_domain::UserId;
+use userstream_eventlog::{
+    AppendError, AppendRequest, EventLog, ExpectedVersion, NewEvent, RecordedEvent, Reservation, SqlEventLog,
+    StreamAppend, Tenant,
+};
+use uuid::Uuid;
+
+/// Who asked, and under which correlation id; recorded in every event's envelope.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub tenant: Tenant,
+    pub actor: String,
+    pub correlation_id: String,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Rejected(#[from] UserError),
+    #[error("unknown user ids: {}", .0.join(", "))]
+    UnknownUsers(Vec<String>),
+    #[error("{kind} {value} is already taken")]
+    Taken { kind: String, value: String },
+    #[error("version conflict: the user is at version {actual}, the request expected {expected}")]
+    VersionConflict { expected: i64, actual: i64 },
+    #[error("event log failure: {0}")]
+    Storage(String),
+}
+
+/// What a command did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The log position that makes the change visible (the stream's last event
+    /// when nothing was appended).
+    pub position: i64,
+    pub states: Vec<(UserState, i64)>,
+}
+
+impl Outcome {
+    /// The first stream's user, if it is live.
+    pub fn user(&self) -> Option<(&User, i64)> {
+        self.states.first().and_then(|(s, v)| s.live().map(|u| (u, *v)))
+    }
+}
+
+#[derive(Clone)]
+pub struct Commands {
+    log: SqlEventLog,
+}
+
+const MAX_ATTEMPTS: usize = 5;
+
+/// A loaded stream: its state, version and last position.
+struct Loaded {
+    id: UserId,
+    state: UserState,
+    version: i64,
+    position: i64,
+}
+
+pub fn stream_of(id: &UserId) -> String {
+    format!("user-{id}")
+}
+
+impl Commands {
+    pub fn new(log: SqlEventLog) -> Self {
+        Commands { log }
+    }
+
+    pub fn log(&self) -> &SqlEventLog {
+        &self.log
+    }
+
+    /// Folds a stream into a user state. A stream of another tenant reads as
+    /// not created, so foreign ids answer "not found", never the record.
+    async fn load(&self, tenant: &Tenant, id: &UserId) -> Result<Loaded, CommandError> {
+        let events = self.log.read_stream(&stream_of(id)).await.map_err(|e| CommandError::Storage(e.to_string()))?;
+        Ok(fold(tenant, id.clone(), &events))
+    }
+
+    /// Reads a user's current state from the log.
+    pub async fn user_state(&self, tenant: &Tenant, id: &UserId) -> Result<(UserState, i64), CommandError> {
+        let loaded = self.load(tenant, id).await?;
+        Ok((loaded.state, loaded.version))
+    }
+
+    pub async fn create_user(&self, meta: &Meta, command: user::CreateUser, ctx: &Context) -> Result<Outcome, CommandError> {
+        let id = command.user_id.clone();
+        let loaded = Loaded { id, state: UserState::NotCreated, version: 0, position: 0 };
+        self.execute(meta, vec![loaded], |_| UserCommand::Create(command.clone()), ctx, true).await
+    }
+
+    /// Applies `command` to one user, retrying on concurrent change unless
+    /// `expected_version` pins the version the caller saw.
+    pub async fn handle(
+        &self,
+        meta: &Meta,
+        id: &UserId,
+        command: UserCommand,
+        expected_version: Option<i64>,
+        ctx: &Context,
+    ) -> Result<Outcome, CommandError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let loaded = self.load(&meta.tenant, id).await?;
+            if let Some(expected) = expected_version {
+                if expected != loaded.version {
+                    return Err(CommandError::VersionConflict { expected, actual: loaded.version });
+                }
+            }
+            match self.execute(meta, vec![loaded], |_| command.clone(), ctx, false).await {
+                Err(CommandError::VersionConflict { expected, actual }) if expected_version.is_some() => {
+                    return Err(CommandError::VersionConflict { expected, actual })
+                }
+                Err(CommandError::VersionConflict { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(CommandError::Storage("too many concurrent changes to this user; try again".into()))
+    }
+
+    /// Blocks (`block = true`) or unblocks several users at once: all of them
+    /// or none. Unknown and archived ids are reported and nothing changes.
+    pub async fn set_blocked(
+        &self,
+        meta: &Meta,
+        ids: &[UserId],
+        block: bool,
+        reason: &str,
+        ctx: &Context,
+    ) -> Result<Outcome, CommandError> {
+        let unique: BTreeSet<&UserId> = ids.iter().collect();
+        for _ in 0..MAX_ATTEMPTS {
+            let mut loaded = Vec::with_capacity(unique.len());
+            let mut unknown = Vec::new();
+            for id in &unique {
+                let l = self.load(&meta.tenant, id).await?;
+                if l.state.live().is_none() {
+                    unknown.push(id.to_string());
+                }
+                loaded.push(l);
+            }
+            if !unknown.is_empty() {
+                return Err(CommandError::UnknownUsers(unknown));
+            }
+            let reason = reason.to_string();
+            let command = |_: &UserState| {
+                if block {
+                    UserCommand::Block { reason: reason.clone() }
+                } else {
+                    UserCommand::Unblock { reason: reason.clone() }
+                }
+            };
+            match self.execute(meta, loaded, command, ctx, false).await {
+                Err(CommandError::VersionConflict { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(CommandError::Storage("too many concurrent changes to these users; try again".into()))
+    }
+
+    /// Decides for every loaded stream, then appends all events atomically.
+    async fn execute(
+        &self,
+        meta: &Meta,
+        loaded: Vec<Loaded>,
+        command: impl Fn(&UserState) -> UserCommand,
+        ctx: &Context,
+        new_stream: bool,
+    ) -> Result<Outcome, CommandError> {
+        let mut appends = Vec::new();
+        let mut reserve = Vec::new();
+        let mut release = Vec::new();
+        let mut states = Vec::new();
+        let mut position = 0;
+        for l in loaded {
+            let events = user::decide(&l.state, command(&l.state), ctx)?;
+            let stream = stream_of(&l.id);
+            let after = events.iter().fold(l.state.clone(), user::evolve);
+            let before_keys: BTreeSet<_> = l.state.unique_keys().into_iter().collect();
+            let after_keys: BTreeSet<_> = after.unique_keys().into_iter().collect();
+            reserve.extend(after_keys.difference(&before_keys).map(|k| reservation(k, &stream)));
+            release.extend(before_keys.difference(&after_keys).map(|k| reservation(k, &stream)));
+            position = position.max(l.position);
+            states.push((after, l.version + events.len() as i64));
+            if !events.is_empty() {
+                appends.push(StreamAppend {
+                    stream,
+                    expected: if new_stream { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(l.version) },
+                    events: events.iter().map(|e| new_event(e, ctx.now)).collect(),
+                });
+            }
+        }
+        if appends.is_empty() {
+            return Ok(Outcome { position, states });
+        }
+        let request = AppendRequest {
+            tenant: meta.tenant.clone(),
+            actor: meta.actor.clone(),
+            correlation_id: meta.correlation_id.clone(),
+            causation_id: None,
+            streams: appends,
+            reserve,
+            release,
+            idempotency_key: meta.idempotency_key.clone(),
+        };
+        match self.log.append(request).await {
+            Ok(result) if result.replayed => {
+                // The same idempotency key was used before: answer with what it did then.
+                let mut states = Vec::new();
+                for (stream, _) in &result.streams {
+                    let id = stream.strip_prefix("user-").and_then(|s| UserId::parse("user_id", s).ok());
+                    if let Some(id) = id {
+                        let l = self.load(&meta.tenant, &id).await?;
+                        states.push((l.state, l.version));
+                    }
+                }
+                Ok(Outcome { position: result.last_position, states })
+            }
+            Ok(result) => Ok(Outcome { position: result.last_position, states }),
+            Err(AppendError::Conflict { expected, actual, .. }) => Err(CommandError::VersionConflict {
+                expected: match expected {
+                    ExpectedVersion::Exact(v) => v,
+                    _ => 0,
+                },
+                actual,
+            }),
+            Err(AppendError::Reserved { key }) => {
+                let (kind, value) = key.split_once(':').unwrap_or(("value", key.as_str()));
+                Err(CommandError::Taken { kind: kind.to_string(), value: value.to_string() })
+            }
+            Err(e) => Err(CommandError::Storage(e.to_string())),
+        }
+    }
+}
+
+fn reservation((kind, value): &(UniqueKind, String), stream: &str) -> Reservation {
+    Reservation { key: format!("{}:{value}", kind.as_str()), stream: stream.to_string() }
+}
+
+fn new_event(event: &UserEvent, now: OffsetDateTime) -> NewEvent {
+    let encoded = codec::encode(event);
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: encoded.event_type.to_string(),
+        schema: i64::from(encoded.schema),
+        occurred_at: now,
+        data: encoded.data,
+    }
+}
+
+/// Folds recorded events of one user stream (undecodable events are skipped
+/// here; the projection runner is where a poison event stops things).
+fn fold(tenant: &Tenant, id: UserId, events: &[RecordedEvent]) -> Loaded {
+    let foreign = events
+        .first()
+        .is_some_and(|e| e.company_id != tenant.company_id || e.application_id != tenant.application_id);
+    if foreign {
+        return Loaded { id, state: UserState::NotCreated, version: 0, position: 0 };
+    }
+    let mut state = UserState::NotCreated;
+    for e in events {
+        if let Ok(decoded) = codec::decode(&e.event_type, e.schema as u32, &e.data) {
+            state = user::evolve(state, &decoded);
+        }
+    }
+    let (version, position) = events.last().map(|e| (e.version, e.position)).unwrap_or((0, 0));
+    Loaded { id, state, version, position }
+}
+
+/// A fresh user id: 6 bytes of milliseconds since the epoch, then 6 random
+/// bytes (ids sort by creation time, like the seeds' Mongo ids).
+pub fn new_user_id(now: OffsetDateTime) -> UserId {
+    let millis = (now.unix_timestamp_nanos() / 1_000_000) as u64;
+    let mut bytes = [0u8; 12];
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    let random: [u8; 6] = rand::random();
+    bytes[6..].copy_from_slice(&random);
+    UserId::from_bytes(bytes)
+}

@@ -1,0 +1,81 @@
+//! One error type for the Fynd surface: `{"message", "code"}` with the status
+//! of SPEC §7. 5xx bodies are opaque; the cause is logged once, here.
+
+use crate::commands::CommandError;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use userstream_domain::{UserError, ValueError};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error")
+    }
+
+    pub fn behind(position: i64) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "read_model_behind",
+            format!("the read model has not reached position {position} yet; retry shortly"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({"message": self.message, "code": self.code}))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<ValueError> for ApiError {
+    fn from(e: ValueError) -> Self {
+        ApiError::invalid(e.to_string())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        let message = e.to_string();
+        match e {
+            CommandError::Rejected(UserError::NotFound) | CommandError::UnknownUsers(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "user_not_found", message)
+            }
+            CommandError::Rejected(UserError::AlreadyExists) => ApiError::new(StatusCode::CONFLICT, "user_exists", message),
+            CommandError::Rejected(_) => ApiError::invalid(message),
+            CommandError::Taken { .. } => ApiError::new(StatusCode::CONFLICT, "duplicate", message),
+            CommandError::VersionConflict { .. } => ApiError::new(StatusCode::CONFLICT, "version_conflict", message),
+            CommandError::Storage(cause) => ApiError::internal(cause),
+        }
+    }
+}

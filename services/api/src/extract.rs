@@ -1,0 +1,86 @@
+//! Extractors that turn every kind of bad input into an [`ApiError`].
+
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use userstream_eventlog::Tenant;
+
+/// A JSON body: unparsable JSON → 422, JSON of the wrong shape → 400 naming
+/// the field, over the body limit → 413.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
+            } else {
+                ApiError::invalid(rejection.body_text())
+            }
+        })?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unparsable_json", format!("the body is not valid JSON: {e}"))
+        })?;
+        T::deserialize(value).map(JsonBody).map_err(|e| ApiError::invalid(format!("invalid body: {e}")))
+    }
+}
+
+/// The query string as key/value pairs, repeated keys kept (`query=a&query=b`).
+pub struct QueryPairs(pub Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let raw = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str::<Vec<(String, String)>>(raw)
+            .map(QueryPairs)
+            .map_err(|e| ApiError::invalid(format!("invalid query string: {e}")))
+    }
+}
+
+impl QueryPairs {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `key`, also accepting the `key[]` spelling.
+    pub fn all(&self, key: &str) -> Vec<String> {
+        let bracketed = format!("{key}[]");
+        self.0.iter().filter(|(k, _)| k == key || *k == bracketed).map(|(_, v)| v.clone()).collect()
+    }
+
+    /// An integer parameter within `range`, or `default` when absent.
+    pub fn int(&self, key: &str, default: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, ApiError> {
+        match self.get(key) {
+            None | Some("") => Ok(default),
+            Some(raw) => match raw.trim().parse::<i64>() {
+                Ok(v) if range.contains(&v) => Ok(v),
+                _ => Err(ApiError::invalid(format!(
+                    "{key} must be an integer from {} to {}",
+                    range.start(),
+                    range.end()
+                ))),
+            },
+        }
+    }
+}
+
+/// Checks the tenant ids of a path.
+pub fn tenant(company_id: String, application_id: String) -> Result<Tenant, ApiError> {
+    fn ok(s: &str) -> bool {
+        !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+    if !ok(&company_id) {
+        return Err(ApiError::invalid("company_id must be 1 to 64 letters, digits, - or _"));
+    }
+    if !ok(&application_id) {
+        return Err(ApiError::invalid("application_id must be 1 to 64 letters, digits, - or _"));
+    }
+    Ok(Tenant { company_id, application_id })
+}

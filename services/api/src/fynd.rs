@@ -1,0 +1,262 @@
+//! The Fynd platform "User" surface: customers.
+
+use crate::commands::{new_user_id, Meta, Outcome};
+use crate::dto::{ArchiveBody, BlockBody, CreateUserBody, Page, UndeleteBody, UpdateUserBody, UserDto};
+use crate::error::ApiError;
+use crate::extract::{tenant, JsonBody, QueryPairs};
+use crate::{auth::Principal, AppState};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use serde_json::json;
+use time::OffsetDateTime;
+use userstream_domain::user::{Context, UserCommand};
+use userstream_domain::UserId;
+use userstream_eventlog::Tenant;
+use userstream_projections::read_models::filter::Filter;
+use userstream_projections::read_models::users::MAX_PAGE_SIZE;
+
+pub const PREFIX: &str = "/service/platform/user/v1.0/company/{company_id}/application/{application_id}";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/customers/list", get(list_customers))
+        .route("/customers/search", get(search_customers))
+        .route("/customers", post(create_user))
+        .route("/customers/activation", put(block_users))
+        .route("/customers/archive", put(archive_user))
+        .route("/customers/undelete", put(undelete_user))
+        .route("/customers/{user_id}", put(update_user).get(get_user))
+}
+
+type TenantPath = Path<(String, String)>;
+
+/// Envelope metadata for a command from this request.
+fn meta(tenant: Tenant, principal: &Principal, headers: &HeaderMap) -> Result<Meta, ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
+    let idempotency_key = header("idempotency-key").map(str::to_string);
+    if idempotency_key.as_ref().is_some_and(|k| k.len() > 255) {
+        return Err(ApiError::invalid("Idempotency-Key is longer than 255 characters"));
+    }
+    Ok(Meta {
+        tenant,
+        actor: principal.actor(),
+        correlation_id: header("x-correlation-id")
+            .map(|c| c.chars().take(128).collect())
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        idempotency_key,
+    })
+}
+
+fn context() -> Context {
+    Context::at(OffsetDateTime::now_utc())
+}
+
+/// Adds `X-Event-Position` (and the user's `ETag`) to a command response.
+fn command_response(outcome: &Outcome, body: serde_json::Value) -> Response {
+    let mut response = Json(body).into_response();
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&outcome.position.to_string()) {
+        headers.insert("x-event-position", v);
+    }
+    if let Some((_, version)) = outcome.user() {
+        if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+            headers.insert(header::ETAG, v);
+        }
+    }
+    response
+}
+
+fn parse_user_id(raw: &str) -> Result<UserId, ApiError> {
+    UserId::parse("user_id", raw).map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {raw} not found")))
+}
+
+/// `If-Match: "3"` (or `3`, or `W/"3"`) → 3.
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(raw) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = raw.to_str().unwrap_or("").trim();
+    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    text.parse::<i64>().map(Some).map_err(|_| ApiError::invalid("If-Match must be a version number like \"3\""))
+}
+
+async fn create_user(
+    State(state): State<AppState>,
+    Path((company_id, application_id)): TenantPath,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CreateUserBody>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(company_id, application_id)?;
+    let ctx = context();
+    let command = body.into_command(new_user_id(ctx.now))?;
+    let meta = meta(tenant, &principal, &headers)?;
+    let outcome = state.commands.create_user(&meta, command, &ctx).await?;
+    let user = outcome.user().map(|(u, _)| UserDto::from_user(u, &meta.tenant.application_id));
+    Ok(command_response(&outcome, json!({ "user": user })))
+}
+
+async fn update_user(
+    State(state): State<AppState>,
+    Path((company_id, application_id, user_id)): Path<(String, String, String)>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<UpdateUserBody>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(company_id, application_id)?;
+    let id = parse_user_id(&user_id)?;
+    let expected = if_match(&headers)?;
+    let command = UserCommand::Update(body.try_into()?);
+    let meta = meta(tenant, &principal, &headers)?;
+    let outcome = state.commands.handle(&meta, &id, command, expected, &context()).await?;
+    let user = outcome.user().map(|(u, _)| UserDto::from_user(u, &meta.tenant.application_id));
+    Ok(command_response(&outcome, json!({ "user": user })))
+}
+
+async fn block_users(
+    State(state): State<AppState>,
+    Path((company_id, application_id)): TenantPath,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<BlockBody>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(company_id, application_id)?;
+    if body.user_id.is_empty() {
+        return Err(ApiError::invalid("user_id must list at least one user"));
+    }
+    if body.user_id.len() > 500 {
+        return Err(ApiError::invalid("user_id may list at most 500 users"));
+    }
+    let mut ids = Vec::with_capacity(body.user_id.len());
+    let mut unknown = Vec::new();
+    for raw in &body.user_id {
+        match UserId::parse("user_id", raw) {
+            Ok(id) => ids.push(id),
+            Err(_) => unknown.push(raw.clone()),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(crate::commands::CommandError::UnknownUsers(unknown).into());
+    }
+    let meta = meta(tenant, &principal, &headers)?;
+    let reason = body.reason.unwrap_or_default();
+    let outcome = state.commands.set_blocked(&meta, &ids, !body.status, &reason, &context()).await?;
+    Ok(command_response(&outcome, json!({ "success": true })))
+}
+
+async fn archive_user(
+    State(state): State<AppState>,
+    Path((company_id, application_id)): TenantPath,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ArchiveBody>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(company_id, application_id)?;
+    let id = parse_user_id(&body.user_id)?;
+    let meta = meta(tenant, &principal, &headers)?;
+    let outcome = state.commands.handle(&meta, &id, UserCommand::Archive, if_match(&headers)?, &context()).await?;
+    Ok(command_response(&outcome, json!({ "success": true })))
+}
+
+async fn undelete_user(
+    State(state): State<AppState>,
+    Path((company_id, application_id)): TenantPath,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<UndeleteBody>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(company_id, application_id)?;
+    let id = parse_user_id(&body.user_id)?;
+    let reason = body.reason.or(body.reason_id).unwrap_or_default();
+    let meta = meta(tenant, &principal, &headers)?;
+    let outcome = state
+        .commands
+        .handle(&meta, &id, UserCommand::Restore { reason }, if_match(&headers)?, &context())
+        .await?;
+    Ok(command_response(&outcome, json!({ "success": true })))
+}
+
+/// Waits until the users read model has reached the position the caller
+/// asks for (`X-Min-Position` or `?min_position=`), or fails with 503.
+async fn read_your_writes(state: &AppState, headers: &HeaderMap, query: &QueryPairs) -> Result<(), ApiError> {
+    let raw = headers.get("x-min-position").and_then(|v| v.to_str().ok()).or_else(|| query.get("min_position"));
+    let Some(raw) = raw else {
+        return Ok(());
+    };
+    let position: i64 = raw.trim().parse().map_err(|_| ApiError::invalid("min_position must be an integer"))?;
+    if state.users.wait_for(position, state.config.min_position_wait).await {
+        Ok(())
+    } else {
+        Err(ApiError::behind(position))
+    }
+}
+
+async fn get_user(
+    State(state): State<AppState>,
+    Path((company_id, application_id, user_id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(company_id, application_id)?;
+    read_your_writes(&state, &headers, &query).await?;
+    let id = parse_user_id(&user_id)?;
+    let row = state.queries.get(&tenant, id.as_str()).await?.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {user_id} not found"))
+    })?;
+    let etag = format!("\"{}\"", row.version);
+    let mut response = Json(json!({ "user": UserDto::from(row) })).into_response();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(response)
+}
+
+async fn list_customers(
+    State(state): State<AppState>,
+    Path((company_id, application_id)): TenantPath,
+    headers: HeaderMap,
+    query: QueryPairs,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant = tenant(company_id, application_id)?;
+    let page_no = query.int("page_no", 1, 1..=1_000_000)?;
+    let page_size = query.int("page_size", 10, 1..=MAX_PAGE_SIZE)?;
+    let filter = match query.get("q").map(str::trim) {
+        None | Some("") => None,
+        Some(q) if q.starts_with('{') || q.starts_with('[') => {
+            Some(Filter::parse_json(q).map_err(|e| ApiError::invalid(format!("q: {e}")))?)
+        }
+        Some(q) => Some(Filter::email_or_phone(q)),
+    };
+    read_your_writes(&state, &headers, &query).await?;
+    let (rows, total) = state.queries.list(&tenant, filter.as_ref(), page_no, page_size).await?;
+    let items: Vec<UserDto> = rows.into_iter().map(UserDto::from).collect();
+    let page = Page { kind: "number", current: page_no, size: page_size, item_total: total, has_next: page_no * page_size < total };
+    Ok(Json(json!({ "items": items, "page": page })))
+}
+
+async fn search_customers(
+    State(state): State<AppState>,
+    Path((company_id, application_id)): TenantPath,
+    headers: HeaderMap,
+    query: QueryPairs,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tenant = tenant(company_id, application_id)?;
+    let mut terms = query.all("query");
+    if let Some(q) = query.get("q").map(str::trim).filter(|q| !q.is_empty()) {
+        terms.push(q.to_string());
+    }
+    terms.retain(|t| !t.trim().is_empty());
+    if terms.is_empty() {
+        return Err(ApiError::invalid("q or query is required"));
+    }
+    if terms.len() > 100 {
+        return Err(ApiError::invalid("query may hold at most 100 values"));
+    }
+    read_your_writes(&state, &headers, &query).await?;
+    let rows = state.queries.search(&tenant, &terms).await?;
+    let users: Vec<UserDto> = rows.into_iter().map(UserDto::from).collect();
+    Ok(Json(json!({ "users": users })))
+}

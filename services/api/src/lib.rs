@@ -1,0 +1,101 @@
+//! Command handling and the HTTP surfaces of userstream.
+
+pub mod auth;
+pub mod commands;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod fynd;
+pub mod ops;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use commands::Commands;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+use userstream_eventlog::{Db, SqlEventLog};
+use userstream_projections::read_models::users::{UsersProjection, UsersQuery};
+use userstream_projections::{Runner, RunnerHandle};
+
+/// Settings of a running service, built once at start-up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    /// Longest a query waits for `X-Min-Position` before answering 503.
+    pub min_position_wait: Duration,
+    /// Largest projection lag (in events) at which `/readyz` still says ready.
+    pub ready_lag: i64,
+    /// Largest request body accepted.
+    pub body_limit: usize,
+    /// How often projections poll for appends by other processes.
+    pub poll_interval: Duration,
+}
+
+impl Config {
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Config {
+            database_url: database_url.into(),
+            min_position_wait: Duration::from_secs(5),
+            ready_lag: 10_000,
+            body_limit: 1024 * 1024,
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Config,
+    pub db: Db,
+    pub commands: Commands,
+    pub queries: UsersQuery,
+    pub users: RunnerHandle,
+}
+
+/// The service's parts, running: the log, its writer and the projections.
+pub struct Service {
+    pub state: AppState,
+    pub cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Service {
+    /// Connects, migrates, and starts the log writer and the projection runners.
+    pub async fn start(config: Config) -> anyhow::Result<Service> {
+        let db = Db::connect(&config.database_url).await?;
+        let log = SqlEventLog::open(db.clone()).await?;
+        let runner = Runner::new(log.clone(), UsersProjection).await?;
+        let users = runner.handle();
+        let cancel = CancellationToken::new();
+        let tasks = vec![tokio::spawn(runner.run(cancel.clone(), config.poll_interval))];
+        let state = AppState { config, queries: UsersQuery::new(db.clone()), db, commands: Commands::new(log), users };
+        Ok(Service { state, cancel, tasks })
+    }
+
+    pub fn router(&self) -> Router {
+        app(self.state.clone())
+    }
+
+    /// Stops the projection runners and waits for them.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The whole HTTP API. Every request passes [`auth::authenticate`] first.
+pub fn app(state: AppState) -> Router {
+    let limit = state.config.body_limit;
+    Router::new()
+        .nest(fynd::PREFIX, fynd::router())
+        .merge(ops::router())
+        .layer(axum::middleware::from_fn(auth::authenticate))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            tracing::info_span!("http.request", method = %req.method(), path = %req.uri().path())
+        }))
+        .with_state(state)
+}

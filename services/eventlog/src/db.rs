@@ -1,0 +1,175 @@
+//! One database handle for both backends. SQLite and PostgreSQL differ in a
+//! handful of statements (DDL types, write-transaction start, the position
+//! lock); everything else is the same SQL, run through sqlx's `Any` driver.
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor};
+use std::str::FromStr;
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A connected database: the pool plus what kind of database it is.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub dialect: Dialect,
+    url: String,
+}
+
+/// A schema step owned by one component (`eventlog`, a projection …).
+pub struct Migration {
+    pub version: i64,
+    pub sqlite: &'static str,
+    pub postgres: &'static str,
+}
+
+
+
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; PRAGMA case_sensitive_like = ON;";
+
+impl Db {
+    /// Connects to `sqlite://…` (file created if missing; WAL, fsync on every
+    /// commit) or `postgres://…`.
+    pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let (dialect, url) = normalise_url(url)?;
+        let max = match dialect {
+            Dialect::Sqlite => 8,
+            Dialect::Postgres => 16,
+        };
+        let options = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        conn.execute(SQLITE_PRAGMAS).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Db { pool, dialect, url })
+    }
+
+    /// A connection outside the pool, set up like the pooled ones. The log's
+    /// writer owns one for its whole life.
+    pub async fn dedicated_connection(&self) -> Result<AnyConnection, sqlx::Error> {
+        let mut conn = AnyConnection::connect(&self.url).await?;
+        if self.dialect == Dialect::Sqlite {
+            conn.execute(SQLITE_PRAGMAS).await?;
+        }
+        Ok(conn)
+    }
+
+    /// The statement that opens a write transaction. On SQLite it takes the
+    /// write lock at once (`IMMEDIATE`), so a transaction never fails later
+    /// when upgrading from a read snapshot.
+    pub fn begin_write(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        }
+    }
+
+    /// Picks the statement for this dialect.
+    pub fn pick<'a>(&self, sqlite: &'a str, postgres: &'a str) -> &'a str {
+        match self.dialect {
+            Dialect::Sqlite => sqlite,
+            Dialect::Postgres => postgres,
+        }
+    }
+
+    /// Applies the steps of `component` not applied yet, each in its own
+    /// transaction, recording them in `schema_migrations`. Safe to run from
+    /// several processes at once on PostgreSQL (an advisory lock serialises them).
+    pub async fn migrate(&self, component: &str, steps: &[Migration]) -> Result<(), sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        conn.execute(self.begin_write()).await?;
+        let result = async {
+            if self.dialect == Dialect::Postgres {
+                conn.execute("SELECT pg_advisory_xact_lock(7320001)::text").await?;
+            }
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (component TEXT NOT NULL, version BIGINT NOT NULL, PRIMARY KEY (component, version))",
+            )
+            .await?;
+            for step in steps {
+                let done: Option<i64> =
+                    sqlx::query_scalar("SELECT version FROM schema_migrations WHERE component = $1 AND version = $2")
+                        .bind(component)
+                        .bind(step.version)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                if done.is_some() {
+                    continue;
+                }
+                conn.execute(self.pick(step.sqlite, step.postgres)).await?;
+                sqlx::query("INSERT INTO schema_migrations (component, version) VALUES ($1, $2)")
+                    .bind(component)
+                    .bind(step.version)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        match result {
+            Ok(()) => conn.execute("COMMIT").await.map(|_| ()),
+            Err(e) => {
+                let _ = conn.execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether every step of `component` up to `version` is applied.
+    pub async fn is_migrated(&self, component: &str, version: i64) -> Result<bool, sqlx::Error> {
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations WHERE component = $1")
+                .bind(component)
+                .fetch_one(&self.pool)
+                .await
+                .unwrap_or(None);
+        Ok(applied.is_some_and(|v| v >= version))
+    }
+}
+
+fn normalise_url(url: &str) -> Result<(Dialect, String), sqlx::Error> {
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let mut url = format!("sqlite:{rest}");
+        if !url.contains("mode=") {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str("mode=rwc");
+        }
+        Ok((Dialect::Sqlite, url))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok((Dialect::Postgres, url.to_string()))
+    } else {
+        Err(sqlx::Error::Configuration(
+            format!("unsupported database URL (expected sqlite:// or postgres://): {url}").into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_are_created_if_missing() {
+        let (d, u) = normalise_url("sqlite://userstream.db").expect("ok");
+        assert_eq!((d, u.as_str()), (Dialect::Sqlite, "sqlite://userstream.db?mode=rwc"));
+        let (_, u) = normalise_url("sqlite:///tmp/x.db?mode=ro").expect("ok");
+        assert_eq!(u, "sqlite:///tmp/x.db?mode=ro");
+        assert!(normalise_url("mysql://x").is_err());
+    }
+}

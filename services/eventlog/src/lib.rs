@@ -1,0 +1,351 @@
+//! The userstream event log.
+//!
+//! Guarantees, for both backends:
+//! - **Atomic appends**: one [`AppendRequest`] (many events, many streams,
+//!   uniqueness reservations, an idempotency key) commits entirely or not at all.
+//! - **Optimistic concurrency** per stream through [`ExpectedVersion`].
+//! - **Idempotency**: a request whose key was seen before appends nothing and
+//!   gets the first result back.
+//! - **Positions in commit order, no reader ever skips**: see [`SqlEventLog`].
+//! - **Acknowledged = durable**: `append` answers only after the commit that
+//!   holds the request is on disk (SQLite `synchronous=FULL` in WAL mode,
+//!   PostgreSQL `synchronous_commit` as configured, `on` by default).
+//! - **Group commit**: concurrent appends queue for one writer, which commits
+//!   everything queued in one transaction, so a busy log pays one fsync per
+//!   batch rather than one per command.
+
+mod db;
+mod writer;
+
+pub use db::{Db, Dialect, Migration};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::Row;
+use std::future::Future;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+/// The owner of every record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Tenant {
+    pub company_id: String,
+    pub application_id: String,
+}
+
+impl Tenant {
+    /// The scope of uniqueness reservations and idempotency keys.
+    pub fn scope(&self) -> String {
+        format!("{}/{}", self.company_id, self.application_id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last version must be exactly this.
+    Exact(i64),
+}
+
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema: i64,
+    pub occurred_at: OffsetDateTime,
+    pub data: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamAppend {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
+/// A unique value (`email:a@b.c`) claimed by a stream within the request's tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub key: String,
+    pub stream: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    pub tenant: Tenant,
+    pub actor: String,
+    pub correlation_id: String,
+    pub causation_id: Option<String>,
+    pub streams: Vec<StreamAppend>,
+    /// Claimed in the same transaction; a key held by another stream fails the request.
+    pub reserve: Vec<Reservation>,
+    /// Released in the same transaction (archiving, changed emails …).
+    pub release: Vec<Reservation>,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResult {
+    /// Position of the last event appended (or, when nothing was appended, 0).
+    pub last_position: i64,
+    /// Each stream with its version after the append.
+    pub streams: Vec<(String, i64)>,
+    /// True when the idempotency key was seen before and this is the first result.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+/// Why an append did not happen. Rejections leave the log untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("stream {stream} is at version {actual}, expected {expected:?}")]
+    Conflict { stream: String, expected: ExpectedVersion, actual: i64 },
+    #[error("{key} is already taken")]
+    Reserved { key: String },
+    #[error("the event log is shut down")]
+    Closed,
+    #[error("storage failure: {0}")]
+    Storage(#[from] sqlx::Error),
+}
+
+/// An event as stored, with its envelope.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordedEvent {
+    pub position: i64,
+    pub event_id: String,
+    pub stream: String,
+    pub version: i64,
+    pub event_type: String,
+    pub schema: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub recorded_at: OffsetDateTime,
+    pub company_id: String,
+    pub application_id: String,
+    pub actor: String,
+    pub correlation_id: String,
+    pub causation_id: Option<String>,
+    pub data: Value,
+}
+
+/// What every event-log backend offers. The contract tests in
+/// `tests/eventlog_contract.rs` hold each implementation to it.
+pub trait EventLog: Send + Sync {
+    fn append(&self, request: AppendRequest) -> impl Future<Output = Result<AppendResult, AppendError>> + Send;
+    /// Events with `position > after`, in position order, at most `limit`.
+    fn read_all(&self, after: i64, limit: i64) -> impl Future<Output = Result<Vec<RecordedEvent>, sqlx::Error>> + Send;
+    /// A stream's events in version order.
+    fn read_stream(&self, stream: &str) -> impl Future<Output = Result<Vec<RecordedEvent>, sqlx::Error>> + Send;
+    /// The highest committed position (0 for an empty log).
+    fn head(&self) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
+}
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sqlite: "
+        CREATE TABLE IF NOT EXISTS events (
+            position INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL UNIQUE,
+            stream TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            event_type TEXT NOT NULL,
+            schema_version INTEGER NOT NULL,
+            occurred_at TEXT NOT NULL,
+            recorded_at TEXT NOT NULL,
+            company_id TEXT NOT NULL,
+            application_id TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            correlation_id TEXT NOT NULL,
+            causation_id TEXT,
+            data TEXT NOT NULL,
+            UNIQUE (stream, version)
+        );
+        CREATE TABLE IF NOT EXISTS reservations (
+            scope TEXT NOT NULL, key TEXT NOT NULL, stream TEXT NOT NULL, PRIMARY KEY (scope, key)
+        );
+        CREATE TABLE IF NOT EXISTS idempotency (
+            scope TEXT NOT NULL, key TEXT NOT NULL, result TEXT NOT NULL, PRIMARY KEY (scope, key)
+        );",
+    postgres: "
+        CREATE TABLE IF NOT EXISTS events (
+            position BIGSERIAL PRIMARY KEY,
+            event_id TEXT NOT NULL UNIQUE,
+            stream TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            event_type TEXT NOT NULL,
+            schema_version BIGINT NOT NULL,
+            occurred_at TEXT NOT NULL,
+            recorded_at TEXT NOT NULL,
+            company_id TEXT NOT NULL,
+            application_id TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            correlation_id TEXT NOT NULL,
+            causation_id TEXT,
+            data TEXT NOT NULL,
+            UNIQUE (stream, version)
+        );
+        CREATE TABLE IF NOT EXISTS reservations (
+            scope TEXT NOT NULL, key TEXT NOT NULL, stream TEXT NOT NULL, PRIMARY KEY (scope, key)
+        );
+        CREATE TABLE IF NOT EXISTS idempotency (
+            scope TEXT NOT NULL, key TEXT NOT NULL, result TEXT NOT NULL, PRIMARY KEY (scope, key)
+        );",
+}];
+
+/// The SQL event log, on SQLite or PostgreSQL.
+///
+/// # Why no reader ever skips an event
+///
+/// A reader asks for `position > checkpoint` and moves its checkpoint to the
+/// last position it saw. That is safe only if, whenever position `p` is
+/// visible, every position below `p` that will ever commit is visible too.
+/// Positions come from an auto-increment column, so that needs position order
+/// to equal commit order:
+/// - **SQLite** allows one write transaction at a time (`BEGIN IMMEDIATE`),
+///   so positions are taken and committed strictly one transaction after the other.
+/// - **PostgreSQL** lets transactions commit in any order, so a transaction
+///   that took position 7 could commit after one that took 8, and a reader
+///   polling in between would pass 7 forever. Every append transaction
+///   therefore takes `pg_advisory_xact_lock(POSITION_LOCK)` before it takes a
+///   position. PostgreSQL makes a transaction's commit visible before it
+///   releases its locks, so the next appender can only take positions after
+///   the previous one is visible. Readers take no lock. Within one process the
+///   group-commit writer already serialises appends; the lock extends the
+///   guarantee to several processes on one database.
+///
+/// A rolled-back transaction leaves a gap in positions, never a late arrival.
+#[derive(Clone)]
+pub struct SqlEventLog {
+    db: Db,
+    queue: mpsc::Sender<writer::Pending>,
+    head: watch::Receiver<i64>,
+}
+
+/// The advisory lock key that serialises position assignment on PostgreSQL.
+pub const POSITION_LOCK: i64 = 7_320_002;
+
+const EVENT_COLUMNS: &str = "position, event_id, stream, version, event_type, schema_version, occurred_at, recorded_at, company_id, application_id, actor, correlation_id, causation_id, data";
+
+impl SqlEventLog {
+    /// Migrates the log's tables and starts its writer. Appends through this
+    /// handle (and its clones) are group-committed by that one writer.
+    pub async fn open(db: Db) -> Result<SqlEventLog, sqlx::Error> {
+        db.migrate("eventlog", MIGRATIONS).await?;
+        let conn = db.dedicated_connection().await?;
+        let head_now = head_position(&db).await?;
+        let (head_tx, head) = watch::channel(head_now);
+        let (queue, rx) = mpsc::channel(4096);
+        tokio::spawn(writer::run(db.clone(), conn, rx, head_tx));
+        Ok(SqlEventLog { db, queue, head })
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Changes whenever this process commits an append; carries the new head.
+    /// Appends by other processes are not seen here (poll [`EventLog::head`]).
+    pub fn watch_head(&self) -> watch::Receiver<i64> {
+        self.head.clone()
+    }
+
+    /// Performs `request` in a transaction of its own and keeps that
+    /// transaction open until [`HeldAppend::commit`]. Exists so tests can put
+    /// a slow transaction beside the writer; production code uses `append`.
+    #[doc(hidden)]
+    pub async fn append_held(&self, request: AppendRequest) -> Result<HeldAppend, AppendError> {
+        let mut conn = self.db.dedicated_connection().await?;
+        writer::begin(&self.db, &mut conn).await?;
+        let result = writer::apply(&mut conn, &request).await?;
+        Ok(HeldAppend { conn, result })
+    }
+}
+
+/// An append whose transaction is still open (tests only).
+pub struct HeldAppend {
+    conn: sqlx::AnyConnection,
+    pub result: AppendResult,
+}
+
+impl HeldAppend {
+    pub async fn commit(mut self) -> Result<AppendResult, sqlx::Error> {
+        sqlx::Executor::execute(&mut self.conn, "COMMIT").await?;
+        Ok(self.result)
+    }
+}
+
+async fn head_position(db: &Db) -> Result<i64, sqlx::Error> {
+    let head: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events").fetch_one(&db.pool).await?;
+    Ok(head.unwrap_or(0))
+}
+
+impl EventLog for SqlEventLog {
+    async fn append(&self, request: AppendRequest) -> Result<AppendResult, AppendError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(writer::Pending { request, reply }).await.map_err(|_| AppendError::Closed)?;
+        answer.await.map_err(|_| AppendError::Closed)?
+    }
+
+    async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
+        let rows = sqlx::query(&sql).bind(after).bind(limit).fetch_all(&self.db.pool).await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 ORDER BY version");
+        let rows = sqlx::query(&sql).bind(stream).fetch_all(&self.db.pool).await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn head(&self) -> Result<i64, sqlx::Error> {
+        head_position(&self.db).await
+    }
+}
+
+fn parse_time(column: &str, raw: &str) -> Result<OffsetDateTime, sqlx::Error> {
+    OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| sqlx::Error::ColumnDecode { index: column.to_string(), source: Box::new(e) })
+}
+
+/// Formats a time the way the log stores it: RFC 3339, UTC, microseconds.
+pub fn format_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let micros = t.microsecond();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        micros
+    )
+}
+
+fn decode_row(row: &sqlx::any::AnyRow) -> Result<RecordedEvent, sqlx::Error> {
+    let data: String = row.try_get("data")?;
+    Ok(RecordedEvent {
+        position: row.try_get("position")?,
+        event_id: row.try_get("event_id")?,
+        stream: row.try_get("stream")?,
+        version: row.try_get("version")?,
+        event_type: row.try_get("event_type")?,
+        schema: row.try_get("schema_version")?,
+        occurred_at: parse_time("occurred_at", &row.try_get::<String, _>("occurred_at")?)?,
+        recorded_at: parse_time("recorded_at", &row.try_get::<String, _>("recorded_at")?)?,
+        company_id: row.try_get("company_id")?,
+        application_id: row.try_get("application_id")?,
+        actor: row.try_get("actor")?,
+        correlation_id: row.try_get("correlation_id")?,
+        causation_id: row.try_get("causation_id")?,
+        data: serde_json::from_str(&data)
+            .map_err(|e| sqlx::Error::ColumnDecode { index: "data".into(), source: Box::new(e) })?,
+    })
+}

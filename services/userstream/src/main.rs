@@ -1,0 +1,109 @@
+//! `userstream`: serve the API, migrate a database, or benchmark.
+
+mod bench;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::time::Duration;
+use userstream_api::{Config, Service};
+use userstream_eventlog::{Db, SqlEventLog};
+use userstream_projections::read_models::users::UsersProjection;
+use userstream_projections::Runner;
+
+#[derive(Parser)]
+#[command(name = "userstream", version, about = "Event-sourced user management: Fynd User API and Passage Users API on one event log")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct DatabaseArg {
+    /// `sqlite://FILE` (created if missing) or `postgres://…`.
+    #[arg(long = "database", env = "DATABASE_URL", default_value = "sqlite://userstream.db")]
+    url: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API with its projections.
+    Serve {
+        #[command(flatten)]
+        database: DatabaseArg,
+        /// Address to listen on; port 0 picks a free port (printed on start).
+        #[arg(long, env = "USERSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Longest a query waits for `X-Min-Position`, in milliseconds.
+        #[arg(long, env = "USERSTREAM_MIN_POSITION_WAIT_MS", default_value_t = 5000)]
+        min_position_wait_ms: u64,
+    },
+    /// Create or upgrade the schema of the event log and the read models, then exit.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArg,
+    },
+    /// Measure command throughput, visibility lag and query latency.
+    Bench(bench::BenchArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve { database, listen, min_position_wait_ms } => {
+            let mut config = Config::new(database.url);
+            config.min_position_wait = Duration::from_millis(min_position_wait_ms);
+            serve(config, &listen).await
+        }
+        Command::Migrate { database } => {
+            let db = Db::connect(&database.url).await.context("connecting to the database")?;
+            let log = SqlEventLog::open(db).await?;
+            Runner::new(log, UsersProjection).await?;
+            println!("migrated {}", database.url);
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+async fn serve(config: Config, listen: &str) -> anyhow::Result<()> {
+    let database = config.database_url.clone();
+    let service = Service::start(config).await.with_context(|| format!("starting on {database}"))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to find the port.
+    println!("userstream listening on http://{addr}");
+    tracing::info!(%addr, database = %redact(&database), "serving");
+    axum::serve(listener, service.router()).with_graceful_shutdown(shutdown_signal()).await?;
+    service.stop().await;
+    Ok(())
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
