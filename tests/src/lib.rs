@@ -1,1 +1,161 @@
+//! Helpers for the black-box and contract tests: fresh databases on every
+//! backend, and the real `userstream` binary on a free port.
 
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A database the test owns: a new SQLite file, or a new PostgreSQL database
+/// on the cluster named by `DATABASE_URL_TEST`.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    pub backend: &'static str,
+    pub url: String,
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::now_v7().simple())
+}
+
+pub fn fresh_sqlite() -> TestDb {
+    let dir = std::env::temp_dir().join("userstream-tests");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("{}.db", unique("t")));
+    TestDb { backend: "sqlite", url: format!("sqlite://{}", path.display()) }
+}
+
+/// A fresh PostgreSQL database, or `None` when no test cluster is configured.
+/// Under CI a missing cluster is a failure, never a silent skip.
+pub async fn fresh_postgres() -> Option<TestDb> {
+    let Ok(admin) = std::env::var("DATABASE_URL_TEST") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI is set but DATABASE_URL_TEST is not: run the tests through deploy/postgres.sh run"
+        );
+        eprintln!("DATABASE_URL_TEST not set: skipping the PostgreSQL backend");
+        return None;
+    };
+    let name = unique("t_");
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.expect("connect to test cluster");
+    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str()).await.expect("create database");
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).expect("url has a database");
+    Some(TestDb { backend: "postgres", url: format!("{base}/{name}") })
+}
+
+/// One fresh database per backend available.
+pub async fn fresh_databases() -> Vec<TestDb> {
+    let mut dbs = vec![fresh_sqlite()];
+    dbs.extend(fresh_postgres().await);
+    dbs
+}
+
+/// The `userstream` binary built alongside the tests.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("userstream");
+    assert!(bin.exists(), "{} is missing: build the workspace first (cargo build --workspace)", bin.display());
+    bin
+}
+
+/// The real server, started on port 0 with its own database.
+pub struct TestApp {
+    pub base: String,
+    pub db: TestDb,
+    pub client: reqwest::Client,
+    child: Child,
+    env: Vec<(String, String)>,
+}
+
+pub const COMPANY: &str = "1";
+pub const APP: &str = "000000000000000000000001";
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_on(fresh_sqlite(), &[]).await
+    }
+
+    pub async fn spawn_on(db: TestDb, env: &[(&str, &str)]) -> TestApp {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (child, base) = start(&db, &env);
+        TestApp { base, db, client: reqwest::Client::new(), child, env }
+    }
+
+    /// `kill -9`, then start again on the same database.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, base) = start(&self.db, &self.env);
+        self.child = child;
+        self.base = base;
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The Fynd prefix for a tenant.
+    pub fn fynd(&self, company: &str, app: &str) -> String {
+        format!("{}/service/platform/user/v1.0/company/{company}/application/{app}", self.base)
+    }
+
+    pub fn customers(&self) -> String {
+        format!("{}/customers", self.fynd(COMPANY, APP))
+    }
+
+    /// The log head, as `/readyz` reports it.
+    pub async fn head(&self) -> i64 {
+        let v: serde_json::Value =
+            self.client.get(format!("{}/readyz", self.base)).send().await.expect("readyz").json().await.expect("json");
+        v["head"].as_i64().expect("head")
+    }
+
+    /// Creates a user and returns (response JSON user, position).
+    pub async fn create_user(&self, body: serde_json::Value) -> (serde_json::Value, i64) {
+        let r = self.client.post(self.customers()).json(&body).send().await.expect("create");
+        assert_eq!(r.status(), 200, "create {body}: {}", r.text().await.unwrap_or_default());
+        let position = position_of(&r);
+        let v: serde_json::Value = r.json().await.expect("json");
+        (v["user"].clone(), position)
+    }
+}
+
+pub fn position_of(r: &reqwest::Response) -> i64 {
+    r.headers()
+        .get("x-event-position")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("X-Event-Position header")
+}
+
+fn start(db: &TestDb, env: &[(String, String)]) -> (Child, String) {
+    let mut child = Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &db.url])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn userstream");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(url) = line.strip_prefix("userstream listening on ") {
+                let _ = tx.send(url.to_string());
+            }
+        }
+    });
+    let base = rx.recv_timeout(Duration::from_secs(60)).expect("userstream did not start within 60 s");
+    (child, base)
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -87,7 +87,7 @@ impl Commands {
     /// not created, so foreign ids answer "not found", never the record.
     async fn load(&self, tenant: &Tenant, id: &UserId) -> Result<Loaded, CommandError> {
         let events = self.log.read_stream(&stream_of(id)).await.map_err(|e| CommandError::Storage(e.to_string()))?;
-        Ok(fold(tenant, id.clone(), &events))
+        fold(tenant, id.clone(), &events)
     }
 
     /// Reads a user's current state from the log.
@@ -260,23 +260,23 @@ fn new_event(event: &UserEvent, now: OffsetDateTime) -> NewEvent {
     }
 }
 
-/// Folds recorded events of one user stream (undecodable events are skipped
-/// here; the projection runner is where a poison event stops things).
-fn fold(tenant: &Tenant, id: UserId, events: &[RecordedEvent]) -> Loaded {
+/// Folds recorded events of one user stream. An undecodable event fails the
+/// command rather than being skipped: deciding on a partial history is wrong.
+fn fold(tenant: &Tenant, id: UserId, events: &[RecordedEvent]) -> Result<Loaded, CommandError> {
     let foreign = events
         .first()
         .is_some_and(|e| e.company_id != tenant.company_id || e.application_id != tenant.application_id);
     if foreign {
-        return Loaded { id, state: UserState::NotCreated, version: 0, position: 0 };
+        return Ok(Loaded { id, state: UserState::NotCreated, version: 0, position: 0 });
     }
     let mut state = UserState::NotCreated;
     for e in events {
-        if let Ok(decoded) = codec::decode(&e.event_type, e.schema as u32, &e.data) {
-            state = user::evolve(state, &decoded);
-        }
+        let decoded = codec::decode(&e.event_type, e.schema as u32, &e.data)
+            .map_err(|err| CommandError::Storage(format!("event at position {}: {err}", e.position)))?;
+        state = user::evolve(state, &decoded);
     }
     let (version, position) = events.last().map(|e| (e.version, e.position)).unwrap_or((0, 0));
-    Loaded { id, state, version, position }
+    Ok(Loaded { id, state, version, position })
 }
 
 /// A fresh user id: 6 bytes of milliseconds since the epoch, then 6 random

@@ -50,8 +50,8 @@ fn meta(tenant: Tenant, principal: &Principal, headers: &HeaderMap) -> Result<Me
     })
 }
 
-fn context() -> Context {
-    Context::at(OffsetDateTime::now_utc())
+fn context(state: &AppState) -> Context {
+    Context { now: OffsetDateTime::now_utc(), delete_account_day: state.config.delete_account_day }
 }
 
 /// Adds `X-Event-Position` (and the user's `ETag`) to a command response.
@@ -91,7 +91,7 @@ async fn create_user(
     JsonBody(body): JsonBody<CreateUserBody>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(company_id, application_id)?;
-    let ctx = context();
+    let ctx = context(&state);
     let command = body.into_command(new_user_id(ctx.now))?;
     let meta = meta(tenant, &principal, &headers)?;
     let outcome = state.commands.create_user(&meta, command, &ctx).await?;
@@ -111,7 +111,7 @@ async fn update_user(
     let expected = if_match(&headers)?;
     let command = UserCommand::Update(body.try_into()?);
     let meta = meta(tenant, &principal, &headers)?;
-    let outcome = state.commands.handle(&meta, &id, command, expected, &context()).await?;
+    let outcome = state.commands.handle(&meta, &id, command, expected, &context(&state)).await?;
     let user = outcome.user().map(|(u, _)| UserDto::from_user(u, &meta.tenant.application_id));
     Ok(command_response(&outcome, json!({ "user": user })))
 }
@@ -143,7 +143,7 @@ async fn block_users(
     }
     let meta = meta(tenant, &principal, &headers)?;
     let reason = body.reason.unwrap_or_default();
-    let outcome = state.commands.set_blocked(&meta, &ids, !body.status, &reason, &context()).await?;
+    let outcome = state.commands.set_blocked(&meta, &ids, !body.status, &reason, &context(&state)).await?;
     Ok(command_response(&outcome, json!({ "success": true })))
 }
 
@@ -157,7 +157,7 @@ async fn archive_user(
     let tenant = tenant(company_id, application_id)?;
     let id = parse_user_id(&body.user_id)?;
     let meta = meta(tenant, &principal, &headers)?;
-    let outcome = state.commands.handle(&meta, &id, UserCommand::Archive, if_match(&headers)?, &context()).await?;
+    let outcome = state.commands.handle(&meta, &id, UserCommand::Archive, if_match(&headers)?, &context(&state)).await?;
     Ok(command_response(&outcome, json!({ "success": true })))
 }
 
@@ -174,7 +174,7 @@ async fn undelete_user(
     let meta = meta(tenant, &principal, &headers)?;
     let outcome = state
         .commands
-        .handle(&meta, &id, UserCommand::Restore { reason }, if_match(&headers)?, &context())
+        .handle(&meta, &id, UserCommand::Restore { reason }, if_match(&headers)?, &context(&state))
         .await?;
     Ok(command_response(&outcome, json!({ "success": true })))
 }

@@ -30,6 +30,8 @@ pub struct Config {
     pub body_limit: usize,
     /// How often projections poll for appends by other processes.
     pub poll_interval: Duration,
+    /// Days an archived user can be restored (until platform config sets it per application).
+    pub delete_account_day: u32,
 }
 
 impl Config {
@@ -40,6 +42,7 @@ impl Config {
             ready_lag: 10_000,
             body_limit: 1024 * 1024,
             poll_interval: Duration::from_millis(500),
+            delete_account_day: userstream_domain::user::Context::DEFAULT_DELETE_ACCOUNT_DAY,
         }
     }
 }

@@ -18,6 +18,7 @@ mod db;
 mod writer;
 
 pub use db::{Db, Dialect, Migration};
+pub use writer::Stats;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -224,6 +225,7 @@ pub struct SqlEventLog {
     db: Db,
     queue: mpsc::Sender<writer::Pending>,
     head: watch::Receiver<i64>,
+    stats: std::sync::Arc<Stats>,
 }
 
 /// The advisory lock key that serialises position assignment on PostgreSQL.
@@ -240,12 +242,18 @@ impl SqlEventLog {
         let head_now = head_position(&db).await?;
         let (head_tx, head) = watch::channel(head_now);
         let (queue, rx) = mpsc::channel(4096);
-        tokio::spawn(writer::run(db.clone(), conn, rx, head_tx));
-        Ok(SqlEventLog { db, queue, head })
+        let stats = std::sync::Arc::new(Stats::default());
+        tokio::spawn(writer::run(db.clone(), conn, rx, head_tx, stats.clone()));
+        Ok(SqlEventLog { db, queue, head, stats })
     }
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// How many transactions the writer used for how many requests.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Changes whenever this process commits an append; carries the new head.

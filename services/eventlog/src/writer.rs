@@ -10,7 +10,18 @@ use crate::{format_time, AppendError, AppendRequest, AppendResult, Db, Dialect, 
 use sqlx::{AnyConnection, Executor};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tracing::Instrument;
+
+/// Counters of the writer, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Write transactions attempted.
+    pub transactions: AtomicU64,
+    /// Append requests handled.
+    pub requests: AtomicU64,
+}
 
 pub(crate) struct Pending {
     pub request: AppendRequest,
@@ -20,9 +31,17 @@ pub(crate) struct Pending {
 /// Most requests one transaction takes; the rest wait for the next one.
 const MAX_BATCH: usize = 512;
 
-pub(crate) async fn run(db: Db, mut conn: AnyConnection, mut queue: mpsc::Receiver<Pending>, head: watch::Sender<i64>) {
+pub(crate) async fn run(
+    db: Db,
+    mut conn: AnyConnection,
+    mut queue: mpsc::Receiver<Pending>,
+    head: watch::Sender<i64>,
+    stats: Arc<Stats>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        stats.transactions.fetch_add(1, Ordering::Relaxed);
+        stats.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let span = tracing::debug_span!("eventlog.append", batch = batch.len());
         let outcome = commit_batch(&db, &mut conn, &batch).instrument(span).await;
         match outcome {

@@ -36,6 +36,9 @@ enum Command {
         /// Longest a query waits for `X-Min-Position`, in milliseconds.
         #[arg(long, env = "USERSTREAM_MIN_POSITION_WAIT_MS", default_value_t = 5000)]
         min_position_wait_ms: u64,
+        /// Days after archiving during which a user can be restored.
+        #[arg(long, env = "USERSTREAM_DELETE_ACCOUNT_DAY", default_value_t = 30)]
+        delete_account_day: u32,
     },
     /// Create or upgrade the schema of the event log and the read models, then exit.
     Migrate {
@@ -55,9 +58,10 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { database, listen, min_position_wait_ms } => {
+        Command::Serve { database, listen, min_position_wait_ms, delete_account_day } => {
             let mut config = Config::new(database.url);
             config.min_position_wait = Duration::from_millis(min_position_wait_ms);
+            config.delete_account_day = delete_account_day;
             serve(config, &listen).await
         }
         Command::Migrate { database } => {
