@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of userstream: the domain purity check, unit and property
+# tests, the event-log contract suite and the black-box HTTP tests, on SQLite
+# and on a throwaway PostgreSQL cluster (installed if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== domain purity: userstream-domain must not depend on IO crates"
+if cargo tree -p userstream-domain -e normal --prefix none | grep -E '^(tokio|sqlx[a-z-]*|axum|async-nats|tracing|reqwest|hyper) '; then
+  echo "userstream-domain depends on an IO crate" >&2
+  exit 1
+fi
+
+echo "== build"
+cargo build --workspace --all-targets --locked
+
+runner=(cargo test --workspace --locked)
+if cargo nextest --version >/dev/null 2>&1; then
+  runner=(cargo nextest run --workspace --locked --no-fail-fast)
+fi
+
+echo "== tests (${runner[*]}) on SQLite and PostgreSQL"
+exec bash deploy/postgres.sh run "${runner[@]}"

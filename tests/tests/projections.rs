@@ -1,0 +1,250 @@
+//! The projection runner and the users read model, on every backend.
+
+use serde_json::json;
+use sqlx::AnyConnection;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use userstream_api::commands::{new_user_id, Commands, Meta};
+use userstream_domain::user::{Context, CreateUser, UpdateUser, UserCommand};
+use userstream_domain::{Email, Phone, Username};
+use userstream_eventlog::{
+    AppendRequest, Db, EventLog, ExpectedVersion, Migration, NewEvent, RecordedEvent, SqlEventLog, StreamAppend, Tenant,
+};
+use userstream_projections::read_models::users::{UsersProjection, UsersQuery, TABLES};
+use userstream_projections::{Projection, ProjectionError, Runner};
+use userstream_tests::fresh_databases;
+
+/// Records every application of every event, without any idempotence of
+/// its own, so a double-apply or a skip shows in the table.
+#[derive(Clone)]
+struct Recorder {
+    applied: Arc<AtomicUsize>,
+    fail_at: Option<usize>,
+}
+
+const RECORDER_DDL: &str = "CREATE TABLE IF NOT EXISTS recorded (position BIGINT NOT NULL)";
+
+impl Projection for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+
+    fn migrations(&self) -> &'static [Migration] {
+        &[Migration { version: 1, sqlite: RECORDER_DDL, postgres: RECORDER_DDL }]
+    }
+
+    async fn apply(&self, conn: &mut AnyConnection, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        sqlx::query("INSERT INTO recorded (position) VALUES ($1)").bind(event.position).execute(&mut *conn).await?;
+        let n = self.applied.fetch_add(1, Ordering::SeqCst) + 1;
+        if Some(n) == self.fail_at {
+            // The process dies here, mid-batch, after writing part of it.
+            return Err(ProjectionError::Storage(sqlx::Error::Protocol("simulated crash".into())));
+        }
+        Ok(())
+    }
+}
+
+fn tenant() -> Tenant {
+    Tenant { company_id: "1".into(), application_id: "app".into() }
+}
+
+async fn append_n(log: &SqlEventLog, n: i64) {
+    for i in 0..n {
+        let req = AppendRequest {
+            tenant: tenant(),
+            actor: "t".into(),
+            correlation_id: "c".into(),
+            causation_id: None,
+            streams: vec![StreamAppend {
+                stream: format!("thing-{i}"),
+                expected: ExpectedVersion::Any,
+                events: vec![NewEvent {
+                    event_id: uuid::Uuid::now_v7(),
+                    event_type: "thing.made".into(),
+                    schema: 1,
+                    occurred_at: OffsetDateTime::now_utc(),
+                    data: json!({}),
+                }],
+            }],
+            reserve: vec![],
+            release: vec![],
+            idempotency_key: None,
+        };
+        log.append(req).await.expect("append");
+    }
+}
+
+async fn recorded(db: &Db) -> (i64, i64) {
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM recorded").fetch_one(&db.pool).await.expect("count");
+    let distinct: i64 =
+        sqlx::query_scalar("SELECT COUNT(DISTINCT position) FROM recorded").fetch_one(&db.pool).await.expect("count");
+    (total, distinct)
+}
+
+#[tokio::test]
+async fn a_crash_mid_batch_repeats_the_batch_without_double_apply_or_skip() {
+    for test_db in fresh_databases().await {
+        let backend = test_db.backend;
+        let db = Db::connect(&test_db.url).await.expect("connect");
+        let log = SqlEventLog::open(db.clone()).await.expect("open");
+        append_n(&log, 25).await;
+
+        let crashing = Recorder { applied: Arc::new(AtomicUsize::new(0)), fail_at: Some(17) };
+        let runner = Runner::new(log.clone(), crashing).await.expect("runner").with_batch_size(10);
+        assert_eq!(runner.step().await.expect("first batch"), 10, "{backend}");
+        assert!(runner.step().await.is_err(), "{backend}: the second batch crashes at its 7th event");
+        assert_eq!(runner.handle().status().position, 10, "{backend}: checkpoint stays at the last committed batch");
+        assert_eq!(recorded(&db).await, (10, 10), "{backend}: the crashed batch left nothing behind");
+
+        // A new runner (a restarted process) resumes from the checkpoint.
+        let restarted = Recorder { applied: Arc::new(AtomicUsize::new(0)), fail_at: None };
+        let runner = Runner::new(log.clone(), restarted).await.expect("runner").with_batch_size(10);
+        let handle = runner.handle();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(runner.run(cancel.clone(), Duration::from_millis(20)));
+        assert!(handle.wait_for(25, Duration::from_secs(10)).await, "{backend}: runner did not catch up");
+        cancel.cancel();
+        task.await.expect("join");
+        assert_eq!(recorded(&db).await, (25, 25), "{backend}: every event applied exactly once");
+    }
+}
+
+#[tokio::test]
+async fn a_poison_event_stops_the_projection_and_is_reported() {
+    for test_db in fresh_databases().await {
+        let backend = test_db.backend;
+        let db = Db::connect(&test_db.url).await.expect("connect");
+        let log = SqlEventLog::open(db.clone()).await.expect("open");
+        let req = AppendRequest {
+            tenant: tenant(),
+            actor: "t".into(),
+            correlation_id: "c".into(),
+            causation_id: None,
+            streams: vec![StreamAppend {
+                stream: "user-61f02c3dcc701256044ed6c0".into(),
+                expected: ExpectedVersion::Any,
+                events: vec![NewEvent {
+                    event_id: uuid::Uuid::now_v7(),
+                    event_type: "user.created".into(),
+                    schema: 1,
+                    occurred_at: OffsetDateTime::now_utc(),
+                    data: json!({"not": "a user"}),
+                }],
+            }],
+            reserve: vec![],
+            release: vec![],
+            idempotency_key: None,
+        };
+        log.append(req).await.expect("append");
+        let runner = Runner::new(log.clone(), UsersProjection).await.expect("runner");
+        let handle = runner.handle();
+        tokio::time::timeout(Duration::from_secs(10), runner.run(CancellationToken::new(), Duration::from_millis(20)))
+            .await
+            .unwrap_or_else(|_| panic!("{backend}: the runner should stop on a poison event"));
+        let status = handle.status();
+        assert_eq!(status.position, 0, "{backend}: the poison event is not skipped");
+        assert!(status.failure.as_deref().is_some_and(|f| f.contains("poison event 1")), "{backend}: {status:?}");
+        let stored: Option<String> = sqlx::query_scalar("SELECT failure FROM checkpoints WHERE name = 'users_v1'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("checkpoint");
+        assert!(stored.is_some(), "{backend}: the failure is recorded in the checkpoint row");
+    }
+}
+
+async fn dump(db: &Db) -> Vec<String> {
+    let mut rows = Vec::new();
+    for table in TABLES {
+        let sql = format!("SELECT * FROM {table}");
+        for row in sqlx::query(&sql).fetch_all(&db.pool).await.expect("dump") {
+            use sqlx::Row;
+            let mut cells = vec![table.to_string()];
+            for i in 0..row.len() {
+                let cell = row
+                    .try_get::<Option<String>, _>(i)
+                    .map(|v| v.unwrap_or_else(|| "NULL".into()))
+                    .or_else(|_| row.try_get::<i64, _>(i).map(|v| v.to_string()))
+                    .expect("text or integer cell");
+                cells.push(cell);
+            }
+            rows.push(cells.join("|"));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// Live changes, then a rebuild from position 0: the same rows.
+#[tokio::test]
+async fn rebuilding_the_users_read_model_from_zero_equals_the_live_one() {
+    for test_db in fresh_databases().await {
+        let backend = test_db.backend;
+        let db = Db::connect(&test_db.url).await.expect("connect");
+        let log = SqlEventLog::open(db.clone()).await.expect("open");
+        let runner = Runner::new(log.clone(), UsersProjection).await.expect("runner");
+        let handle = runner.handle();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(runner.run(cancel.clone(), Duration::from_millis(20)));
+
+        let commands = Commands::new(log.clone());
+        let meta = Meta { tenant: tenant(), actor: "t".into(), correlation_id: "c".into(), idempotency_key: None };
+        let ctx = Context::at(OffsetDateTime::now_utc());
+        let mut ids = Vec::new();
+        for i in 0..12 {
+            let id = new_user_id(ctx.now);
+            let create = CreateUser {
+                user_id: id.clone(),
+                username: Username::parse("u", &format!("user{i}")).expect("u"),
+                phone: Phone::parse("p", &format!("98765{i:05}")).expect("p"),
+                email: Some(Email::parse("e", &format!("u{i}@example.com")).expect("e")),
+                first_name: None,
+                last_name: None,
+                gender: None,
+                meta: Some(json!({"i": i})),
+                external_id: Some(format!("ext-{i}")),
+                rr_id: None,
+            };
+            commands.create_user(&meta, create, &ctx).await.expect("create");
+            ids.push(id);
+        }
+        let update = UpdateUser {
+            emails: Some(vec![userstream_domain::user::EmailEntry {
+                email: Email::parse("e", "changed@example.com").expect("e"),
+                primary: true,
+                verified: false,
+                active: true,
+            }]),
+            ..Default::default()
+        };
+        commands.handle(&meta, &ids[0], UserCommand::Update(update), None, &ctx).await.expect("update");
+        commands.set_blocked(&meta, &ids[1..4], true, "r", &ctx).await.expect("block");
+        commands.set_blocked(&meta, &ids[2..3], false, "r", &ctx).await.expect("unblock");
+        commands.handle(&meta, &ids[5], UserCommand::Archive, None, &ctx).await.expect("archive");
+        commands.handle(&meta, &ids[6], UserCommand::Archive, None, &ctx).await.expect("archive");
+        let last = commands
+            .handle(&meta, &ids[6], UserCommand::Restore { reason: "r".into() }, None, &ctx)
+            .await
+            .expect("restore")
+            .position;
+        assert!(handle.wait_for(last, Duration::from_secs(10)).await, "{backend}");
+        cancel.cancel();
+        task.await.expect("join");
+
+        let query = UsersQuery::new(db.clone());
+        let (_, total) = query.list(&tenant(), None, 1, 10).await.expect("list");
+        assert_eq!(total, 11, "{backend}: 12 created, one archived");
+        let live = dump(&db).await;
+
+        for table in TABLES {
+            sqlx::query(&format!("DELETE FROM {table}")).execute(&db.pool).await.expect("clear");
+        }
+        sqlx::query("UPDATE checkpoints SET position = 0 WHERE name = 'users_v1'").execute(&db.pool).await.expect("reset");
+        let runner = Runner::new(log.clone(), UsersProjection).await.expect("runner").with_batch_size(7);
+        while runner.step().await.expect("step") > 0 {}
+        assert_eq!(dump(&db).await, live, "{backend}: rebuilt rows differ from the live ones");
+        assert_eq!(log.head().await.expect("head"), runner.handle().status().position, "{backend}");
+    }
+}
