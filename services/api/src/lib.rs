@@ -89,6 +89,31 @@ impl Service {
     }
 }
 
+/// Answers 413 at once when the declared `Content-Length` is over the limit,
+/// so the client gets the answer before it sends the body. Bodies without a
+/// declared length are cut by [`DefaultBodyLimit`] as they stream.
+async fn reject_oversized(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return error::ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is too large (limit {limit} bytes)"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 /// The whole HTTP API. Every request passes [`auth::authenticate`] first.
 pub fn app(state: AppState) -> Router {
     let limit = state.config.body_limit;
@@ -97,6 +122,7 @@ pub fn app(state: AppState) -> Router {
         .merge(ops::router())
         .layer(axum::middleware::from_fn(auth::authenticate))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(limit, reject_oversized))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             tracing::info_span!("http.request", method = %req.method(), path = %req.uri().path())
         }))

@@ -1,3 +1,253 @@
+//! `userstream bench`: throughput, visibility lag and query latency, measured
+//! through the whole axum router (JSON in, JSON out, no socket) on a fresh
+//! database. Prints a Markdown table.
+
+use anyhow::{bail, Context as _};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
+use userstream_api::{Config, Service};
+
 #[derive(clap::Args)]
-pub struct BenchArgs {}
-pub async fn run(_: BenchArgs) -> anyhow::Result<()> { Ok(()) }
+pub struct BenchArgs {
+    /// Database to benchmark; should be empty. Default: a new SQLite file in the temp dir.
+    #[arg(long = "database", env = "DATABASE_URL")]
+    database: Option<String>,
+    /// Users to load before measuring queries.
+    #[arg(long, default_value_t = 1_000_000)]
+    users: u64,
+    /// Seconds of CreateUser load per concurrency level.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrency levels for the throughput runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    clients: Vec<usize>,
+    /// Query samples for the search and list percentiles.
+    #[arg(long, default_value_t = 5_000)]
+    samples: u64,
+}
+
+const PREFIX: &str = "/service/platform/user/v1.0/company/1/application/000000000000000000000001";
+
+struct Bench {
+    router: Router,
+    service: Service,
+    next: AtomicU64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> String {
+    format!("{:.2} ms", h.value_at_quantile(q) as f64 / 1000.0)
+}
+
+impl Bench {
+    async fn call(&self, request: Request<Body>) -> anyhow::Result<(StatusCode, Value)> {
+        let response = self.router.clone().oneshot(request).await?;
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+
+    /// One durable CreateUser; returns its user number and the event position.
+    async fn create(&self) -> anyhow::Result<(u64, i64)> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let body = json!({"phone_number": format!("9{n:09}"), "username": format!("u{n}"), "email": format!("u{n}@bench.example"), "first_name": "Bench"});
+        let request = Request::post(format!("{PREFIX}/customers"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))?;
+        let response = self.router.clone().oneshot(request).await?;
+        if response.status() != StatusCode::OK {
+            bail!("create answered {}", response.status());
+        }
+        let position = response
+            .headers()
+            .get("x-event-position")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .context("no X-Event-Position")?;
+        Ok((n, position))
+    }
+
+    async fn get(&self, path_and_query: &str) -> anyhow::Result<Value> {
+        let (status, body) = self.call(Request::get(format!("{PREFIX}{path_and_query}")).body(Body::empty())?).await?;
+        if status != StatusCode::OK {
+            bail!("GET {path_and_query} answered {status}: {body}");
+        }
+        Ok(body)
+    }
+}
+
+/// Runs `clients` loops of CreateUser for `seconds`; returns (count, latencies µs).
+async fn throughput(bench: &Arc<Bench>, clients: usize, seconds: u64) -> anyhow::Result<(u64, Histogram<u64>, f64)> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let bench = bench.clone();
+            tokio::spawn(async move {
+                let mut h = histogram();
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    bench.create().await?;
+                    h.record(t.elapsed().as_micros().max(1) as u64)?;
+                    n += 1;
+                }
+                Ok::<_, anyhow::Error>((n, h))
+            })
+        })
+        .collect();
+    let mut total = 0;
+    let mut all = histogram();
+    for t in tasks {
+        let (n, h) = t.await??;
+        total += n;
+        all.add(h)?;
+    }
+    Ok((total, all, started.elapsed().as_secs_f64()))
+}
+
+/// Loads users until `target` exist, with 256 clients. Returns users/s.
+async fn load(bench: &Arc<Bench>, target: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let before = bench.next.load(Ordering::Relaxed);
+    let tasks: Vec<_> = (0..256)
+        .map(|_| {
+            let bench = bench.clone();
+            tokio::spawn(async move {
+                while bench.next.load(Ordering::Relaxed) < target {
+                    bench.create().await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            })
+        })
+        .collect();
+    let mut last_report = Instant::now();
+    for t in tasks {
+        while !t.is_finished() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if last_report.elapsed() > Duration::from_secs(10) {
+                eprintln!("  loaded {} users", bench.next.load(Ordering::Relaxed));
+                last_report = Instant::now();
+            }
+        }
+        t.await??;
+    }
+    let made = bench.next.load(Ordering::Relaxed).saturating_sub(before);
+    Ok(made as f64 / started.elapsed().as_secs_f64())
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let url = match args.database {
+        Some(url) => url,
+        None => {
+            let path = std::env::temp_dir().join(format!("userstream-bench-{}.db", std::process::id()));
+            format!("sqlite://{}", path.display())
+        }
+    };
+    let service = Service::start(Config::new(url.clone())).await?;
+    let router = service.router();
+    let bench = Arc::new(Bench { router, service, next: AtomicU64::new(0) });
+    let backend = if url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" };
+    let mut rows: Vec<(String, String)> = Vec::new();
+    eprintln!("benchmarking on {backend} ({} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+
+    for &clients in &args.clients {
+        let (n, h, secs) = throughput(&bench, clients, args.seconds).await?;
+        rows.push((
+            format!("CreateUser, {clients} clients"),
+            format!("{:.0} cmd/s, p50 {}, p99 {}", n as f64 / secs, ms(&h, 0.5), ms(&h, 0.99)),
+        ));
+        eprintln!("  {}: {}", rows[rows.len() - 1].0, rows[rows.len() - 1].1);
+    }
+
+    // Visibility lag: one probe client while 16 others write.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background: Vec<_> = (0..16)
+        .map(|_| {
+            let (bench, stop) = (bench.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if bench.create().await.is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut lag = histogram();
+    for _ in 0..500 {
+        let (n, _) = bench.create().await?;
+        let acked = Instant::now();
+        let email = format!("u{n}%40bench.example");
+        loop {
+            let found = bench.get(&format!("/customers/search?q={email}")).await?;
+            if found["users"].as_array().is_some_and(|u| !u.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        lag.record(acked.elapsed().as_micros().max(1) as u64)?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for b in background {
+        let _ = b.await;
+    }
+    rows.push(("command → query visibility lag (search by email, 16 writers)".into(), format!("p50 {}, p99 {}", ms(&lag, 0.5), ms(&lag, 0.99))));
+    eprintln!("  lag: p50 {} p99 {}", ms(&lag, 0.5), ms(&lag, 0.99));
+
+    let have = bench.next.load(Ordering::Relaxed);
+    if args.users > have {
+        eprintln!("loading {} users …", args.users);
+        let rate = load(&bench, args.users).await?;
+        rows.push((format!("loading to {} users (256 clients)", args.users), format!("{rate:.0} users/s")));
+    }
+    let head = bench.service.state.commands.log().watch_head().borrow().to_owned();
+    let caught_up = Instant::now();
+    while !bench.service.state.users.wait_for(head, Duration::from_secs(10)).await {
+        eprintln!("  projection at {} of {head}", bench.service.state.users.status().position);
+    }
+    eprintln!("  projection caught up {:.1} s after the last command", caught_up.elapsed().as_secs_f64());
+    let total = bench.next.load(Ordering::Relaxed);
+
+    let mut search = histogram();
+    for i in 0..args.samples {
+        let n = (i * 7_919 + 13) % total;
+        let t = Instant::now();
+        let found = bench.get(&format!("/customers/search?q=u{n}%40bench.example")).await?;
+        search.record(t.elapsed().as_micros().max(1) as u64)?;
+        if found["users"].as_array().map(Vec::len) != Some(1) {
+            bail!("user {n} not found by email");
+        }
+    }
+    rows.push((format!("search by email, {total} users"), format!("p50 {}, p99 {}", ms(&search, 0.5), ms(&search, 0.99))));
+
+    let mut list = histogram();
+    for i in 0..args.samples {
+        let page = 1 + (i * 31) % 100;
+        let t = Instant::now();
+        let body = bench.get(&format!("/customers/list?page_no={page}&page_size=10")).await?;
+        list.record(t.elapsed().as_micros().max(1) as u64)?;
+        if body["items"].as_array().map(Vec::len) != Some(10) {
+            bail!("list page {page} is not full");
+        }
+    }
+    rows.push((format!("list page (10 items, pages 1–100), {total} users"), format!("p50 {}, p99 {}", ms(&list, 0.5), ms(&list, 0.99))));
+
+    println!("\n| {backend} — measured | result |\n| --- | --- |");
+    for (what, result) in rows {
+        println!("| {what} | {result} |");
+    }
+    let Bench { service, .. } = Arc::try_unwrap(bench).map_err(|_| anyhow::anyhow!("bench still in use"))?;
+    service.stop().await;
+    Ok(())
+}
