@@ -168,6 +168,7 @@ impl<P: Projection> Runner<P> {
         };
         let span = tracing::debug_span!("projection.batch", projection = name, from, to = last, events = events.len());
         async {
+            let _turn = db.write_turn().await;
             let mut pooled = db.pool.acquire().await?;
             let conn = pooled.acquire().await?;
             conn.execute(db.begin_write()).await?;

@@ -224,3 +224,67 @@ async fn the_head_watch_follows_appends() {
             .expect("watch");
     }
 }
+
+/// Requests that land in one group-commit batch see each other: of many
+/// concurrent claims of one key, or creations of one stream, exactly one wins;
+/// of many uses of one idempotency key, exactly one appends.
+#[tokio::test]
+async fn concurrent_requests_in_one_batch_see_each_other() {
+    for (backend, log) in logs().await {
+        let claims: Vec<_> = (0..50)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let stream = format!("claimant-{i}");
+                    let mut r = one(&stream, ExpectedVersion::NoStream, i);
+                    r.reserve = vec![Reservation { key: "email:race@y.co".into(), stream }];
+                    log.append(r).await
+                })
+            })
+            .collect();
+        let creations: Vec<_> = (0..50)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append(one("contested", ExpectedVersion::NoStream, i)).await })
+            })
+            .collect();
+        let retries: Vec<_> = (0..50)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut r = one(&format!("retry-{i}"), ExpectedVersion::Any, i);
+                    r.idempotency_key = Some("same-key".into());
+                    log.append(r).await
+                })
+            })
+            .collect();
+        let mut won = (0, 0, 0);
+        let mut first_result = None;
+        for t in claims {
+            match t.await.expect("join") {
+                Ok(_) => won.0 += 1,
+                Err(AppendError::Reserved { .. }) => {}
+                Err(e) => panic!("{backend}: {e}"),
+            }
+        }
+        for t in creations {
+            match t.await.expect("join") {
+                Ok(_) => won.1 += 1,
+                Err(AppendError::Conflict { .. }) => {}
+                Err(e) => panic!("{backend}: {e}"),
+            }
+        }
+        for t in retries {
+            let r = t.await.expect("join").expect("idempotent append");
+            if !r.replayed {
+                won.2 += 1;
+            }
+            let first = first_result.get_or_insert_with(|| r.last_position);
+            assert_eq!(*first, r.last_position, "{backend}: every retry gets the first result");
+        }
+        assert_eq!(won, (1, 1, 1), "{backend}");
+        assert_eq!(log.read_stream("contested").await.expect("read").len(), 1, "{backend}");
+        let appended_retries = log.read_all(0, 1000).await.expect("read").iter().filter(|e| e.stream.starts_with("retry-")).count();
+        assert_eq!(appended_retries, 1, "{backend}");
+    }
+}

@@ -3,10 +3,12 @@
 //! lock); everything else is the same SQL, run through sqlx's `Any` driver.
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
 use std::str::FromStr;
 
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{Mutex, MutexGuard};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -20,6 +22,7 @@ pub struct Db {
     pub pool: AnyPool,
     pub dialect: Dialect,
     url: String,
+    write_gate: Arc<Mutex<()>>,
 }
 
 /// A schema step owned by one component (`eventlog`, a projection …).
@@ -57,13 +60,25 @@ impl Db {
             })
             .connect_with(options)
             .await?;
-        Ok(Db { pool, dialect, url })
+        Ok(Db { pool, dialect, url, write_gate: Arc::new(Mutex::new(())) })
+    }
+
+    /// On SQLite, the turn to write: every write transaction of this process
+    /// (the log's writer, each projection) takes it before `BEGIN IMMEDIATE`.
+    /// SQLite's own busy handler retries by sleeping, so a writer that
+    /// commits back to back would starve the others; this queue is fair
+    /// (first come, first served). On PostgreSQL there is nothing to wait for.
+    pub async fn write_turn(&self) -> Option<MutexGuard<'_, ()>> {
+        match self.dialect {
+            Dialect::Sqlite => Some(self.write_gate.lock().await),
+            Dialect::Postgres => None,
+        }
     }
 
     /// A connection outside the pool, set up like the pooled ones. The log's
     /// writer owns one for its whole life.
     pub async fn dedicated_connection(&self) -> Result<AnyConnection, sqlx::Error> {
-        let mut conn = AnyConnection::connect(&self.url).await?;
+        let mut conn = AnyConnectOptions::from_str(&self.url)?.disable_statement_logging().connect().await?;
         if self.dialect == Dialect::Sqlite {
             conn.execute(SQLITE_PRAGMAS).await?;
         }
@@ -92,6 +107,7 @@ impl Db {
     /// transaction, recording them in `schema_migrations`. Safe to run from
     /// several processes at once on PostgreSQL (an advisory lock serialises them).
     pub async fn migrate(&self, component: &str, steps: &[Migration]) -> Result<(), sqlx::Error> {
+        let _turn = self.write_turn().await;
         let mut conn = self.pool.acquire().await?;
         conn.execute(self.begin_write()).await?;
         let result = async {

@@ -1,17 +1,24 @@
 //! The group-commit writer: one task, one connection, one transaction per batch.
 //!
-//! Each request in a batch runs inside its own savepoint, so a rejected
-//! request (version conflict, taken email) is rolled back alone while the
-//! others commit. Replies are sent only after COMMIT returned, so an
-//! acknowledged append is durable. If the commit itself fails, every request
-//! of the batch gets the error and nothing of it is visible.
+//! A batch is checked in memory, request by request in arrival order, against
+//! what the database holds (stream versions, reservations, idempotency keys,
+//! read with one query each) plus what earlier requests of the same batch
+//! did. A rejected request (version conflict, taken email) changes nothing;
+//! the accepted ones are then written with a few multi-row statements. The
+//! checks stay valid until COMMIT because every append transaction holds the
+//! write lock (SQLite `BEGIN IMMEDIATE`, PostgreSQL the position lock).
+//!
+//! Replies are sent only after COMMIT returned, so an acknowledged append is
+//! durable. If the commit fails, every request of the batch gets the error
+//! and nothing of it is visible.
 
 use crate::{format_time, AppendError, AppendRequest, AppendResult, Db, Dialect, ExpectedVersion, POSITION_LOCK};
-use sqlx::{AnyConnection, Executor};
-use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot, watch};
+use sqlx::{AnyConnection, Executor, Row};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 /// Counters of the writer, for tests and metrics.
@@ -29,7 +36,10 @@ pub(crate) struct Pending {
 }
 
 /// Most requests one transaction takes; the rest wait for the next one.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 1024;
+
+/// Rows per multi-row statement (keeps bind parameters under every backend's limit).
+const ROWS_PER_STATEMENT: usize = 500;
 
 pub(crate) async fn run(
     db: Db,
@@ -43,7 +53,15 @@ pub(crate) async fn run(
         stats.transactions.fetch_add(1, Ordering::Relaxed);
         stats.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let span = tracing::debug_span!("eventlog.append", batch = batch.len());
-        let outcome = commit_batch(&db, &mut conn, &batch).instrument(span).await;
+        let requests: Vec<&AppendRequest> = batch.iter().map(|p| &p.request).collect();
+        let outcome = async {
+            let _turn = db.write_turn().await;
+            begin(&db, &mut conn).await?;
+            let written = write_batch(&mut conn, &requests).await;
+            finish(&mut conn, written).await
+        }
+        .instrument(span)
+        .await;
         match outcome {
             Ok(results) => {
                 let top = results.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.last_position).max();
@@ -74,39 +92,21 @@ pub(crate) async fn run(
     }
 }
 
-async fn commit_batch(
-    db: &Db,
-    conn: &mut AnyConnection,
-    batch: &[Pending],
-) -> Result<Vec<Result<AppendResult, AppendError>>, sqlx::Error> {
-    begin(db, conn).await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for pending in batch {
-        if let Err(e) = conn.execute("SAVEPOINT request").await {
-            let _ = conn.execute("ROLLBACK").await;
-            return Err(e);
-        }
-        match apply(conn, &pending.request).await {
-            Ok(result) => {
-                conn.execute("RELEASE SAVEPOINT request").await?;
-                results.push(Ok(result));
-            }
-            Err(AppendError::Storage(e)) => {
+/// Commits after a successful batch, rolls back after a failed one.
+async fn finish<T>(conn: &mut AnyConnection, outcome: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+    match outcome {
+        Ok(value) => match conn.execute("COMMIT").await {
+            Ok(_) => Ok(value),
+            Err(e) => {
                 let _ = conn.execute("ROLLBACK").await;
-                return Err(e);
+                Err(e)
             }
-            Err(rejection) => {
-                conn.execute("ROLLBACK TO SAVEPOINT request").await?;
-                conn.execute("RELEASE SAVEPOINT request").await?;
-                results.push(Err(rejection));
-            }
+        },
+        Err(e) => {
+            let _ = conn.execute("ROLLBACK").await;
+            Err(e)
         }
     }
-    if let Err(e) = conn.execute("COMMIT").await {
-        let _ = conn.execute("ROLLBACK").await;
-        return Err(e);
-    }
-    Ok(results)
 }
 
 /// Opens an append transaction and, on PostgreSQL, takes the position lock
@@ -123,107 +123,307 @@ pub(crate) async fn begin(db: &Db, conn: &mut AnyConnection) -> Result<(), sqlx:
     Ok(())
 }
 
-/// Performs one request inside the current transaction.
-pub(crate) async fn apply(conn: &mut AnyConnection, req: &AppendRequest) -> Result<AppendResult, AppendError> {
-    let scope = req.tenant.scope();
-    if let Some(key) = &req.idempotency_key {
-        let stored: Option<String> = sqlx::query_scalar("SELECT result FROM idempotency WHERE scope = $1 AND key = $2")
-            .bind(&scope)
-            .bind(key)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if let Some(stored) = stored {
-            let mut result: AppendResult = serde_json::from_str(&stored)
-                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-            result.replayed = true;
-            return Ok(result);
+/// What the database holds for the keys and streams a batch touches.
+struct Snapshot {
+    versions: HashMap<String, i64>,
+    /// (scope, key) → holding stream.
+    holders: HashMap<(String, String), Option<String>>,
+    /// (scope, idempotency key) → stored result.
+    seen: HashMap<(String, String), AppendResult>,
+}
+
+/// How one request of the batch ends.
+enum Verdict {
+    Accepted { before: HashMap<String, i64>, versions: Vec<(String, i64)> },
+    /// Same idempotency key as an earlier request: its stored result, or
+    /// (when that request is in this batch) the index of that request.
+    Replay(Result<AppendResult, usize>),
+    Rejected(AppendError),
+}
+
+/// Checks and writes a whole batch inside the open transaction. Returns one
+/// result per request, in order.
+pub(crate) async fn write_batch(
+    conn: &mut AnyConnection,
+    batch: &[&AppendRequest],
+) -> Result<Vec<Result<AppendResult, AppendError>>, sqlx::Error> {
+    let mut snap = read_snapshot(conn, batch).await?;
+    let initial_holders = snap.holders.clone();
+    let mut claimed_keys: HashMap<(String, String), usize> = HashMap::new();
+    let verdicts: Vec<Verdict> =
+        batch.iter().enumerate().map(|(i, req)| judge(i, req, &mut snap, &mut claimed_keys)).collect();
+
+    // Reservations: write the net change of every touched key.
+    let mut deletes = Vec::new();
+    let mut inserts = Vec::new();
+    for (key, holder) in &snap.holders {
+        let before = initial_holders.get(key).cloned().flatten();
+        if before != *holder {
+            if before.is_some() {
+                deletes.push(key.clone());
+            }
+            if let Some(stream) = holder {
+                inserts.push((key.0.clone(), key.1.clone(), stream.clone()));
+            }
+        }
+    }
+    for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!("DELETE FROM reservations WHERE (scope, key) IN (VALUES {})", tuples(chunk.len(), 2, 0));
+        let mut q = sqlx::query(&sql);
+        for (scope, key) in chunk {
+            q = q.bind(scope).bind(key);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    for chunk in inserts.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!("INSERT INTO reservations (scope, key, stream) VALUES {}", rows(chunk.len(), 3));
+        let mut q = sqlx::query(&sql);
+        for (scope, key, stream) in chunk {
+            q = q.bind(scope).bind(key).bind(stream);
+        }
+        q.execute(&mut *conn).await?;
+    }
+
+    // Events, in request order; positions come back keyed by event id.
+    let recorded_at = format_time(OffsetDateTime::now_utc());
+    let mut rows_to_insert = Vec::new();
+    for (req, verdict) in batch.iter().zip(&verdicts) {
+        if let Verdict::Accepted { before, .. } = verdict {
+            let mut next = before.clone();
+            for s in &req.streams {
+                let version = next.entry(s.stream.clone()).or_insert(0);
+                for e in &s.events {
+                    *version += 1;
+                    rows_to_insert.push((*req, s.stream.as_str(), *version, e));
+                }
+            }
+        }
+    }
+    let mut positions: HashMap<String, i64> = HashMap::with_capacity(rows_to_insert.len());
+    for chunk in rows_to_insert.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO events (event_id, stream, version, event_type, schema_version, occurred_at, recorded_at, company_id, application_id, actor, correlation_id, causation_id, data) VALUES {} RETURNING position, event_id",
+            rows(chunk.len(), 13)
+        );
+        let mut q = sqlx::query(&sql);
+        for (req, stream, version, e) in chunk {
+            q = q
+                .bind(e.event_id.to_string())
+                .bind(*stream)
+                .bind(*version)
+                .bind(&e.event_type)
+                .bind(e.schema)
+                .bind(format_time(e.occurred_at))
+                .bind(&recorded_at)
+                .bind(&req.tenant.company_id)
+                .bind(&req.tenant.application_id)
+                .bind(&req.actor)
+                .bind(&req.correlation_id)
+                .bind(req.causation_id.as_deref())
+                .bind(e.data.to_string());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            positions.insert(row.try_get("event_id")?, row.try_get("position")?);
         }
     }
 
-    let mut versions = Vec::with_capacity(req.streams.len());
+    // Results, and the idempotency keys of accepted requests.
+    let mut results: Vec<Result<AppendResult, AppendError>> = Vec::with_capacity(batch.len());
+    let mut keys = Vec::new();
+    for (req, verdict) in batch.iter().zip(verdicts) {
+        results.push(match verdict {
+            Verdict::Accepted { versions, .. } => {
+                let last_position = req
+                    .streams
+                    .iter()
+                    .flat_map(|s| &s.events)
+                    .filter_map(|e| positions.get(&e.event_id.to_string()))
+                    .copied()
+                    .max()
+                    .unwrap_or(0);
+                let result = AppendResult { last_position, streams: versions, replayed: false };
+                if let Some(key) = &req.idempotency_key {
+                    let stored = serde_json::to_string(&result).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                    keys.push((req.tenant.scope(), key.clone(), stored));
+                }
+                Ok(result)
+            }
+            Verdict::Replay(Ok(stored)) => Ok(stored),
+            Verdict::Replay(Err(earlier)) => match &results[earlier] {
+                Ok(first) => Ok(AppendResult { replayed: true, ..first.clone() }),
+                Err(_) => Err(AppendError::Conflict { stream: String::new(), expected: ExpectedVersion::Any, actual: 0 }),
+            },
+            Verdict::Rejected(e) => Err(e),
+        });
+    }
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!("INSERT INTO idempotency (scope, key, result) VALUES {}", rows(chunk.len(), 3));
+        let mut q = sqlx::query(&sql);
+        for (scope, key, stored) in chunk {
+            q = q.bind(scope).bind(key).bind(stored);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(results)
+}
+
+/// Decides one request against the snapshot, updating it if accepted.
+fn judge(
+    index: usize,
+    req: &AppendRequest,
+    snap: &mut Snapshot,
+    claimed_keys: &mut HashMap<(String, String), usize>,
+) -> Verdict {
+    let scope = req.tenant.scope();
+    if let Some(key) = &req.idempotency_key {
+        let id = (scope.clone(), key.clone());
+        if let Some(stored) = snap.seen.get(&id) {
+            return Verdict::Replay(Ok(AppendResult { replayed: true, ..stored.clone() }));
+        }
+        if let Some(&earlier) = claimed_keys.get(&id) {
+            return Verdict::Replay(Err(earlier));
+        }
+    }
+    let mut versions: HashMap<&str, i64> = HashMap::new();
+    let mut before: HashMap<String, i64> = HashMap::new();
     for s in &req.streams {
-        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM events WHERE stream = $1")
-            .bind(&s.stream)
-            .fetch_one(&mut *conn)
-            .await?;
-        let current = current.unwrap_or(0);
+        let stored = *snap.versions.get(&s.stream).unwrap_or(&0);
+        before.entry(s.stream.clone()).or_insert(stored);
+        let current = *versions.get(s.stream.as_str()).unwrap_or(&stored);
         let ok = match s.expected {
             ExpectedVersion::Any => true,
             ExpectedVersion::NoStream => current == 0,
             ExpectedVersion::Exact(v) => current == v,
         };
         if !ok {
-            return Err(AppendError::Conflict { stream: s.stream.clone(), expected: s.expected, actual: current });
+            return Verdict::Rejected(AppendError::Conflict { stream: s.stream.clone(), expected: s.expected, actual: current });
         }
-        versions.push(current);
+        versions.insert(&s.stream, current + s.events.len() as i64);
     }
-
+    let mut holders: HashMap<(String, String), Option<String>> = HashMap::new();
+    let holder_of = |holders: &HashMap<(String, String), Option<String>>, k: &(String, String)| {
+        holders.get(k).cloned().unwrap_or_else(|| snap.holders.get(k).cloned().flatten())
+    };
     for r in &req.release {
-        sqlx::query("DELETE FROM reservations WHERE scope = $1 AND key = $2 AND stream = $3")
-            .bind(&scope)
-            .bind(&r.key)
-            .bind(&r.stream)
-            .execute(&mut *conn)
-            .await?;
+        let k = (scope.clone(), r.key.clone());
+        if holder_of(&holders, &k).as_deref() == Some(r.stream.as_str()) {
+            holders.insert(k, None);
+        }
     }
     for r in &req.reserve {
-        let inserted = sqlx::query("INSERT INTO reservations (scope, key, stream) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-        .bind(&scope)
-        .bind(&r.key)
-        .bind(&r.stream)
-        .execute(&mut *conn)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            let holder: Option<String> =
-                sqlx::query_scalar("SELECT stream FROM reservations WHERE scope = $1 AND key = $2")
-                    .bind(&scope)
-                    .bind(&r.key)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            if holder.as_deref() != Some(r.stream.as_str()) {
-                return Err(AppendError::Reserved { key: r.key.clone() });
+        let k = (scope.clone(), r.key.clone());
+        match holder_of(&holders, &k) {
+            Some(holder) if holder != r.stream => return Verdict::Rejected(AppendError::Reserved { key: r.key.clone() }),
+            _ => {
+                holders.insert(k, Some(r.stream.clone()));
             }
         }
     }
-
-    let recorded_at = format_time(OffsetDateTime::now_utc());
-    let mut last_position = 0;
-    let mut streams = Vec::with_capacity(req.streams.len());
-    for (s, mut version) in req.streams.iter().zip(versions) {
-        for e in &s.events {
-            version += 1;
-            let position: i64 = sqlx::query_scalar(
-                "INSERT INTO events (event_id, stream, version, event_type, schema_version, occurred_at, recorded_at, company_id, application_id, actor, correlation_id, causation_id, data)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING position",
-            )
-            .bind(e.event_id.to_string())
-            .bind(&s.stream)
-            .bind(version)
-            .bind(&e.event_type)
-            .bind(e.schema)
-            .bind(format_time(e.occurred_at))
-            .bind(&recorded_at)
-            .bind(&req.tenant.company_id)
-            .bind(&req.tenant.application_id)
-            .bind(&req.actor)
-            .bind(&req.correlation_id)
-            .bind(req.causation_id.as_deref())
-            .bind(e.data.to_string())
-            .fetch_one(&mut *conn)
-            .await?;
-            last_position = last_position.max(position);
-        }
-        streams.push((s.stream.clone(), version));
+    // Accepted: make its effects visible to the requests after it.
+    snap.holders.extend(holders);
+    let versions: Vec<(String, i64)> = req
+        .streams
+        .iter()
+        .map(|s| (s.stream.clone(), versions.get(s.stream.as_str()).copied().unwrap_or(0)))
+        .fold(Vec::new(), |mut acc, (s, v)| {
+            if let Some(existing) = acc.iter_mut().find(|(name, _)| *name == s) {
+                existing.1 = v;
+            } else {
+                acc.push((s, v));
+            }
+            acc
+        });
+    for (s, v) in &versions {
+        snap.versions.insert(s.clone(), *v);
     }
-    let result = AppendResult { last_position, streams, replayed: false };
     if let Some(key) = &req.idempotency_key {
-        let stored = serde_json::to_string(&result).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        sqlx::query("INSERT INTO idempotency (scope, key, result) VALUES ($1, $2, $3)")
-            .bind(&scope)
-            .bind(key)
-            .bind(stored)
-            .execute(&mut *conn)
-            .await?;
+        claimed_keys.insert((scope, key.clone()), index);
     }
-    Ok(result)
+    Verdict::Accepted { before, versions }
+}
+
+/// Reads the versions, reservation holders and idempotency results the batch needs.
+async fn read_snapshot(conn: &mut AnyConnection, batch: &[&AppendRequest]) -> Result<Snapshot, sqlx::Error> {
+    let mut streams: Vec<&str> = batch.iter().flat_map(|r| r.streams.iter().map(|s| s.stream.as_str())).collect();
+    streams.sort_unstable();
+    streams.dedup();
+    let mut versions = HashMap::with_capacity(streams.len());
+    for chunk in streams.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT stream, MAX(version) AS version FROM events WHERE stream IN ({}) GROUP BY stream",
+            (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for s in chunk {
+            q = q.bind(*s);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            versions.insert(row.try_get::<String, _>("stream")?, row.try_get::<i64, _>("version")?);
+        }
+    }
+
+    let mut keys: Vec<(String, String)> = batch
+        .iter()
+        .flat_map(|r| {
+            let scope = r.tenant.scope();
+            r.reserve.iter().chain(&r.release).map(move |res| (scope.clone(), res.key.clone()))
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut holders: HashMap<(String, String), Option<String>> = keys.iter().map(|k| (k.clone(), None)).collect();
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!("SELECT scope, key, stream FROM reservations WHERE (scope, key) IN (VALUES {})", tuples(chunk.len(), 2, 0));
+        let mut q = sqlx::query(&sql);
+        for (scope, key) in chunk {
+            q = q.bind(scope).bind(key);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            holders.insert((row.try_get("scope")?, row.try_get("key")?), Some(row.try_get("stream")?));
+        }
+    }
+
+    let ids: Vec<(String, String)> =
+        batch.iter().filter_map(|r| r.idempotency_key.as_ref().map(|k| (r.tenant.scope(), k.clone()))).collect();
+    let mut seen = HashMap::new();
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!("SELECT scope, key, result FROM idempotency WHERE (scope, key) IN (VALUES {})", tuples(chunk.len(), 2, 0));
+        let mut q = sqlx::query(&sql);
+        for (scope, key) in chunk {
+            q = q.bind(scope).bind(key);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            let stored: String = row.try_get("result")?;
+            let result: AppendResult = serde_json::from_str(&stored).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            seen.insert((row.try_get("scope")?, row.try_get("key")?), result);
+        }
+    }
+    Ok(Snapshot { versions, holders, seen })
+}
+
+/// `($1, $2), ($3, $4), …`: `n` tuples of `width` placeholders, numbered after `offset`.
+fn tuples(n: usize, width: usize, offset: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let cells: Vec<String> = (1..=width).map(|c| format!("${}", offset + i * width + c)).collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The VALUES list of a multi-row insert.
+fn rows(n: usize, width: usize) -> String {
+    tuples(n, width, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_across_tuples() {
+        assert_eq!(tuples(2, 2, 0), "($1, $2), ($3, $4)");
+        assert_eq!(rows(1, 3), "($1, $2, $3)");
+    }
 }

@@ -60,7 +60,7 @@ impl Bench {
     /// One durable CreateUser; returns its user number and the event position.
     async fn create(&self) -> anyhow::Result<(u64, i64)> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let body = json!({"phone_number": format!("9{n:09}"), "username": format!("u{n}"), "email": format!("u{n}@bench.example"), "first_name": "Bench"});
+        let body = json!({"phone_number": format!("9{n:09}"), "username": format!("user{n}"), "email": format!("u{n}@bench.example"), "first_name": "Bench"});
         let request = Request::post(format!("{PREFIX}/customers"))
             .header("content-type", "application/json")
             .body(Body::from(body.to_string()))?;
