@@ -269,7 +269,7 @@ impl SqlEventLog {
     pub async fn append_held(&self, request: AppendRequest) -> Result<HeldAppend, AppendError> {
         let mut conn = self.db.dedicated_connection().await?;
         writer::begin(&self.db, &mut conn).await?;
-        let mut results = writer::write_batch(&mut conn, &[&request]).await?;
+        let mut results = writer::write_batch(&mut conn, self.db.dialect, &[&request]).await?;
         let result = results.pop().ok_or(AppendError::Closed)??;
         Ok(HeldAppend { conn, result })
     }

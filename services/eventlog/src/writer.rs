@@ -57,7 +57,7 @@ pub(crate) async fn run(
         let outcome = async {
             let _turn = db.write_turn().await;
             begin(&db, &mut conn).await?;
-            let written = write_batch(&mut conn, &requests).await;
+            let written = write_batch(&mut conn, db.dialect, &requests).await;
             finish(&mut conn, written).await
         }
         .instrument(span)
@@ -145,9 +145,10 @@ enum Verdict {
 /// result per request, in order.
 pub(crate) async fn write_batch(
     conn: &mut AnyConnection,
+    dialect: Dialect,
     batch: &[&AppendRequest],
 ) -> Result<Vec<Result<AppendResult, AppendError>>, sqlx::Error> {
-    let mut snap = read_snapshot(conn, batch).await?;
+    let mut snap = read_snapshot(conn, dialect, batch).await?;
     let initial_holders = snap.holders.clone();
     let mut claimed_keys: HashMap<(String, String), usize> = HashMap::new();
     let verdicts: Vec<Verdict> =
@@ -168,7 +169,7 @@ pub(crate) async fn write_batch(
         }
     }
     for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!("DELETE FROM reservations WHERE (scope, key) IN (VALUES {})", tuples(chunk.len(), 2, 0));
+        let sql = format!("DELETE FROM reservations WHERE (scope, key) IN (VALUES {})", tuples(dialect, chunk.len(), 2, 0));
         let mut q = sqlx::query(&sql);
         for (scope, key) in chunk {
             q = q.bind(scope).bind(key);
@@ -176,7 +177,7 @@ pub(crate) async fn write_batch(
         q.execute(&mut *conn).await?;
     }
     for chunk in inserts.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!("INSERT INTO reservations (scope, key, stream) VALUES {}", rows(chunk.len(), 3));
+        let sql = format!("INSERT INTO reservations (scope, key, stream) VALUES {}", rows(dialect, chunk.len(), 3));
         let mut q = sqlx::query(&sql);
         for (scope, key, stream) in chunk {
             q = q.bind(scope).bind(key).bind(stream);
@@ -203,7 +204,7 @@ pub(crate) async fn write_batch(
     for chunk in rows_to_insert.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO events (event_id, stream, version, event_type, schema_version, occurred_at, recorded_at, company_id, application_id, actor, correlation_id, causation_id, data) VALUES {} RETURNING position, event_id",
-            rows(chunk.len(), 13)
+            rows(dialect, chunk.len(), 13)
         );
         let mut q = sqlx::query(&sql);
         for (req, stream, version, e) in chunk {
@@ -257,7 +258,7 @@ pub(crate) async fn write_batch(
         });
     }
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!("INSERT INTO idempotency (scope, key, result) VALUES {}", rows(chunk.len(), 3));
+        let sql = format!("INSERT INTO idempotency (scope, key, result) VALUES {}", rows(dialect, chunk.len(), 3));
         let mut q = sqlx::query(&sql);
         for (scope, key, stored) in chunk {
             q = q.bind(scope).bind(key).bind(stored);
@@ -343,15 +344,15 @@ fn judge(
 }
 
 /// Reads the versions, reservation holders and idempotency results the batch needs.
-async fn read_snapshot(conn: &mut AnyConnection, batch: &[&AppendRequest]) -> Result<Snapshot, sqlx::Error> {
+async fn read_snapshot(conn: &mut AnyConnection, dialect: Dialect, batch: &[&AppendRequest]) -> Result<Snapshot, sqlx::Error> {
     let mut streams: Vec<&str> = batch.iter().flat_map(|r| r.streams.iter().map(|s| s.stream.as_str())).collect();
     streams.sort_unstable();
     streams.dedup();
     let mut versions = HashMap::with_capacity(streams.len());
     for chunk in streams.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "SELECT stream, MAX(version) AS version FROM events WHERE stream IN ({}) GROUP BY stream",
-            (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+            "SELECT stream, MAX(version) AS version FROM events WHERE stream IN (VALUES {}) GROUP BY stream",
+            tuples(dialect, chunk.len(), 1, 0)
         );
         let mut q = sqlx::query(&sql);
         for s in chunk {
@@ -373,7 +374,7 @@ async fn read_snapshot(conn: &mut AnyConnection, batch: &[&AppendRequest]) -> Re
     keys.dedup();
     let mut holders: HashMap<(String, String), Option<String>> = keys.iter().map(|k| (k.clone(), None)).collect();
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!("SELECT scope, key, stream FROM reservations WHERE (scope, key) IN (VALUES {})", tuples(chunk.len(), 2, 0));
+        let sql = format!("SELECT scope, key, stream FROM reservations WHERE (scope, key) IN (VALUES {})", tuples(dialect, chunk.len(), 2, 0));
         let mut q = sqlx::query(&sql);
         for (scope, key) in chunk {
             q = q.bind(scope).bind(key);
@@ -387,7 +388,7 @@ async fn read_snapshot(conn: &mut AnyConnection, batch: &[&AppendRequest]) -> Re
         batch.iter().filter_map(|r| r.idempotency_key.as_ref().map(|k| (r.tenant.scope(), k.clone()))).collect();
     let mut seen = HashMap::new();
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!("SELECT scope, key, result FROM idempotency WHERE (scope, key) IN (VALUES {})", tuples(chunk.len(), 2, 0));
+        let sql = format!("SELECT scope, key, result FROM idempotency WHERE (scope, key) IN (VALUES {})", tuples(dialect, chunk.len(), 2, 0));
         let mut q = sqlx::query(&sql);
         for (scope, key) in chunk {
             q = q.bind(scope).bind(key);
@@ -401,11 +402,19 @@ async fn read_snapshot(conn: &mut AnyConnection, batch: &[&AppendRequest]) -> Re
     Ok(Snapshot { versions, holders, seen })
 }
 
-/// `($1, $2), ($3, $4), …`: `n` tuples of `width` placeholders, numbered after `offset`.
-fn tuples(n: usize, width: usize, offset: usize) -> String {
+/// `(?1, ?2), (?3, ?4), …`: `n` tuples of `width` placeholders, numbered after `offset`.
+///
+/// SQLite gets `?NNN` rather than `$NNN`: it looks every `$NNN` name up in a
+/// list while parsing, which is quadratic in the parameters of a multi-row
+/// statement, while ascending `?NNN` costs nothing. PostgreSQL gets `$NNN`.
+fn tuples(dialect: Dialect, n: usize, width: usize, offset: usize) -> String {
+    let sigil = match dialect {
+        Dialect::Sqlite => '?',
+        Dialect::Postgres => '$',
+    };
     (0..n)
         .map(|i| {
-            let cells: Vec<String> = (1..=width).map(|c| format!("${}", offset + i * width + c)).collect();
+            let cells: Vec<String> = (1..=width).map(|c| format!("{sigil}{}", offset + i * width + c)).collect();
             format!("({})", cells.join(", "))
         })
         .collect::<Vec<_>>()
@@ -413,8 +422,8 @@ fn tuples(n: usize, width: usize, offset: usize) -> String {
 }
 
 /// The VALUES list of a multi-row insert.
-fn rows(n: usize, width: usize) -> String {
-    tuples(n, width, 0)
+fn rows(dialect: Dialect, n: usize, width: usize) -> String {
+    tuples(dialect, n, width, 0)
 }
 
 #[cfg(test)]
@@ -423,7 +432,8 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered_across_tuples() {
-        assert_eq!(tuples(2, 2, 0), "($1, $2), ($3, $4)");
-        assert_eq!(rows(1, 3), "($1, $2, $3)");
+        assert_eq!(tuples(Dialect::Postgres, 2, 2, 0), "($1, $2), ($3, $4)");
+        assert_eq!(tuples(Dialect::Sqlite, 2, 1, 3), "(?4), (?5)");
+        assert_eq!(rows(Dialect::Sqlite, 1, 3), "(?1, ?2, ?3)");
     }
 }

@@ -194,6 +194,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             if found["users"].as_array().is_some_and(|u| !u.is_empty()) {
                 break;
             }
+            if acked.elapsed() > Duration::from_secs(30) {
+                bail!("user {n} was not findable 30 s after its command was acknowledged");
+            }
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         lag.record(acked.elapsed().as_micros().max(1) as u64)?;
