@@ -12,7 +12,7 @@ pub use runner::{ProjectionError, Runner, RunnerHandle, RunnerStatus};
 
 use sqlx::AnyConnection;
 use std::future::Future;
-use userstream_eventlog::{Migration, RecordedEvent};
+use userstream_eventlog::{Dialect, Migration, RecordedEvent};
 
 pub trait Projection: Send + Sync + 'static {
     /// Stable name; also the checkpoint's key.
@@ -26,4 +26,21 @@ pub trait Projection: Send + Sync + 'static {
         conn: &mut AnyConnection,
         event: &RecordedEvent,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+
+    /// Writes a batch of events, in order. The default applies them one by
+    /// one; a projection may override it to write runs of events with
+    /// multi-row statements, as long as the tables end up the same.
+    fn apply_batch(
+        &self,
+        conn: &mut AnyConnection,
+        _dialect: Dialect,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send {
+        async move {
+            for event in events {
+                self.apply(conn, event).await?;
+            }
+            Ok(())
+        }
+    }
 }

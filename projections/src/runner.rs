@@ -182,9 +182,7 @@ impl<P: Projection> Runner<P> {
                     // Another runner holds the lease or moved the checkpoint: read again later.
                     return Ok(0);
                 }
-                for event in &events {
-                    self.projection.apply(conn, event).await?;
-                }
+                self.projection.apply_batch(conn, db.dialect, &events).await?;
                 sqlx::query("UPDATE checkpoints SET position = $1 WHERE name = $2")
                     .bind(last)
                     .bind(name)

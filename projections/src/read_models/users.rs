@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 use sqlx::{AnyConnection, Row};
 use userstream_domain::user::{EmailEntry, PhoneEntry, UserEvent};
 use userstream_domain::codec::v1;
-use userstream_eventlog::{format_time, Db, Migration, RecordedEvent, Tenant};
+use std::collections::BTreeMap;
+use userstream_eventlog::{format_time, placeholders, Db, Dialect, Migration, RecordedEvent, Tenant};
 
 pub const NAME: &str = "users_v1";
 
@@ -161,6 +162,32 @@ impl Projection for UsersProjection {
         MIGRATIONS
     }
 
+    /// Runs of `user.created` (the bulk of any busy log) are written with
+    /// multi-row statements; every other event goes through [`Self::apply`].
+    async fn apply_batch(
+        &self,
+        conn: &mut AnyConnection,
+        dialect: Dialect,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut run: Vec<(&RecordedEvent, v1::UserCreated)> = Vec::new();
+        for event in events {
+            if event.event_type == userstream_domain::codec::USER_CREATED && event.stream.starts_with("user-") {
+                match userstream_domain::decode(&event.event_type, event.schema as u32, &event.data) {
+                    Ok(UserEvent::Created(created)) => {
+                        run.push((event, created));
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(ProjectionError::Poison { position: event.position, reason: e.to_string() }),
+                }
+            }
+            insert_created(conn, dialect, &std::mem::take(&mut run)).await?;
+            self.apply(conn, event).await?;
+        }
+        insert_created(conn, dialect, &run).await
+    }
+
     async fn apply(&self, conn: &mut AnyConnection, event: &RecordedEvent) -> Result<(), ProjectionError> {
         let Some(user_id) = event.stream.strip_prefix("user-") else {
             return Ok(());
@@ -235,6 +262,77 @@ impl Projection for UsersProjection {
         }
         Ok(())
     }
+}
+
+/// Rows per multi-row statement.
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// Inserts the users of a run of `user.created` events, their contacts and
+/// their counts, with a few multi-row statements.
+async fn insert_created(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    run: &[(&RecordedEvent, v1::UserCreated)],
+) -> Result<(), ProjectionError> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let mut contacts: Vec<(&str, &str, &'static str, String)> = Vec::new();
+    let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for chunk in run.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO users_v1 (company_id, application_id, user_id, seq, version, username, username_key, first_name, last_name, gender, emails, phone_numbers, meta, external_id, rr_id, account_type, created_at, updated_at, blocked, archived) VALUES {}",
+            placeholders(dialect, chunk.len(), 18, 0).replace(')', ", 0, 0)")
+        );
+        let mut query = sqlx::query(&sql);
+        for (event, e) in chunk {
+            let user_id = &event.stream["user-".len()..];
+            let emails = emails_json(&e.emails);
+            let phones = phones_json(&e.phone_numbers);
+            for (kind, value) in contact_keys(&emails, &phones) {
+                contacts.push((event.application_id.as_str(), user_id, kind, value));
+            }
+            *counts.entry((event.company_id.as_str(), event.application_id.as_str())).or_default() += 1;
+            let at = format_time(e.at);
+            query = query
+                .bind(&event.company_id)
+                .bind(&event.application_id)
+                .bind(user_id)
+                .bind(event.position)
+                .bind(event.version)
+                .bind(e.username.as_str())
+                .bind(e.username.key())
+                .bind(e.first_name.as_ref().map(|n| n.as_str().to_string()))
+                .bind(e.last_name.as_ref().map(|n| n.as_str().to_string()))
+                .bind(e.gender.map(|g| g.as_str()))
+                .bind(emails.to_string())
+                .bind(phones.to_string())
+                .bind(e.meta.to_string())
+                .bind(e.external_id.clone())
+                .bind(e.rr_id.clone())
+                .bind(&e.account_type)
+                .bind(at.clone())
+                .bind(at);
+        }
+        // A user row that exists already would mean a double apply, which the
+        // checkpoint transaction rules out; the insert fails loudly if it happens.
+        query.execute(&mut *conn).await?;
+    }
+    for chunk in contacts.chunks(ROWS_PER_STATEMENT * 2) {
+        let sql = format!(
+            "INSERT INTO user_contacts_v1 (application_id, user_id, kind, value) VALUES {} ON CONFLICT DO NOTHING",
+            placeholders(dialect, chunk.len(), 4, 0)
+        );
+        let mut query = sqlx::query(&sql);
+        for (app, user_id, kind, value) in chunk {
+            query = query.bind(*app).bind(*user_id).bind(*kind).bind(value.as_str());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    for ((company, app), n) in counts {
+        bump_count(conn, company, app, n).await?;
+    }
+    Ok(())
 }
 
 /// Sets a 0/1 column if the row is older than the event. Returns whether the

@@ -18,7 +18,7 @@ mod db;
 mod writer;
 
 pub use db::{Db, Dialect, Migration};
-pub use writer::Stats;
+pub use writer::{tuples as placeholders, Stats};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -407,7 +407,7 @@ async fn read_snapshot(conn: &mut AnyConnection, dialect: Dialect, batch: &[&App
 /// SQLite gets `?NNN` rather than `$NNN`: it looks every `$NNN` name up in a
 /// list while parsing, which is quadratic in the parameters of a multi-row
 /// statement, while ascending `?NNN` costs nothing. PostgreSQL gets `$NNN`.
-fn tuples(dialect: Dialect, n: usize, width: usize, offset: usize) -> String {
+pub fn tuples(dialect: Dialect, n: usize, width: usize, offset: usize) -> String {
     let sigil = match dialect {
         Dialect::Sqlite => '?',
         Dialect::Postgres => '$',
