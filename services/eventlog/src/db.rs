@@ -34,7 +34,19 @@ pub struct Migration {
 
 
 
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; PRAGMA case_sensitive_like = ON;";
+/// Every SQLite connection: WAL, waits for locks, LIKE as case-sensitive as on PostgreSQL.
+const SQLITE_PRAGMAS: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; PRAGMA case_sensitive_like = ON;";
+
+/// Pooled connections write only what can be rebuilt from the log (read
+/// models with their checkpoints, in one transaction), so their commits
+/// need not wait for an fsync: a crash may lose the last ones, and the
+/// projections then redo them from their checkpoints. The next log commit
+/// syncs the shared WAL anyway.
+const SQLITE_POOL_SYNC: &str = "PRAGMA synchronous = NORMAL;";
+
+/// The log's own connections fsync every commit: acknowledged = durable.
+const SQLITE_LOG_SYNC: &str = "PRAGMA synchronous = FULL;";
 
 impl Db {
     /// Connects to `sqlite://…` (file created if missing; WAL, fsync on every
@@ -54,6 +66,7 @@ impl Db {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
                         conn.execute(SQLITE_PRAGMAS).await?;
+                        conn.execute(SQLITE_POOL_SYNC).await?;
                     }
                     Ok(())
                 })
@@ -75,12 +88,13 @@ impl Db {
         }
     }
 
-    /// A connection outside the pool, set up like the pooled ones. The log's
-    /// writer owns one for its whole life.
+    /// A connection outside the pool for the log's writer, which owns one for
+    /// its whole life. On SQLite it fsyncs every commit.
     pub async fn dedicated_connection(&self) -> Result<AnyConnection, sqlx::Error> {
         let mut conn = AnyConnectOptions::from_str(&self.url)?.disable_statement_logging().connect().await?;
         if self.dialect == Dialect::Sqlite {
             conn.execute(SQLITE_PRAGMAS).await?;
+            conn.execute(SQLITE_LOG_SYNC).await?;
         }
         Ok(conn)
     }

@@ -402,19 +402,24 @@ async fn read_snapshot(conn: &mut AnyConnection, dialect: Dialect, batch: &[&App
     Ok(Snapshot { versions, holders, seen })
 }
 
-/// `(?1, ?2), (?3, ?4), …`: `n` tuples of `width` placeholders, numbered after `offset`.
+/// `n` tuples of `width` placeholders for a statement whose earlier
+/// placeholders number `offset`: `($1, $2), ($3, $4)` on PostgreSQL,
+/// `(?, ?), (?, ?)` on SQLite.
 ///
-/// SQLite gets `?NNN` rather than `$NNN`: it looks every `$NNN` name up in a
-/// list while parsing, which is quadratic in the parameters of a multi-row
-/// statement, while ascending `?NNN` costs nothing. PostgreSQL gets `$NNN`.
+/// SQLite gets anonymous `?`: for named or numbered parameters both its
+/// parser and `sqlite3_bind_parameter_name` (which sqlx calls for every
+/// parameter) search a list, which makes binding a multi-row statement
+/// quadratic in its parameters. Anonymous ones bind in order, so a statement
+/// built with this must not use numbered placeholders elsewhere.
 pub fn tuples(dialect: Dialect, n: usize, width: usize, offset: usize) -> String {
-    let sigil = match dialect {
-        Dialect::Sqlite => '?',
-        Dialect::Postgres => '$',
-    };
     (0..n)
         .map(|i| {
-            let cells: Vec<String> = (1..=width).map(|c| format!("{sigil}{}", offset + i * width + c)).collect();
+            let cells: Vec<String> = (1..=width)
+                .map(|c| match dialect {
+                    Dialect::Sqlite => "?".to_string(),
+                    Dialect::Postgres => format!("${}", offset + i * width + c),
+                })
+                .collect();
             format!("({})", cells.join(", "))
         })
         .collect::<Vec<_>>()
@@ -433,7 +438,7 @@ mod tests {
     #[test]
     fn placeholders_are_numbered_across_tuples() {
         assert_eq!(tuples(Dialect::Postgres, 2, 2, 0), "($1, $2), ($3, $4)");
-        assert_eq!(tuples(Dialect::Sqlite, 2, 1, 3), "(?4), (?5)");
-        assert_eq!(rows(Dialect::Sqlite, 1, 3), "(?1, ?2, ?3)");
+        assert_eq!(tuples(Dialect::Postgres, 2, 1, 3), "($4), ($5)");
+        assert_eq!(rows(Dialect::Sqlite, 2, 2), "(?, ?), (?, ?)");
     }
 }
