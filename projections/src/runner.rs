@@ -92,7 +92,7 @@ impl<P: Projection> Runner<P> {
         Ok(Runner {
             log,
             projection,
-            batch_size: 500,
+            batch_size: 2000,
             position: watch::channel(position).0,
             failure: Arc::new(Mutex::new(None)),
         })
