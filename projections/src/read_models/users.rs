@@ -468,6 +468,9 @@ pub struct UsersQuery {
     db: Db,
 }
 
+/// The most users one search returns.
+pub const MAX_SEARCH_RESULTS: usize = 100;
+
 /// The largest page a list may ask for.
 pub const MAX_PAGE_SIZE: i64 = 500;
 
@@ -477,16 +480,28 @@ impl UsersQuery {
     }
 
     pub async fn get(&self, tenant: &Tenant, user_id: &str) -> Result<Option<UserRow>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM users_v1 u WHERE u.application_id = $1 AND u.company_id = $2 AND u.user_id = $3 AND u.archived = 0"
-        );
-        let row = sqlx::query(&sql)
-            .bind(&tenant.application_id)
-            .bind(&tenant.company_id)
-            .bind(user_id.to_lowercase())
-            .fetch_optional(&self.db.pool)
-            .await?;
-        row.as_ref().map(decode_row).transpose()
+        Ok(self.by_ids(tenant, &[user_id.to_lowercase()]).await?.pop())
+    }
+
+    /// Live users of the tenant among `ids`. The statement names only the
+    /// primary key, so its plan is a key lookup however stale the planner's
+    /// statistics are; tenant and archive state are checked on the rows.
+    async fn by_ids(&self, tenant: &Tenant, ids: &[String]) -> Result<Vec<UserRow>, sqlx::Error> {
+        let list: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!("SELECT {COLUMNS} FROM users_v1 u WHERE u.application_id = $1 AND u.user_id IN ({})", list.join(", "));
+        let mut query = sqlx::query(&sql).bind(&tenant.application_id);
+        for id in ids {
+            query = query.bind(id.as_str());
+        }
+        let rows = query.fetch_all(&self.db.pool).await?;
+        let mut users = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let user = decode_row(row)?;
+            if user.company_id == tenant.company_id && !user.archived {
+                users.push(user);
+            }
+        }
+        Ok(users)
     }
 
     /// A page of users, newest first, and the number of users matching.
@@ -546,20 +561,20 @@ impl UsersQuery {
         if terms.is_empty() {
             return Ok(Vec::new());
         }
-        let mut b = SqlBuilder::starting_after(2);
+        let mut b = SqlBuilder::starting_after(1);
         let lists: Vec<(Field, Vec<String>)> = [Field::UserId, Field::Email, Field::Phone, Field::Username, Field::ExternalId]
             .into_iter()
             .map(|f| (f, terms.iter().map(|t| super::filter::normalise(f, t)).collect()))
             .collect();
         let mut parts = Vec::new();
         for (field, values) in &lists {
-            let mut s = SqlBuilder::starting_after(2 + b.binds.len());
+            let mut s = SqlBuilder::starting_after(1 + b.binds.len());
             let head = match field {
-                Field::Email => "SELECT user_id FROM user_contacts_v1 WHERE application_id = $2 AND kind = 'email' AND value IN (",
-                Field::Phone => "SELECT user_id FROM user_contacts_v1 WHERE application_id = $2 AND kind = 'phone' AND value IN (",
-                Field::UserId => "SELECT user_id FROM users_v1 WHERE application_id = $2 AND user_id IN (",
-                Field::Username => "SELECT user_id FROM users_v1 WHERE application_id = $2 AND username_key IN (",
-                _ => "SELECT user_id FROM users_v1 WHERE application_id = $2 AND external_id IN (",
+                Field::Email => "SELECT user_id FROM user_contacts_v1 WHERE application_id = $1 AND kind = 'email' AND value IN (",
+                Field::Phone => "SELECT user_id FROM user_contacts_v1 WHERE application_id = $1 AND kind = 'phone' AND value IN (",
+                Field::UserId => "SELECT user_id FROM users_v1 WHERE application_id = $1 AND user_id IN (",
+                Field::Username => "SELECT user_id FROM users_v1 WHERE application_id = $1 AND username_key IN (",
+                _ => "SELECT user_id FROM users_v1 WHERE application_id = $1 AND external_id IN (",
             };
             s.sql.push_str(head);
             for (i, v) in values.iter().enumerate() {
@@ -572,17 +587,21 @@ impl UsersQuery {
             parts.push(s.sql);
             b.binds.extend(s.binds);
         }
-        // The matching ids drive the join (CROSS JOIN fixes the loop order on
-        // SQLite), so a search costs a few index lookups whatever the table size.
-        let sql = format!(
-            "SELECT {COLUMNS} FROM ({}) m CROSS JOIN users_v1 u WHERE u.application_id = $2 AND u.user_id = m.user_id AND u.company_id = $1 AND u.archived = 0 ORDER BY u.seq DESC LIMIT 100",
-            parts.join(" UNION ")
-        );
-        let mut query = sqlx::query(&sql).bind(&tenant.company_id).bind(&tenant.application_id);
+        // First the matching ids (index lookups only), then their rows by
+        // primary key: two statements whose plans cannot go wrong, whatever
+        // the planner believes about table sizes.
+        let sql = format!("SELECT user_id FROM ({}) m", parts.join(" UNION "));
+        let mut query = sqlx::query_scalar::<_, String>(&sql).bind(&tenant.application_id);
         for v in &b.binds {
             query = query.bind(v.as_str());
         }
-        let rows = query.fetch_all(&self.db.pool).await?;
-        rows.iter().map(decode_row).collect()
+        let mut ids = query.fetch_all(&self.db.pool).await?;
+        ids.truncate(MAX_SEARCH_RESULTS);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut users = self.by_ids(tenant, &ids).await?;
+        users.sort_by(|a, b| (&b.created_at, &b.user_id).cmp(&(&a.created_at, &a.user_id)));
+        Ok(users)
     }
 }
