@@ -1,0 +1,30 @@
+//! The official Fynd platform SDK (`@gofynd/fdk-client-javascript` 3.4.2,
+//! strict response checks) against the real binary. `deploy/test.sh`
+//! installs the SDK into `tests/sdk/` with `npm ci`.
+
+use std::path::Path;
+use userstream_tests::TestApp;
+
+#[tokio::test]
+async fn the_fynd_sdk_drives_every_customers_method() {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk");
+    assert!(
+        sdk.join("node_modules/@gofynd/fdk-client-javascript").exists(),
+        "the SDK is not installed: run `npm ci --prefix tests/sdk` (deploy/test.sh does)"
+    );
+    let app = TestApp::spawn().await;
+    let output = tokio::process::Command::new("node")
+        .arg("fynd-customers.js")
+        .arg(&app.base)
+        .current_dir(&sdk)
+        .output()
+        .await
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "SDK script failed:\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("customers methods passed"), "{stdout}");
+}

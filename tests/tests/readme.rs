@@ -1,0 +1,49 @@
+//! The README's walk-through works exactly as written, against the real binary.
+
+use userstream_tests::TestApp;
+
+#[tokio::test]
+async fn the_readme_walkthrough_runs_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README");
+    let start = readme.find("<!-- walkthrough -->").expect("walkthrough marker");
+    let end = readme.find("<!-- /walkthrough -->").expect("end marker");
+    let block = &readme[start..end];
+    let script = block
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(script, _)| script)
+        .expect("a sh code block");
+    assert!(script.contains("http://127.0.0.1:8080"), "the walk-through talks to the default address");
+
+    let app = TestApp::spawn().await;
+    let script = script.replace("http://127.0.0.1:8080", &app.base);
+    let dir = std::env::temp_dir().join(format!("userstream-readme-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let output = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(&dir)
+        .output()
+        .await
+        .expect("run bash");
+    assert!(
+        output.status.success(),
+        "walk-through failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("\"alice@example.com\""), "{stdout}");
+    assert!(stdout.contains("\"ready\":true"), "{stdout}");
+    // Bob was created once despite two attempts with one Idempotency-Key.
+    let list: serde_json::Value = app
+        .client
+        .get(format!("{}/customers/search?q=bob", app.fynd("1", "000000000000000000000001")))
+        .header("x-min-position", app.head().await.to_string())
+        .send()
+        .await
+        .expect("search")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list["users"].as_array().map(Vec::len), Some(1), "{list}");
+}
