@@ -198,35 +198,8 @@ impl Projection for UsersProjection {
         let at = |t| format_time(t);
         match decoded {
             UserEvent::Created(e) => {
-                let emails = emails_json(&e.emails);
-                let phones = phones_json(&e.phone_numbers);
-                let inserted = sqlx::query(
-                    "INSERT INTO users_v1 (company_id, application_id, user_id, seq, version, username, username_key, first_name, last_name, gender, emails, phone_numbers, meta, external_id, rr_id, account_type, blocked, archived, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0, 0, $17, $17) ON CONFLICT DO NOTHING",
-                )
-                .bind(&event.company_id)
-                .bind(app)
-                .bind(user_id)
-                .bind(event.position)
-                .bind(event.version)
-                .bind(e.username.as_str())
-                .bind(e.username.key())
-                .bind(e.first_name.as_ref().map(|n| n.as_str().to_string()))
-                .bind(e.last_name.as_ref().map(|n| n.as_str().to_string()))
-                .bind(e.gender.map(|g| g.as_str()))
-                .bind(emails.to_string())
-                .bind(phones.to_string())
-                .bind(e.meta.to_string())
-                .bind(e.external_id.clone())
-                .bind(e.rr_id.clone())
-                .bind(&e.account_type)
-                .bind(at(e.at))
-                .execute(&mut *conn)
-                .await?;
-                if inserted.rows_affected() == 1 {
-                    insert_contacts(conn, app, user_id, &contact_keys(&emails, &phones)).await?;
-                    bump_count(conn, &event.company_id, app, 1).await?;
-                }
+                // Numbered placeholders work on both backends for a single row.
+                insert_created(conn, Dialect::Postgres, &[(event, e)]).await?;
             }
             UserEvent::Updated(e) => apply_update(conn, event, user_id, &e).await?,
             UserEvent::Blocked(v1::UserBlocked { at: t, .. }) => {

@@ -90,12 +90,6 @@ impl Commands {
         fold(tenant, id.clone(), &events)
     }
 
-    /// Reads a user's current state from the log.
-    pub async fn user_state(&self, tenant: &Tenant, id: &UserId) -> Result<(UserState, i64), CommandError> {
-        let loaded = self.load(tenant, id).await?;
-        Ok((loaded.state, loaded.version))
-    }
-
     pub async fn create_user(&self, meta: &Meta, command: user::CreateUser, ctx: &Context) -> Result<Outcome, CommandError> {
         let id = command.user_id.clone();
         let loaded = Loaded { id, state: UserState::NotCreated, version: 0, position: 0 };

@@ -155,10 +155,7 @@ async fn archive_user(
     JsonBody(body): JsonBody<ArchiveBody>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(company_id, application_id)?;
-    let id = parse_user_id(&body.user_id)?;
-    let meta = meta(tenant, &principal, &headers)?;
-    let outcome = state.commands.handle(&meta, &id, UserCommand::Archive, if_match(&headers)?, &context(&state)).await?;
-    Ok(command_response(&outcome, json!({ "success": true })))
+    one_user_command(&state, tenant, &principal, &headers, &body.user_id, UserCommand::Archive).await
 }
 
 async fn undelete_user(
@@ -169,13 +166,22 @@ async fn undelete_user(
     JsonBody(body): JsonBody<UndeleteBody>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(company_id, application_id)?;
-    let id = parse_user_id(&body.user_id)?;
     let reason = body.reason.or(body.reason_id).unwrap_or_default();
-    let meta = meta(tenant, &principal, &headers)?;
-    let outcome = state
-        .commands
-        .handle(&meta, &id, UserCommand::Restore { reason }, if_match(&headers)?, &context(&state))
-        .await?;
+    one_user_command(&state, tenant, &principal, &headers, &body.user_id, UserCommand::Restore { reason }).await
+}
+
+/// Runs a command on the user named in the body; answers `{"success": true}`.
+async fn one_user_command(
+    state: &AppState,
+    tenant: Tenant,
+    principal: &Principal,
+    headers: &HeaderMap,
+    user_id: &str,
+    command: UserCommand,
+) -> Result<Response, ApiError> {
+    let id = parse_user_id(user_id)?;
+    let meta = meta(tenant, principal, headers)?;
+    let outcome = state.commands.handle(&meta, &id, command, if_match(headers)?, &context(state)).await?;
     Ok(command_response(&outcome, json!({ "success": true })))
 }
 
