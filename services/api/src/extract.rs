@@ -23,10 +23,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::invalid(rejection.body_text())
             }
         })?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unparsable_json", format!("the body is not valid JSON: {e}"))
-        })?;
-        T::deserialize(value).map(JsonBody).map_err(|e| ApiError::invalid(format!("invalid body: {e}")))
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::invalid(format!("invalid body: {e}")),
+            _ => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unparsable_json",
+                format!("the body is not valid JSON: {e}"),
+            ),
+        })
     }
 }
 
