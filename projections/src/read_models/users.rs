@@ -40,7 +40,7 @@ const DDL: &str = "
     );
     CREATE INDEX IF NOT EXISTS users_v1_list ON users_v1 (company_id, application_id, archived, seq);
     CREATE INDEX IF NOT EXISTS users_v1_username ON users_v1 (application_id, username_key);
-    CREATE INDEX IF NOT EXISTS users_v1_external ON users_v1 (application_id, external_id);
+    CREATE INDEX IF NOT EXISTS users_v1_external ON users_v1 (application_id, external_id) WHERE external_id IS NOT NULL;
     CREATE TABLE IF NOT EXISTS user_contacts_v1 (
         application_id TEXT NOT NULL,
         kind TEXT NOT NULL,

@@ -47,8 +47,10 @@ impl Config {
     }
 }
 
-#[derive(Clone)]
-pub struct AppState {
+/// What every handler shares; cloned per request, so it is one `Arc`.
+pub type AppState = std::sync::Arc<Shared>;
+
+pub struct Shared {
     pub config: Config,
     pub db: Db,
     pub commands: Commands,
@@ -72,7 +74,7 @@ impl Service {
         let users = runner.handle();
         let cancel = CancellationToken::new();
         let tasks = vec![tokio::spawn(runner.run(cancel.clone(), config.poll_interval))];
-        let state = AppState { config, queries: UsersQuery::new(db.clone()), db, commands: Commands::new(log), users };
+        let state = AppState::new(Shared { config, queries: UsersQuery::new(db.clone()), db, commands: Commands::new(log), users });
         Ok(Service { state, cancel, tasks })
     }
 
