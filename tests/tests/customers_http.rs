@@ -272,6 +272,22 @@ async fn bad_input_gets_a_clear_json_error_and_changes_nothing() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("too large"), "{answer}");
 
+    // Without a declared length (chunked), the limit cuts the body as it streams.
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let chunked_head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    socket.write_all(chunked_head.as_bytes()).await.expect("write");
+    let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "a".repeat(64 * 1024));
+    for _ in 0..32 {
+        if socket.write_all(chunk.as_bytes()).await.is_err() {
+            break; // the server answered and closed: read what it said
+        }
+    }
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), socket.read_to_string(&mut answer)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
     assert_eq!(app.head().await, head, "no bad request appended anything");
 
     // The right version is accepted, and the response carries the next one.
