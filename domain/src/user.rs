@@ -191,11 +191,9 @@ pub fn decide(state: &UserState, command: UserCommand, ctx: &Context) -> Result<
         })]),
         (_, UserCommand::Create(_)) => Err(UserError::AlreadyExists),
         (UserState::Live(user), UserCommand::Update(u)) => decide_update(user, u, ctx),
-        (UserState::Live(user), UserCommand::Block { reason }) => Ok(if user.blocked {
-            vec![]
-        } else {
-            vec![UserEvent::Blocked(v1::UserBlocked { reason, at: ctx.now })]
-        }),
+        (UserState::Live(user), UserCommand::Block { reason }) => {
+            Ok(if user.blocked { vec![] } else { vec![UserEvent::Blocked(v1::UserBlocked { reason, at: ctx.now })] })
+        }
         (UserState::Live(user), UserCommand::Unblock { reason }) => Ok(if user.blocked {
             vec![UserEvent::Unblocked(v1::UserUnblocked { reason, at: ctx.now })]
         } else {

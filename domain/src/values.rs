@@ -98,9 +98,7 @@ impl Email {
             && !local.starts_with('.')
             && !local.ends_with('.')
             && !local.contains("..")
-            && local
-                .chars()
-                .all(|c| c.is_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
+            && local.chars().all(|c| c.is_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
         let labels: Vec<&str> = domain.split('.').collect();
         let domain_ok = labels.len() >= 2
             && labels.iter().all(|l| {
@@ -126,8 +124,8 @@ impl Email {
 /// Country calling codes of one or two digits (ITU-T E.164 zones); every other
 /// code that follows a `+` without a separator is taken as three digits.
 const SHORT_COUNTRY_CODES: &[u16] = &[
-    1, 7, 20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54,
-    55, 56, 57, 58, 60, 61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98,
+    1, 7, 20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55, 56, 57, 58, 60,
+    61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98,
 ];
 
 /// A phone number: a country calling code and the national number (digits only).
@@ -151,11 +149,7 @@ impl Phone {
     /// Like [`Phone::parse`], with a country code given separately (the
     /// `country_code` field of update requests), which wins when the number
     /// itself has none.
-    pub fn parse_with_code(
-        field: &'static str,
-        raw: &str,
-        country_code: Option<&str>,
-    ) -> Result<Self, ValueError> {
+    pub fn parse_with_code(field: &'static str, raw: &str, country_code: Option<&str>) -> Result<Self, ValueError> {
         let raw = raw.trim();
         if raw.is_empty() {
             return Err(ValueError::Empty { field });
@@ -183,9 +177,7 @@ impl Phone {
             }
         } else {
             let code = match country_code {
-                Some(code) if !code.trim().is_empty() => {
-                    parse_code(field, code.trim().trim_start_matches('+'))?
-                }
+                Some(code) if !code.trim().is_empty() => parse_code(field, code.trim().trim_start_matches('+'))?,
                 _ => Self::DEFAULT_COUNTRY_CODE,
             };
             (code, raw)
@@ -195,7 +187,9 @@ impl Phone {
             match c {
                 '0'..='9' => number.push(c),
                 ' ' | '-' | '.' | '(' | ')' => {}
-                _ => return Err(ValueError::InvalidPhone { field, reason: "contains a character that is not a digit" }),
+                _ => {
+                    return Err(ValueError::InvalidPhone { field, reason: "contains a character that is not a digit" })
+                }
             }
         }
         let total = number.len() + code.to_string().len();

@@ -18,7 +18,8 @@ fn every_golden_fixture_decodes_and_reencodes_to_the_same_json() {
         let doc: serde_json::Value = serde_json::from_str(&text).expect("json");
         let event_type = doc["type"].as_str().expect("type");
         let schema = doc["schema"].as_u64().expect("schema") as u32;
-        let event = codec::decode(event_type, schema, &doc["data"]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let event =
+            codec::decode(event_type, schema, &doc["data"]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let again = codec::encode(&event);
         assert_eq!((again.event_type, again.schema), (event_type, schema), "{}", path.display());
         assert_eq!(again.data, doc["data"], "{}", path.display());
@@ -50,7 +51,12 @@ fn name() -> impl Strategy<Value = Option<Name>> {
 fn emails() -> impl Strategy<Value = Vec<EmailEntry>> {
     proptest::collection::vec(("[a-z]{1,10}", any::<bool>(), any::<bool>()), 0..3).prop_map(|v| {
         v.into_iter()
-            .map(|(l, p, a)| EmailEntry { email: Email::parse("e", &format!("{l}@example.com")).expect("valid"), primary: p, verified: a, active: !a })
+            .map(|(l, p, a)| EmailEntry {
+                email: Email::parse("e", &format!("{l}@example.com")).expect("valid"),
+                primary: p,
+                verified: a,
+                active: !a,
+            })
             .collect()
     })
 }
@@ -58,14 +64,28 @@ fn emails() -> impl Strategy<Value = Vec<EmailEntry>> {
 fn phones() -> impl Strategy<Value = Vec<PhoneEntry>> {
     proptest::collection::vec(("[0-9]{6,10}", any::<bool>()), 1..3).prop_map(|v| {
         v.into_iter()
-            .map(|(d, p)| PhoneEntry { phone: Phone::parse("p", &d).expect("valid"), primary: p, verified: p, active: true })
+            .map(|(d, p)| PhoneEntry {
+                phone: Phone::parse("p", &d).expect("valid"),
+                primary: p,
+                verified: p,
+                active: true,
+            })
             .collect()
     })
 }
 
 fn event() -> impl Strategy<Value = UserEvent> {
     prop_oneof![
-        ("[0-9a-f]{24}", "[a-z]{3,12}", name(), name(), emails(), phones(), time_strategy(), proptest::option::of("[a-z0-9]{1,8}"))
+        (
+            "[0-9a-f]{24}",
+            "[a-z]{3,12}",
+            name(),
+            name(),
+            emails(),
+            phones(),
+            time_strategy(),
+            proptest::option::of("[a-z0-9]{1,8}")
+        )
             .prop_map(|(id, u, f, l, e, p, at, ext)| UserEvent::Created(v1::UserCreated {
                 user_id: UserId::parse("id", &id).expect("valid"),
                 username: Username::parse("u", &u).expect("valid"),
@@ -80,19 +100,21 @@ fn event() -> impl Strategy<Value = UserEvent> {
                 account_type: "user".into(),
                 at,
             })),
-        (name(), proptest::option::of(emails()), proptest::option::of(phones()), time_strategy()).prop_map(|(f, e, p, at)| {
-            UserEvent::Updated(v1::UserUpdated {
-                first_name: f,
-                last_name: None,
-                gender: None,
-                meta: None,
-                external_id: None,
-                rr_id: Some("r".into()),
-                emails: e,
-                phone_numbers: p,
-                at,
-            })
-        }),
+        (name(), proptest::option::of(emails()), proptest::option::of(phones()), time_strategy()).prop_map(
+            |(f, e, p, at)| {
+                UserEvent::Updated(v1::UserUpdated {
+                    first_name: f,
+                    last_name: None,
+                    gender: None,
+                    meta: None,
+                    external_id: None,
+                    rr_id: Some("r".into()),
+                    emails: e,
+                    phone_numbers: p,
+                    at,
+                })
+            }
+        ),
         (".{0,20}", time_strategy()).prop_map(|(reason, at)| UserEvent::Blocked(v1::UserBlocked { reason, at })),
         (".{0,20}", time_strategy()).prop_map(|(reason, at)| UserEvent::Unblocked(v1::UserUnblocked { reason, at })),
         time_strategy().prop_map(|at| UserEvent::Archived(v1::UserArchived { at })),

@@ -3,8 +3,8 @@
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 use userstream_domain::user::{
-    decide, evolve, replay, Context, CreateUser, EmailEntry, PhoneEntry, UniqueKind, UpdateUser, UserCommand, UserError,
-    UserEvent, UserState,
+    decide, evolve, replay, Context, CreateUser, EmailEntry, PhoneEntry, UniqueKind, UpdateUser, UserCommand,
+    UserError, UserEvent, UserState,
 };
 use userstream_domain::{Email, Name, Phone, UserId, Username};
 
@@ -97,13 +97,19 @@ fn an_update_records_only_the_fields_that_changed() {
 fn emails_listed_twice_in_an_update_are_refused() {
     let state = given(vec![(create(), T0)]);
     let update = UpdateUser { emails: Some(vec![email("a@b.co", true), email("A@b.co", false)]), ..Default::default() };
-    assert!(matches!(decide(&state, UserCommand::Update(update), &ctx_at(T0)), Err(UserError::DuplicateInList { field: "emails", .. })));
+    assert!(matches!(
+        decide(&state, UserCommand::Update(update), &ctx_at(T0)),
+        Err(UserError::DuplicateInList { field: "emails", .. })
+    ));
 }
 
 #[test]
 fn two_primary_phone_numbers_are_refused() {
     let state = given(vec![(create(), T0)]);
-    let update = UpdateUser { phone_numbers: Some(vec![phone("9876500001", true), phone("9876500002", true)]), ..Default::default() };
+    let update = UpdateUser {
+        phone_numbers: Some(vec![phone("9876500001", true), phone("9876500002", true)]),
+        ..Default::default()
+    };
     assert_eq!(
         decide(&state, UserCommand::Update(update), &ctx_at(T0)),
         Err(UserError::SeveralPrimaries { field: "phone_numbers" })
@@ -120,7 +126,8 @@ fn removing_every_phone_number_is_refused() {
 #[test]
 fn replaced_lists_without_a_primary_make_the_first_entry_primary() {
     let state = given(vec![(create(), T0)]);
-    let update = UpdateUser { emails: Some(vec![email("x@y.co", false), email("z@y.co", false)]), ..Default::default() };
+    let update =
+        UpdateUser { emails: Some(vec![email("x@y.co", false), email("z@y.co", false)]), ..Default::default() };
     let events = decide(&state, UserCommand::Update(update), &ctx_at(T0)).expect("ok");
     let after = events.iter().fold(state, evolve);
     let user = after.live().expect("live");

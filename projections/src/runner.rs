@@ -104,7 +104,11 @@ impl<P: Projection> Runner<P> {
     }
 
     pub fn handle(&self) -> RunnerHandle {
-        RunnerHandle { name: self.projection.name(), position: self.position.subscribe(), failure: self.failure.clone() }
+        RunnerHandle {
+            name: self.projection.name(),
+            position: self.position.subscribe(),
+            failure: self.failure.clone(),
+        }
     }
 
     /// Runs until `cancel` fires or a poison event stops it. Wakes when this

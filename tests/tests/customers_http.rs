@@ -2,8 +2,8 @@
 //! port, talking HTTP. Commands return positions; queries wait for them.
 
 use reqwest::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use userstream_tests::{fresh_databases, position_of, TestApp, APP, COMPANY};
 
 fn alice() -> Value {
@@ -53,7 +53,10 @@ async fn customers_lifecycle_end_to_end_on_every_backend() {
         let id = user["_id"].as_str().expect("_id").to_string();
         assert_eq!(id.len(), 24, "{backend}");
         assert_eq!(user["user_id"], json!(id));
-        assert_eq!(user["emails"], json!([{"email": "alice@example.com", "primary": true, "verified": true, "active": true}]));
+        assert_eq!(
+            user["emails"],
+            json!([{"email": "alice@example.com", "primary": true, "verified": true, "active": true}])
+        );
         assert_eq!(user["phone_numbers"][0]["country_code"], json!(91), "{backend}: country_code is a number");
         assert_eq!(user["phone_numbers"][0]["phone"], json!("9876543210"));
         assert_eq!((user["first_name"].as_str(), user["gender"].as_str()), (Some("Alice"), Some("female")));
@@ -63,7 +66,16 @@ async fn customers_lifecycle_end_to_end_on_every_backend() {
         assert_no_nulls(&got, "get");
         assert_eq!(got["user"]["meta"], json!({"tier": "gold"}));
 
-        for q in ["alice@example.com", "ALICE@example.com", "9876543210", "+919876543210", "alice", "Alice", id.as_str(), "ext-1"] {
+        for q in [
+            "alice@example.com",
+            "ALICE@example.com",
+            "9876543210",
+            "+919876543210",
+            "alice",
+            "Alice",
+            id.as_str(),
+            "ext-1",
+        ] {
             let found = search(&app, q, p1).await;
             assert_eq!(found.len(), 1, "{backend}: search {q}");
             assert_eq!(found[0]["_id"], json!(id));
@@ -75,7 +87,11 @@ async fn customers_lifecycle_end_to_end_on_every_backend() {
         let (_, both) = get_json(&app, &url, bob_p).await;
         assert_eq!(both["users"].as_array().map(Vec::len), Some(2), "{backend}: repeated query keys: {both}");
         let url = format!("{}/search?query[]=alice%40example.com", app.customers());
-        assert_eq!(get_json(&app, &url, bob_p).await.1["users"].as_array().map(Vec::len), Some(1), "{backend}: query[]");
+        assert_eq!(
+            get_json(&app, &url, bob_p).await.1["users"].as_array().map(Vec::len),
+            Some(1),
+            "{backend}: query[]"
+        );
 
         let (status, list) = get_json(&app, &format!("{}/list?page_size=1&page_no=1", app.customers()), bob_p).await;
         assert_eq!(status, 200);
@@ -91,7 +107,8 @@ async fn customers_lifecycle_end_to_end_on_every_backend() {
         let filter = r#"{"$or":[{"emails.email":"alice@example.com"},{"phoneNumbers.phone":"4155550100"}]}"#;
         let (_, by_json) = get_json(&app, &format!("{}/list?q={}", app.customers(), urlencode(filter)), bob_p).await;
         assert_eq!(by_json["page"]["item_total"], json!(1), "{backend}: {by_json}");
-        let filter = r#"{"$and":[{"first_name":{"$regex":"^ali","$options":"i"}},{"gender":{"$in":["female","male"]}}]}"#;
+        let filter =
+            r#"{"$and":[{"first_name":{"$regex":"^ali","$options":"i"}},{"gender":{"$in":["female","male"]}}]}"#;
         let (_, by_regex) = get_json(&app, &format!("{}/list?q={}", app.customers(), urlencode(filter)), bob_p).await;
         assert_eq!(by_regex["items"][0]["username"], json!("alice"), "{backend}: {by_regex}");
 
@@ -125,10 +142,20 @@ async fn customers_lifecycle_end_to_end_on_every_backend() {
         let p3 = position_of(&r);
         assert_eq!(r.json::<Value>().await.expect("json"), json!({"success": true}));
         let (_, got) = get_json(&app, &format!("{}/{id}", app.customers()), p3).await;
-        assert_eq!((got["user"]["active"].clone(), got["user"]["status"].clone()), (json!(false), json!("blocked")), "{backend}");
+        assert_eq!(
+            (got["user"]["active"].clone(), got["user"]["status"].clone()),
+            (json!(false), json!("blocked")),
+            "{backend}"
+        );
 
         // Archive: gone from lists and search; undelete brings it back.
-        let r = app.client.put(format!("{}/archive", app.customers())).json(&json!({"user_id": id})).send().await.expect("archive");
+        let r = app
+            .client
+            .put(format!("{}/archive", app.customers()))
+            .json(&json!({"user_id": id}))
+            .send()
+            .await
+            .expect("archive");
         assert_eq!(r.status(), 200);
         let p4 = position_of(&r);
         assert_eq!(get_json(&app, &format!("{}/{id}", app.customers()), p4).await.0, 404, "{backend}");
@@ -169,14 +196,27 @@ async fn duplicates_are_refused_and_archiving_frees_the_values() {
     assert_eq!(app.head().await, head, "refused commands append nothing");
 
     let id = user["_id"].as_str().expect("id");
-    let r = app.client.put(format!("{}/archive", app.customers())).json(&json!({"user_id": id})).send().await.expect("archive");
+    let r = app
+        .client
+        .put(format!("{}/archive", app.customers()))
+        .json(&json!({"user_id": id}))
+        .send()
+        .await
+        .expect("archive");
     assert_eq!(r.status(), 200);
-    let (newcomer, _) = app.create_user(json!({"phone_number": "9876543210", "username": "alice", "email": "alice@example.com"})).await;
+    let (newcomer, _) =
+        app.create_user(json!({"phone_number": "9876543210", "username": "alice", "email": "alice@example.com"})).await;
     assert_ne!(newcomer["_id"], user["_id"]);
 
     // The old user cannot come back while its values are taken.
     let head = app.head().await;
-    let r = app.client.put(format!("{}/undelete", app.customers())).json(&json!({"user_id": id})).send().await.expect("undelete");
+    let r = app
+        .client
+        .put(format!("{}/undelete", app.customers()))
+        .json(&json!({"user_id": id}))
+        .send()
+        .await
+        .expect("undelete");
     assert_eq!(r.status(), 409, "{}", r.text().await.unwrap_or_default());
     assert_eq!(app.head().await, head);
 }
@@ -188,7 +228,13 @@ async fn restore_after_the_window_is_refused() {
     let id = user["_id"].as_str().expect("id");
     app.client.put(format!("{}/archive", app.customers())).json(&json!({"user_id": id})).send().await.expect("archive");
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let r = app.client.put(format!("{}/undelete", app.customers())).json(&json!({"user_id": id})).send().await.expect("undelete");
+    let r = app
+        .client
+        .put(format!("{}/undelete", app.customers()))
+        .json(&json!({"user_id": id}))
+        .send()
+        .await
+        .expect("undelete");
     assert_eq!(r.status(), 400);
     let err: Value = r.json().await.expect("json");
     assert!(err["message"].as_str().is_some_and(|m| m.contains("restore window")), "{err}");
@@ -225,17 +271,43 @@ async fn bad_input_gets_a_clear_json_error_and_changes_nothing() {
     let head = app.head().await;
     let url = app.customers();
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
-        (app.client.post(&url).header("content-type", "application/json").body("{\"phone_number\": "), 422, "not valid JSON"),
+        (
+            app.client.post(&url).header("content-type", "application/json").body("{\"phone_number\": "),
+            422,
+            "not valid JSON",
+        ),
         (app.client.post(&url).json(&json!({"username": "x1x"})), 400, "phone_number"),
         (app.client.post(&url).json(&json!({"phone_number": "9000000000"})), 400, "username"),
-        (app.client.post(&url).json(&json!({"phone_number": "9000000000", "username": "zed", "email": "not-an-email"})), 400, "email"),
+        (
+            app.client
+                .post(&url)
+                .json(&json!({"phone_number": "9000000000", "username": "zed", "email": "not-an-email"})),
+            400,
+            "email",
+        ),
         (app.client.post(&url).json(&json!({"phone_number": "12ab", "username": "zed"})), 400, "phone_number"),
-        (app.client.post(&url).json(&json!({"phone_number": "9000000000", "username": "zed", "gender": "robot"})), 400, "gender"),
-        (app.client.post(&url).json(&json!({"phone_number": "9000000000", "username": "zed", "meta": [1]})), 400, "meta"),
+        (
+            app.client.post(&url).json(&json!({"phone_number": "9000000000", "username": "zed", "gender": "robot"})),
+            400,
+            "gender",
+        ),
+        (
+            app.client.post(&url).json(&json!({"phone_number": "9000000000", "username": "zed", "meta": [1]})),
+            400,
+            "meta",
+        ),
         (app.client.put(format!("{url}/{id}")).json(&json!({"emails": [{"email": "bad"}]})), 400, "emails.email"),
         (app.client.put(format!("{url}/{id}")).json(&json!({"phone_numbers": []})), 400, "phone_numbers"),
-        (app.client.put(format!("{url}/{id}")).header("if-match", "\"7\"").json(&json!({"first_name": "X"})), 409, "version"),
-        (app.client.put(format!("{url}/{id}")).header("if-match", "seven").json(&json!({"first_name": "X"})), 400, "If-Match"),
+        (
+            app.client.put(format!("{url}/{id}")).header("if-match", "\"7\"").json(&json!({"first_name": "X"})),
+            409,
+            "version",
+        ),
+        (
+            app.client.put(format!("{url}/{id}")).header("if-match", "seven").json(&json!({"first_name": "X"})),
+            400,
+            "If-Match",
+        ),
         (app.client.put(format!("{url}/bbbbbbbbbbbbbbbbbbbbbbbb")).json(&json!({"first_name": "X"})), 404, "not found"),
         (app.client.put(format!("{url}/archive")).json(&json!({})), 400, "user_id"),
         (app.client.put(format!("{url}/activation")).json(&json!({"user_id": [], "status": false})), 400, "user_id"),
@@ -328,9 +400,16 @@ async fn another_tenant_sees_nothing() {
     assert_eq!(list["page"]["item_total"], json!(0));
     let (_, found) = get_json(&app, &format!("{other}/customers/search?q=alice%40example.com"), p).await;
     assert_eq!(found["users"], json!([]));
-    let r = app.client.put(format!("{other}/customers/{id}")).json(&json!({"first_name": "Mallory"})).send().await.expect("put");
+    let r = app
+        .client
+        .put(format!("{other}/customers/{id}"))
+        .json(&json!({"first_name": "Mallory"}))
+        .send()
+        .await
+        .expect("put");
     assert_eq!(r.status(), 404);
-    let r = app.client.put(format!("{other}/customers/archive")).json(&json!({"user_id": id})).send().await.expect("put");
+    let r =
+        app.client.put(format!("{other}/customers/archive")).json(&json!({"user_id": id})).send().await.expect("put");
     assert_eq!(r.status(), 404);
     // The same email is free in another application.
     let r = app.client.post(format!("{other}/customers")).json(&alice()).send().await.expect("post");

@@ -55,7 +55,11 @@ async fn appended_events_read_back_with_their_envelope() {
     for (backend, log) in logs().await {
         let e = event(1);
         let id = e.event_id.to_string();
-        let req = request(vec![StreamAppend { stream: "s-1".into(), expected: ExpectedVersion::NoStream, events: vec![e, event(2)] }]);
+        let req = request(vec![StreamAppend {
+            stream: "s-1".into(),
+            expected: ExpectedVersion::NoStream,
+            events: vec![e, event(2)],
+        }]);
         let result = log.append(req).await.expect("append");
         assert_eq!(result.streams, vec![("s-1".to_string(), 2)], "{backend}");
         let all = log.read_all(0, 100).await.expect("read");
@@ -279,12 +283,13 @@ async fn concurrent_requests_in_one_batch_see_each_other() {
             if !r.replayed {
                 won.2 += 1;
             }
-            let first = first_result.get_or_insert_with(|| r.last_position);
+            let first = first_result.get_or_insert(r.last_position);
             assert_eq!(*first, r.last_position, "{backend}: every retry gets the first result");
         }
         assert_eq!(won, (1, 1, 1), "{backend}");
         assert_eq!(log.read_stream("contested").await.expect("read").len(), 1, "{backend}");
-        let appended_retries = log.read_all(0, 1000).await.expect("read").iter().filter(|e| e.stream.starts_with("retry-")).count();
+        let appended_retries =
+            log.read_all(0, 1000).await.expect("read").iter().filter(|e| e.stream.starts_with("retry-")).count();
         assert_eq!(appended_retries, 1, "{backend}");
     }
 }

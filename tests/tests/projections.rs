@@ -259,7 +259,10 @@ async fn rebuilding_the_users_read_model_from_zero_equals_the_live_one() {
         for table in TABLES {
             sqlx::query(&format!("DELETE FROM {table}")).execute(&db.pool).await.expect("clear");
         }
-        sqlx::query("UPDATE checkpoints SET position = 0 WHERE name = 'users_v1'").execute(&db.pool).await.expect("reset");
+        sqlx::query("UPDATE checkpoints SET position = 0 WHERE name = 'users_v1'")
+            .execute(&db.pool)
+            .await
+            .expect("reset");
         let runner = Runner::new(log.clone(), UsersProjection).await.expect("runner").with_batch_size(7);
         while runner.step().await.expect("step") > 0 {}
         assert_eq!(dump(&db).await, live, "{backend}: rebuilt rows differ from the live ones");
@@ -269,7 +272,10 @@ async fn rebuilding_the_users_read_model_from_zero_equals_the_live_one() {
         for table in TABLES {
             sqlx::query(&format!("DELETE FROM {table}")).execute(&db.pool).await.expect("clear");
         }
-        sqlx::query("UPDATE checkpoints SET position = 0 WHERE name = 'users_v1'").execute(&db.pool).await.expect("reset");
+        sqlx::query("UPDATE checkpoints SET position = 0 WHERE name = 'users_v1'")
+            .execute(&db.pool)
+            .await
+            .expect("reset");
         let runner = Runner::new(log.clone(), OneByOne(UsersProjection)).await.expect("runner");
         while runner.step().await.expect("step") > 0 {}
         assert_eq!(dump(&db).await, live, "{backend}: event-by-event rows differ from the batched ones");

@@ -62,7 +62,10 @@ impl Filter {
 
     /// The plain `q` of the Fynd API: one email or phone number.
     pub fn email_or_phone(q: &str) -> Filter {
-        Filter::Any(vec![Filter::In(Field::Email, vec![normalise(Field::Email, q)]), Filter::In(Field::Phone, vec![normalise(Field::Phone, q)])])
+        Filter::Any(vec![
+            Filter::In(Field::Email, vec![normalise(Field::Email, q)]),
+            Filter::In(Field::Phone, vec![normalise(Field::Phone, q)]),
+        ])
     }
 
     /// Appends this filter as a SQL condition on the users table aliased `u`.
@@ -177,7 +180,9 @@ fn field_named(name: &str) -> Result<Field, FilterError> {
 /// The stored form of a value, so equality matches what the read model holds.
 pub(crate) fn normalise(field: Field, raw: &str) -> String {
     match field {
-        Field::Email => Email::parse("q", raw).map(|e| e.as_str().to_string()).unwrap_or_else(|_| raw.trim().to_lowercase()),
+        Field::Email => {
+            Email::parse("q", raw).map(|e| e.as_str().to_string()).unwrap_or_else(|_| raw.trim().to_lowercase())
+        }
         Field::Phone => Phone::parse("q", raw).map(|p| p.e164()).unwrap_or_else(|_| raw.trim().to_string()),
         Field::UserId | Field::Username => raw.trim().to_lowercase(),
         _ => raw.to_string(),
@@ -208,9 +213,15 @@ fn parse_object(v: &Value, depth: usize, count: &mut usize) -> Result<Filter, Fi
                     return Err(FilterError(format!("{key} takes an array")));
                 };
                 let items = items.iter().map(|i| parse_object(i, depth + 1, count)).collect::<Result<Vec<_>, _>>()?;
-                if key == "$or" { Filter::Any(items) } else { Filter::All(items) }
+                if key == "$or" {
+                    Filter::Any(items)
+                } else {
+                    Filter::All(items)
+                }
             }
-            op if op.starts_with('$') => return Err(FilterError(format!("operator {op} is not supported at this level"))),
+            op if op.starts_with('$') => {
+                return Err(FilterError(format!("operator {op} is not supported at this level")))
+            }
             name => {
                 *count += 1;
                 if *count > MAX_CONDITIONS {

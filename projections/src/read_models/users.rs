@@ -6,9 +6,9 @@ use super::filter::{Field, Filter, SqlBuilder};
 use crate::{Projection, ProjectionError};
 use serde_json::{json, Value};
 use sqlx::{AnyConnection, Row};
-use userstream_domain::user::{EmailEntry, PhoneEntry, UserEvent};
-use userstream_domain::codec::v1;
 use std::collections::BTreeMap;
+use userstream_domain::codec::v1;
+use userstream_domain::user::{EmailEntry, PhoneEntry, UserEvent};
 use userstream_eventlog::{format_time, placeholders, Db, Dialect, Migration, RecordedEvent, Tenant};
 
 pub const NAME: &str = "users_v1";
@@ -143,7 +143,9 @@ fn contact_keys(emails: &Value, phones: &Value) -> Vec<(&'static str, String)> {
         }
     }
     for p in phones.as_array().into_iter().flatten() {
-        if let (Some(phone), Some(cc)) = (p.get("phone").and_then(Value::as_str), p.get("country_code").and_then(Value::as_u64)) {
+        if let (Some(phone), Some(cc)) =
+            (p.get("phone").and_then(Value::as_str), p.get("country_code").and_then(Value::as_u64))
+        {
             keys.push(("phone", format!("+{cc}{phone}")));
         }
     }
@@ -222,11 +224,13 @@ impl Projection for UsersProjection {
             }
             UserEvent::Restored(e) => {
                 if set_flag(conn, event, user_id, "archived", 0, &at(e.at)).await? {
-                    let row = sqlx::query("SELECT emails, phone_numbers FROM users_v1 WHERE application_id = $1 AND user_id = $2")
-                        .bind(app)
-                        .bind(user_id)
-                        .fetch_one(&mut *conn)
-                        .await?;
+                    let row = sqlx::query(
+                        "SELECT emails, phone_numbers FROM users_v1 WHERE application_id = $1 AND user_id = $2",
+                    )
+                    .bind(app)
+                    .bind(user_id)
+                    .fetch_one(&mut *conn)
+                    .await?;
                     let keys = contact_keys(&json_column(&row, "emails")?, &json_column(&row, "phone_numbers")?);
                     insert_contacts(conn, app, user_id, &keys).await?;
                     bump_count(conn, &event.company_id, app, 1).await?;
@@ -381,11 +385,13 @@ async fn apply_update(
     }
     let done = query.bind(event.version).bind(&event.application_id).bind(user_id).execute(&mut *conn).await?;
     if done.rows_affected() == 1 && (emails.is_some() || phones.is_some()) {
-        let row = sqlx::query("SELECT emails, phone_numbers, archived FROM users_v1 WHERE application_id = $1 AND user_id = $2")
-            .bind(&event.application_id)
-            .bind(user_id)
-            .fetch_one(&mut *conn)
-            .await?;
+        let row = sqlx::query(
+            "SELECT emails, phone_numbers, archived FROM users_v1 WHERE application_id = $1 AND user_id = $2",
+        )
+        .bind(&event.application_id)
+        .bind(user_id)
+        .fetch_one(&mut *conn)
+        .await?;
         if row.try_get::<i64, _>("archived")? == 0 {
             delete_contacts(conn, &event.application_id, user_id).await?;
             let keys = contact_keys(&json_column(&row, "emails")?, &json_column(&row, "phone_numbers")?);
@@ -461,7 +467,10 @@ impl UsersQuery {
     /// statistics are; tenant and archive state are checked on the rows.
     async fn by_ids(&self, tenant: &Tenant, ids: &[String]) -> Result<Vec<UserRow>, sqlx::Error> {
         let list: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
-        let sql = format!("SELECT {COLUMNS} FROM users_v1 u WHERE u.application_id = $1 AND u.user_id IN ({})", list.join(", "));
+        let sql = format!(
+            "SELECT {COLUMNS} FROM users_v1 u WHERE u.application_id = $1 AND u.user_id IN ({})",
+            list.join(", ")
+        );
         let mut query = sqlx::query(&sql).bind(&tenant.application_id);
         for id in ids {
             query = query.bind(id.as_str());
@@ -495,19 +504,22 @@ impl UsersQuery {
             "SELECT {COLUMNS} FROM users_v1 u WHERE u.company_id = $1 AND u.application_id = $2 AND u.archived = 0{} ORDER BY u.seq DESC LIMIT $3 OFFSET $4",
             cond.sql
         );
-        let mut query = sqlx::query(&sql).bind(&tenant.company_id).bind(&tenant.application_id).bind(page_size).bind(offset);
+        let mut query =
+            sqlx::query(&sql).bind(&tenant.company_id).bind(&tenant.application_id).bind(page_size).bind(offset);
         for b in &cond.binds {
             query = query.bind(b.as_str());
         }
         let rows = query.fetch_all(&self.db.pool).await?;
         let items = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
         let total = if filter.is_none() {
-            sqlx::query_scalar::<_, i64>("SELECT live FROM user_counts_v1 WHERE company_id = $1 AND application_id = $2")
-                .bind(&tenant.company_id)
-                .bind(&tenant.application_id)
-                .fetch_optional(&self.db.pool)
-                .await?
-                .unwrap_or(0)
+            sqlx::query_scalar::<_, i64>(
+                "SELECT live FROM user_counts_v1 WHERE company_id = $1 AND application_id = $2",
+            )
+            .bind(&tenant.company_id)
+            .bind(&tenant.application_id)
+            .fetch_optional(&self.db.pool)
+            .await?
+            .unwrap_or(0)
         } else {
             let mut cond = SqlBuilder::starting_after(2);
             cond.sql.push_str(" AND ");
@@ -535,16 +547,21 @@ impl UsersQuery {
             return Ok(Vec::new());
         }
         let mut b = SqlBuilder::starting_after(1);
-        let lists: Vec<(Field, Vec<String>)> = [Field::UserId, Field::Email, Field::Phone, Field::Username, Field::ExternalId]
-            .into_iter()
-            .map(|f| (f, terms.iter().map(|t| super::filter::normalise(f, t)).collect()))
-            .collect();
+        let lists: Vec<(Field, Vec<String>)> =
+            [Field::UserId, Field::Email, Field::Phone, Field::Username, Field::ExternalId]
+                .into_iter()
+                .map(|f| (f, terms.iter().map(|t| super::filter::normalise(f, t)).collect()))
+                .collect();
         let mut parts = Vec::new();
         for (field, values) in &lists {
             let mut s = SqlBuilder::starting_after(1 + b.binds.len());
             let head = match field {
-                Field::Email => "SELECT user_id FROM user_contacts_v1 WHERE application_id = $1 AND kind = 'email' AND value IN (",
-                Field::Phone => "SELECT user_id FROM user_contacts_v1 WHERE application_id = $1 AND kind = 'phone' AND value IN (",
+                Field::Email => {
+                    "SELECT user_id FROM user_contacts_v1 WHERE application_id = $1 AND kind = 'email' AND value IN ("
+                }
+                Field::Phone => {
+                    "SELECT user_id FROM user_contacts_v1 WHERE application_id = $1 AND kind = 'phone' AND value IN ("
+                }
                 Field::UserId => "SELECT user_id FROM users_v1 WHERE application_id = $1 AND user_id IN (",
                 Field::Username => "SELECT user_id FROM users_v1 WHERE application_id = $1 AND username_key IN (",
                 _ => "SELECT user_id FROM users_v1 WHERE application_id = $1 AND external_id IN (",

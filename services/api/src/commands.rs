@@ -90,7 +90,12 @@ impl Commands {
         fold(tenant, id.clone(), &events)
     }
 
-    pub async fn create_user(&self, meta: &Meta, command: user::CreateUser, ctx: &Context) -> Result<Outcome, CommandError> {
+    pub async fn create_user(
+        &self,
+        meta: &Meta,
+        command: user::CreateUser,
+        ctx: &Context,
+    ) -> Result<Outcome, CommandError> {
         let id = command.user_id.clone();
         let loaded = Loaded { id, state: UserState::NotCreated, version: 0, position: 0 };
         self.execute(meta, vec![loaded], |_| UserCommand::Create(command.clone()), ctx, true).await
@@ -257,9 +262,8 @@ fn new_event(event: &UserEvent, now: OffsetDateTime) -> NewEvent {
 /// Folds recorded events of one user stream. An undecodable event fails the
 /// command rather than being skipped: deciding on a partial history is wrong.
 fn fold(tenant: &Tenant, id: UserId, events: &[RecordedEvent]) -> Result<Loaded, CommandError> {
-    let foreign = events
-        .first()
-        .is_some_and(|e| e.company_id != tenant.company_id || e.application_id != tenant.application_id);
+    let foreign =
+        events.first().is_some_and(|e| e.company_id != tenant.company_id || e.application_id != tenant.application_id);
     if foreign {
         return Ok(Loaded { id, state: UserState::NotCreated, version: 0, position: 0 });
     }

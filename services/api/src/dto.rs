@@ -150,7 +150,9 @@ impl TryFrom<UpdateUserBody> for UpdateUser {
                             Some(Value::String(s)) => Some(s.clone()),
                             Some(Value::Number(n)) => Some(n.to_string()),
                             None | Some(Value::Null) => None,
-                            Some(_) => return Err(ApiError::invalid("phone_numbers.country_code must be a string or number")),
+                            Some(_) => {
+                                return Err(ApiError::invalid("phone_numbers.country_code must be a string or number"))
+                            }
                         };
                         Ok(PhoneEntry {
                             phone: Phone::parse_with_code("phone_numbers.phone", &p.phone, code.as_deref())?,

@@ -71,7 +71,9 @@ impl From<CommandError> for ApiError {
             CommandError::Rejected(UserError::NotFound) | CommandError::UnknownUsers(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "user_not_found", message)
             }
-            CommandError::Rejected(UserError::AlreadyExists) => ApiError::new(StatusCode::CONFLICT, "user_exists", message),
+            CommandError::Rejected(UserError::AlreadyExists) => {
+                ApiError::new(StatusCode::CONFLICT, "user_exists", message)
+            }
             CommandError::Rejected(_) => ApiError::invalid(message),
             CommandError::Taken { .. } => ApiError::new(StatusCode::CONFLICT, "duplicate", message),
             CommandError::VersionConflict { .. } => ApiError::new(StatusCode::CONFLICT, "version_conflict", message),

@@ -70,7 +70,8 @@ fn command_response(outcome: &Outcome, body: serde_json::Value) -> Response {
 }
 
 fn parse_user_id(raw: &str) -> Result<UserId, ApiError> {
-    UserId::parse("user_id", raw).map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {raw} not found")))
+    UserId::parse("user_id", raw)
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {raw} not found")))
 }
 
 /// `If-Match: "3"` (or `3`, or `W/"3"`) → 3.
@@ -209,9 +210,10 @@ async fn get_user(
     let tenant = tenant(company_id, application_id)?;
     read_your_writes(&state, &headers, &query).await?;
     let id = parse_user_id(&user_id)?;
-    let row = state.queries.get(&tenant, id.as_str()).await?.ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {user_id} not found"))
-    })?;
+    let row =
+        state.queries.get(&tenant, id.as_str()).await?.ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {user_id} not found"))
+        })?;
     let etag = format!("\"{}\"", row.version);
     let mut response = Json(json!({ "user": UserDto::from(row) })).into_response();
     if let Ok(v) = HeaderValue::from_str(&etag) {
@@ -239,7 +241,13 @@ async fn list_customers(
     read_your_writes(&state, &headers, &query).await?;
     let (rows, total) = state.queries.list(&tenant, filter.as_ref(), page_no, page_size).await?;
     let items: Vec<UserDto> = rows.into_iter().map(UserDto::from).collect();
-    let page = Page { kind: "number", current: page_no, size: page_size, item_total: total, has_next: page_no * page_size < total };
+    let page = Page {
+        kind: "number",
+        current: page_no,
+        size: page_size,
+        item_total: total,
+        has_next: page_no * page_size < total,
+    };
     Ok(Json(json!({ "items": items, "page": page })))
 }
 

@@ -55,7 +55,10 @@ pub struct Shared {
     pub db: Db,
     pub commands: Commands,
     pub queries: UsersQuery,
+    /// The users projection, which customer queries wait on.
     pub users: RunnerHandle,
+    /// Every projection of this process, for readiness.
+    pub runners: Vec<RunnerHandle>,
 }
 
 /// The service's parts, running: the log, its writer and the projections.
@@ -74,7 +77,14 @@ impl Service {
         let users = runner.handle();
         let cancel = CancellationToken::new();
         let tasks = vec![tokio::spawn(runner.run(cancel.clone(), config.poll_interval))];
-        let state = AppState::new(Shared { config, queries: UsersQuery::new(db.clone()), db, commands: Commands::new(log), users });
+        let state = AppState::new(Shared {
+            config,
+            queries: UsersQuery::new(db.clone()),
+            db,
+            commands: Commands::new(log),
+            runners: vec![users.clone()],
+            users,
+        });
         Ok(Service { state, cancel, tasks })
     }
 

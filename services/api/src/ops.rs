@@ -21,7 +21,12 @@ async fn healthz() -> Json<Value> {
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let head = match state.commands.log().head().await {
         Ok(h) => h,
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "reason": format!("event log unreachable: {e}")}))),
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"ready": false, "reason": format!("event log unreachable: {e}")})),
+            )
+        }
     };
     let migrated = state.db.is_migrated("eventlog", 1).await.unwrap_or(false);
     let mut reasons = Vec::new();
@@ -29,7 +34,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         reasons.push("migrations not applied".to_string());
     }
     let mut projections = serde_json::Map::new();
-    for runner in [&state.users] {
+    for runner in &state.runners {
         let status = runner.status();
         let lag = head - status.position;
         if let Some(f) = &status.failure {
@@ -37,7 +42,10 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         } else if lag > state.config.ready_lag {
             reasons.push(format!("{} is {lag} events behind", runner.name));
         }
-        projections.insert(runner.name.to_string(), json!({"position": status.position, "lag": lag, "failure": status.failure.unwrap_or_default()}));
+        projections.insert(
+            runner.name.to_string(),
+            json!({"position": status.position, "lag": lag, "failure": status.failure.unwrap_or_default()}),
+        );
     }
     let ready = reasons.is_empty();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -32,8 +32,6 @@ pub struct Migration {
     pub postgres: &'static str,
 }
 
-
-
 /// Every SQLite connection: WAL, waits for locks, LIKE as case-sensitive as on PostgreSQL.
 const SQLITE_PRAGMAS: &str =
     "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; PRAGMA case_sensitive_like = ON;";

@@ -114,7 +114,8 @@ async fn finish<T>(conn: &mut AnyConnection, outcome: Result<T, sqlx::Error>) ->
 pub(crate) async fn begin(db: &Db, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     conn.execute(db.begin_write()).await?;
     if db.dialect == Dialect::Postgres {
-        let locked = sqlx::query("SELECT pg_advisory_xact_lock($1)::text").bind(POSITION_LOCK).execute(&mut *conn).await;
+        let locked =
+            sqlx::query("SELECT pg_advisory_xact_lock($1)::text").bind(POSITION_LOCK).execute(&mut *conn).await;
         if let Err(e) = locked {
             let _ = conn.execute("ROLLBACK").await;
             return Err(e);
@@ -134,7 +135,10 @@ struct Snapshot {
 
 /// How one request of the batch ends.
 enum Verdict {
-    Accepted { before: HashMap<String, i64>, versions: Vec<(String, i64)> },
+    Accepted {
+        before: HashMap<String, i64>,
+        versions: Vec<(String, i64)>,
+    },
     /// Same idempotency key as an earlier request: its stored result, or
     /// (when that request is in this batch) the index of that request.
     Replay(Result<AppendResult, usize>),
@@ -169,7 +173,8 @@ pub(crate) async fn write_batch(
         }
     }
     for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!("DELETE FROM reservations WHERE (scope, key) IN (VALUES {})", tuples(dialect, chunk.len(), 2, 0));
+        let sql =
+            format!("DELETE FROM reservations WHERE (scope, key) IN (VALUES {})", tuples(dialect, chunk.len(), 2, 0));
         let mut q = sqlx::query(&sql);
         for (scope, key) in chunk {
             q = q.bind(scope).bind(key);
@@ -252,7 +257,9 @@ pub(crate) async fn write_batch(
             Verdict::Replay(Ok(stored)) => Ok(stored),
             Verdict::Replay(Err(earlier)) => match &results[earlier] {
                 Ok(first) => Ok(AppendResult { replayed: true, ..first.clone() }),
-                Err(_) => Err(AppendError::Conflict { stream: String::new(), expected: ExpectedVersion::Any, actual: 0 }),
+                Err(_) => {
+                    Err(AppendError::Conflict { stream: String::new(), expected: ExpectedVersion::Any, actual: 0 })
+                }
             },
             Verdict::Rejected(e) => Err(e),
         });
@@ -297,7 +304,11 @@ fn judge(
             ExpectedVersion::Exact(v) => current == v,
         };
         if !ok {
-            return Verdict::Rejected(AppendError::Conflict { stream: s.stream.clone(), expected: s.expected, actual: current });
+            return Verdict::Rejected(AppendError::Conflict {
+                stream: s.stream.clone(),
+                expected: s.expected,
+                actual: current,
+            });
         }
         versions.insert(&s.stream, current + s.events.len() as i64);
     }
@@ -314,7 +325,9 @@ fn judge(
     for r in &req.reserve {
         let k = (scope.clone(), r.key.clone());
         match holder_of(&holders, &k) {
-            Some(holder) if holder != r.stream => return Verdict::Rejected(AppendError::Reserved { key: r.key.clone() }),
+            Some(holder) if holder != r.stream => {
+                return Verdict::Rejected(AppendError::Reserved { key: r.key.clone() })
+            }
             _ => {
                 holders.insert(k, Some(r.stream.clone()));
             }
@@ -344,7 +357,11 @@ fn judge(
 }
 
 /// Reads the versions, reservation holders and idempotency results the batch needs.
-async fn read_snapshot(conn: &mut AnyConnection, dialect: Dialect, batch: &[&AppendRequest]) -> Result<Snapshot, sqlx::Error> {
+async fn read_snapshot(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    batch: &[&AppendRequest],
+) -> Result<Snapshot, sqlx::Error> {
     let mut streams: Vec<&str> = batch.iter().flat_map(|r| r.streams.iter().map(|s| s.stream.as_str())).collect();
     streams.sort_unstable();
     streams.dedup();
@@ -374,7 +391,10 @@ async fn read_snapshot(conn: &mut AnyConnection, dialect: Dialect, batch: &[&App
     keys.dedup();
     let mut holders: HashMap<(String, String), Option<String>> = keys.iter().map(|k| (k.clone(), None)).collect();
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!("SELECT scope, key, stream FROM reservations WHERE (scope, key) IN (VALUES {})", tuples(dialect, chunk.len(), 2, 0));
+        let sql = format!(
+            "SELECT scope, key, stream FROM reservations WHERE (scope, key) IN (VALUES {})",
+            tuples(dialect, chunk.len(), 2, 0)
+        );
         let mut q = sqlx::query(&sql);
         for (scope, key) in chunk {
             q = q.bind(scope).bind(key);
@@ -388,7 +408,10 @@ async fn read_snapshot(conn: &mut AnyConnection, dialect: Dialect, batch: &[&App
         batch.iter().filter_map(|r| r.idempotency_key.as_ref().map(|k| (r.tenant.scope(), k.clone()))).collect();
     let mut seen = HashMap::new();
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!("SELECT scope, key, result FROM idempotency WHERE (scope, key) IN (VALUES {})", tuples(dialect, chunk.len(), 2, 0));
+        let sql = format!(
+            "SELECT scope, key, result FROM idempotency WHERE (scope, key) IN (VALUES {})",
+            tuples(dialect, chunk.len(), 2, 0)
+        );
         let mut q = sqlx::query(&sql);
         for (scope, key) in chunk {
             q = q.bind(scope).bind(key);

@@ -42,7 +42,8 @@ struct Bench {
 }
 
 fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    Histogram::new_with_bounds(1, 120_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
 fn ms(h: &Histogram<u64>, q: f64) -> String {
@@ -159,7 +160,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let bench = Arc::new(Bench { router, service, next: AtomicU64::new(0) });
     let backend = if url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" };
     let mut rows: Vec<(String, String)> = Vec::new();
-    eprintln!("benchmarking on {backend} ({} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    eprintln!(
+        "benchmarking on {backend} ({} cores)",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
 
     for &clients in &args.clients {
         let (n, h, secs) = throughput(&bench, clients, args.seconds).await?;
@@ -205,7 +209,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for b in background {
         let _ = b.await;
     }
-    rows.push(("command → query visibility lag (search by email, 16 writers)".into(), format!("p50 {}, p99 {}", ms(&lag, 0.5), ms(&lag, 0.99))));
+    rows.push((
+        "command → query visibility lag (search by email, 16 writers)".into(),
+        format!("p50 {}, p99 {}", ms(&lag, 0.5), ms(&lag, 0.99)),
+    ));
     eprintln!("  lag: p50 {} p99 {}", ms(&lag, 0.5), ms(&lag, 0.99));
 
     let have = bench.next.load(Ordering::Relaxed);
@@ -232,7 +239,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             bail!("user {n} not found by email");
         }
     }
-    rows.push((format!("search by email, {total} users"), format!("p50 {}, p99 {}", ms(&search, 0.5), ms(&search, 0.99))));
+    rows.push((
+        format!("search by email, {total} users"),
+        format!("p50 {}, p99 {}", ms(&search, 0.5), ms(&search, 0.99)),
+    ));
 
     let mut list = histogram();
     for i in 0..args.samples {
@@ -244,7 +254,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             bail!("list page {page} is not full");
         }
     }
-    rows.push((format!("list page (10 items, pages 1–100), {total} users"), format!("p50 {}, p99 {}", ms(&list, 0.5), ms(&list, 0.99))));
+    rows.push((
+        format!("list page (10 items, pages 1–100), {total} users"),
+        format!("p50 {}, p99 {}", ms(&list, 0.5), ms(&list, 0.99)),
+    ));
 
     println!("\n| {backend} — measured | result |\n| --- | --- |");
     for (what, result) in rows {

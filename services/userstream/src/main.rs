@@ -17,7 +17,11 @@ use userstream_projections::read_models::users::UsersProjection;
 use userstream_projections::Runner;
 
 #[derive(Parser)]
-#[command(name = "userstream", version, about = "Event-sourced user management: Fynd User API and Passage Users API on one event log")]
+#[command(
+    name = "userstream",
+    version,
+    about = "Event-sourced user management: Fynd User API and Passage Users API on one event log"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
