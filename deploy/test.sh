@@ -11,6 +11,10 @@ if cargo tree -p userstream-domain -e normal --prefix none | grep -E '^(tokio|sq
   exit 1
 fi
 
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 echo "== official SDKs"
 command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
 npm ci --prefix tests/sdk --no-audit --no-fund --loglevel=error
