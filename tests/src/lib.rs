@@ -113,6 +113,11 @@ impl TestApp {
         v["head"].as_i64().expect("head")
     }
 
+    /// PUT of a JSON body to `customers{path}` (`/archive`, `/undelete`, `/{id}` …).
+    pub async fn put_customers(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.client.put(format!("{}{path}", self.customers())).json(&body).send().await.expect("PUT")
+    }
+
     /// Creates a user and returns (response JSON user, position).
     pub async fn create_user(&self, body: serde_json::Value) -> (serde_json::Value, i64) {
         let r = self.client.post(self.customers()).json(&body).send().await.expect("create");

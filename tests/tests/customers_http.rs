@@ -131,13 +131,7 @@ async fn customers_lifecycle_end_to_end_on_every_backend() {
         app.create_user(json!({"phone_number": "9876543210", "username": "carol", "email": "alice@example.com"})).await;
 
         // Block and unblock.
-        let r = app
-            .client
-            .put(format!("{}/activation", app.customers()))
-            .json(&json!({"user_id": [id], "status": false, "reason": "fraud"}))
-            .send()
-            .await
-            .expect("block");
+        let r = app.put_customers("/activation", json!({"user_id": [id], "status": false, "reason": "fraud"})).await;
         assert_eq!(r.status(), 200);
         let p3 = position_of(&r);
         assert_eq!(r.json::<Value>().await.expect("json"), json!({"success": true}));
@@ -149,26 +143,14 @@ async fn customers_lifecycle_end_to_end_on_every_backend() {
         );
 
         // Archive: gone from lists and search; undelete brings it back.
-        let r = app
-            .client
-            .put(format!("{}/archive", app.customers()))
-            .json(&json!({"user_id": id}))
-            .send()
-            .await
-            .expect("archive");
+        let r = app.put_customers("/archive", json!({"user_id": id})).await;
         assert_eq!(r.status(), 200);
         let p4 = position_of(&r);
         assert_eq!(get_json(&app, &format!("{}/{id}", app.customers()), p4).await.0, 404, "{backend}");
         assert!(search(&app, "new@example.com", p4).await.is_empty());
         let (_, list) = get_json(&app, &format!("{}/list", app.customers()), p4).await;
         assert_eq!(list["page"]["item_total"], json!(2), "{backend}: bob and carol");
-        let r = app
-            .client
-            .put(format!("{}/undelete", app.customers()))
-            .json(&json!({"user_id": id, "reason": "asked", "reason_id": "1"}))
-            .send()
-            .await
-            .expect("undelete");
+        let r = app.put_customers("/undelete", json!({"user_id": id, "reason": "asked", "reason_id": "1"})).await;
         assert_eq!(r.status(), 200, "{backend}");
         let p5 = position_of(&r);
         assert_eq!(search(&app, "new@example.com", p5).await.len(), 1, "{backend}");
@@ -196,13 +178,7 @@ async fn duplicates_are_refused_and_archiving_frees_the_values() {
     assert_eq!(app.head().await, head, "refused commands append nothing");
 
     let id = user["_id"].as_str().expect("id");
-    let r = app
-        .client
-        .put(format!("{}/archive", app.customers()))
-        .json(&json!({"user_id": id}))
-        .send()
-        .await
-        .expect("archive");
+    let r = app.put_customers("/archive", json!({"user_id": id})).await;
     assert_eq!(r.status(), 200);
     let (newcomer, _) =
         app.create_user(json!({"phone_number": "9876543210", "username": "alice", "email": "alice@example.com"})).await;
@@ -210,13 +186,7 @@ async fn duplicates_are_refused_and_archiving_frees_the_values() {
 
     // The old user cannot come back while its values are taken.
     let head = app.head().await;
-    let r = app
-        .client
-        .put(format!("{}/undelete", app.customers()))
-        .json(&json!({"user_id": id}))
-        .send()
-        .await
-        .expect("undelete");
+    let r = app.put_customers("/undelete", json!({"user_id": id})).await;
     assert_eq!(r.status(), 409, "{}", r.text().await.unwrap_or_default());
     assert_eq!(app.head().await, head);
 }
@@ -226,15 +196,9 @@ async fn restore_after_the_window_is_refused() {
     let app = TestApp::spawn_on(userstream_tests::fresh_sqlite(), &[("USERSTREAM_DELETE_ACCOUNT_DAY", "0")]).await;
     let (user, _) = app.create_user(alice()).await;
     let id = user["_id"].as_str().expect("id");
-    app.client.put(format!("{}/archive", app.customers())).json(&json!({"user_id": id})).send().await.expect("archive");
+    app.put_customers("/archive", json!({"user_id": id})).await;
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let r = app
-        .client
-        .put(format!("{}/undelete", app.customers()))
-        .json(&json!({"user_id": id}))
-        .send()
-        .await
-        .expect("undelete");
+    let r = app.put_customers("/undelete", json!({"user_id": id})).await;
     assert_eq!(r.status(), 400);
     let err: Value = r.json().await.expect("json");
     assert!(err["message"].as_str().is_some_and(|m| m.contains("restore window")), "{err}");
@@ -247,13 +211,8 @@ async fn blocking_with_an_unknown_id_names_it_and_blocks_nobody() {
     let id = user["_id"].as_str().expect("id");
     let head = app.head().await;
     for unknown in ["aaaaaaaaaaaaaaaaaaaaaaaa", "not-an-id"] {
-        let r = app
-            .client
-            .put(format!("{}/activation", app.customers()))
-            .json(&json!({"user_id": [id, unknown], "status": false, "reason": "x"}))
-            .send()
-            .await
-            .expect("block");
+        let r =
+            app.put_customers("/activation", json!({"user_id": [id, unknown], "status": false, "reason": "x"})).await;
         assert_eq!(r.status(), 404);
         let err: Value = r.json().await.expect("json");
         assert!(err["message"].as_str().is_some_and(|m| m.contains(unknown)), "{err}");

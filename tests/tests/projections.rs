@@ -195,6 +195,14 @@ async fn dump(db: &Db) -> Vec<String> {
     rows
 }
 
+/// Empties the users read model and moves its checkpoint back to 0.
+async fn reset_users_model(db: &Db) {
+    for table in TABLES {
+        sqlx::query(&format!("DELETE FROM {table}")).execute(&db.pool).await.expect("clear");
+    }
+    sqlx::query("UPDATE checkpoints SET position = 0 WHERE name = 'users_v1'").execute(&db.pool).await.expect("reset");
+}
+
 /// Live changes, then a rebuild from position 0: the same rows.
 #[tokio::test]
 async fn rebuilding_the_users_read_model_from_zero_equals_the_live_one() {
@@ -256,26 +264,14 @@ async fn rebuilding_the_users_read_model_from_zero_equals_the_live_one() {
         assert_eq!(total, 11, "{backend}: 12 created, one archived");
         let live = dump(&db).await;
 
-        for table in TABLES {
-            sqlx::query(&format!("DELETE FROM {table}")).execute(&db.pool).await.expect("clear");
-        }
-        sqlx::query("UPDATE checkpoints SET position = 0 WHERE name = 'users_v1'")
-            .execute(&db.pool)
-            .await
-            .expect("reset");
+        reset_users_model(&db).await;
         let runner = Runner::new(log.clone(), UsersProjection).await.expect("runner").with_batch_size(7);
         while runner.step().await.expect("step") > 0 {}
         assert_eq!(dump(&db).await, live, "{backend}: rebuilt rows differ from the live ones");
         assert_eq!(log.head().await.expect("head"), runner.handle().status().position, "{backend}");
 
         // The multi-row path and the one-event-at-a-time path build the same rows.
-        for table in TABLES {
-            sqlx::query(&format!("DELETE FROM {table}")).execute(&db.pool).await.expect("clear");
-        }
-        sqlx::query("UPDATE checkpoints SET position = 0 WHERE name = 'users_v1'")
-            .execute(&db.pool)
-            .await
-            .expect("reset");
+        reset_users_model(&db).await;
         let runner = Runner::new(log.clone(), OneByOne(UsersProjection)).await.expect("runner");
         while runner.step().await.expect("step") > 0 {}
         assert_eq!(dump(&db).await, live, "{backend}: event-by-event rows differ from the batched ones");
