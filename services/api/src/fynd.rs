@@ -54,8 +54,15 @@ fn context(state: &AppState) -> Context {
     Context { now: OffsetDateTime::now_utc(), delete_account_day: state.config.delete_account_day }
 }
 
+/// `{"user": …}` (`CreateUserResponseSchema`), serialised straight from the DTO.
+#[derive(serde::Serialize)]
+struct UserEnvelope {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<UserDto>,
+}
+
 /// Adds `X-Event-Position` (and the user's `ETag`) to a command response.
-fn command_response(outcome: &Outcome, body: serde_json::Value) -> Response {
+fn command_response(outcome: &Outcome, body: impl serde::Serialize) -> Response {
     let mut response = Json(body).into_response();
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&outcome.position.to_string()) {
@@ -97,7 +104,7 @@ async fn create_user(
     let meta = meta(tenant, &principal, &headers)?;
     let outcome = state.commands.create_user(&meta, command, &ctx).await?;
     let user = outcome.user().map(|(u, _)| UserDto::from_user(u, &meta.tenant.application_id));
-    Ok(command_response(&outcome, json!({ "user": user })))
+    Ok(command_response(&outcome, UserEnvelope { user }))
 }
 
 async fn update_user(
@@ -114,7 +121,7 @@ async fn update_user(
     let meta = meta(tenant, &principal, &headers)?;
     let outcome = state.commands.handle(&meta, &id, command, expected, &context(&state)).await?;
     let user = outcome.user().map(|(u, _)| UserDto::from_user(u, &meta.tenant.application_id));
-    Ok(command_response(&outcome, json!({ "user": user })))
+    Ok(command_response(&outcome, UserEnvelope { user }))
 }
 
 async fn block_users(
@@ -215,7 +222,7 @@ async fn get_user(
             ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {user_id} not found"))
         })?;
     let etag = format!("\"{}\"", row.version);
-    let mut response = Json(json!({ "user": UserDto::from(row) })).into_response();
+    let mut response = Json(UserEnvelope { user: Some(UserDto::from(row)) }).into_response();
     if let Ok(v) = HeaderValue::from_str(&etag) {
         response.headers_mut().insert(header::ETAG, v);
     }

@@ -136,7 +136,7 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(limit, reject_oversized))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-            tracing::info_span!("http.request", method = %req.method(), path = %req.uri().path())
+            tracing::debug_span!("http.request", method = %req.method(), path = %req.uri().path())
         }))
         .with_state(state)
 }
