@@ -69,29 +69,33 @@ fn tenant() -> Tenant {
     Tenant { company_id: "1".into(), application_id: "app".into() }
 }
 
+/// One event of `event_type` with `data` on `stream`, in the test tenant.
+fn one_event(stream: &str, event_type: &str, data: serde_json::Value) -> AppendRequest {
+    AppendRequest {
+        tenant: tenant(),
+        actor: "t".into(),
+        correlation_id: "c".into(),
+        causation_id: None,
+        streams: vec![StreamAppend {
+            stream: stream.into(),
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent {
+                event_id: uuid::Uuid::now_v7(),
+                event_type: event_type.into(),
+                schema: 1,
+                occurred_at: OffsetDateTime::now_utc(),
+                data,
+            }],
+        }],
+        reserve: vec![],
+        release: vec![],
+        idempotency_key: None,
+    }
+}
+
 async fn append_n(log: &SqlEventLog, n: i64) {
     for i in 0..n {
-        let req = AppendRequest {
-            tenant: tenant(),
-            actor: "t".into(),
-            correlation_id: "c".into(),
-            causation_id: None,
-            streams: vec![StreamAppend {
-                stream: format!("thing-{i}"),
-                expected: ExpectedVersion::Any,
-                events: vec![NewEvent {
-                    event_id: uuid::Uuid::now_v7(),
-                    event_type: "thing.made".into(),
-                    schema: 1,
-                    occurred_at: OffsetDateTime::now_utc(),
-                    data: json!({}),
-                }],
-            }],
-            reserve: vec![],
-            release: vec![],
-            idempotency_key: None,
-        };
-        log.append(req).await.expect("append");
+        log.append(one_event(&format!("thing-{i}"), "thing.made", json!({}))).await.expect("append");
     }
 }
 
@@ -136,26 +140,7 @@ async fn a_poison_event_stops_the_projection_and_is_reported() {
         let backend = test_db.backend;
         let db = Db::connect(&test_db.url).await.expect("connect");
         let log = SqlEventLog::open(db.clone()).await.expect("open");
-        let req = AppendRequest {
-            tenant: tenant(),
-            actor: "t".into(),
-            correlation_id: "c".into(),
-            causation_id: None,
-            streams: vec![StreamAppend {
-                stream: "user-61f02c3dcc701256044ed6c0".into(),
-                expected: ExpectedVersion::Any,
-                events: vec![NewEvent {
-                    event_id: uuid::Uuid::now_v7(),
-                    event_type: "user.created".into(),
-                    schema: 1,
-                    occurred_at: OffsetDateTime::now_utc(),
-                    data: json!({"not": "a user"}),
-                }],
-            }],
-            reserve: vec![],
-            release: vec![],
-            idempotency_key: None,
-        };
+        let req = one_event("user-61f02c3dcc701256044ed6c0", "user.created", json!({"not": "a user"}));
         log.append(req).await.expect("append");
         let runner = Runner::new(log.clone(), UsersProjection).await.expect("runner");
         let handle = runner.handle();
