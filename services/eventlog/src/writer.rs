@@ -390,26 +390,32 @@ async fn read_snapshot(
     keys.sort_unstable();
     keys.dedup();
     let mut holders: HashMap<(String, String), Option<String>> = keys.iter().map(|k| (k.clone(), None)).collect();
-    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "SELECT scope, key, stream FROM reservations WHERE (scope, key) IN (VALUES {})",
-            tuples(dialect, chunk.len(), 2, 0)
-        );
-        let mut q = sqlx::query(&sql);
-        for (scope, key) in chunk {
-            q = q.bind(scope).bind(key);
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            holders.insert((row.try_get("scope")?, row.try_get("key")?), Some(row.try_get("stream")?));
-        }
+    for (scope, key, stream) in by_scope_key(conn, dialect, "reservations", "stream", &keys).await? {
+        holders.insert((scope, key), Some(stream));
     }
 
     let ids: Vec<(String, String)> =
         batch.iter().filter_map(|r| r.idempotency_key.as_ref().map(|k| (r.tenant.scope(), k.clone()))).collect();
     let mut seen = HashMap::new();
-    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+    for (scope, key, stored) in by_scope_key(conn, dialect, "idempotency", "result", &ids).await? {
+        let result: AppendResult = serde_json::from_str(&stored).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        seen.insert((scope, key), result);
+    }
+    Ok(Snapshot { versions, holders, seen })
+}
+
+/// `(scope, key, column)` of the rows of `table` whose `(scope, key)` is among `keys`.
+async fn by_scope_key(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    table: &str,
+    column: &str,
+    keys: &[(String, String)],
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    let mut found = Vec::new();
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "SELECT scope, key, result FROM idempotency WHERE (scope, key) IN (VALUES {})",
+            "SELECT scope, key, {column} FROM {table} WHERE (scope, key) IN (VALUES {})",
             tuples(dialect, chunk.len(), 2, 0)
         );
         let mut q = sqlx::query(&sql);
@@ -417,12 +423,10 @@ async fn read_snapshot(
             q = q.bind(scope).bind(key);
         }
         for row in q.fetch_all(&mut *conn).await? {
-            let stored: String = row.try_get("result")?;
-            let result: AppendResult = serde_json::from_str(&stored).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-            seen.insert((row.try_get("scope")?, row.try_get("key")?), result);
+            found.push((row.try_get("scope")?, row.try_get("key")?, row.try_get(column)?));
         }
     }
-    Ok(Snapshot { versions, holders, seen })
+    Ok(found)
 }
 
 /// `n` tuples of `width` placeholders for a statement whose earlier
