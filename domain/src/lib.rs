@@ -6,6 +6,7 @@
 //! the history in the log is the truth.
 
 pub mod codec;
+pub mod platform;
 pub mod user;
 pub mod values;
 

@@ -3,6 +3,7 @@
 use crate::codec::v1;
 use crate::values::{Email, Gender, Name, Phone, UserId, Username};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use time::{Duration, OffsetDateTime};
 
 pub use v1::{EmailEntry, PhoneEntry};
@@ -40,6 +41,24 @@ pub struct User {
     pub blocked: bool,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+    /// Sessions started and not revoked; expired ones are pruned at the next login.
+    pub sessions: BTreeMap<String, ActiveSession>,
+    pub login_count: i64,
+    pub last_login_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveSession {
+    pub expires_at: OffsetDateTime,
+    pub max_age: i64,
+    pub rolling: bool,
+}
+
+impl User {
+    /// Ids of the sessions still valid at `now`.
+    pub fn active_sessions(&self, now: OffsetDateTime) -> Vec<String> {
+        self.sessions.iter().filter(|(_, s)| s.expires_at > now).map(|(id, _)| id.clone()).collect()
+    }
 }
 
 /// The kinds of value that must be unique per application.
@@ -107,7 +126,7 @@ impl UserState {
 pub struct CreateUser {
     pub user_id: UserId,
     pub username: Username,
-    pub phone: Phone,
+    pub phone: Option<Phone>,
     pub email: Option<Email>,
     pub first_name: Option<Name>,
     pub last_name: Option<Name>,
@@ -134,10 +153,36 @@ pub struct UpdateUser {
 pub enum UserCommand {
     Create(CreateUser),
     Update(UpdateUser),
-    Block { reason: String },
-    Unblock { reason: String },
+    Block {
+        reason: String,
+    },
+    Unblock {
+        reason: String,
+    },
     Archive,
-    Restore { reason: String },
+    Restore {
+        reason: String,
+    },
+    StartSession(StartSession),
+    /// A rolling session was used: extend it (no-op unless rolling and active).
+    TouchSession {
+        session_id: String,
+    },
+    /// Revokes the named sessions, or every active one when `None`.
+    RevokeSessions {
+        session_ids: Option<Vec<String>>,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartSession {
+    pub session_id: String,
+    pub domain: String,
+    pub user_agent: String,
+    pub ip: String,
+    pub max_age: i64,
+    pub rolling: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +193,9 @@ pub enum UserEvent {
     Unblocked(v1::UserUnblocked),
     Archived(v1::UserArchived),
     Restored(v1::UserRestored),
+    SessionStarted(v1::SessionStarted),
+    SessionExtended(v1::SessionExtended),
+    SessionsRevoked(v1::SessionsRevoked),
 }
 
 /// A business rule said no. Nothing was appended.
@@ -163,8 +211,12 @@ pub enum UserError {
     DuplicateInList { field: &'static str, value: String },
     #[error("{field} may have at most one primary entry")]
     SeveralPrimaries { field: &'static str },
-    #[error("phone_numbers must not be empty: a user needs a phone number")]
-    NoPhone,
+    #[error("a user needs an email or a phone number")]
+    NoContact,
+    #[error("user is blocked and cannot start a session")]
+    Blocked,
+    #[error("session {0} not found for this user")]
+    SessionNotFound(String),
 }
 
 /// Decides what happens when `command` meets `state`. Pure: the same inputs
@@ -172,6 +224,9 @@ pub enum UserError {
 /// no events, so retries and redeliveries are harmless.
 pub fn decide(state: &UserState, command: UserCommand, ctx: &Context) -> Result<Vec<UserEvent>, UserError> {
     match (state, command) {
+        (UserState::NotCreated, UserCommand::Create(c)) if c.email.is_none() && c.phone.is_none() => {
+            Err(UserError::NoContact)
+        }
         (UserState::NotCreated, UserCommand::Create(c)) => Ok(vec![UserEvent::Created(v1::UserCreated {
             user_id: c.user_id,
             username: c.username,
@@ -182,7 +237,10 @@ pub fn decide(state: &UserState, command: UserCommand, ctx: &Context) -> Result<
                 .email
                 .map(|email| vec![EmailEntry { email, primary: true, verified: true, active: true }])
                 .unwrap_or_default(),
-            phone_numbers: vec![PhoneEntry { phone: c.phone, primary: true, verified: true, active: true }],
+            phone_numbers: c
+                .phone
+                .map(|phone| vec![PhoneEntry { phone, primary: true, verified: true, active: true }])
+                .unwrap_or_default(),
             meta: c.meta.unwrap_or_else(|| Value::Object(Default::default())),
             external_id: c.external_id,
             rr_id: c.rr_id,
@@ -191,15 +249,23 @@ pub fn decide(state: &UserState, command: UserCommand, ctx: &Context) -> Result<
         })]),
         (_, UserCommand::Create(_)) => Err(UserError::AlreadyExists),
         (UserState::Live(user), UserCommand::Update(u)) => decide_update(user, u, ctx),
-        (UserState::Live(user), UserCommand::Block { reason }) => {
-            Ok(if user.blocked { vec![] } else { vec![UserEvent::Blocked(v1::UserBlocked { reason, at: ctx.now })] })
-        }
+        (UserState::Live(user), UserCommand::Block { reason }) => Ok(if user.blocked {
+            vec![]
+        } else {
+            let mut events = revoke_all(user, "blocked", ctx);
+            events.insert(0, UserEvent::Blocked(v1::UserBlocked { reason, at: ctx.now }));
+            events
+        }),
         (UserState::Live(user), UserCommand::Unblock { reason }) => Ok(if user.blocked {
             vec![UserEvent::Unblocked(v1::UserUnblocked { reason, at: ctx.now })]
         } else {
             vec![]
         }),
-        (UserState::Live(_), UserCommand::Archive) => Ok(vec![UserEvent::Archived(v1::UserArchived { at: ctx.now })]),
+        (UserState::Live(user), UserCommand::Archive) => {
+            let mut events = revoke_all(user, "archived", ctx);
+            events.insert(0, UserEvent::Archived(v1::UserArchived { at: ctx.now }));
+            Ok(events)
+        }
         (UserState::Archived { .. }, UserCommand::Archive) => Ok(vec![]),
         (UserState::Live(_), UserCommand::Restore { .. }) => Ok(vec![]),
         (UserState::Archived { archived_at, .. }, UserCommand::Restore { reason }) => {
@@ -210,8 +276,60 @@ pub fn decide(state: &UserState, command: UserCommand, ctx: &Context) -> Result<
                 Ok(vec![UserEvent::Restored(v1::UserRestored { reason, at: ctx.now })])
             }
         }
+        (UserState::Live(user), UserCommand::StartSession(_)) if user.blocked => Err(UserError::Blocked),
+        (UserState::Live(_), UserCommand::StartSession(s)) => {
+            let expires_at = ctx.now + Duration::seconds(s.max_age);
+            Ok(vec![UserEvent::SessionStarted(v1::SessionStarted {
+                session_id: s.session_id,
+                domain: s.domain,
+                user_agent: s.user_agent,
+                ip: s.ip,
+                max_age: s.max_age,
+                rolling: s.rolling,
+                expires_at,
+                at: ctx.now,
+            })])
+        }
+        (UserState::Live(user), UserCommand::TouchSession { session_id }) => {
+            let session = user.sessions.get(&session_id).filter(|s| s.expires_at > ctx.now);
+            let Some(session) = session else {
+                return Err(UserError::SessionNotFound(session_id));
+            };
+            // Extending on every request would append an event per request:
+            // a rolling session is extended once less than half its life is left.
+            let expires_at = ctx.now + Duration::seconds(session.max_age);
+            let half_left = session.expires_at - ctx.now < Duration::seconds(session.max_age / 2);
+            Ok(if session.rolling && half_left {
+                vec![UserEvent::SessionExtended(v1::SessionExtended { session_id, expires_at, at: ctx.now })]
+            } else {
+                vec![]
+            })
+        }
+        (UserState::Live(user), UserCommand::RevokeSessions { session_ids: None, reason }) => {
+            Ok(revoke_all(user, &reason, ctx))
+        }
+        (UserState::Live(user), UserCommand::RevokeSessions { session_ids: Some(ids), reason }) => {
+            let active = user.active_sessions(ctx.now);
+            if let Some(missing) = ids.iter().find(|id| !active.contains(id)) {
+                return Err(UserError::SessionNotFound(missing.clone()));
+            }
+            Ok(if ids.is_empty() {
+                vec![]
+            } else {
+                vec![UserEvent::SessionsRevoked(v1::SessionsRevoked { session_ids: ids, reason, at: ctx.now })]
+            })
+        }
         (UserState::NotCreated | UserState::Archived { .. }, _) => Err(UserError::NotFound),
     }
+}
+
+/// Revokes every session still active: nothing when there is none.
+fn revoke_all(user: &User, reason: &str, ctx: &Context) -> Vec<UserEvent> {
+    let session_ids = user.active_sessions(ctx.now);
+    if session_ids.is_empty() {
+        return vec![];
+    }
+    vec![UserEvent::SessionsRevoked(v1::SessionsRevoked { session_ids, reason: reason.to_string(), at: ctx.now })]
 }
 
 fn decide_update(user: &User, u: UpdateUser, ctx: &Context) -> Result<Vec<UserEvent>, UserError> {
@@ -219,10 +337,12 @@ fn decide_update(user: &User, u: UpdateUser, ctx: &Context) -> Result<Vec<UserEv
         check_list("emails", emails.iter().map(|e| (e.email.as_str().to_string(), e.primary)))?;
     }
     if let Some(phones) = &u.phone_numbers {
-        if phones.is_empty() {
-            return Err(UserError::NoPhone);
-        }
         check_list("phone_numbers", phones.iter().map(|p| (p.phone.e164(), p.primary)))?;
+    }
+    let no_emails = u.emails.as_ref().map_or(user.emails.is_empty(), Vec::is_empty);
+    let no_phones = u.phone_numbers.as_ref().map_or(user.phone_numbers.is_empty(), Vec::is_empty);
+    if no_emails && no_phones {
+        return Err(UserError::NoContact);
     }
     fn changed<T: PartialEq>(new: Option<T>, old: &T) -> Option<T> {
         new.filter(|n| n != old)
@@ -301,6 +421,9 @@ pub fn evolve(state: UserState, event: &UserEvent) -> UserState {
             blocked: false,
             created_at: e.at,
             updated_at: e.at,
+            sessions: BTreeMap::new(),
+            login_count: 0,
+            last_login_at: None,
         }),
         (UserState::Live(mut user), UserEvent::Updated(e)) => {
             e.apply_to(&mut user);
@@ -318,6 +441,34 @@ pub fn evolve(state: UserState, event: &UserEvent) -> UserState {
             UserState::Live(user)
         }
         (UserState::Live(user), UserEvent::Archived(e)) => UserState::Archived { user, archived_at: e.at },
+        (UserState::Live(mut user), UserEvent::SessionStarted(e)) => {
+            user.sessions.retain(|_, s| s.expires_at > e.at);
+            user.sessions.insert(
+                e.session_id.clone(),
+                ActiveSession { expires_at: e.expires_at, max_age: e.max_age, rolling: e.rolling },
+            );
+            user.login_count += 1;
+            user.last_login_at = Some(e.at);
+            UserState::Live(user)
+        }
+        (UserState::Live(mut user), UserEvent::SessionExtended(e)) => {
+            if let Some(s) = user.sessions.get_mut(&e.session_id) {
+                s.expires_at = e.expires_at;
+            }
+            UserState::Live(user)
+        }
+        (UserState::Live(mut user), UserEvent::SessionsRevoked(e)) => {
+            for id in &e.session_ids {
+                user.sessions.remove(id);
+            }
+            UserState::Live(user)
+        }
+        (UserState::Archived { mut user, archived_at }, UserEvent::SessionsRevoked(e)) => {
+            for id in &e.session_ids {
+                user.sessions.remove(id);
+            }
+            UserState::Archived { user, archived_at }
+        }
         (UserState::Archived { mut user, .. }, UserEvent::Restored(e)) => {
             user.updated_at = e.at;
             UserState::Live(user)

@@ -3,8 +3,8 @@
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 use userstream_domain::user::{
-    decide, evolve, replay, Context, CreateUser, EmailEntry, PhoneEntry, UniqueKind, UpdateUser, UserCommand,
-    UserError, UserEvent, UserState,
+    decide, evolve, replay, Context, CreateUser, EmailEntry, PhoneEntry, StartSession, UniqueKind, UpdateUser,
+    UserCommand, UserError, UserEvent, UserState,
 };
 use userstream_domain::{Email, Name, Phone, UserId, Username};
 
@@ -18,7 +18,7 @@ fn create() -> UserCommand {
     UserCommand::Create(CreateUser {
         user_id: UserId::parse("user_id", "61f02c3dcc701256044ed6c0").expect("id"),
         username: Username::parse("username", "Alice").expect("username"),
-        phone: Phone::parse("phone_number", "9876543210").expect("phone"),
+        phone: Some(Phone::parse("phone_number", "9876543210").expect("phone")),
         email: Some(Email::parse("email", "alice@example.com").expect("email")),
         first_name: Some(Name::parse("first_name", "Alice").expect("name")),
         last_name: None,
@@ -117,10 +117,94 @@ fn two_primary_phone_numbers_are_refused() {
 }
 
 #[test]
-fn removing_every_phone_number_is_refused() {
+fn removing_every_email_and_phone_number_is_refused() {
+    let state = given(vec![(create(), T0)]);
+    let update = UpdateUser { phone_numbers: Some(vec![]), emails: Some(vec![]), ..Default::default() };
+    assert_eq!(decide(&state, UserCommand::Update(update), &ctx_at(T0)), Err(UserError::NoContact));
+}
+
+#[test]
+fn removing_the_phone_numbers_of_a_user_with_an_email_is_accepted() {
     let state = given(vec![(create(), T0)]);
     let update = UpdateUser { phone_numbers: Some(vec![]), ..Default::default() };
-    assert_eq!(decide(&state, UserCommand::Update(update), &ctx_at(T0)), Err(UserError::NoPhone));
+    let events = decide(&state, UserCommand::Update(update), &ctx_at(T0)).expect("accepted");
+    assert!(matches!(events.as_slice(), [UserEvent::Updated(u)] if u.phone_numbers == Some(vec![])));
+}
+
+#[test]
+fn creating_a_user_without_email_and_phone_is_refused() {
+    let UserCommand::Create(mut c) = create() else { unreachable!() };
+    c.email = None;
+    c.phone = None;
+    assert_eq!(decide(&UserState::NotCreated, UserCommand::Create(c), &ctx_at(T0)), Err(UserError::NoContact));
+}
+
+fn login(id: &str, max_age: i64, rolling: bool) -> UserCommand {
+    UserCommand::StartSession(StartSession {
+        session_id: id.into(),
+        domain: "shop.example".into(),
+        user_agent: "test".into(),
+        ip: "127.0.0.1".into(),
+        max_age,
+        rolling,
+    })
+}
+
+fn sessions_of(state: &UserState, now: OffsetDateTime) -> Vec<String> {
+    match state {
+        UserState::Live(u) | UserState::Archived { user: u, .. } => u.active_sessions(now),
+        UserState::NotCreated => vec![],
+    }
+}
+
+#[test]
+fn a_login_starts_a_session_and_counts_it() {
+    let state = given(vec![(create(), T0), (login("s1", 3600, false), T0), (login("s2", 60, false), T0)]);
+    let Some(user) = state.live() else { panic!("live") };
+    assert_eq!(user.login_count, 2);
+    assert_eq!(user.last_login_at, Some(T0));
+    assert_eq!(sessions_of(&state, T0), vec!["s1".to_string(), "s2".to_string()]);
+    assert_eq!(sessions_of(&state, T0 + Duration::minutes(2)), vec!["s1".to_string()], "s2 expired");
+}
+
+#[test]
+fn blocking_or_archiving_revokes_every_active_session_in_the_same_append() {
+    for command in [UserCommand::Block { reason: "fraud".into() }, UserCommand::Archive] {
+        let state = given(vec![(create(), T0), (login("s1", 3600, false), T0), (login("s2", 3600, false), T0)]);
+        let events = decide(&state, command, &ctx_at(T0)).expect("accepted");
+        let [_, UserEvent::SessionsRevoked(r)] = events.as_slice() else { panic!("got {events:?}") };
+        assert_eq!(r.session_ids, vec!["s1".to_string(), "s2".to_string()]);
+        let after = events.iter().fold(state, evolve);
+        assert!(sessions_of(&after, T0).is_empty());
+    }
+}
+
+#[test]
+fn a_blocked_user_cannot_start_a_session() {
+    let state = given(vec![(create(), T0), (UserCommand::Block { reason: String::new() }, T0)]);
+    assert_eq!(decide(&state, login("s1", 60, false), &ctx_at(T0)), Err(UserError::Blocked));
+}
+
+#[test]
+fn revoking_a_session_the_user_does_not_have_is_refused() {
+    let state = given(vec![(create(), T0), (login("s1", 60, false), T0)]);
+    let revoke = UserCommand::RevokeSessions { session_ids: Some(vec!["other".into()]), reason: String::new() };
+    assert_eq!(decide(&state, revoke, &ctx_at(T0)), Err(UserError::SessionNotFound("other".into())));
+    let expired = UserCommand::RevokeSessions { session_ids: Some(vec!["s1".into()]), reason: String::new() };
+    assert!(decide(&state, expired, &ctx_at(T0 + Duration::minutes(5))).is_err(), "expired sessions are gone");
+}
+
+#[test]
+fn a_rolling_session_is_extended_once_half_its_life_is_used() {
+    let state = given(vec![(create(), T0), (login("s1", 3600, true), T0)]);
+    let touch = || UserCommand::TouchSession { session_id: "s1".into() };
+    assert_eq!(decide(&state, touch(), &ctx_at(T0 + Duration::minutes(10))), Ok(vec![]), "plenty of life left");
+    let later = T0 + Duration::minutes(40);
+    let events = decide(&state, touch(), &ctx_at(later)).expect("extended");
+    let [UserEvent::SessionExtended(e)] = events.as_slice() else { panic!("got {events:?}") };
+    assert_eq!(e.expires_at, later + Duration::hours(1));
+    let fixed = given(vec![(create(), T0), (login("s1", 3600, false), T0)]);
+    assert_eq!(decide(&fixed, touch(), &ctx_at(later)), Ok(vec![]), "non-rolling sessions never extend");
 }
 
 #[test]

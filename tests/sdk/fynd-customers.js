@@ -1,22 +1,49 @@
-// Drives every customers method of the official Fynd platform SDK (3.4.2)
-// against a running userstream, with strictResponseCheck on: any response
-// that does not fit the SDK's models rejects. Usage: node fynd-customers.js BASE_URL
+// Drives every customers, session and platform-config method of the official
+// Fynd platform SDK (3.4.2) against a running userstream, with
+// strictResponseCheck on: any response that does not fit the SDK's models
+// rejects. Usage: node fynd-customers.js BASE_URL API_KEY API_SECRET
 "use strict";
 const assert = require("node:assert/strict");
 const { PlatformClient } = require("@gofynd/fdk-client-javascript");
 
-const base = process.argv[2];
-if (!base) throw new Error("usage: node fynd-customers.js BASE_URL");
+const [base, apiKey, apiSecret] = process.argv.slice(2);
+if (!apiSecret) throw new Error("usage: node fynd-customers.js BASE_URL API_KEY API_SECRET");
 
-// Credentials arrive with the access issue; until then the service is open
-// and the SDK, never given a token, sends `Bearer null`.
-const client = new PlatformClient(
-  { companyId: "1", apiKey: "key", apiSecret: "secret", domain: base, useAutoRenewTimer: false, logLevel: "ERROR" },
-  { strictResponseCheck: true }
-);
+const config = { companyId: "1", apiKey, apiSecret, domain: base, useAutoRenewTimer: false, logLevel: "ERROR" };
+const client = new PlatformClient(config, { strictResponseCheck: true });
 const user = client.application("000000000000000000000001").user;
 
 async function main() {
+  // Without a token the SDK sends `Bearer null`: refused.
+  await assert.rejects(user.getCustomers({}), (e) => e.code === 401);
+  // The package README's recipe: client credentials, then setToken.
+  const wrong = new PlatformClient({ ...config, apiSecret: "wrong" }, { strictResponseCheck: true });
+  await assert.rejects(wrong.getAccesstokenObj({ grant_type: "client_credentials" }), (e) => /401/.test(String(e.message)) || e.code === 401);
+  const token = await client.getAccesstokenObj({ grant_type: "client_credentials" });
+  assert.equal(token.token_type, "Bearer");
+  assert.ok(token.expires_in > 0);
+  assert.equal(token.refresh_token, undefined, "no refresh token: the SDK would refresh before the first call");
+  client.setToken(token);
+
+  // Platform config: defaults, then an update the following calls obey.
+  const defaults = await user.getPlatformConfig();
+  assert.equal(defaults.register_required_fields.mobile.is_required, true);
+  assert.equal(defaults.delete_account_day, 30);
+  const changed = await user.updatePlatformConfig({
+    body: {
+      ...defaults,
+      name: "Sdk shop",
+      login: { password: true, otp: false },
+      session_config: { duration: 2, type: "Days", is_rolling: true },
+      social_tokens: { google: { app_id: "g-app", app_secret: "g-secret" } },
+    },
+  });
+  assert.equal(changed.name, "Sdk shop");
+  assert.equal(changed.login.otp, false);
+  assert.equal(changed.session_config.type, "Days");
+  assert.notEqual(changed.social_tokens.google.app_secret, "g-secret", "secrets are never returned");
+  assert.equal((await user.getPlatformConfig()).social_tokens.google.app_secret, "********");
+
   const [created, headers] = await user.createUser(
     {
       body: {
@@ -66,7 +93,30 @@ async function main() {
   assert.equal(updated.user.first_name, "Sdk2");
   assert.equal(updated.user.emails[0].email, "sdk2@example.com");
 
+  // Sessions: create two, list, delete one, delete the rest.
+  const session = await user.createUserSession({ body: { user_id: id, domain: "shop.example.com" } });
+  assert.equal(session.max_age, 2 * 86400, "platform session_config decides the default lifetime");
+  assert.equal(session.secure, true);
+  assert.equal(typeof session.cookie["f.session"], "string");
+  await user.createUserSession({ body: { user_id: id, domain: "m.shop.example.com", max_age: 600 } });
+  const active = await user.getActiveSessions({ id });
+  assert.equal(active.items.length, 2);
+  assert.equal(typeof active.items[0].expire_in, "string");
+  const web = active.items.find((s) => s.domain === "shop.example.com");
+  const deleted = await user.deleteSession({ id, sessionId: web.session_id, reason: "logout" });
+  assert.deepEqual(deleted, { user_id: id, session_id: web.session_id });
+  await assert.rejects(user.deleteSession({ id, sessionId: web.session_id, reason: "again" }), (e) => e.code === 404);
+  const rest = await user.deleteActiveSessions({ id, reason: "logout everywhere" });
+  assert.equal(rest.session_ids.length, 1);
+  assert.equal((await user.getActiveSessions({ id })).items.length, 0);
+
+  await user.createUserSession({ body: { user_id: id, domain: "shop.example.com" } });
   assert.equal((await user.blockOrUnblockUsers({ body: { user_id: [id], status: false, reason: "sdk" } })).success, true);
+  assert.equal((await user.getActiveSessions({ id })).items.length, 0, "blocking revokes sessions");
+  await assert.rejects(
+    user.createUserSession({ body: { user_id: id, domain: "shop.example.com" } }),
+    (e) => e.code === 403 && /blocked/.test(e.message)
+  );
   assert.equal((await user.blockOrUnblockUsers({ body: { user_id: [id], status: true, reason: "sdk" } })).success, true);
   assert.equal((await user.archiveUser({ body: { user_id: id } })).success, true);
   assert.equal((await user.unDeleteUser({ body: { user_id: id, reason: "sdk", reason_id: "1" } })).success, true);
@@ -84,7 +134,7 @@ async function main() {
     user.blockOrUnblockUsers({ body: { user_id: ["aaaaaaaaaaaaaaaaaaaaaaaa"], status: false, reason: "x" } }),
     (e) => e.code === 404 && /aaaaaaaaaaaaaaaaaaaaaaaa/.test(e.message)
   );
-  console.log("fynd sdk: customers methods passed with strictResponseCheck");
+  console.log("fynd sdk: customers, session and config methods passed with strictResponseCheck");
 }
 
 main().catch((e) => {

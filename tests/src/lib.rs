@@ -64,9 +64,35 @@ pub fn binary() -> PathBuf {
 pub struct TestApp {
     pub base: String,
     pub db: TestDb,
+    /// Sends the Fynd access token of company [`COMPANY`] with every request.
     pub client: reqwest::Client,
+    /// Sends the Passage bearer of the same key with every request.
+    pub passage: reqwest::Client,
+    /// The key both clients use, and the Fynd access token of `client`.
+    pub key: NewKey,
+    pub token: String,
     child: Child,
     env: Vec<(String, String)>,
+}
+
+pub use userstream_api::access::NewKey;
+
+/// Creates an API key directly in the database (what `userstream apikey
+/// create` does), and a Fynd access token for it.
+pub async fn create_key(db: &TestDb, company: &str, application: Option<&str>) -> (NewKey, String) {
+    let conn = userstream_eventlog::Db::connect(&db.url).await.expect("connect");
+    let access = userstream_api::access::Access::open(conn).await.expect("access tables");
+    let key = access.create_key(company, application).await.expect("create key");
+    let credential = access.verify_secret(&key.api_key, &key.api_secret).await.expect("verify").expect("valid key");
+    let token = access.issue_token(&credential, time::OffsetDateTime::now_utc());
+    (key, token)
+}
+
+/// A client that sends `Authorization: <value>` with every request.
+pub fn client_with(authorization: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, authorization.parse().expect("header value"));
+    reqwest::Client::builder().default_headers(headers).build().expect("client")
 }
 
 pub const COMPANY: &str = "1";
@@ -79,8 +105,11 @@ impl TestApp {
 
     pub async fn spawn_on(db: TestDb, env: &[(&str, &str)]) -> TestApp {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (key, token) = create_key(&db, COMPANY, None).await;
         let (child, base) = start(&db, &env);
-        TestApp { base, db, client: reqwest::Client::new(), child, env }
+        let client = client_with(&format!("Bearer {token}"));
+        let passage = client_with(&format!("Bearer {}", key.bearer));
+        TestApp { base, db, client, passage, key, token, child, env }
     }
 
     /// `kill -9`, then start again on the same database.
@@ -100,6 +129,18 @@ impl TestApp {
     /// The Fynd prefix for a tenant.
     pub fn fynd(&self, company: &str, app: &str) -> String {
         format!("{}/service/platform/user/v1.0/company/{company}/application/{app}", self.base)
+    }
+
+    /// The Passage prefix for an app.
+    pub fn passage_app(&self, app: &str) -> String {
+        format!("{}/v1/apps/{app}", self.base)
+    }
+
+    /// Sets the platform config of the default tenant (a partial PlatformSchema).
+    pub async fn set_config(&self, patch: serde_json::Value) {
+        let url = format!("{}/platform/config", self.fynd(COMPANY, APP));
+        let r = self.client.post(url).json(&patch).send().await.expect("config");
+        assert_eq!(r.status(), 200, "platform config {patch}: {}", r.text().await.unwrap_or_default());
     }
 
     pub fn customers(&self) -> String {

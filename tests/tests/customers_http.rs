@@ -193,7 +193,8 @@ async fn duplicates_are_refused_and_archiving_frees_the_values() {
 
 #[tokio::test]
 async fn restore_after_the_window_is_refused() {
-    let app = TestApp::spawn_on(userstream_tests::fresh_sqlite(), &[("USERSTREAM_DELETE_ACCOUNT_DAY", "0")]).await;
+    let app = TestApp::spawn().await;
+    app.set_config(json!({"delete_account_day": 0})).await;
     let (user, _) = app.create_user(alice()).await;
     let id = user["_id"].as_str().expect("id");
     app.put_customers("/archive", json!({"user_id": id})).await;
@@ -256,7 +257,11 @@ async fn bad_input_gets_a_clear_json_error_and_changes_nothing() {
             "meta",
         ),
         (app.client.put(format!("{url}/{id}")).json(&json!({"emails": [{"email": "bad"}]})), 400, "emails.email"),
-        (app.client.put(format!("{url}/{id}")).json(&json!({"phone_numbers": []})), 400, "phone_numbers"),
+        (
+            app.client.put(format!("{url}/{id}")).json(&json!({"phone_numbers": [], "emails": []})),
+            400,
+            "email or a phone",
+        ),
         (
             app.client.put(format!("{url}/{id}")).header("if-match", "\"7\"").json(&json!({"first_name": "X"})),
             409,
@@ -294,7 +299,8 @@ async fn bad_input_gets_a_clear_json_error_and_changes_nothing() {
     let addr = app.base.trim_start_matches("http://").to_string();
     let mut socket = tokio::net::TcpStream::connect(&addr).await.expect("connect");
     let head_only = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{{",
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{{",
+        app.token,
         2 * 1024 * 1024
     );
     socket.write_all(head_only.as_bytes()).await.expect("write");
@@ -306,7 +312,8 @@ async fn bad_input_gets_a_clear_json_error_and_changes_nothing() {
     // Without a declared length (chunked), the limit cuts the body as it streams.
     let mut socket = tokio::net::TcpStream::connect(&addr).await.expect("connect");
     let chunked_head = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+        app.token
     );
     socket.write_all(chunked_head.as_bytes()).await.expect("write");
     let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "a".repeat(64 * 1024));
@@ -374,7 +381,8 @@ async fn another_tenant_sees_nothing() {
     let r = app.client.post(format!("{other}/customers")).json(&alice()).send().await.expect("post");
     assert_eq!(r.status(), 200);
     let other_company = app.fynd("2", APP);
-    assert_eq!(get_json(&app, &format!("{other_company}/customers/{id}"), p).await.0, 404);
+    // A credential of company 1 on company 2's path: forbidden before any lookup.
+    assert_eq!(get_json(&app, &format!("{other_company}/customers/{id}"), p).await.0, 403);
 }
 
 #[tokio::test]

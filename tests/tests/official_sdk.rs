@@ -6,7 +6,7 @@ use std::path::Path;
 use userstream_tests::TestApp;
 
 #[tokio::test]
-async fn the_fynd_sdk_drives_every_customers_method() {
+async fn the_fynd_sdk_drives_every_customers_session_and_config_method() {
     let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk");
     assert!(
         sdk.join("node_modules/@gofynd/fdk-client-javascript").exists(),
@@ -16,6 +16,8 @@ async fn the_fynd_sdk_drives_every_customers_method() {
     let output = tokio::process::Command::new("node")
         .arg("fynd-customers.js")
         .arg(&app.base)
+        .arg(&app.key.api_key)
+        .arg(&app.key.api_secret)
         .current_dir(&sdk)
         .output()
         .await
@@ -26,5 +28,5 @@ async fn the_fynd_sdk_drives_every_customers_method() {
         "SDK script failed:\nstdout: {stdout}\nstderr: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("customers methods passed"), "{stdout}");
+    assert!(stdout.contains("customers, session and config methods passed"), "{stdout}");
 }

@@ -209,7 +209,7 @@ async fn rebuilding_the_users_read_model_from_zero_equals_the_live_one() {
             let create = CreateUser {
                 user_id: id.clone(),
                 username: Username::parse("u", &format!("user{i}")).expect("u"),
-                phone: Phone::parse("p", &format!("98765{i:05}")).expect("p"),
+                phone: Some(Phone::parse("p", &format!("98765{i:05}")).expect("p")),
                 email: Some(Email::parse("e", &format!("u{i}@example.com")).expect("e")),
                 first_name: None,
                 last_name: None,

@@ -98,3 +98,39 @@ pub struct UserRestored {
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }
+
+/// `user.session_started` v1: a login. The session id is the random part of
+/// the cookie, never the signed cookie itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStarted {
+    pub session_id: String,
+    pub domain: String,
+    pub user_agent: String,
+    pub ip: String,
+    /// Lifetime in seconds; a rolling session gets it again on use.
+    pub max_age: i64,
+    pub rolling: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// `user.session_extended` v1: a rolling session was used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionExtended {
+    pub session_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// `user.sessions_revoked` v1: logout, or the side effect of block/archive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionsRevoked {
+    pub session_ids: Vec<String>,
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}

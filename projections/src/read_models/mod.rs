@@ -1,2 +1,3 @@
 pub mod filter;
+pub mod user_list;
 pub mod users;

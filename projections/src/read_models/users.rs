@@ -56,10 +56,37 @@ const DDL: &str = "
         PRIMARY KEY (company_id, application_id)
     );";
 
-const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: DDL, postgres: DDL }];
+/// Primary contacts and login figures for the Passage surface, and sessions.
+/// The model is emptied and its checkpoint reset, so it is rebuilt from the
+/// log with the new columns filled.
+const DDL_2: &str = "
+    ALTER TABLE users_v1 ADD COLUMN email TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users_v1 ADD COLUMN phone TEXT NOT NULL DEFAULT '';
+    ALTER TABLE users_v1 ADD COLUMN email_verified BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE users_v1 ADD COLUMN phone_verified BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE users_v1 ADD COLUMN login_count BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE users_v1 ADD COLUMN last_login_at TEXT;
+    CREATE TABLE IF NOT EXISTS user_sessions_v1 (
+        application_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        user_agent TEXT NOT NULL,
+        ip TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (application_id, user_id, session_id)
+    );
+    DELETE FROM users_v1;
+    DELETE FROM user_contacts_v1;
+    DELETE FROM user_counts_v1;
+    UPDATE checkpoints SET position = 0, failure = NULL WHERE name = 'users_v1';";
+
+const MIGRATIONS: &[Migration] =
+    &[Migration { version: 1, sqlite: DDL, postgres: DDL }, Migration { version: 2, sqlite: DDL_2, postgres: DDL_2 }];
 
 /// The tables this read model owns, for rebuilds and comparisons.
-pub const TABLES: &[&str] = &["users_v1", "user_contacts_v1", "user_counts_v1"];
+pub const TABLES: &[&str] = &["users_v1", "user_contacts_v1", "user_counts_v1", "user_sessions_v1"];
 
 /// One user as the read model holds it. JSON columns hold the Fynd wire shapes.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,16 +109,24 @@ pub struct UserRow {
     pub archived: bool,
     pub created_at: String,
     pub updated_at: String,
+    /// Primary (else first) email, lower case; `""` when none.
+    pub email: String,
+    /// Primary (else first) phone as `+<cc><number>`; `""` when none.
+    pub phone: String,
+    pub email_verified: bool,
+    pub phone_verified: bool,
+    pub login_count: i64,
+    pub last_login_at: Option<String>,
 }
 
-const COLUMNS: &str = "u.company_id, u.application_id, u.user_id, u.version, u.username, u.first_name, u.last_name, u.gender, u.emails, u.phone_numbers, u.meta, u.external_id, u.rr_id, u.account_type, u.blocked, u.archived, u.created_at, u.updated_at";
+pub(crate) const COLUMNS: &str = "u.company_id, u.application_id, u.user_id, u.version, u.username, u.first_name, u.last_name, u.gender, u.emails, u.phone_numbers, u.meta, u.external_id, u.rr_id, u.account_type, u.blocked, u.archived, u.created_at, u.updated_at, u.email, u.phone, u.email_verified, u.phone_verified, u.login_count, u.last_login_at";
 
 fn json_column(row: &sqlx::any::AnyRow, name: &str) -> Result<Value, sqlx::Error> {
     let text: String = row.try_get(name)?;
     serde_json::from_str(&text).map_err(|e| sqlx::Error::ColumnDecode { index: name.into(), source: Box::new(e) })
 }
 
-fn decode_row(row: &sqlx::any::AnyRow) -> Result<UserRow, sqlx::Error> {
+pub(crate) fn decode_row(row: &sqlx::any::AnyRow) -> Result<UserRow, sqlx::Error> {
     Ok(UserRow {
         company_id: row.try_get("company_id")?,
         application_id: row.try_get("application_id")?,
@@ -111,7 +146,34 @@ fn decode_row(row: &sqlx::any::AnyRow) -> Result<UserRow, sqlx::Error> {
         archived: row.try_get::<i64, _>("archived")? != 0,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        email: row.try_get("email")?,
+        phone: row.try_get("phone")?,
+        email_verified: row.try_get::<i64, _>("email_verified")? != 0,
+        phone_verified: row.try_get::<i64, _>("phone_verified")? != 0,
+        login_count: row.try_get("login_count")?,
+        last_login_at: row.try_get("last_login_at")?,
     })
+}
+
+/// The primary (else first) email and phone of the stored lists, with their
+/// verified flags: `(email, email_verified, phone, phone_verified)`.
+fn primary_contacts(emails: &Value, phones: &Value) -> (String, bool, String, bool) {
+    fn pick(list: &Value) -> Option<&Value> {
+        let items = list.as_array()?;
+        items.iter().find(|e| e.get("primary").and_then(Value::as_bool) == Some(true)).or(items.first())
+    }
+    let verified = |v: Option<&Value>| v.and_then(|e| e.get("verified")).and_then(Value::as_bool).unwrap_or(false);
+    let email = pick(emails);
+    let phone = pick(phones);
+    let email_text = email.and_then(|e| e.get("email")).and_then(Value::as_str).unwrap_or("").to_string();
+    let phone_text = match phone {
+        Some(p) => match (p.get("phone").and_then(Value::as_str), p.get("country_code").and_then(Value::as_u64)) {
+            (Some(number), Some(cc)) => format!("+{cc}{number}"),
+            _ => String::new(),
+        },
+        None => String::new(),
+    };
+    (email_text, verified(email), phone_text, verified(phone))
 }
 
 /// The Fynd wire shape of an email list.
@@ -236,9 +298,76 @@ impl Projection for UsersProjection {
                     bump_count(conn, &event.company_id, app, 1).await?;
                 }
             }
+            UserEvent::SessionStarted(e) => {
+                if bump_version(conn, event, user_id).await? {
+                    sqlx::query("UPDATE users_v1 SET login_count = login_count + 1, last_login_at = $1 WHERE application_id = $2 AND user_id = $3")
+                        .bind(at(e.at))
+                        .bind(app)
+                        .bind(user_id)
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("INSERT INTO user_sessions_v1 (application_id, user_id, session_id, domain, user_agent, ip, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                        .bind(app)
+                        .bind(user_id)
+                        .bind(&e.session_id)
+                        .bind(&e.domain)
+                        .bind(&e.user_agent)
+                        .bind(&e.ip)
+                        .bind(at(e.expires_at))
+                        .bind(at(e.at))
+                        .execute(&mut *conn)
+                        .await?;
+                    // Expired sessions of this user are dropped at each login,
+                    // so the table holds at most the live ones plus a few.
+                    sqlx::query(
+                        "DELETE FROM user_sessions_v1 WHERE application_id = $1 AND user_id = $2 AND expires_at <= $3",
+                    )
+                    .bind(app)
+                    .bind(user_id)
+                    .bind(at(e.at))
+                    .execute(&mut *conn)
+                    .await?;
+                }
+            }
+            UserEvent::SessionExtended(e) => {
+                if bump_version(conn, event, user_id).await? {
+                    sqlx::query("UPDATE user_sessions_v1 SET expires_at = $1 WHERE application_id = $2 AND user_id = $3 AND session_id = $4")
+                        .bind(at(e.expires_at))
+                        .bind(app)
+                        .bind(user_id)
+                        .bind(&e.session_id)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+            }
+            UserEvent::SessionsRevoked(e) => {
+                if bump_version(conn, event, user_id).await? {
+                    for id in &e.session_ids {
+                        sqlx::query("DELETE FROM user_sessions_v1 WHERE application_id = $1 AND user_id = $2 AND session_id = $3")
+                            .bind(app)
+                            .bind(user_id)
+                            .bind(id)
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Moves the row's version to the event's, if the row is older. Returns
+/// whether it did (false means the event was applied already).
+async fn bump_version(conn: &mut AnyConnection, event: &RecordedEvent, user_id: &str) -> Result<bool, sqlx::Error> {
+    let done =
+        sqlx::query("UPDATE users_v1 SET version = $1 WHERE application_id = $2 AND user_id = $3 AND version < $1")
+            .bind(event.version)
+            .bind(&event.application_id)
+            .bind(user_id)
+            .execute(&mut *conn)
+            .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Rows per multi-row statement.
@@ -258,8 +387,8 @@ async fn insert_created(
     let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     for chunk in run.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO users_v1 (company_id, application_id, user_id, seq, version, username, username_key, first_name, last_name, gender, emails, phone_numbers, meta, external_id, rr_id, account_type, created_at, updated_at, blocked, archived) VALUES {}",
-            placeholders(dialect, chunk.len(), 18, 0).replace(')', ", 0, 0)")
+            "INSERT INTO users_v1 (company_id, application_id, user_id, seq, version, username, username_key, first_name, last_name, gender, emails, phone_numbers, meta, external_id, rr_id, account_type, created_at, updated_at, email, email_verified, phone, phone_verified, blocked, archived, login_count) VALUES {}",
+            placeholders(dialect, chunk.len(), 22, 0).replace(')', ", 0, 0, 0)")
         );
         let mut query = sqlx::query(&sql);
         for (event, e) in chunk {
@@ -271,6 +400,7 @@ async fn insert_created(
             }
             *counts.entry((event.company_id.as_str(), event.application_id.as_str())).or_default() += 1;
             let at = format_time(e.at);
+            let (email, email_verified, phone, phone_verified) = primary_contacts(&emails, &phones);
             query = query
                 .bind(&event.company_id)
                 .bind(&event.application_id)
@@ -289,7 +419,11 @@ async fn insert_created(
                 .bind(e.rr_id.clone())
                 .bind(&e.account_type)
                 .bind(at.clone())
-                .bind(at);
+                .bind(at)
+                .bind(email)
+                .bind(i64::from(email_verified))
+                .bind(phone)
+                .bind(i64::from(phone_verified));
         }
         // A user row that exists already would mean a double apply, which the
         // checkpoint transaction rules out; the insert fails loudly if it happens.
@@ -392,9 +526,20 @@ async fn apply_update(
         .bind(user_id)
         .fetch_one(&mut *conn)
         .await?;
+        let (emails, phones) = (json_column(&row, "emails")?, json_column(&row, "phone_numbers")?);
+        let (email, email_verified, phone, phone_verified) = primary_contacts(&emails, &phones);
+        sqlx::query("UPDATE users_v1 SET email = $1, email_verified = $2, phone = $3, phone_verified = $4 WHERE application_id = $5 AND user_id = $6")
+            .bind(email)
+            .bind(i64::from(email_verified))
+            .bind(phone)
+            .bind(i64::from(phone_verified))
+            .bind(&event.application_id)
+            .bind(user_id)
+            .execute(&mut *conn)
+            .await?;
         if row.try_get::<i64, _>("archived")? == 0 {
             delete_contacts(conn, &event.application_id, user_id).await?;
-            let keys = contact_keys(&json_column(&row, "emails")?, &json_column(&row, "phone_numbers")?);
+            let keys = contact_keys(&emails, &phones);
             insert_contacts(conn, &event.application_id, user_id, &keys).await?;
         }
     }
@@ -447,6 +592,17 @@ pub struct UsersQuery {
     db: Db,
 }
 
+/// One active session as the read model holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRow {
+    pub session_id: String,
+    pub domain: String,
+    pub user_agent: String,
+    pub ip: String,
+    pub expires_at: String,
+    pub created_at: String,
+}
+
 /// The most users one search returns.
 pub const MAX_SEARCH_RESULTS: usize = 100;
 
@@ -484,6 +640,29 @@ impl UsersQuery {
             }
         }
         Ok(users)
+    }
+
+    /// The sessions of a user still valid at `now` (RFC 3339 text), newest first.
+    pub async fn sessions(&self, tenant: &Tenant, user_id: &str, now: &str) -> Result<Vec<SessionRow>, sqlx::Error> {
+        let rows = sqlx::query("SELECT s.session_id, s.domain, s.user_agent, s.ip, s.expires_at, s.created_at FROM user_sessions_v1 s JOIN users_v1 u ON u.application_id = s.application_id AND u.user_id = s.user_id WHERE s.application_id = $1 AND s.user_id = $2 AND u.company_id = $3 AND s.expires_at > $4 ORDER BY s.created_at DESC")
+            .bind(&tenant.application_id)
+            .bind(user_id)
+            .bind(&tenant.company_id)
+            .bind(now)
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SessionRow {
+                    session_id: r.try_get("session_id")?,
+                    domain: r.try_get("domain")?,
+                    user_agent: r.try_get("user_agent")?,
+                    ip: r.try_get("ip")?,
+                    expires_at: r.try_get("expires_at")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
     }
 
     /// A page of users, newest first, and the number of users matching.

@@ -1,17 +1,32 @@
-//! The one place every request passes before its handler. It attaches the
-//! caller's [`Principal`]; credentials and tenant checks plug in here.
+//! The one place every request passes before its handler: it finds the
+//! caller's credential and checks it against the tenant in the path.
 //!
-//! Today the service is open: every caller is [`Principal::Anonymous`]
-//! (credentials arrive with the access issue). `x-fp-*` signing headers of
-//! the Fynd SDK are accepted and ignored.
+//! - Fynd routes (`/service/platform/…/company/{c}/application/{a}/…`) need
+//!   `Authorization: Bearer <access token>` from the token endpoint.
+//! - Passage routes (`/v1/apps/{app}/…`) need `Authorization: Bearer
+//!   <api_key>.<api_secret>` (an access token is accepted too).
+//! - No or a bad credential → 401; a credential of another company, or bound
+//!   to another application → 403. Ids of other tenants are the handlers'
+//!   business: they answer 404.
+//! - `x-fp-*` signing headers of the Fynd SDK are accepted and ignored (their
+//!   key is a public constant; they prove nothing).
+//! - Operational routes and the token endpoint are open; the token endpoint
+//!   checks HTTP Basic credentials itself.
 
-use axum::extract::Request;
+use crate::access::Credential;
+use crate::error::{ApiError, PassageError};
+use crate::AppState;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use time::OffsetDateTime;
 
 #[derive(Debug, Clone)]
 pub enum Principal {
+    /// Open routes: health, readiness, the token endpoint.
     Anonymous,
+    Key(Credential),
 }
 
 impl Principal {
@@ -19,11 +34,100 @@ impl Principal {
     pub fn actor(&self) -> String {
         match self {
             Principal::Anonymous => "anonymous".to_string(),
+            Principal::Key(c) => format!("apikey:{}", c.key_id),
+        }
+    }
+
+    /// The company of a verified caller.
+    pub fn company(&self) -> Option<&str> {
+        match self {
+            Principal::Anonymous => None,
+            Principal::Key(c) => Some(&c.company_id),
         }
     }
 }
 
-pub async fn authenticate(mut request: Request, next: Next) -> Response {
-    request.extensions_mut().insert(Principal::Anonymous);
+/// Which surface a path belongs to, with the tenant ids it names.
+enum Surface<'a> {
+    Fynd { company_id: &'a str, application_id: &'a str },
+    Passage { app_id: &'a str },
+    Open,
+}
+
+fn surface(path: &str) -> Surface<'_> {
+    let mut parts = path.trim_start_matches('/').split('/');
+    let segments: Vec<&str> = parts.by_ref().take(7).collect();
+    match segments.as_slice() {
+        ["service", "platform", _, "v1.0", "company", company_id, "application"] => {
+            let application_id = parts.next().unwrap_or("");
+            Surface::Fynd { company_id, application_id }
+        }
+        ["v1", "apps", app_id, ..] => Surface::Passage { app_id },
+        _ => Surface::Open,
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty() && *t != "null")
+}
+
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    let principal = match surface(&path) {
+        Surface::Open => Principal::Anonymous,
+        Surface::Fynd { company_id, application_id } => {
+            let Some(credential) =
+                bearer(request.headers()).and_then(|t| state.access.verify_token(t, OffsetDateTime::now_utc()))
+            else {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a valid access token is required (Authorization: Bearer …, from the oauth/token endpoint)",
+                )
+                .into_response();
+            };
+            if !credential.allows(Some(company_id), application_id) {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "this credential may not access this company or application",
+                )
+                .into_response();
+            }
+            Principal::Key(credential)
+        }
+        Surface::Passage { app_id } => {
+            let credential = match bearer(request.headers()) {
+                Some(token) if token.starts_with("ust1.") => {
+                    state.access.verify_token(token, OffsetDateTime::now_utc())
+                }
+                Some(token) => match state.access.verify_bearer(token).await {
+                    Ok(c) => c,
+                    Err(e) => return PassageError::from(ApiError::internal(e)).into_response(),
+                },
+                None => None,
+            };
+            let Some(credential) = credential else {
+                return PassageError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_access_token",
+                    "a valid API key is required (Authorization: Bearer <api key>)",
+                )
+                .into_response();
+            };
+            if !credential.allows(None, app_id) {
+                return PassageError::new(
+                    StatusCode::FORBIDDEN,
+                    "operation_not_allowed",
+                    "this API key may not access this app",
+                )
+                .into_response();
+            }
+            Principal::Key(credential)
+        }
+    };
+    request.extensions_mut().insert(principal);
     next.run(request).await
 }

@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use time::OffsetDateTime;
 use userstream_domain::codec;
+use userstream_domain::platform::{self, ConfigError, ConfigState, PlatformConfig};
 use userstream_domain::user::{self, Context, UniqueKind, User, UserCommand, UserError, UserEvent, UserState};
 use userstream_domain::UserId;
 use userstream_eventlog::{
@@ -35,6 +36,8 @@ pub enum CommandError {
     Taken { kind: String, value: String },
     #[error("version conflict: the user is at version {actual}, the request expected {expected}")]
     VersionConflict { expected: i64, actual: i64 },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("event log failure: {0}")]
     Storage(String),
 }
@@ -46,12 +49,27 @@ pub struct Outcome {
     /// when nothing was appended).
     pub position: i64,
     pub states: Vec<(UserState, i64)>,
+    /// The events this command appended (none when it changed nothing or
+    /// was an idempotent replay).
+    pub events: Vec<UserEvent>,
 }
 
 impl Outcome {
     /// The first stream's user, if it is live.
     pub fn user(&self) -> Option<(&User, i64)> {
         self.states.first().and_then(|(s, v)| s.live().map(|u| (u, *v)))
+    }
+
+    /// Session ids revoked by this command.
+    pub fn revoked_sessions(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                UserEvent::SessionsRevoked(r) => Some(r.session_ids.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
     }
 }
 
@@ -74,6 +92,11 @@ pub fn stream_of(id: &UserId) -> String {
     format!("user-{id}")
 }
 
+/// The platform config stream of one application.
+pub fn config_stream(tenant: &Tenant) -> String {
+    format!("config-{}-{}", tenant.company_id, tenant.application_id)
+}
+
 impl Commands {
     pub fn new(log: SqlEventLog) -> Self {
         Commands { log }
@@ -88,6 +111,59 @@ impl Commands {
     async fn load(&self, tenant: &Tenant, id: &UserId) -> Result<Loaded, CommandError> {
         let events = self.log.read_stream(&stream_of(id)).await.map_err(|e| CommandError::Storage(e.to_string()))?;
         fold(tenant, id.clone(), &events)
+    }
+
+    /// The platform config of the tenant's application: its defaults until
+    /// the first update. Returns the state and the stream's version.
+    pub async fn config(&self, tenant: &Tenant) -> Result<(ConfigState, i64), CommandError> {
+        let events =
+            self.log.read_stream(&config_stream(tenant)).await.map_err(|e| CommandError::Storage(e.to_string()))?;
+        let mut state = ConfigState::default();
+        for e in &events {
+            let decoded = platform::decode(&e.event_type, e.schema as u32, &e.data)
+                .map_err(|err| CommandError::Storage(format!("event at position {}: {err}", e.position)))?;
+            state = platform::evolve(state, &decoded);
+        }
+        Ok((state, events.last().map_or(0, |e| e.version)))
+    }
+
+    /// Replaces the platform config; returns the new state and the position
+    /// that makes it visible.
+    pub async fn update_config(
+        &self,
+        meta: &Meta,
+        new: PlatformConfig,
+        now: OffsetDateTime,
+    ) -> Result<(ConfigState, i64), CommandError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (state, version) = self.config(&meta.tenant).await?;
+            let events = platform::decide(&state, new.clone(), now)?;
+            if events.is_empty() {
+                return Ok((state, 0));
+            }
+            let after = events.iter().fold(state, platform::evolve);
+            let request = AppendRequest {
+                tenant: meta.tenant.clone(),
+                actor: meta.actor.clone(),
+                correlation_id: meta.correlation_id.clone(),
+                causation_id: None,
+                streams: vec![StreamAppend {
+                    stream: config_stream(&meta.tenant),
+                    expected: if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) },
+                    events: events.iter().map(|e| encoded_event(platform::encode(e), now)).collect(),
+                }],
+                reserve: vec![],
+                release: vec![],
+                idempotency_key: meta.idempotency_key.clone(),
+            };
+            match self.log.append(request).await {
+                Ok(result) if result.replayed => return Ok((self.config(&meta.tenant).await?.0, result.last_position)),
+                Ok(result) => return Ok((after, result.last_position)),
+                Err(AppendError::Conflict { .. }) => continue,
+                Err(e) => return Err(CommandError::Storage(e.to_string())),
+            }
+        }
+        Err(CommandError::Storage("too many concurrent changes to the platform config; try again".into()))
     }
 
     pub async fn create_user(
@@ -182,6 +258,7 @@ impl Commands {
         let mut reserve = Vec::new();
         let mut release = Vec::new();
         let mut states = Vec::new();
+        let mut all_events = Vec::new();
         let mut position = 0;
         for l in loaded {
             let events = user::decide(&l.state, command(&l.state), ctx)?;
@@ -200,9 +277,10 @@ impl Commands {
                     events: events.iter().map(|e| new_event(e, ctx.now)).collect(),
                 });
             }
+            all_events.extend(events);
         }
         if appends.is_empty() {
-            return Ok(Outcome { position, states });
+            return Ok(Outcome { position, states, events: all_events });
         }
         let request = AppendRequest {
             tenant: meta.tenant.clone(),
@@ -225,9 +303,9 @@ impl Commands {
                         states.push((l.state, l.version));
                     }
                 }
-                Ok(Outcome { position: result.last_position, states })
+                Ok(Outcome { position: result.last_position, states, events: Vec::new() })
             }
-            Ok(result) => Ok(Outcome { position: result.last_position, states }),
+            Ok(result) => Ok(Outcome { position: result.last_position, states, events: all_events }),
             Err(AppendError::Conflict { expected, actual, .. }) => Err(CommandError::VersionConflict {
                 expected: match expected {
                     ExpectedVersion::Exact(v) => v,
@@ -249,7 +327,10 @@ fn reservation((kind, value): &(UniqueKind, String), stream: &str) -> Reservatio
 }
 
 fn new_event(event: &UserEvent, now: OffsetDateTime) -> NewEvent {
-    let encoded = codec::encode(event);
+    encoded_event(codec::encode(event), now)
+}
+
+fn encoded_event(encoded: codec::EncodedEvent, now: OffsetDateTime) -> NewEvent {
     NewEvent {
         event_id: Uuid::now_v7(),
         event_type: encoded.event_type.to_string(),

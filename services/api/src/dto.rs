@@ -6,6 +6,7 @@
 use crate::error::ApiError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use userstream_domain::platform::RequiredFields;
 use userstream_domain::user::{CreateUser, EmailEntry, PhoneEntry, UpdateUser, User};
 use userstream_domain::{Email, Gender, Name, Phone, UserId, Username};
 use userstream_eventlog::format_time;
@@ -13,7 +14,8 @@ use userstream_projections::read_models::users::{emails_json, phones_json, UserR
 
 #[derive(Debug, Deserialize)]
 pub struct CreateUserBody {
-    pub phone_number: String,
+    #[serde(default)]
+    pub phone_number: Option<String>,
     pub username: String,
     #[serde(default)]
     pub email: Option<String>,
@@ -61,12 +63,24 @@ fn meta(raw: Option<Value>) -> Result<Option<Value>, ApiError> {
 }
 
 impl CreateUserBody {
-    pub fn into_command(self, user_id: UserId) -> Result<CreateUser, ApiError> {
+    /// The command, after the application's required-field settings.
+    pub fn into_command(self, user_id: UserId, required: &RequiredFields) -> Result<CreateUser, ApiError> {
+        let phone = opt("phone_number", self.phone_number.as_deref(), Phone::parse)?;
+        let email = opt("email", self.email.as_deref(), Email::parse)?;
+        if required.mobile.is_required && phone.is_none() {
+            return Err(ApiError::invalid("phone_number is required by this application's platform config"));
+        }
+        if required.email.is_required && email.is_none() {
+            return Err(ApiError::invalid("email is required by this application's platform config"));
+        }
+        if phone.is_none() && email.is_none() {
+            return Err(ApiError::invalid("phone_number or email is required"));
+        }
         Ok(CreateUser {
             user_id,
-            phone: Phone::parse("phone_number", &self.phone_number)?,
+            phone,
             username: Username::parse("username", &self.username)?,
-            email: opt("email", self.email.as_deref(), Email::parse)?,
+            email,
             first_name: opt("first_name", self.first_name.as_deref(), Name::parse)?,
             last_name: opt("last_name", self.last_name.as_deref(), Name::parse)?,
             gender: opt("gender", self.gender.as_deref(), Gender::parse)?,

@@ -74,10 +74,80 @@ impl From<CommandError> for ApiError {
             CommandError::Rejected(UserError::AlreadyExists) => {
                 ApiError::new(StatusCode::CONFLICT, "user_exists", message)
             }
-            CommandError::Rejected(_) => ApiError::invalid(message),
+            CommandError::Rejected(UserError::SessionNotFound(_)) => {
+                ApiError::new(StatusCode::NOT_FOUND, "session_not_found", message)
+            }
+            CommandError::Rejected(UserError::Blocked) => ApiError::new(StatusCode::FORBIDDEN, "user_blocked", message),
+            CommandError::Rejected(_) | CommandError::Config(_) => ApiError::invalid(message),
             CommandError::Taken { .. } => ApiError::new(StatusCode::CONFLICT, "duplicate", message),
             CommandError::VersionConflict { .. } => ApiError::new(StatusCode::CONFLICT, "version_conflict", message),
             CommandError::Storage(cause) => ApiError::internal(cause),
         }
+    }
+}
+
+/// An error on the Passage surface: `{"code", "error"}` with a code from
+/// the enum of Passage's error models for that status (the SDK only parses
+/// those), plus `message` for clients that read that.
+#[derive(Debug)]
+pub struct PassageError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub error: String,
+}
+
+impl PassageError {
+    pub fn new(status: StatusCode, code: &'static str, error: impl Into<String>) -> Self {
+        PassageError { status, code, error: error.into() }
+    }
+
+    pub fn invalid(error: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", error)
+    }
+
+    pub fn user_not_found(user_id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {user_id} not found"))
+    }
+}
+
+impl IntoResponse for PassageError {
+    fn into_response(self) -> Response {
+        let body = json!({"code": self.code, "error": self.error, "message": self.error});
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Maps a Fynd-surface error onto Passage's codes, keeping status and text.
+impl From<ApiError> for PassageError {
+    fn from(e: ApiError) -> Self {
+        let code = match e.status {
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY | StatusCode::PAYLOAD_TOO_LARGE => {
+                "invalid_request"
+            }
+            StatusCode::UNAUTHORIZED => "invalid_access_token",
+            StatusCode::FORBIDDEN => "operation_not_allowed",
+            StatusCode::NOT_FOUND => "user_not_found",
+            StatusCode::CONFLICT if e.code == "duplicate" => "identifier_already_exists",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
+            _ => "internal_server_error",
+        };
+        PassageError { status: e.status, code, error: e.message }
+    }
+}
+
+impl From<CommandError> for PassageError {
+    fn from(e: CommandError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl From<sqlx::Error> for PassageError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::internal(e).into()
     }
 }

@@ -1,4 +1,4 @@
-//! The Fynd platform "User" surface: customers.
+//! The Fynd platform "User" surface: customers, sessions, platform config.
 
 use crate::commands::{new_user_id, Meta, Outcome};
 use crate::dto::{ArchiveBody, BlockBody, CreateUserBody, Page, UndeleteBody, UpdateUserBody, UserDto};
@@ -6,12 +6,14 @@ use crate::error::ApiError;
 use crate::extract::{tenant, JsonBody, QueryPairs};
 use crate::{auth::Principal, AppState};
 use axum::extract::{Path, State};
+use axum::http::Method;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Extension, Json, Router};
+use axum::routing::{delete, get, post, put, MethodRouter};
+use axum::{Extension, Json};
 use serde_json::json;
 use time::OffsetDateTime;
+use userstream_domain::platform::PlatformConfig;
 use userstream_domain::user::{Context, UserCommand};
 use userstream_domain::UserId;
 use userstream_eventlog::Tenant;
@@ -20,21 +22,34 @@ use userstream_projections::read_models::users::MAX_PAGE_SIZE;
 
 pub const PREFIX: &str = "/service/platform/user/v1.0/company/{company_id}/application/{application_id}";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/customers/list", get(list_customers))
-        .route("/customers/search", get(search_customers))
-        .route("/customers", post(create_user))
-        .route("/customers/activation", put(block_users))
-        .route("/customers/archive", put(archive_user))
-        .route("/customers/undelete", put(undelete_user))
-        .route("/customers/{user_id}", put(update_user).get(get_user))
+/// Every route of the surface, relative to [`PREFIX`]: the router is built
+/// from this table, and the tenant-isolation test walks it.
+pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    use crate::platform_config::{get_config, update_config};
+    use crate::sessions::{create_session, delete_session, delete_sessions, list_sessions, use_session};
+    vec![
+        (Method::GET, "/customers/list", get(list_customers)),
+        (Method::GET, "/customers/search", get(search_customers)),
+        (Method::POST, "/customers", post(create_user)),
+        (Method::PUT, "/customers/activation", put(block_users)),
+        (Method::PUT, "/customers/archive", put(archive_user)),
+        (Method::PUT, "/customers/undelete", put(undelete_user)),
+        (Method::POST, "/customers/session", post(create_session)),
+        (Method::GET, "/customers/session", get(use_session)),
+        (Method::DELETE, "/customers/session", delete(delete_session)),
+        (Method::GET, "/customers/sessions", get(list_sessions)),
+        (Method::DELETE, "/customers/sessions", delete(delete_sessions)),
+        (Method::GET, "/platform/config", get(get_config)),
+        (Method::POST, "/platform/config", post(update_config)),
+        (Method::PUT, "/customers/{user_id}", put(update_user)),
+        (Method::GET, "/customers/{user_id}", get(get_user)),
+    ]
 }
 
-type TenantPath = Path<(String, String)>;
+pub type TenantPath = Path<(String, String)>;
 
 /// Envelope metadata for a command from this request.
-fn meta(tenant: Tenant, principal: &Principal, headers: &HeaderMap) -> Result<Meta, ApiError> {
+pub fn meta(tenant: Tenant, principal: &Principal, headers: &HeaderMap) -> Result<Meta, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
     let idempotency_key = header("idempotency-key").map(str::to_string);
     if idempotency_key.as_ref().is_some_and(|k| k.len() > 255) {
@@ -50,8 +65,9 @@ fn meta(tenant: Tenant, principal: &Principal, headers: &HeaderMap) -> Result<Me
     })
 }
 
-fn context(state: &AppState) -> Context {
-    Context { now: OffsetDateTime::now_utc(), delete_account_day: state.config.delete_account_day }
+/// What a decision may depend on: the time, and the application's config.
+pub fn context(config: &PlatformConfig) -> Context {
+    Context { now: OffsetDateTime::now_utc(), delete_account_day: config.delete_account_day }
 }
 
 /// `{"user": …}` (`CreateUserResponseSchema`), serialised straight from the DTO.
@@ -62,7 +78,7 @@ struct UserEnvelope {
 }
 
 /// Adds `X-Event-Position` (and the user's `ETag`) to a command response.
-fn command_response(outcome: &Outcome, body: impl serde::Serialize) -> Response {
+pub fn command_response(outcome: &Outcome, body: impl serde::Serialize) -> Response {
     let mut response = Json(body).into_response();
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&outcome.position.to_string()) {
@@ -76,7 +92,7 @@ fn command_response(outcome: &Outcome, body: impl serde::Serialize) -> Response 
     response
 }
 
-fn parse_user_id(raw: &str) -> Result<UserId, ApiError> {
+pub fn parse_user_id(raw: &str) -> Result<UserId, ApiError> {
     UserId::parse("user_id", raw)
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {raw} not found")))
 }
@@ -99,8 +115,9 @@ async fn create_user(
     JsonBody(body): JsonBody<CreateUserBody>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(company_id, application_id)?;
-    let ctx = context(&state);
-    let command = body.into_command(new_user_id(ctx.now))?;
+    let (config, _) = state.commands.config(&tenant).await?;
+    let ctx = context(&config.config);
+    let command = body.into_command(new_user_id(ctx.now), &config.config.register_required_fields)?;
     let meta = meta(tenant, &principal, &headers)?;
     let outcome = state.commands.create_user(&meta, command, &ctx).await?;
     let user = outcome.user().map(|(u, _)| UserDto::from_user(u, &meta.tenant.application_id));
@@ -119,7 +136,8 @@ async fn update_user(
     let expected = if_match(&headers)?;
     let command = UserCommand::Update(body.try_into()?);
     let meta = meta(tenant, &principal, &headers)?;
-    let outcome = state.commands.handle(&meta, &id, command, expected, &context(&state)).await?;
+    let (config, _) = state.commands.config(&meta.tenant).await?;
+    let outcome = state.commands.handle(&meta, &id, command, expected, &context(&config.config)).await?;
     let user = outcome.user().map(|(u, _)| UserDto::from_user(u, &meta.tenant.application_id));
     Ok(command_response(&outcome, UserEnvelope { user }))
 }
@@ -151,7 +169,8 @@ async fn block_users(
     }
     let meta = meta(tenant, &principal, &headers)?;
     let reason = body.reason.unwrap_or_default();
-    let outcome = state.commands.set_blocked(&meta, &ids, !body.status, &reason, &context(&state)).await?;
+    let (config, _) = state.commands.config(&meta.tenant).await?;
+    let outcome = state.commands.set_blocked(&meta, &ids, !body.status, &reason, &context(&config.config)).await?;
     Ok(command_response(&outcome, json!({ "success": true })))
 }
 
@@ -189,7 +208,8 @@ async fn one_user_command(
 ) -> Result<Response, ApiError> {
     let id = parse_user_id(user_id)?;
     let meta = meta(tenant, principal, headers)?;
-    let outcome = state.commands.handle(&meta, &id, command, if_match(headers)?, &context(state)).await?;
+    let (config, _) = state.commands.config(&meta.tenant).await?;
+    let outcome = state.commands.handle(&meta, &id, command, if_match(headers)?, &context(&config.config)).await?;
     Ok(command_response(&outcome, json!({ "success": true })))
 }
 

@@ -1,14 +1,21 @@
 //! Command handling and the HTTP surfaces of userstream.
 
+pub mod access;
 pub mod auth;
 pub mod commands;
 pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod fynd;
+pub mod oauth;
 pub mod ops;
+pub mod passage;
+pub mod platform_config;
+pub mod sessions;
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
+use axum::routing::MethodRouter;
 use axum::Router;
 use commands::Commands;
 use std::time::Duration;
@@ -30,8 +37,6 @@ pub struct Config {
     pub body_limit: usize,
     /// How often projections poll for appends by other processes.
     pub poll_interval: Duration,
-    /// Days an archived user can be restored (until platform config sets it per application).
-    pub delete_account_day: u32,
 }
 
 impl Config {
@@ -42,7 +47,6 @@ impl Config {
             ready_lag: 10_000,
             body_limit: 1024 * 1024,
             poll_interval: Duration::from_millis(500),
-            delete_account_day: userstream_domain::user::Context::DEFAULT_DELETE_ACCOUNT_DAY,
         }
     }
 }
@@ -54,6 +58,7 @@ pub struct Shared {
     pub config: Config,
     pub db: Db,
     pub commands: Commands,
+    pub access: access::Access,
     pub queries: UsersQuery,
     /// The users projection, which customer queries wait on.
     pub users: RunnerHandle,
@@ -73,6 +78,7 @@ impl Service {
     pub async fn start(config: Config) -> anyhow::Result<Service> {
         let db = Db::connect(&config.database_url).await?;
         let log = SqlEventLog::open(db.clone()).await?;
+        let access = access::Access::open(db.clone()).await?;
         let runner = Runner::new(log.clone(), UsersProjection).await?;
         let users = runner.handle();
         let cancel = CancellationToken::new();
@@ -82,6 +88,7 @@ impl Service {
             queries: UsersQuery::new(db.clone()),
             db,
             commands: Commands::new(log),
+            access,
             runners: vec![users.clone()],
             users,
         });
@@ -126,13 +133,27 @@ async fn reject_oversized(
     next.run(request).await
 }
 
+/// Every tenant-scoped route of both surfaces, as (method, full path
+/// template). The router is built from the same tables.
+pub fn route_table() -> Vec<(Method, String)> {
+    let fynd = fynd::routes().into_iter().map(|(m, p, _)| (m, format!("{}{p}", fynd::PREFIX)));
+    let passage = passage::routes().into_iter().map(|(m, p, _)| (m, format!("{}{p}", passage::PREFIX)));
+    fynd.chain(passage).collect()
+}
+
+fn nest(routes: Vec<(Method, &'static str, MethodRouter<AppState>)>) -> Router<AppState> {
+    routes.into_iter().fold(Router::new(), |router, (_, path, handler)| router.route(path, handler))
+}
+
 /// The whole HTTP API. Every request passes [`auth::authenticate`] first.
 pub fn app(state: AppState) -> Router {
     let limit = state.config.body_limit;
     Router::new()
-        .nest(fynd::PREFIX, fynd::router())
+        .nest(fynd::PREFIX, nest(fynd::routes()))
+        .nest(passage::PREFIX, nest(passage::routes()))
+        .merge(oauth::router())
         .merge(ops::router())
-        .layer(axum::middleware::from_fn(auth::authenticate))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(limit, reject_oversized))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {

@@ -39,6 +39,9 @@ struct Bench {
     router: Router,
     service: Service,
     next: AtomicU64,
+    /// `Bearer <token>` for the Fynd routes, `Bearer <key>.<secret>` for Passage.
+    fynd_auth: axum::http::HeaderValue,
+    passage_auth: axum::http::HeaderValue,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -51,8 +54,15 @@ fn ms(h: &Histogram<u64>, q: f64) -> String {
 }
 
 impl Bench {
+    /// Sends a request with the credential its surface needs.
+    async fn send(&self, mut request: Request<Body>) -> anyhow::Result<axum::response::Response> {
+        let auth = if request.uri().path().starts_with("/v1/") { &self.passage_auth } else { &self.fynd_auth };
+        request.headers_mut().insert(axum::http::header::AUTHORIZATION, auth.clone());
+        Ok(self.router.clone().oneshot(request).await?)
+    }
+
     async fn call(&self, request: Request<Body>) -> anyhow::Result<(StatusCode, Value)> {
-        let response = self.router.clone().oneshot(request).await?;
+        let response = self.send(request).await?;
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
         Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
@@ -65,7 +75,7 @@ impl Bench {
         let request = Request::post(format!("{PREFIX}/customers"))
             .header("content-type", "application/json")
             .body(Body::from(body.to_string()))?;
-        let response = self.router.clone().oneshot(request).await?;
+        let response = self.send(request).await?;
         if response.status() != StatusCode::OK {
             bail!("create answered {}", response.status());
         }
@@ -157,7 +167,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let service = Service::start(Config::new(url.clone())).await?;
     let router = service.router();
-    let bench = Arc::new(Bench { router, service, next: AtomicU64::new(0) });
+    let key = service.state.access.create_key("1", None).await?;
+    let credential = service.state.access.verify_secret(&key.api_key, &key.api_secret).await?.context("new key")?;
+    let token = service.state.access.issue_token(&credential, time::OffsetDateTime::now_utc());
+    let bench = Arc::new(Bench {
+        router,
+        service,
+        next: AtomicU64::new(0),
+        fynd_auth: format!("Bearer {token}").parse()?,
+        passage_auth: format!("Bearer {}", key.bearer).parse()?,
+    });
     let backend = if url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" };
     let mut rows: Vec<(String, String)> = Vec::new();
     eprintln!(

@@ -11,6 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::time::Duration;
+use userstream_api::access::Access;
 use userstream_api::{Config, Service};
 use userstream_eventlog::{Db, SqlEventLog};
 use userstream_projections::read_models::users::UsersProjection;
@@ -46,9 +47,11 @@ enum Command {
         /// Longest a query waits for `X-Min-Position`, in milliseconds.
         #[arg(long, env = "USERSTREAM_MIN_POSITION_WAIT_MS", default_value_t = 5000)]
         min_position_wait_ms: u64,
-        /// Days after archiving during which a user can be restored.
-        #[arg(long, env = "USERSTREAM_DELETE_ACCOUNT_DAY", default_value_t = 30)]
-        delete_account_day: u32,
+    },
+    /// Manage API credentials.
+    Apikey {
+        #[command(subcommand)]
+        action: ApikeyCommand,
     },
     /// Create or upgrade the schema of the event log and the read models, then exit.
     Migrate {
@@ -57,6 +60,24 @@ enum Command {
     },
     /// Measure command throughput, visibility lag and query latency.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ApikeyCommand {
+    /// Create an API key and secret (printed once; the secret is stored hashed).
+    Create {
+        #[command(flatten)]
+        database: DatabaseArg,
+        /// The company the key belongs to.
+        #[arg(long)]
+        company: String,
+        /// Bind the key to one application (required for nothing, but narrower).
+        #[arg(long)]
+        application: Option<String>,
+        /// Print `{"api_key", "api_secret", "bearer"}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -68,16 +89,27 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { database, listen, min_position_wait_ms, delete_account_day } => {
+        Command::Serve { database, listen, min_position_wait_ms } => {
             let mut config = Config::new(database.url);
             config.min_position_wait = Duration::from_millis(min_position_wait_ms);
-            config.delete_account_day = delete_account_day;
             serve(config, &listen).await
+        }
+        Command::Apikey { action: ApikeyCommand::Create { database, company, application, json } } => {
+            let db = Db::connect(&database.url).await.context("connecting to the database")?;
+            let access = Access::open(db).await?;
+            let key = access.create_key(&company, application.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string(&key)?);
+            } else {
+                print_key(&key, &company, application.as_deref());
+            }
+            Ok(())
         }
         Command::Migrate { database } => {
             let db = Db::connect(&database.url).await.context("connecting to the database")?;
-            let log = SqlEventLog::open(db).await?;
+            let log = SqlEventLog::open(db.clone()).await?;
             Runner::new(log, UsersProjection).await?;
+            Access::open(db).await?;
             println!("migrated {}", database.url);
             Ok(())
         }
@@ -90,12 +122,27 @@ async fn serve(config: Config, listen: &str) -> anyhow::Result<()> {
     let service = Service::start(config).await.with_context(|| format!("starting on {database}"))?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
+    // The embedded default starts with one command: an empty SQLite database
+    // gets a development key for company 1, shown once.
+    if database.starts_with("sqlite:") && service.state.access.key_count().await? == 0 {
+        let key = service.state.access.create_key("1", None).await?;
+        println!("no API keys yet: created a development key for company 1");
+        print_key(&key, "1", None);
+    }
     // Tests and scripts read this line to find the port.
     println!("userstream listening on http://{addr}");
     tracing::info!(%addr, database = %redact(&database), "serving");
     axum::serve(listener, service.router()).with_graceful_shutdown(shutdown_signal()).await?;
     service.stop().await;
     Ok(())
+}
+
+fn print_key(key: &userstream_api::access::NewKey, company: &str, application: Option<&str>) {
+    println!("api_key:    {}", key.api_key);
+    println!("api_secret: {}", key.api_secret);
+    println!("bearer:     {} (Passage: Authorization: Bearer …)", key.bearer);
+    println!("company:    {company}{}", application.map(|a| format!(", application {a}")).unwrap_or_default());
+    println!("the secret is not stored in clear and will not be shown again");
 }
 
 fn redact(url: &str) -> String {

@@ -1,0 +1,240 @@
+//! Credentials: API keys with hashed secrets, the Fynd client-credentials
+//! tokens, Passage bearer keys, and the server's signing key (also used to
+//! sign session cookies).
+//!
+//! - An API key belongs to one company and, optionally, one application.
+//!   Its secret is stored as an argon2id hash and verified on the blocking
+//!   pool, never on the async runtime.
+//! - A Fynd access token is `ust1.<payload>.<mac>`: the key id, company,
+//!   application and expiry, HMAC-SHA256-signed with the server key. Every
+//!   instance on the same database shares that key, so a token issued by one
+//!   is accepted by all. No `refresh_token` is issued (RFC 6749 §4.4.3): a
+//!   client asks for a new token with its credentials.
+//! - A Passage bearer is `<api_key>.<api_secret>`. Verified bearers are
+//!   remembered by their SHA-256 so the argon2 cost is paid once per process.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use time::OffsetDateTime;
+use userstream_eventlog::{format_time, Db, Migration};
+
+const DDL: &str = "
+    CREATE TABLE IF NOT EXISTS api_keys (
+        key_id TEXT PRIMARY KEY,
+        company_id TEXT NOT NULL,
+        application_id TEXT,
+        secret_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS server_secrets (
+        name TEXT PRIMARY KEY,
+        secret TEXT NOT NULL
+    );";
+
+const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: DDL, postgres: DDL }];
+
+/// How long a Fynd access token lives.
+pub const TOKEN_TTL_SECONDS: i64 = 3600;
+
+/// Most verified Passage bearers remembered at once; the cache is cleared when full.
+const BEARER_CACHE: usize = 10_000;
+
+/// A verified caller: which key, and the tenants it may touch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    #[serde(rename = "k")]
+    pub key_id: String,
+    #[serde(rename = "c")]
+    pub company_id: String,
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    pub application_id: Option<String>,
+}
+
+/// A freshly created key; the secret is shown once and never stored in clear.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewKey {
+    pub api_key: String,
+    pub api_secret: String,
+    pub bearer: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TokenPayload {
+    #[serde(flatten)]
+    credential: Credential,
+    #[serde(rename = "e")]
+    expires_at: i64,
+}
+
+pub struct Access {
+    db: Db,
+    signing_key: Vec<u8>,
+    bearers: Mutex<HashMap<[u8; 32], Credential>>,
+}
+
+fn random_b64(bytes: usize) -> String {
+    let raw: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    B64.encode(raw)
+}
+
+impl Access {
+    /// Creates the tables if needed and loads (or, on the first start, creates)
+    /// the signing key every instance on this database shares.
+    pub async fn open(db: Db) -> Result<Access, sqlx::Error> {
+        db.migrate("access", MIGRATIONS).await?;
+        let candidate = random_b64(32);
+        {
+            let _turn = db.write_turn().await;
+            sqlx::query(db.pick(
+                "INSERT INTO server_secrets (name, secret) VALUES ('signing', ?) ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO server_secrets (name, secret) VALUES ('signing', $1) ON CONFLICT (name) DO NOTHING",
+            ))
+            .bind(&candidate)
+            .execute(&db.pool)
+            .await?;
+        }
+        let row = sqlx::query("SELECT secret FROM server_secrets WHERE name = 'signing'").fetch_one(&db.pool).await?;
+        let stored: String = row.try_get("secret")?;
+        let signing_key = B64.decode(stored).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        Ok(Access { db, signing_key, bearers: Mutex::new(HashMap::new()) })
+    }
+
+    /// Creates an API key for a company (optionally bound to one application).
+    pub async fn create_key(&self, company_id: &str, application_id: Option<&str>) -> Result<NewKey, sqlx::Error> {
+        let key_bytes: [u8; 12] = rand::random();
+        let api_key: String = key_bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let api_secret = random_b64(32);
+        let secret = api_secret.clone();
+        let hash = tokio::task::spawn_blocking(move || {
+            let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| e.to_string())?;
+            Argon2::default().hash_password(secret.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?
+        .map_err(sqlx::Error::Protocol)?;
+        let _turn = self.db.write_turn().await;
+        sqlx::query(self.db.pick(
+            "INSERT INTO api_keys (key_id, company_id, application_id, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (key_id, company_id, application_id, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+        ))
+        .bind(&api_key)
+        .bind(company_id)
+        .bind(application_id)
+        .bind(&hash)
+        .bind(format_time(OffsetDateTime::now_utc()))
+        .execute(&self.db.pool)
+        .await?;
+        let bearer = format!("{api_key}.{api_secret}");
+        Ok(NewKey { api_key, api_secret, bearer })
+    }
+
+    pub async fn key_count(&self) -> Result<i64, sqlx::Error> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_keys").fetch_one(&self.db.pool).await?;
+        row.try_get("n")
+    }
+
+    /// Checks a key and its secret; `None` when the key is unknown or the
+    /// secret wrong (the caller cannot tell which).
+    pub async fn verify_secret(&self, api_key: &str, api_secret: &str) -> Result<Option<Credential>, sqlx::Error> {
+        let row = sqlx::query(self.db.pick(
+            "SELECT company_id, application_id, secret_hash FROM api_keys WHERE key_id = ?",
+            "SELECT company_id, application_id, secret_hash FROM api_keys WHERE key_id = $1",
+        ))
+        .bind(api_key)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let hash: String = row.try_get("secret_hash")?;
+        let secret = api_secret.to_string();
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash).is_ok_and(|h| Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
+        })
+        .await
+        .unwrap_or(false);
+        if !ok {
+            return Ok(None);
+        }
+        Ok(Some(Credential {
+            key_id: api_key.to_string(),
+            company_id: row.try_get("company_id")?,
+            application_id: row.try_get("application_id")?,
+        }))
+    }
+
+    /// Verifies a Passage bearer (`<api_key>.<api_secret>`).
+    pub async fn verify_bearer(&self, bearer: &str) -> Result<Option<Credential>, sqlx::Error> {
+        let digest: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
+        if let Some(hit) = self.bearers.lock().ok().and_then(|c| c.get(&digest).cloned()) {
+            return Ok(Some(hit));
+        }
+        let Some((key, secret)) = bearer.split_once('.') else {
+            return Ok(None);
+        };
+        let credential = self.verify_secret(key, secret).await?;
+        if let (Some(c), Ok(mut cache)) = (&credential, self.bearers.lock()) {
+            if cache.len() >= BEARER_CACHE {
+                cache.clear();
+            }
+            cache.insert(digest, c.clone());
+        }
+        Ok(credential)
+    }
+
+    /// HMAC-SHA256 of `data` under the server key.
+    pub fn sign(&self, data: &[u8]) -> Vec<u8> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.signing_key).expect("HMAC takes keys of any length");
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    fn verify_mac(&self, data: &[u8], tag: &[u8]) -> bool {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.signing_key).expect("HMAC takes keys of any length");
+        mac.update(data);
+        mac.verify_slice(tag).is_ok()
+    }
+
+    /// A signed value: `<data>.<mac>`, for session cookies.
+    pub fn seal(&self, data: &str) -> String {
+        format!("{data}.{}", B64.encode(self.sign(data.as_bytes())))
+    }
+
+    /// The data of a value made by [`Access::seal`], if its signature holds.
+    pub fn unseal<'a>(&self, sealed: &'a str) -> Option<&'a str> {
+        let (data, mac) = sealed.rsplit_once('.')?;
+        let tag = B64.decode(mac).ok()?;
+        self.verify_mac(data.as_bytes(), &tag).then_some(data)
+    }
+
+    /// A Fynd access token for `credential`, valid from `now` for [`TOKEN_TTL_SECONDS`].
+    pub fn issue_token(&self, credential: &Credential, now: OffsetDateTime) -> String {
+        let payload =
+            TokenPayload { credential: credential.clone(), expires_at: now.unix_timestamp() + TOKEN_TTL_SECONDS };
+        let body = B64.encode(serde_json::to_vec(&payload).unwrap_or_default());
+        format!("ust1.{}", self.seal(&body))
+    }
+
+    /// The credential a token carries, if it is ours, untampered and unexpired.
+    pub fn verify_token(&self, token: &str, now: OffsetDateTime) -> Option<Credential> {
+        let body = self.unseal(token.strip_prefix("ust1.")?)?;
+        let payload: TokenPayload = serde_json::from_slice(&B64.decode(body).ok()?).ok()?;
+        (payload.expires_at > now.unix_timestamp()).then_some(payload.credential)
+    }
+}
+
+/// What a credential may touch: its company, and its application when bound.
+impl Credential {
+    pub fn allows(&self, company_id: Option<&str>, application_id: &str) -> bool {
+        company_id.is_none_or(|c| c == self.company_id)
+            && self.application_id.as_deref().is_none_or(|a| a == application_id)
+    }
+}
