@@ -18,6 +18,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== official SDKs"
 command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
 npm ci --prefix tests/sdk --no-audit --no-fund --loglevel=error
+python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null \
+  || { apt-get update -qq && apt-get install -y -qq python3-venv; }
+[ -x tests/sdk/.venv/bin/python ] || python3 -m venv tests/sdk/.venv
+tests/sdk/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
 
 echo "== build"
 cargo build --workspace --all-targets --locked

@@ -30,3 +30,33 @@ async fn the_fynd_sdk_drives_every_customers_session_and_config_method() {
     );
     assert!(stdout.contains("customers, session and config methods passed"), "{stdout}");
 }
+
+/// The official Passage SDK (`passage-identity` 3.0.2): the generated client
+/// for all seven user calls and the list filters, and the `Passage` wrapper.
+/// `deploy/test.sh` installs it into the venv `tests/sdk/.venv`.
+#[tokio::test]
+async fn the_passage_sdk_drives_all_seven_user_calls_and_the_list_filters() {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk");
+    let python = sdk.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "the Passage SDK venv is missing: python3 -m venv tests/sdk/.venv && tests/sdk/.venv/bin/pip install -r tests/sdk/requirements.txt (deploy/test.sh does)"
+    );
+    let app = TestApp::spawn().await;
+    let output = tokio::process::Command::new(&python)
+        .arg("passage-users.py")
+        .arg(&app.base)
+        .arg(userstream_tests::APP)
+        .arg(&app.key.bearer)
+        .current_dir(&sdk)
+        .output()
+        .await
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "SDK script failed:\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("all seven user calls and the list filters passed"), "{stdout}");
+}
