@@ -29,10 +29,18 @@ async fn the_token_endpoint_issues_company_tokens_and_refuses_bad_requests_with_
 
     let cases = [
         (http.post(token_url(&app, COMPANY)).basic_auth(key, Some("wrong")).form(&form), 401, "invalid_client"),
-        (http.post(token_url(&app, COMPANY)).basic_auth("ffffffffffffffffffffffff", Some(secret)).form(&form), 401, "invalid_client"),
+        (
+            http.post(token_url(&app, COMPANY)).basic_auth("ffffffffffffffffffffffff", Some(secret)).form(&form),
+            401,
+            "invalid_client",
+        ),
         (http.post(token_url(&app, COMPANY)).form(&form), 401, "invalid_client"),
         (http.post(token_url(&app, "2")).basic_auth(key, Some(secret)).form(&form), 401, "invalid_client"),
-        (http.post(token_url(&app, COMPANY)).basic_auth(key, Some(secret)).form(&[("scope", "x")]), 400, "invalid_request"),
+        (
+            http.post(token_url(&app, COMPANY)).basic_auth(key, Some(secret)).form(&[("scope", "x")]),
+            400,
+            "invalid_request",
+        ),
         (
             http.post(token_url(&app, COMPANY)).basic_auth(key, Some(secret)).form(&[("grant_type", "password")]),
             400,
@@ -131,7 +139,9 @@ async fn every_route_with_a_foreign_credential_or_a_foreign_id_leaks_nothing() {
     let app = TestApp::spawn().await;
     let victim_email = "victim@example.com";
     let (victim, p) = app
-        .create_user(json!({"phone_number": "9876543210", "email": victim_email, "username": "victim", "first_name": "Vic"}))
+        .create_user(
+            json!({"phone_number": "9876543210", "email": victim_email, "username": "victim", "first_name": "Vic"}),
+        )
         .await;
     let victim_id = victim["_id"].as_str().expect("id").to_string();
     let session = app

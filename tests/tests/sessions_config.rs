@@ -31,7 +31,10 @@ async fn platform_config_has_defaults_takes_updates_as_events_and_refuses_bad_va
             (json!({"session_config": {"type": "Weeks"}}), "session_config.type"),
             (json!({"login": {"password": "yes"}}), "login.password"),
             (json!({"delete_account_day": -1}), "delete_account_day"),
-            (json!({"register_required_fields": {"email": {"level": "medium"}}}), "register_required_fields.email.level"),
+            (
+                json!({"register_required_fields": {"email": {"level": "medium"}}}),
+                "register_required_fields.email.level",
+            ),
             (json!({"session_config": {"duration": 0}}), "session_config.duration"),
             (json!({"session_config": {"duration": 400, "type": "Days"}}), "session_config.duration"),
             (json!([1, 2]), "PlatformSchema"),
@@ -80,10 +83,8 @@ async fn platform_config_has_defaults_takes_updates_as_events_and_refuses_bad_va
 
         // The secret is in no table in clear, the event log included.
         let conn = userstream_eventlog::Db::connect(&app.db.url).await.expect("db");
-        let data: Vec<String> = sqlx::query_scalar("SELECT CAST(data AS TEXT) FROM events")
-            .fetch_all(&conn.pool)
-            .await
-            .expect("events");
+        let data: Vec<String> =
+            sqlx::query_scalar("SELECT CAST(data AS TEXT) FROM events").fetch_all(&conn.pool).await.expect("events");
         assert!(data.iter().any(|d| d.contains("sha256:")), "{data:?}");
         assert!(data.iter().all(|d| !d.contains("very-secret-value")), "{data:?}");
     }
@@ -100,7 +101,8 @@ async fn sessions_start_list_expire_roll_and_are_revoked_by_block_and_archive() 
         let sessions_url = format!("{}/sessions?id={id}", app.customers());
         let start = |body: Value| app.client.post(&session_url).header("user-agent", "tests/1.0").json(&body).send();
 
-        let (status, created) = json_of(start(json!({"user_id": id, "domain": "shop.example"})).await.expect("s")).await;
+        let (status, created) =
+            json_of(start(json!({"user_id": id, "domain": "shop.example"})).await.expect("s")).await;
         assert_eq!(status, 200, "{created}");
         assert_eq!(created["max_age"], 3600, "session_config gives the default lifetime");
         let cookie = created["cookie"]["f.session"].as_str().expect("cookie").to_string();
@@ -108,7 +110,8 @@ async fn sessions_start_list_expire_roll_and_are_revoked_by_block_and_archive() 
         assert_eq!(session_id.len(), 32, "128 bits, hex");
 
         // A short one (2 s) that rolls: used after half its life, it is extended.
-        let (_, short) = json_of(start(json!({"user_id": id, "domain": "m.shop", "max_age": 2})).await.expect("s")).await;
+        let (_, short) =
+            json_of(start(json!({"user_id": id, "domain": "m.shop", "max_age": 2})).await.expect("s")).await;
         let short_cookie = short["cookie"]["f.session"].as_str().expect("cookie").to_string();
         let (_, listed) = json_of(app.client.get(&sessions_url).send().await.expect("list")).await;
         let items = listed["items"].as_array().expect("items");
@@ -225,7 +228,16 @@ async fn the_passage_list_filters_orders_and_pages_on_every_backend() {
         let (_, v) = json_of(list("created_before=1").await.expect("list")).await;
         assert_eq!(total(&v), 0, "{backend}: {v}");
 
-        for q in ["limit=501", "limit=0", "order_by=identifier", "order_by=nope:ASC", "created_at=gt:not-a-date", "id=zz:1", "status=sleeping", "login_count=like:1"] {
+        for q in [
+            "limit=501",
+            "limit=0",
+            "order_by=identifier",
+            "order_by=nope:ASC",
+            "created_at=gt:not-a-date",
+            "id=zz:1",
+            "status=sleeping",
+            "login_count=like:1",
+        ] {
             let (status, err) = json_of(list(q).await.expect("list")).await;
             assert_eq!((status, err["code"].as_str()), (400, Some("invalid_request")), "{backend}: {q}: {err}");
             assert!(err["error"].is_string());

@@ -182,11 +182,20 @@ impl ListQuery {
 
     fn where_sql(&self, b: &mut SqlBuilder) -> Result<(), String> {
         let before = OffsetDateTime::from_unix_timestamp(self.created_before).map_err(|e| e.to_string())?;
-        b.sql.push_str(" AND u.created_at < ");
+        // `|| ''` keeps the planner off the created_at index here: paging
+        // walks the list index in order and checks the anchor per row.
+        b.sql.push_str(" AND (u.created_at || '') < ");
         b.bind(format_time(before));
         for c in &self.conditions {
             b.sql.push_str(" AND ");
-            if c.field == "identifier" {
+            if c.field == "identifier" && c.op == Op::Eq {
+                // Exact: the contacts index, not a scan.
+                b.sql.push_str("u.user_id IN (SELECT c.user_id FROM user_contacts_v1 c WHERE c.application_id = $2 AND c.kind IN ('email', 'phone') AND c.value = ");
+                if let Value::Text(t) = &c.value {
+                    b.bind(t.clone());
+                }
+                b.sql.push(')');
+            } else if c.field == "identifier" {
                 b.sql.push('(');
                 condition(b, "u.email", c.op, &c.value);
                 b.sql.push_str(if matches!(c.op, Op::Ne | Op::NotLike) { " AND " } else { " OR " });
@@ -232,7 +241,17 @@ pub async fn list(db: &Db, tenant: &Tenant, q: &ListQuery) -> Result<(Vec<UserRo
     let mut order: Vec<String> =
         q.order.iter().map(|(expr, desc)| format!("{expr} {}", if *desc { "DESC" } else { "ASC" })).collect();
     order.push("u.seq DESC".into());
-    let base = format!("FROM users_v1 u WHERE u.company_id = $1 AND u.application_id = $2 AND u.archived = 0{}", b.sql);
+    // An exact identifier or id names at most a few users: written so that
+    // only the primary key (application_id, user_id) can serve the query.
+    let keyed = q.conditions.iter().any(|c| c.op == Op::Eq && matches!(c.field, "identifier" | "id"));
+    let base = if keyed {
+        format!(
+            "FROM users_v1 u WHERE (u.company_id || '') = $1 AND u.application_id = $2 AND (u.archived + 0) = 0{}",
+            b.sql
+        )
+    } else {
+        format!("FROM users_v1 u WHERE u.company_id = $1 AND u.application_id = $2 AND u.archived = 0{}", b.sql)
+    };
     let sql = format!(
         "SELECT {COLUMNS} {base} ORDER BY {} LIMIT {} OFFSET {}",
         order.join(", "),
@@ -245,13 +264,70 @@ pub async fn list(db: &Db, tenant: &Tenant, q: &ListQuery) -> Result<(Vec<UserRo
     }
     let rows = query.fetch_all(&db.pool).await?;
     let users = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
-    let count_sql = format!("SELECT COUNT(*) AS n {base}");
-    let mut count = sqlx::query(&count_sql).bind(&tenant.company_id).bind(&tenant.application_id);
-    for v in &b.binds {
-        count = count.bind(v.as_str());
-    }
-    let total: i64 = count.fetch_one(&db.pool).await?.try_get("n")?;
+    let total = match q.statuses() {
+        Some(statuses) => count_by_status(db, tenant, q, &statuses).await?,
+        None => {
+            let count_sql = format!("SELECT COUNT(*) AS n {base}");
+            let mut count = sqlx::query(&count_sql).bind(&tenant.company_id).bind(&tenant.application_id);
+            for v in &b.binds {
+                count = count.bind(v.as_str());
+            }
+            count.fetch_one(&db.pool).await?.try_get("n")?
+        }
+    };
     Ok((users, total))
+}
+
+impl ListQuery {
+    /// When every condition is on `status`: the `blocked` values (0, 1)
+    /// they allow. `None` when another field is filtered.
+    fn statuses(&self) -> Option<Vec<i64>> {
+        let mut allowed = vec![0, 1];
+        for c in &self.conditions {
+            let (Value::Int(v), "status") = (&c.value, c.field) else {
+                return None;
+            };
+            allowed.retain(|s| if c.op == Op::Eq { s == v } else { s != v });
+        }
+        Some(allowed)
+    }
+}
+
+/// The total of a status-only list without a scan: the application's
+/// live/blocked counters, minus the (few) matching users created at or after
+/// `created_before`, found through the `created_at` index.
+async fn count_by_status(db: &Db, tenant: &Tenant, q: &ListQuery, statuses: &[i64]) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query("SELECT live, blocked FROM user_counts_v1 WHERE company_id = $1 AND application_id = $2")
+        .bind(&tenant.company_id)
+        .bind(&tenant.application_id)
+        .fetch_optional(&db.pool)
+        .await?;
+    let (live, blocked): (i64, i64) = match row {
+        Some(r) => (r.try_get("live")?, r.try_get("blocked")?),
+        None => (0, 0),
+    };
+    let mut total = 0;
+    for s in statuses {
+        total += if *s == 1 { blocked } else { live - blocked };
+    }
+    if statuses.is_empty() {
+        return Ok(0);
+    }
+    let before =
+        OffsetDateTime::from_unix_timestamp(q.created_before).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let list: Vec<String> = statuses.iter().map(i64::to_string).collect();
+    let newer = format!(
+        "SELECT COUNT(*) AS n FROM users_v1 u WHERE u.company_id = $1 AND u.application_id = $2 AND u.archived = 0 AND u.created_at >= $3 AND u.blocked IN ({})",
+        list.join(", ")
+    );
+    let newer: i64 = sqlx::query(&newer)
+        .bind(&tenant.company_id)
+        .bind(&tenant.application_id)
+        .bind(format_time(before))
+        .fetch_one(&db.pool)
+        .await?
+        .try_get("n")?;
+    Ok(total - newer)
 }
 
 #[cfg(test)]

@@ -77,6 +77,8 @@ const DDL_2: &str = "
         created_at TEXT NOT NULL,
         PRIMARY KEY (application_id, user_id, session_id)
     );
+    ALTER TABLE user_counts_v1 ADD COLUMN blocked BIGINT NOT NULL DEFAULT 0;
+    CREATE INDEX IF NOT EXISTS users_v1_created ON users_v1 (company_id, application_id, archived, created_at);
     DELETE FROM users_v1;
     DELETE FROM user_contacts_v1;
     DELETE FROM user_counts_v1;
@@ -267,10 +269,14 @@ impl Projection for UsersProjection {
             }
             UserEvent::Updated(e) => apply_update(conn, event, user_id, &e).await?,
             UserEvent::Blocked(v1::UserBlocked { at: t, .. }) => {
-                set_flag(conn, event, user_id, "blocked", 1, &at(t)).await?;
+                if set_flag(conn, event, user_id, "blocked", 1, &at(t)).await? {
+                    bump_counts(conn, &event.company_id, app, 0, 1).await?;
+                }
             }
             UserEvent::Unblocked(v1::UserUnblocked { at: t, .. }) => {
-                set_flag(conn, event, user_id, "blocked", 0, &at(t)).await?;
+                if set_flag(conn, event, user_id, "blocked", 0, &at(t)).await? {
+                    bump_counts(conn, &event.company_id, app, 0, -1).await?;
+                }
             }
             UserEvent::Archived(e) => {
                 if set_flag(conn, event, user_id, "archived", 1, &at(e.at)).await? {
@@ -281,7 +287,8 @@ impl Projection for UsersProjection {
                         .execute(&mut *conn)
                         .await?;
                     delete_contacts(conn, app, user_id).await?;
-                    bump_count(conn, &event.company_id, app, -1).await?;
+                    let blocked = blocked_flag(conn, app, user_id).await?;
+                    bump_counts(conn, &event.company_id, app, -1, -blocked).await?;
                 }
             }
             UserEvent::Restored(e) => {
@@ -295,7 +302,8 @@ impl Projection for UsersProjection {
                     .await?;
                     let keys = contact_keys(&json_column(&row, "emails")?, &json_column(&row, "phone_numbers")?);
                     insert_contacts(conn, app, user_id, &keys).await?;
-                    bump_count(conn, &event.company_id, app, 1).await?;
+                    let blocked = blocked_flag(conn, app, user_id).await?;
+                    bump_counts(conn, &event.company_id, app, 1, blocked).await?;
                 }
             }
             UserEvent::SessionStarted(e) => {
@@ -441,7 +449,7 @@ async fn insert_created(
         query.execute(&mut *conn).await?;
     }
     for ((company, app), n) in counts {
-        bump_count(conn, company, app, n).await?;
+        bump_counts(conn, company, app, n, 0).await?;
     }
     Ok(())
 }
@@ -573,14 +581,31 @@ async fn delete_contacts(conn: &mut AnyConnection, app: &str, user_id: &str) -> 
     Ok(())
 }
 
-async fn bump_count(conn: &mut AnyConnection, company: &str, app: &str, by: i64) -> Result<(), sqlx::Error> {
+/// 1 if the user's row says blocked, else 0.
+async fn blocked_flag(conn: &mut AnyConnection, app: &str, user_id: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar::<_, i64>("SELECT blocked FROM users_v1 WHERE application_id = $1 AND user_id = $2")
+        .bind(app)
+        .bind(user_id)
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// Adds to the live and the live-and-blocked counts of an application.
+async fn bump_counts(
+    conn: &mut AnyConnection,
+    company: &str,
+    app: &str,
+    live: i64,
+    blocked: i64,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO user_counts_v1 (company_id, application_id, live) VALUES ($1, $2, $3)
-         ON CONFLICT (company_id, application_id) DO UPDATE SET live = user_counts_v1.live + $3",
+        "INSERT INTO user_counts_v1 (company_id, application_id, live, blocked) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (company_id, application_id) DO UPDATE SET live = user_counts_v1.live + $3, blocked = user_counts_v1.blocked + $4",
     )
     .bind(company)
     .bind(app)
-    .bind(by)
+    .bind(live)
+    .bind(blocked)
     .execute(&mut *conn)
     .await?;
     Ok(())

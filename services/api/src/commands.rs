@@ -5,7 +5,9 @@
 //! claims the unique values its user holds after the change and releases the
 //! ones it no longer holds, in the same transaction as the events.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use userstream_domain::codec;
 use userstream_domain::platform::{self, ConfigError, ConfigState, PlatformConfig};
@@ -76,7 +78,14 @@ impl Outcome {
 #[derive(Clone)]
 pub struct Commands {
     log: SqlEventLog,
+    /// Platform configs read recently, by stream: every CreateUser needs one,
+    /// and they change rarely. An update through this process replaces its
+    /// entry at once; updates by other instances are seen within [`CONFIG_TTL`].
+    configs: Arc<Mutex<HashMap<String, (Instant, ConfigState, i64)>>>,
 }
+
+/// How long a cached platform config is used before it is read again.
+pub const CONFIG_TTL: Duration = Duration::from_secs(1);
 
 const MAX_ATTEMPTS: usize = 5;
 
@@ -99,7 +108,7 @@ pub fn config_stream(tenant: &Tenant) -> String {
 
 impl Commands {
     pub fn new(log: SqlEventLog) -> Self {
-        Commands { log }
+        Commands { log, configs: Arc::default() }
     }
 
     pub fn log(&self) -> &SqlEventLog {
@@ -116,6 +125,29 @@ impl Commands {
     /// The platform config of the tenant's application: its defaults until
     /// the first update. Returns the state and the stream's version.
     pub async fn config(&self, tenant: &Tenant) -> Result<(ConfigState, i64), CommandError> {
+        let stream = config_stream(tenant);
+        let cached = self.configs.lock().ok().and_then(|c| c.get(&stream).cloned());
+        if let Some((at, state, version)) = cached {
+            if at.elapsed() < CONFIG_TTL {
+                return Ok((state, version));
+            }
+        }
+        let loaded = self.load_config(tenant).await?;
+        self.remember(stream, &loaded);
+        Ok(loaded)
+    }
+
+    fn remember(&self, stream: String, (state, version): &(ConfigState, i64)) {
+        if let Ok(mut cache) = self.configs.lock() {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(stream, (Instant::now(), state.clone(), *version));
+        }
+    }
+
+    /// The platform config as the log has it now.
+    async fn load_config(&self, tenant: &Tenant) -> Result<(ConfigState, i64), CommandError> {
         let events =
             self.log.read_stream(&config_stream(tenant)).await.map_err(|e| CommandError::Storage(e.to_string()))?;
         let mut state = ConfigState::default();
@@ -136,7 +168,7 @@ impl Commands {
         now: OffsetDateTime,
     ) -> Result<(ConfigState, i64), CommandError> {
         for _ in 0..MAX_ATTEMPTS {
-            let (state, version) = self.config(&meta.tenant).await?;
+            let (state, version) = self.load_config(&meta.tenant).await?;
             let events = platform::decide(&state, new.clone(), now)?;
             if events.is_empty() {
                 return Ok((state, 0));
@@ -157,8 +189,15 @@ impl Commands {
                 idempotency_key: meta.idempotency_key.clone(),
             };
             match self.log.append(request).await {
-                Ok(result) if result.replayed => return Ok((self.config(&meta.tenant).await?.0, result.last_position)),
-                Ok(result) => return Ok((after, result.last_position)),
+                Ok(result) if result.replayed => {
+                    let loaded = self.load_config(&meta.tenant).await?;
+                    self.remember(config_stream(&meta.tenant), &loaded);
+                    return Ok((loaded.0, result.last_position));
+                }
+                Ok(result) => {
+                    self.remember(config_stream(&meta.tenant), &(after.clone(), version + 1));
+                    return Ok((after, result.last_position));
+                }
                 Err(AppendError::Conflict { .. }) => continue,
                 Err(e) => return Err(CommandError::Storage(e.to_string())),
             }

@@ -278,6 +278,49 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         format!("p50 {}, p99 {}", ms(&list, 0.5), ms(&list, 0.99)),
     ));
 
+    // The Passage list: an exact identifier, and a filtered, ordered page.
+    let passage = "/v1/apps/000000000000000000000001/users";
+    let mut by_identifier = histogram();
+    for i in 0..args.samples {
+        let n = (i * 7_919 + 29) % total;
+        let t = Instant::now();
+        let (status, body) =
+            bench.call(Request::get(format!("{passage}?identifier=u{n}%40bench.example")).body(Body::empty())?).await?;
+        by_identifier.record(t.elapsed().as_micros().max(1) as u64)?;
+        if status != StatusCode::OK || body["total_users"] != 1 {
+            bail!("passage identifier u{n}: {status} {body}");
+        }
+    }
+    rows.push((
+        format!("Passage list by identifier, {total} users"),
+        format!("p50 {}, p99 {}", ms(&by_identifier, 0.5), ms(&by_identifier, 0.99)),
+    ));
+    let filtered_pages = [
+        ("status=active&order_by=created_at:DESC", args.samples, "status filter"),
+        (
+            "status=active&login_count=lt%3A5&order_by=created_at:DESC",
+            (args.samples / 50).max(20),
+            "status + login_count filter",
+        ),
+    ];
+    for (filter, samples, label) in filtered_pages {
+        let mut filtered = histogram();
+        for i in 0..samples {
+            let page = 1 + (i * 31) % 100;
+            let t = Instant::now();
+            let query = format!("{passage}?{filter}&limit=10&page={page}");
+            let (status, body) = bench.call(Request::get(query).body(Body::empty())?).await?;
+            filtered.record(t.elapsed().as_micros().max(1) as u64)?;
+            if status != StatusCode::OK || body["users"].as_array().map(Vec::len) != Some(10) {
+                bail!("passage {filter} page {page}: {status}");
+            }
+        }
+        rows.push((
+            format!("Passage list, {label}, 10 per page (pages 1–100), {total} users"),
+            format!("p50 {}, p99 {}", ms(&filtered, 0.5), ms(&filtered, 0.99)),
+        ));
+    }
+
     println!("\n| {backend} — measured | result |\n| --- | --- |");
     for (what, result) in rows {
         println!("| {what} | {result} |");
