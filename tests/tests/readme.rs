@@ -21,6 +21,8 @@ async fn the_readme_walkthrough_runs_as_written() {
     std::fs::create_dir_all(&dir).expect("dir");
     let output = tokio::process::Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])
+        .env("US_KEY", &app.key.api_key)
+        .env("US_SECRET", &app.key.api_secret)
         .current_dir(&dir)
         .output()
         .await
