@@ -81,6 +81,18 @@ async fn platform_config_has_defaults_takes_updates_as_events_and_refuses_bad_va
         assert_eq!(status, 400);
         assert!(err["message"].as_str().is_some_and(|m| m.contains("email")), "{err}");
 
+        // With mobile required nowhere, a user may register with an email only.
+        app.set_config(json!({
+            "required_fields": {"mobile": {"is_required": false}},
+            "register_required_fields": {"mobile": {"is_required": false}}
+        }))
+        .await;
+        let r =
+            app.client.post(app.customers()).json(&json!({"username": "mailonly", "email": "m@example.com"})).send();
+        let (status, body) = json_of(r.await.expect("create")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["user"]["phone_numbers"], json!([]));
+
         // The secret is in no table in clear, the event log included.
         let conn = userstream_eventlog::Db::connect(&app.db.url).await.expect("db");
         let data: Vec<String> =

@@ -20,26 +20,11 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use time::OffsetDateTime;
-use userstream_eventlog::{format_time, Db, Migration};
-
-const DDL: &str = "
-    CREATE TABLE IF NOT EXISTS api_keys (
-        key_id TEXT PRIMARY KEY,
-        company_id TEXT NOT NULL,
-        application_id TEXT,
-        secret_hash TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS server_secrets (
-        name TEXT PRIMARY KEY,
-        secret TEXT NOT NULL
-    );";
-
-const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: DDL, postgres: DDL }];
+use userstream_eventlog::keys::{KeyStore, StoredKey};
+use userstream_eventlog::Db;
 
 /// How long a Fynd access token lives.
 pub const TOKEN_TTL_SECONDS: i64 = 3600;
@@ -75,7 +60,7 @@ struct TokenPayload {
 }
 
 pub struct Access {
-    db: Db,
+    keys: KeyStore,
     signing_key: Vec<u8>,
     bearers: Mutex<HashMap<[u8; 32], Credential>>,
 }
@@ -89,22 +74,10 @@ impl Access {
     /// Creates the tables if needed and loads (or, on the first start, creates)
     /// the signing key every instance on this database shares.
     pub async fn open(db: Db) -> Result<Access, sqlx::Error> {
-        db.migrate("access", MIGRATIONS).await?;
-        let candidate = random_b64(32);
-        {
-            let _turn = db.write_turn().await;
-            sqlx::query(db.pick(
-                "INSERT INTO server_secrets (name, secret) VALUES ('signing', ?) ON CONFLICT (name) DO NOTHING",
-                "INSERT INTO server_secrets (name, secret) VALUES ('signing', $1) ON CONFLICT (name) DO NOTHING",
-            ))
-            .bind(&candidate)
-            .execute(&db.pool)
-            .await?;
-        }
-        let row = sqlx::query("SELECT secret FROM server_secrets WHERE name = 'signing'").fetch_one(&db.pool).await?;
-        let stored: String = row.try_get("secret")?;
+        let keys = KeyStore::open(db).await?;
+        let stored = keys.shared_secret("signing", &random_b64(32)).await?;
         let signing_key = B64.decode(stored).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        Ok(Access { db, signing_key, bearers: Mutex::new(HashMap::new()) })
+        Ok(Access { keys, signing_key, bearers: Mutex::new(HashMap::new()) })
     }
 
     /// Creates an API key for a company (optionally bound to one application).
@@ -113,61 +86,46 @@ impl Access {
         let api_key: String = key_bytes.iter().map(|b| format!("{b:02x}")).collect();
         let api_secret = random_b64(32);
         let secret = api_secret.clone();
-        let hash = tokio::task::spawn_blocking(move || {
+        let secret_hash = tokio::task::spawn_blocking(move || {
             let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| e.to_string())?;
             Argon2::default().hash_password(secret.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| sqlx::Error::Protocol(e.to_string()))?
         .map_err(sqlx::Error::Protocol)?;
-        let _turn = self.db.write_turn().await;
-        sqlx::query(self.db.pick(
-            "INSERT INTO api_keys (key_id, company_id, application_id, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
-            "INSERT INTO api_keys (key_id, company_id, application_id, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
-        ))
-        .bind(&api_key)
-        .bind(company_id)
-        .bind(application_id)
-        .bind(&hash)
-        .bind(format_time(OffsetDateTime::now_utc()))
-        .execute(&self.db.pool)
-        .await?;
+        self.keys
+            .insert(&StoredKey {
+                key_id: api_key.clone(),
+                company_id: company_id.to_string(),
+                application_id: application_id.map(str::to_string),
+                secret_hash,
+            })
+            .await?;
         let bearer = format!("{api_key}.{api_secret}");
         Ok(NewKey { api_key, api_secret, bearer })
     }
 
     pub async fn key_count(&self) -> Result<i64, sqlx::Error> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_keys").fetch_one(&self.db.pool).await?;
-        row.try_get("n")
+        self.keys.count().await
     }
 
     /// Checks a key and its secret; `None` when the key is unknown or the
     /// secret wrong (the caller cannot tell which).
     pub async fn verify_secret(&self, api_key: &str, api_secret: &str) -> Result<Option<Credential>, sqlx::Error> {
-        let row = sqlx::query(self.db.pick(
-            "SELECT company_id, application_id, secret_hash FROM api_keys WHERE key_id = ?",
-            "SELECT company_id, application_id, secret_hash FROM api_keys WHERE key_id = $1",
-        ))
-        .bind(api_key)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        let Some(row) = row else {
+        let Some(stored) = self.keys.find(api_key).await? else {
             return Ok(None);
         };
-        let hash: String = row.try_get("secret_hash")?;
         let secret = api_secret.to_string();
+        let hash = stored.secret_hash.clone();
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash).is_ok_and(|h| Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
         })
         .await
         .unwrap_or(false);
-        if !ok {
-            return Ok(None);
-        }
-        Ok(Some(Credential {
-            key_id: api_key.to_string(),
-            company_id: row.try_get("company_id")?,
-            application_id: row.try_get("application_id")?,
+        Ok(ok.then_some(Credential {
+            key_id: stored.key_id,
+            company_id: stored.company_id,
+            application_id: stored.application_id,
         }))
     }
 

@@ -81,8 +81,11 @@ pub struct Commands {
     /// Platform configs read recently, by stream: every CreateUser needs one,
     /// and they change rarely. An update through this process replaces its
     /// entry at once; updates by other instances are seen within [`CONFIG_TTL`].
-    configs: Arc<Mutex<HashMap<String, (Instant, ConfigState, i64)>>>,
+    configs: Arc<Mutex<HashMap<String, CachedConfig>>>,
 }
+
+/// When a config was read, what it was, and its stream version.
+type CachedConfig = (Instant, ConfigState, i64);
 
 /// How long a cached platform config is used before it is read again.
 pub const CONFIG_TTL: Duration = Duration::from_secs(1);

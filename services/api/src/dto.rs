@@ -64,13 +64,13 @@ fn meta(raw: Option<Value>) -> Result<Option<Value>, ApiError> {
 
 impl CreateUserBody {
     /// The command, after the application's required-field settings.
-    pub fn into_command(self, user_id: UserId, required: &RequiredFields) -> Result<CreateUser, ApiError> {
+    pub fn into_command(self, user_id: UserId, required: &[&RequiredFields]) -> Result<CreateUser, ApiError> {
         let phone = opt("phone_number", self.phone_number.as_deref(), Phone::parse)?;
         let email = opt("email", self.email.as_deref(), Email::parse)?;
-        if required.mobile.is_required && phone.is_none() {
+        if required.iter().any(|r| r.mobile.is_required) && phone.is_none() {
             return Err(ApiError::invalid("phone_number is required by this application's platform config"));
         }
-        if required.email.is_required && email.is_none() {
+        if required.iter().any(|r| r.email.is_required) && email.is_none() {
             return Err(ApiError::invalid("email is required by this application's platform config"));
         }
         if phone.is_none() && email.is_none() {

@@ -117,7 +117,8 @@ async fn create_user(
     let tenant = tenant(company_id, application_id)?;
     let (config, _) = state.commands.config(&tenant).await?;
     let ctx = context(&config.config);
-    let command = body.into_command(new_user_id(ctx.now), &config.config.register_required_fields)?;
+    let required = [&config.config.required_fields, &config.config.register_required_fields];
+    let command = body.into_command(new_user_id(ctx.now), &required)?;
     let meta = meta(tenant, &principal, &headers)?;
     let outcome = state.commands.create_user(&meta, command, &ctx).await?;
     let user = outcome.user().map(|(u, _)| UserDto::from_user(u, &meta.tenant.application_id));

@@ -11,7 +11,6 @@
 //!   or `?cookie=`) is what a storefront calls on use: it answers the
 //!   session, and extends a rolling one once less than half its life is left.
 
-use crate::commands::new_user_id;
 use crate::error::ApiError;
 use crate::extract::{tenant, JsonBody, QueryPairs};
 use crate::fynd::{command_response, context, meta, parse_user_id, TenantPath};
@@ -76,9 +75,9 @@ pub async fn create_session(
         return Err(ApiError::invalid("domain is longer than 253 characters"));
     }
     let ctx = context(&config.config);
-    // Same layout as user ids (time + randomness), but 16 bytes: 128 bits.
-    let random: [u8; 10] = rand::random();
-    let session_id = format!("{}{}", &new_user_id(ctx.now).as_str()[..12], hex(&random));
+    // 128 random bits; the cookie adds the signature.
+    let random: [u8; 16] = rand::random();
+    let session_id = hex(&random);
     let command = UserCommand::StartSession(StartSession {
         session_id: session_id.clone(),
         domain: domain.clone(),

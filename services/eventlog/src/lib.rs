@@ -15,6 +15,7 @@
 //!   batch rather than one per command.
 
 mod db;
+pub mod keys;
 mod writer;
 
 pub use db::{Db, Dialect, Migration};
