@@ -219,6 +219,24 @@ impl Commands {
         self.execute(meta, vec![loaded], |_| UserCommand::Create(command.clone()), ctx, true).await
     }
 
+    /// What a decision in this tenant depends on: now, and the application's config.
+    pub async fn context(&self, tenant: &Tenant) -> Result<Context, CommandError> {
+        let (config, _) = self.config(tenant).await?;
+        Ok(Context { now: OffsetDateTime::now_utc(), delete_account_day: config.config.delete_account_day })
+    }
+
+    /// [`Commands::handle`] with the tenant's current [`Commands::context`].
+    pub async fn run(
+        &self,
+        meta: &Meta,
+        id: &UserId,
+        command: UserCommand,
+        expected_version: Option<i64>,
+    ) -> Result<Outcome, CommandError> {
+        let ctx = self.context(&meta.tenant).await?;
+        self.handle(meta, id, command, expected_version, &ctx).await
+    }
+
     /// Applies `command` to one user, retrying on concurrent change unless
     /// `expected_version` pins the version the caller saw.
     pub async fn handle(

@@ -12,9 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Extension, Json};
 use serde_json::json;
-use time::OffsetDateTime;
-use userstream_domain::platform::PlatformConfig;
-use userstream_domain::user::{Context, UserCommand};
+use userstream_domain::user::UserCommand;
 use userstream_domain::UserId;
 use userstream_eventlog::Tenant;
 use userstream_projections::read_models::filter::Filter;
@@ -65,11 +63,6 @@ pub fn meta(tenant: Tenant, principal: &Principal, headers: &HeaderMap) -> Resul
     })
 }
 
-/// What a decision may depend on: the time, and the application's config.
-pub fn context(config: &PlatformConfig) -> Context {
-    Context { now: OffsetDateTime::now_utc(), delete_account_day: config.delete_account_day }
-}
-
 /// `{"user": …}` (`CreateUserResponseSchema`), serialised straight from the DTO.
 #[derive(serde::Serialize)]
 struct UserEnvelope {
@@ -116,7 +109,7 @@ async fn create_user(
 ) -> Result<Response, ApiError> {
     let tenant = tenant(company_id, application_id)?;
     let (config, _) = state.commands.config(&tenant).await?;
-    let ctx = context(&config.config);
+    let ctx = state.commands.context(&tenant).await?;
     let required = [&config.config.required_fields, &config.config.register_required_fields];
     let command = body.into_command(new_user_id(ctx.now), &required)?;
     let meta = meta(tenant, &principal, &headers)?;
@@ -137,8 +130,7 @@ async fn update_user(
     let expected = if_match(&headers)?;
     let command = UserCommand::Update(body.try_into()?);
     let meta = meta(tenant, &principal, &headers)?;
-    let (config, _) = state.commands.config(&meta.tenant).await?;
-    let outcome = state.commands.handle(&meta, &id, command, expected, &context(&config.config)).await?;
+    let outcome = state.commands.run(&meta, &id, command, expected).await?;
     let user = outcome.user().map(|(u, _)| UserDto::from_user(u, &meta.tenant.application_id));
     Ok(command_response(&outcome, UserEnvelope { user }))
 }
@@ -170,8 +162,8 @@ async fn block_users(
     }
     let meta = meta(tenant, &principal, &headers)?;
     let reason = body.reason.unwrap_or_default();
-    let (config, _) = state.commands.config(&meta.tenant).await?;
-    let outcome = state.commands.set_blocked(&meta, &ids, !body.status, &reason, &context(&config.config)).await?;
+    let ctx = state.commands.context(&meta.tenant).await?;
+    let outcome = state.commands.set_blocked(&meta, &ids, !body.status, &reason, &ctx).await?;
     Ok(command_response(&outcome, json!({ "success": true })))
 }
 
@@ -209,8 +201,7 @@ async fn one_user_command(
 ) -> Result<Response, ApiError> {
     let id = parse_user_id(user_id)?;
     let meta = meta(tenant, principal, headers)?;
-    let (config, _) = state.commands.config(&meta.tenant).await?;
-    let outcome = state.commands.handle(&meta, &id, command, if_match(headers)?, &context(&config.config)).await?;
+    let outcome = state.commands.run(&meta, &id, command, if_match(headers)?).await?;
     Ok(command_response(&outcome, json!({ "success": true })))
 }
 

@@ -14,7 +14,7 @@
 use crate::commands::{new_user_id, Outcome};
 use crate::error::{ApiError, PassageError};
 use crate::extract::{tenant, JsonBody, QueryPairs};
-use crate::fynd::{context, meta};
+use crate::fynd::meta;
 use crate::{auth::Principal, AppState};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -39,8 +39,8 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/users/{user_id}", get(get_user)),
         (Method::PATCH, "/users/{user_id}", patch(update_user)),
         (Method::DELETE, "/users/{user_id}", delete(delete_user)),
-        (Method::PATCH, "/users/{user_id}/activate", patch(activate_user)),
-        (Method::PATCH, "/users/{user_id}/deactivate", patch(deactivate_user)),
+        (Method::PATCH, "/users/{user_id}/activate", patch(|s, p, e, h| set_active(true, s, p, e, h))),
+        (Method::PATCH, "/users/{user_id}/deactivate", patch(|s, p, e, h| set_active(false, s, p, e, h))),
     ]
 }
 
@@ -143,8 +143,7 @@ async fn create_user(
     if email.is_none() && phone.is_none() {
         return Err(PassageError::invalid("email or phone is required"));
     }
-    let (config, _) = state.commands.config(&tenant).await?;
-    let ctx = context(&config.config);
+    let ctx = state.commands.context(&tenant).await?;
     let id = new_user_id(ctx.now);
     let command = CreateUser {
         username: Username::parse("username", id.as_str()).map_err(|e| PassageError::invalid(e.to_string()))?,
@@ -219,9 +218,8 @@ async fn run(
     id: &UserId,
     command: UserCommand,
 ) -> Result<Response, PassageError> {
-    let (config, _) = state.commands.config(&tenant).await?;
     let meta = meta(tenant, principal, headers)?;
-    let outcome = state.commands.handle(&meta, id, command, None, &context(&config.config)).await.map_err(|e| {
+    let outcome = state.commands.run(&meta, id, command, None).await.map_err(|e| {
         let e = PassageError::from(e);
         if e.status == StatusCode::NOT_FOUND {
             PassageError::user_not_found(id.as_str())
@@ -240,34 +238,28 @@ async fn delete_user(
 ) -> Result<Response, PassageError> {
     let tenant = passage_tenant(&principal, app_id)?;
     let id = user_id(&raw)?;
-    let (config, _) = state.commands.config(&tenant).await?;
     let meta = meta(tenant, &principal, &headers)?;
     // Deleting a user that is gone already is a 404, as in Passage.
     let head = state.commands.log().head().await?;
     read_back(&state, &meta.tenant, id.as_str(), head).await?;
-    state.commands.handle(&meta, &id, UserCommand::Archive, None, &context(&config.config)).await?;
+    state.commands.run(&meta, &id, UserCommand::Archive, None).await?;
     Ok(Json(json!({})).into_response())
 }
 
-async fn activate_user(
+/// Activate (unblock) or deactivate (block) a user.
+async fn set_active(
+    active: bool,
     State(state): State<AppState>,
     Path((app_id, raw)): Path<(String, String)>,
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
 ) -> Result<Response, PassageError> {
     let tenant = passage_tenant(&principal, app_id)?;
-    let command = UserCommand::Unblock { reason: "activated".into() };
-    run(&state, tenant, &principal, &headers, &user_id(&raw)?, command).await
-}
-
-async fn deactivate_user(
-    State(state): State<AppState>,
-    Path((app_id, raw)): Path<(String, String)>,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
-) -> Result<Response, PassageError> {
-    let tenant = passage_tenant(&principal, app_id)?;
-    let command = UserCommand::Block { reason: "deactivated".into() };
+    let command = if active {
+        UserCommand::Unblock { reason: "activated".into() }
+    } else {
+        UserCommand::Block { reason: "deactivated".into() }
+    };
     run(&state, tenant, &principal, &headers, &user_id(&raw)?, command).await
 }
 

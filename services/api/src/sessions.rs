@@ -13,7 +13,7 @@
 
 use crate::error::ApiError;
 use crate::extract::{tenant, JsonBody, QueryPairs};
-use crate::fynd::{command_response, context, meta, parse_user_id, TenantPath};
+use crate::fynd::{command_response, meta, parse_user_id, TenantPath};
 use crate::{auth::Principal, AppState};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -74,7 +74,7 @@ pub async fn create_session(
     if domain.len() > 253 {
         return Err(ApiError::invalid("domain is longer than 253 characters"));
     }
-    let ctx = context(&config.config);
+    let ctx = state.commands.context(&tenant).await?;
     // 128 random bits; the cookie adds the signature.
     let random: [u8; 16] = rand::random();
     let session_id = hex(&random);
@@ -184,10 +184,9 @@ pub async fn delete_session(
     let user_id = parse_user_id(required(&query, "id")?)?;
     let session_id = session_id_of(&state, required(&query, "session_id")?)?;
     let reason = query.get("reason").unwrap_or("").to_string();
-    let (config, _) = state.commands.config(&tenant).await?;
     let command = UserCommand::RevokeSessions { session_ids: Some(vec![session_id.clone()]), reason };
     let meta = meta(tenant, &principal, &headers)?;
-    let outcome = state.commands.handle(&meta, &user_id, command, None, &context(&config.config)).await?;
+    let outcome = state.commands.run(&meta, &user_id, command, None).await?;
     Ok(command_response(&outcome, json!({ "user_id": user_id.as_str(), "session_id": session_id })))
 }
 
@@ -202,13 +201,9 @@ pub async fn delete_sessions(
     let tenant = tenant(company_id, application_id)?;
     let user_id = parse_user_id(required(&query, "id")?)?;
     let reason = query.get("reason").unwrap_or("").to_string();
-    let (config, _) = state.commands.config(&tenant).await?;
-    let ctx = context(&config.config);
     let meta = meta(tenant, &principal, &headers)?;
-    let outcome = state
-        .commands
-        .handle(&meta, &user_id, UserCommand::RevokeSessions { session_ids: None, reason }, None, &ctx)
-        .await?;
+    let command = UserCommand::RevokeSessions { session_ids: None, reason };
+    let outcome = state.commands.run(&meta, &user_id, command, None).await?;
     let session_ids = outcome.revoked_sessions();
     Ok(command_response(&outcome, json!({ "user_id": user_id.as_str(), "session_ids": session_ids })))
 }
@@ -234,11 +229,9 @@ pub async fn use_session(
     let user_id = parse_user_id(required(&query, "id")?)?;
     let cookie = cookie_value(&headers, &query).ok_or_else(|| ApiError::invalid("the f.session cookie is required"))?;
     let session_id = session_id_of(&state, &cookie)?;
-    let (config, _) = state.commands.config(&tenant).await?;
-    let ctx = context(&config.config);
     let meta = meta(tenant, &principal, &headers)?;
     let command = UserCommand::TouchSession { session_id: session_id.clone() };
-    let outcome = state.commands.handle(&meta, &user_id, command, None, &ctx).await?;
+    let outcome = state.commands.run(&meta, &user_id, command, None).await?;
     let expires_at = outcome
         .user()
         .and_then(|(u, _)| u.sessions.get(&session_id).map(|s| s.expires_at))
