@@ -5,8 +5,11 @@
 //! where business rules say "no"; `evolve` is total and never fails, because
 //! the history in the log is the truth.
 
+pub mod attribute;
 pub mod codec;
+pub mod group;
 pub mod platform;
+pub mod rules;
 pub mod user;
 pub mod values;
 

@@ -19,6 +19,24 @@ fn every_golden_fixture_decodes_and_reencodes_to_the_same_json() {
         let doc: serde_json::Value = serde_json::from_str(&text).expect("json");
         let event_type = doc["type"].as_str().expect("type");
         let schema = doc["schema"].as_u64().expect("schema") as u32;
+        if event_type.starts_with("attribute.definition_") {
+            let event = codec::decode_definition(event_type, schema, &doc["data"]).expect("definition event");
+            assert_eq!(codec::encode_definition(&event).data, doc["data"], "{}", path.display());
+            seen.push(event_type.to_string());
+            continue;
+        }
+        if event_type.starts_with("attribute.") {
+            let event = codec::decode_values(event_type, schema, &doc["data"]).expect("attribute event");
+            assert_eq!(codec::encode_values(&event).data, doc["data"], "{}", path.display());
+            seen.push(event_type.to_string());
+            continue;
+        }
+        if event_type.starts_with("group.") {
+            let event = codec::decode_group(event_type, schema, &doc["data"]).expect("group event");
+            assert_eq!(codec::encode_group(&event).data, doc["data"], "{}", path.display());
+            seen.push(event_type.to_string());
+            continue;
+        }
         if event_type.starts_with("platform.") {
             let event = platform::decode(event_type, schema, &doc["data"])
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -36,6 +54,7 @@ fn every_golden_fixture_decodes_and_reencodes_to_the_same_json() {
     seen.sort();
     let mut all: Vec<String> = codec::USER_EVENT_TYPES.iter().map(|s| s.to_string()).collect();
     all.push(codec::PLATFORM_CONFIG_UPDATED.to_string());
+    all.extend(codec::ATTRIBUTE_AND_GROUP_EVENT_TYPES.iter().map(|s| s.to_string()));
     all.sort();
     assert_eq!(seen, all, "every event type needs a golden fixture");
 }

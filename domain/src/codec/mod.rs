@@ -4,6 +4,8 @@
 
 pub mod v1;
 
+use crate::attribute::{DefinitionEvent, ValuesEvent};
+use crate::group::GroupEvent;
 use crate::user::UserEvent;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -34,6 +36,30 @@ pub const USER_SESSION_STARTED: &str = "user.session_started";
 pub const USER_SESSION_EXTENDED: &str = "user.session_extended";
 pub const USER_SESSIONS_REVOKED: &str = "user.sessions_revoked";
 pub const PLATFORM_CONFIG_UPDATED: &str = "platform.config_updated";
+pub const DEFINITION_CREATED: &str = "attribute.definition_created";
+pub const DEFINITION_UPDATED: &str = "attribute.definition_updated";
+pub const DEFINITION_DELETED: &str = "attribute.definition_deleted";
+pub const ATTRIBUTE_UPSERTED: &str = "attribute.upserted";
+pub const ATTRIBUTE_DELETED: &str = "attribute.deleted";
+pub const GROUP_CREATED: &str = "group.created";
+pub const GROUP_UPDATED: &str = "group.updated";
+pub const GROUP_DELETED: &str = "group.deleted";
+pub const GROUP_MEMBERSHIP_CHANGED: &str = "group.membership_changed";
+pub const GROUP_EVALUATED: &str = "group.evaluated";
+
+/// Every event type of the attribute and group streams.
+pub const ATTRIBUTE_AND_GROUP_EVENT_TYPES: &[&str] = &[
+    DEFINITION_CREATED,
+    DEFINITION_UPDATED,
+    DEFINITION_DELETED,
+    ATTRIBUTE_UPSERTED,
+    ATTRIBUTE_DELETED,
+    GROUP_CREATED,
+    GROUP_UPDATED,
+    GROUP_DELETED,
+    GROUP_MEMBERSHIP_CHANGED,
+    GROUP_EVALUATED,
+];
 
 /// Every event type the domain writes, for subscribers that filter by type.
 pub const USER_EVENT_TYPES: &[&str] = &[
@@ -81,6 +107,63 @@ pub fn decode(event_type: &str, schema: u32, data: &Value) -> Result<UserEvent, 
         (USER_SESSION_STARTED, 1) => shape(event_type, schema, data).map(UserEvent::SessionStarted),
         (USER_SESSION_EXTENDED, 1) => shape(event_type, schema, data).map(UserEvent::SessionExtended),
         (USER_SESSIONS_REVOKED, 1) => shape(event_type, schema, data).map(UserEvent::SessionsRevoked),
+        _ => Err(DecodeError::UnknownType { event_type: event_type.to_string(), schema }),
+    }
+}
+
+fn encoded(event_type: &'static str, data: Result<Value, serde_json::Error>) -> EncodedEvent {
+    EncodedEvent { event_type, schema: 1, data: data.unwrap_or(Value::Null) }
+}
+
+pub fn encode_definition(event: &DefinitionEvent) -> EncodedEvent {
+    match event {
+        DefinitionEvent::Created(e) => encoded(DEFINITION_CREATED, serde_json::to_value(e)),
+        DefinitionEvent::Updated(e) => encoded(DEFINITION_UPDATED, serde_json::to_value(e)),
+        DefinitionEvent::Deleted(e) => encoded(DEFINITION_DELETED, serde_json::to_value(e)),
+    }
+}
+
+pub fn decode_definition(event_type: &str, schema: u32, data: &Value) -> Result<DefinitionEvent, DecodeError> {
+    match (event_type, schema) {
+        (DEFINITION_CREATED, 1) => shape(event_type, schema, data).map(DefinitionEvent::Created),
+        (DEFINITION_UPDATED, 1) => shape(event_type, schema, data).map(DefinitionEvent::Updated),
+        (DEFINITION_DELETED, 1) => shape(event_type, schema, data).map(DefinitionEvent::Deleted),
+        _ => Err(DecodeError::UnknownType { event_type: event_type.to_string(), schema }),
+    }
+}
+
+pub fn encode_values(event: &ValuesEvent) -> EncodedEvent {
+    match event {
+        ValuesEvent::Upserted(e) => encoded(ATTRIBUTE_UPSERTED, serde_json::to_value(e)),
+        ValuesEvent::Deleted(e) => encoded(ATTRIBUTE_DELETED, serde_json::to_value(e)),
+    }
+}
+
+pub fn decode_values(event_type: &str, schema: u32, data: &Value) -> Result<ValuesEvent, DecodeError> {
+    match (event_type, schema) {
+        (ATTRIBUTE_UPSERTED, 1) => shape(event_type, schema, data).map(ValuesEvent::Upserted),
+        (ATTRIBUTE_DELETED, 1) => shape(event_type, schema, data).map(ValuesEvent::Deleted),
+        _ => Err(DecodeError::UnknownType { event_type: event_type.to_string(), schema }),
+    }
+}
+
+pub fn encode_group(event: &GroupEvent) -> EncodedEvent {
+    match event {
+        GroupEvent::Created(e) => encoded(GROUP_CREATED, serde_json::to_value(e)),
+        GroupEvent::Updated(e) => encoded(GROUP_UPDATED, serde_json::to_value(e)),
+        GroupEvent::Deleted(e) => encoded(GROUP_DELETED, serde_json::to_value(e)),
+        GroupEvent::MembershipChanged(e) => encoded(GROUP_MEMBERSHIP_CHANGED, serde_json::to_value(e)),
+        GroupEvent::Evaluated(e) => encoded(GROUP_EVALUATED, serde_json::to_value(e)),
+    }
+}
+
+pub fn decode_group(event_type: &str, schema: u32, data: &Value) -> Result<GroupEvent, DecodeError> {
+    match (event_type, schema) {
+        (GROUP_CREATED, 1) => shape(event_type, schema, data).map(GroupEvent::Created),
+        (GROUP_UPDATED, 1) => shape(event_type, schema, data).map(GroupEvent::Updated),
+        (GROUP_DELETED, 1) => shape(event_type, schema, data).map(GroupEvent::Deleted),
+        (GROUP_MEMBERSHIP_CHANGED, 1) => shape(event_type, schema, data).map(GroupEvent::MembershipChanged),
+        (GROUP_EVALUATED, 1) => shape(event_type, schema, data).map(GroupEvent::Evaluated),
         _ => Err(DecodeError::UnknownType { event_type: event_type.to_string(), schema }),
     }
 }
