@@ -343,7 +343,7 @@ pub fn decide_definition(
         }
         (DefinitionState::Live { definition, .. }, DefinitionCommand::Update(d)) => {
             d.check()?;
-            Ok(if *definition == d {
+            Ok(if **definition == d {
                 vec![]
             } else {
                 vec![DefinitionEvent::Updated(DefinitionWritten { definition: d, at: now })]
@@ -362,10 +362,10 @@ pub fn decide_definition(
 pub fn evolve_definition(state: DefinitionState, event: &DefinitionEvent) -> DefinitionState {
     match (state, event) {
         (DefinitionState::NotCreated, DefinitionEvent::Created(e)) => {
-            DefinitionState::Live { definition: e.definition.clone(), created_at: e.at, updated_at: e.at }
+            DefinitionState::Live { definition: Box::new(e.definition.clone()), created_at: e.at, updated_at: e.at }
         }
         (DefinitionState::Live { created_at, .. }, DefinitionEvent::Updated(e)) => {
-            DefinitionState::Live { definition: e.definition.clone(), created_at, updated_at: e.at }
+            DefinitionState::Live { definition: Box::new(e.definition.clone()), created_at, updated_at: e.at }
         }
         (DefinitionState::Live { .. }, DefinitionEvent::Deleted(_)) => DefinitionState::Deleted,
         (state, _) => state,

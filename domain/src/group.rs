@@ -61,7 +61,7 @@ impl GroupDetails {
 pub enum GroupState {
     #[default]
     NotCreated,
-    Live(Group),
+    Live(Box<Group>),
     Deleted,
 }
 
@@ -233,7 +233,7 @@ pub fn decide(state: &GroupState, command: GroupCommand, now: OffsetDateTime) ->
 
 pub fn evolve(state: GroupState, event: &GroupEvent) -> GroupState {
     match (state, event) {
-        (GroupState::NotCreated, GroupEvent::Created(e)) => GroupState::Live(Group {
+        (GroupState::NotCreated, GroupEvent::Created(e)) => GroupState::Live(Box::new(Group {
             id: e.group_id.clone(),
             uid: e.uid,
             details: e.details.clone(),
@@ -241,7 +241,7 @@ pub fn evolve(state: GroupState, event: &GroupEvent) -> GroupState {
             members: BTreeSet::new(),
             created_at: e.at,
             updated_at: e.at,
-        }),
+        })),
         (GroupState::Live(mut g), GroupEvent::Updated(e)) => {
             g.details = e.details.clone();
             g.rule_version = e.rule_version;
