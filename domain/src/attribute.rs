@@ -289,7 +289,7 @@ pub enum DefinitionState {
     #[default]
     NotCreated,
     Live {
-        definition: Definition,
+        definition: Box<Definition>,
         created_at: OffsetDateTime,
         updated_at: OffsetDateTime,
     },
