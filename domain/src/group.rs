@@ -88,6 +88,8 @@ pub enum GroupCommand {
     },
     Update(GroupDetails),
     Delete,
+    /// Evaluate a rule group again over all users (a new rule generation).
+    Refresh,
     /// PatchGroupMembers on a manual group; `unmatched` counts rows that named no user.
     PatchMembers {
         add: Vec<String>,
@@ -205,6 +207,17 @@ pub fn decide(state: &GroupState, command: GroupCommand, now: OffsetDateTime) ->
                 at: now,
             })])
         }
+        (GroupState::Live(g), GroupCommand::Refresh) => Ok(if g.details.is_rule() {
+            vec![GroupEvent::Updated(GroupWritten {
+                group_id: g.id.clone(),
+                uid: g.uid,
+                details: g.details.clone(),
+                rule_version: g.rule_version + 1,
+                at: now,
+            })]
+        } else {
+            vec![]
+        }),
         (GroupState::Live(g), GroupCommand::Delete) => {
             Ok(vec![GroupEvent::Deleted(GroupDeleted { group_id: g.id.clone(), at: now })])
         }

@@ -5,6 +5,7 @@
 //! runner owns ordering, checkpoints, leases and retries; a projection only
 //! has to be deterministic.
 
+pub mod engine;
 pub mod read_models;
 pub mod runner;
 

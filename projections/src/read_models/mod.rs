@@ -1,3 +1,5 @@
+pub mod attributes;
 pub mod filter;
+pub mod groups;
 pub mod user_list;
 pub mod users;

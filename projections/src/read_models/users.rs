@@ -646,7 +646,10 @@ impl UsersQuery {
     /// Live users of the tenant among `ids`. The statement names only the
     /// primary key, so its plan is a key lookup however stale the planner's
     /// statistics are; tenant and archive state are checked on the rows.
-    async fn by_ids(&self, tenant: &Tenant, ids: &[String]) -> Result<Vec<UserRow>, sqlx::Error> {
+    pub async fn by_ids(&self, tenant: &Tenant, ids: &[String]) -> Result<Vec<UserRow>, sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let list: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
         let sql = format!(
             "SELECT {COLUMNS} FROM users_v1 u WHERE u.application_id = $1 AND u.user_id IN ({})",

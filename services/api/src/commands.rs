@@ -219,6 +219,61 @@ impl Commands {
         self.execute(meta, vec![loaded], |_| UserCommand::Create(command.clone()), ctx, true).await
     }
 
+    /// A stream's events, or a storage failure.
+    pub async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, CommandError> {
+        self.log.read_stream(stream).await.map_err(|e| CommandError::Storage(e.to_string()))
+    }
+
+    /// Whether the user exists, is live and belongs to the tenant (read from its stream).
+    pub async fn user_is_live(&self, tenant: &Tenant, id: &UserId) -> Result<bool, CommandError> {
+        Ok(self.load(tenant, id).await?.state.live().is_some())
+    }
+
+    /// Appends encoded events to one stream of the tenant; returns the last position.
+    pub async fn append_encoded(
+        &self,
+        meta: &Meta,
+        stream: String,
+        expected: ExpectedVersion,
+        events: Vec<codec::EncodedEvent>,
+        reserve: Vec<Reservation>,
+        release: Vec<Reservation>,
+    ) -> Result<i64, CommandError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let now = OffsetDateTime::now_utc();
+        let request = AppendRequest {
+            tenant: meta.tenant.clone(),
+            actor: meta.actor.clone(),
+            correlation_id: meta.correlation_id.clone(),
+            causation_id: None,
+            streams: vec![StreamAppend {
+                stream,
+                expected,
+                events: events.into_iter().map(|e| encoded_event(e, now)).collect(),
+            }],
+            reserve,
+            release,
+            idempotency_key: meta.idempotency_key.clone(),
+        };
+        match self.log.append(request).await {
+            Ok(result) => Ok(result.last_position),
+            Err(AppendError::Conflict { expected, actual, .. }) => Err(CommandError::VersionConflict {
+                expected: match expected {
+                    ExpectedVersion::Exact(v) => v,
+                    _ => 0,
+                },
+                actual,
+            }),
+            Err(AppendError::Reserved { key }) => {
+                let (kind, value) = key.split_once(':').unwrap_or(("value", key.as_str()));
+                Err(CommandError::Taken { kind: kind.to_string(), value: value.to_string() })
+            }
+            Err(e) => Err(CommandError::Storage(e.to_string())),
+        }
+    }
+
     /// What a decision in this tenant depends on: now, and the application's config.
     pub async fn context(&self, tenant: &Tenant) -> Result<Context, CommandError> {
         let (config, _) = self.config(tenant).await?;

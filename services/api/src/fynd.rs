@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::Method;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put, MethodRouter};
+use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::{Extension, Json};
 use serde_json::json;
 use userstream_domain::user::UserCommand;
@@ -23,6 +23,8 @@ pub const PREFIX: &str = "/service/platform/user/v1.0/company/{company_id}/appli
 /// Every route of the surface, relative to [`PREFIX`]: the router is built
 /// from this table, and the tenant-isolation test walks it.
 pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    use crate::attributes as a;
+    use crate::groups as g;
     use crate::platform_config::{get_config, update_config};
     use crate::sessions::{create_session, delete_session, delete_sessions, list_sessions, use_session};
     vec![
@@ -41,6 +43,26 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::POST, "/platform/config", post(update_config)),
         (Method::PUT, "/customers/{user_id}", put(update_user)),
         (Method::GET, "/customers/{user_id}", get(get_user)),
+        (Method::POST, "/user_attribute/definition", post(a::create_definition)),
+        (Method::GET, "/user_attribute/definition", get(a::list_definitions)),
+        (Method::GET, "/user_attribute/definition/{definition_id}", get(a::get_definition)),
+        (Method::PUT, "/user_attribute/definition/{definition_id}", put(a::update_definition)),
+        (Method::DELETE, "/user_attribute/definition/{definition_id}", delete(a::delete_definition)),
+        (Method::PUT, "/user_attribute/definition/{definition_id}/user/{user_id}", put(a::upsert_value)),
+        (Method::GET, "/user_attribute/definition/{definition_id}/user/{user_id}", get(a::get_value)),
+        (Method::DELETE, "/user_attribute/definition/{definition_id}/user/{user_id}", delete(a::delete_value)),
+        (Method::GET, "/user_attribute/user/{user_id}", get(a::user_values)),
+        (Method::GET, "/user_attribute/attribute/{attribute_id}", get(a::value_by_id)),
+        (Method::POST, "/user_group", post(g::create_group)),
+        (Method::GET, "/user_group", get(g::list_groups)),
+        (Method::GET, "/user_group/tags", get(g::group_tags)),
+        (Method::GET, "/user_group/categories", get(g::group_categories)),
+        (Method::GET, "/user_group/{group_id}", get(g::get_group)),
+        (Method::PUT, "/user_group/{group_id}", put(g::update_group)),
+        (Method::PATCH, "/user_group/{group_id}", patch(g::patch_group)),
+        (Method::DELETE, "/user_group/{group_id}", delete(g::delete_group)),
+        (Method::GET, "/user_group/{group_id}/users", get(g::group_members)),
+        (Method::POST, "/user_group/{group_id}/refresh", post(g::refresh_group)),
     ]
 }
 

@@ -1,12 +1,16 @@
 //! Command handling and the HTTP surfaces of userstream.
 
 pub mod access;
+pub mod attributes;
 pub mod auth;
 pub mod commands;
+pub mod crypto;
 pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod fynd;
+pub mod groups;
+pub mod members_file;
 pub mod oauth;
 pub mod ops;
 pub mod passage;
@@ -21,7 +25,11 @@ use commands::Commands;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
+use userstream_eventlog::keys::KeyStore;
 use userstream_eventlog::{Db, SqlEventLog};
+use userstream_projections::engine::{Engine, EngineHandle};
+use userstream_projections::read_models::attributes::{AttributesProjection, AttributesQuery};
+use userstream_projections::read_models::groups::{GroupsProjection, GroupsQuery};
 use userstream_projections::read_models::users::{UsersProjection, UsersQuery};
 use userstream_projections::{Runner, RunnerHandle};
 
@@ -37,6 +45,8 @@ pub struct Config {
     pub body_limit: usize,
     /// How often projections poll for appends by other processes.
     pub poll_interval: Duration,
+    /// AES-256 key (base64) for encrypted attributes; `None` keeps one in the database.
+    pub attribute_key: Option<String>,
 }
 
 impl Config {
@@ -47,6 +57,7 @@ impl Config {
             ready_lag: 10_000,
             body_limit: 1024 * 1024,
             poll_interval: Duration::from_millis(500),
+            attribute_key: None,
         }
     }
 }
@@ -62,6 +73,12 @@ pub struct Shared {
     pub queries: UsersQuery,
     /// The users projection, which customer queries wait on.
     pub users: RunnerHandle,
+    pub attributes: RunnerHandle,
+    pub groups: RunnerHandle,
+    pub engine: EngineHandle,
+    pub attribute_queries: AttributesQuery,
+    pub group_queries: GroupsQuery,
+    pub sealer: crypto::Sealer,
     /// Every projection of this process, for readiness.
     pub runners: Vec<RunnerHandle>,
 }
@@ -79,18 +96,35 @@ impl Service {
         let db = Db::connect(&config.database_url).await?;
         let log = SqlEventLog::open(db.clone()).await?;
         let access = access::Access::open(db.clone()).await?;
-        let runner = Runner::new(log.clone(), UsersProjection).await?;
-        let users = runner.handle();
+        let sealer = attributes::sealer(config.attribute_key.as_deref(), &KeyStore::open(db.clone()).await?).await?;
         let cancel = CancellationToken::new();
-        let tasks = vec![tokio::spawn(runner.run(cancel.clone(), config.poll_interval))];
+        let poll = config.poll_interval;
+        let users_runner = Runner::new(log.clone(), UsersProjection).await?;
+        let attributes_runner = Runner::new(log.clone(), AttributesProjection).await?;
+        let groups_runner = Runner::new(log.clone(), GroupsProjection).await?;
+        let engine = Engine::new(log.clone()).await?;
+        let (users, attrs, groups) = (users_runner.handle(), attributes_runner.handle(), groups_runner.handle());
+        let engine_handle = engine.handle();
+        let tasks = vec![
+            tokio::spawn(users_runner.run(cancel.clone(), poll)),
+            tokio::spawn(attributes_runner.run(cancel.clone(), poll)),
+            tokio::spawn(groups_runner.run(cancel.clone(), poll)),
+            tokio::spawn(engine.run(cancel.clone(), poll)),
+        ];
         let state = AppState::new(Shared {
             config,
             queries: UsersQuery::new(db.clone()),
+            attribute_queries: AttributesQuery::new(db.clone()),
+            group_queries: GroupsQuery::new(db.clone()),
             db,
             commands: Commands::new(log),
             access,
-            runners: vec![users.clone()],
+            runners: vec![users.clone(), attrs.clone(), groups.clone()],
             users,
+            attributes: attrs,
+            groups,
+            engine: engine_handle,
+            sealer,
         });
         Ok(Service { state, cancel, tasks })
     }

@@ -1,0 +1,949 @@
+//! The membership engine: a reactor over the log that keeps rule groups'
+//! members equal to the users whose attributes satisfy the rule, and records
+//! every change as `group.membership_changed` (who joined, who left, which
+//! event caused it).
+//!
+//! - **Incremental**: an attribute change re-evaluates only the groups whose
+//!   conditions name that definition (an index definition → groups), for
+//!   that user. A new user is checked only against rules an empty user can
+//!   satisfy (`not_exists`, `neq` …). Archiving a user makes it leave every
+//!   rule group; restoring re-evaluates it. Blocked users stay members:
+//!   blocking is about access, a segment describes attributes.
+//! - **Full evaluation**: a new rule generation (group created or its
+//!   conditions changed) is evaluated over all users of the application,
+//!   then `group.evaluated` marks the group active.
+//! - **Exactly once** from the log's point of view: a batch is computed from
+//!   the engine's own tables (never from other read models, which may be at
+//!   other positions), its output appended with the idempotency key
+//!   `engine:{first}:{last}` after recording that range as in flight, and
+//!   its state written with the checkpoint in one transaction. After a crash
+//!   the same range is computed again from the same state, gives the same
+//!   output, and the log answers the append as a replay.
+//! - Several instances may each run an engine on one database (leases come
+//!   with the events-out issue): the same range gives the same idempotency
+//!   key, and the members read model applies joins and leaves idempotently.
+
+use crate::ProjectionError;
+use serde_json::Value;
+use sqlx::{AnyConnection, Executor, Row};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use userstream_domain::attribute::{Definition, DefinitionEvent, ValuesEvent};
+use userstream_domain::codec;
+use userstream_domain::group::{Cause, GroupEvaluated, GroupEvent, MembershipChanged};
+use userstream_domain::rules::{self, Compiled, Condition};
+use userstream_domain::user::UserEvent;
+use userstream_eventlog::{
+    AppendRequest, Db, Dialect, EventLog, ExpectedVersion, Migration, NewEvent, RecordedEvent, SqlEventLog,
+    StreamAppend, Tenant,
+};
+
+const DDL: &str = "
+    CREATE TABLE IF NOT EXISTS engine_state (
+        name TEXT PRIMARY KEY,
+        position BIGINT NOT NULL,
+        inflight_from BIGINT,
+        inflight_to BIGINT
+    );
+    CREATE TABLE IF NOT EXISTS engine_users (
+        application_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        company_id TEXT NOT NULL,
+        archived BIGINT NOT NULL,
+        PRIMARY KEY (application_id, user_id)
+    );
+    CREATE TABLE IF NOT EXISTS engine_values (
+        application_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        definition_id TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (application_id, user_id, definition_id)
+    );
+    CREATE INDEX IF NOT EXISTS engine_values_definition ON engine_values (application_id, definition_id);
+    CREATE TABLE IF NOT EXISTS engine_definitions (
+        application_id TEXT NOT NULL,
+        definition_id TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        PRIMARY KEY (application_id, definition_id)
+    );
+    CREATE TABLE IF NOT EXISTS engine_groups (
+        application_id TEXT NOT NULL,
+        group_id TEXT NOT NULL,
+        company_id TEXT NOT NULL,
+        conditions TEXT NOT NULL,
+        rule_version BIGINT NOT NULL,
+        PRIMARY KEY (application_id, group_id)
+    );
+    CREATE TABLE IF NOT EXISTS engine_group_definitions (
+        application_id TEXT NOT NULL,
+        definition_id TEXT NOT NULL,
+        group_id TEXT NOT NULL,
+        PRIMARY KEY (application_id, definition_id, group_id)
+    );
+    CREATE TABLE IF NOT EXISTS engine_members (
+        group_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (group_id, user_id)
+    );
+    CREATE INDEX IF NOT EXISTS engine_members_user ON engine_members (user_id);";
+
+pub const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: DDL, postgres: DDL }];
+
+/// The engine's tables, for rebuilds and comparisons.
+pub const TABLES: &[&str] = &[
+    "engine_state",
+    "engine_users",
+    "engine_values",
+    "engine_definitions",
+    "engine_groups",
+    "engine_group_definitions",
+    "engine_members",
+];
+
+const NAME: &str = "membership";
+const BATCH: i64 = 1000;
+/// Users per `group.membership_changed` event of a full evaluation.
+const USERS_PER_EVENT: usize = 5000;
+const ROWS_PER_STATEMENT: usize = 400;
+
+/// A rule group as the engine holds it.
+#[derive(Debug, Clone)]
+struct RuleGroup {
+    company_id: String,
+    conditions: Vec<Condition>,
+    rule_version: i64,
+    deleted: bool,
+}
+
+/// Everything a batch changes, applied with the checkpoint in one transaction.
+#[derive(Default)]
+struct Overlay {
+    users: BTreeMap<(String, String), (String, bool)>,
+    /// `None` = value deleted.
+    values: BTreeMap<(String, String, String), Option<Value>>,
+    deleted_definitions: Vec<(String, String)>,
+    definitions: BTreeMap<(String, String), Definition>,
+    groups: BTreeMap<(String, String), RuleGroup>,
+    /// Per group: user → member or not, after the batch.
+    members: BTreeMap<String, BTreeMap<String, bool>>,
+    /// Groups whose members are all gone (deleted or turned manual).
+    cleared: BTreeSet<String>,
+}
+
+/// Output of a batch, per tenant: events per group stream.
+type Output = BTreeMap<(String, String), BTreeMap<String, Vec<GroupEvent>>>;
+
+pub struct Engine {
+    log: SqlEventLog,
+    db: Db,
+    position: watch::Sender<i64>,
+    compiled: HashMap<(String, i64), Vec<Compiled>>,
+}
+
+/// A handle on the engine: its checkpoint, to wait for.
+#[derive(Clone)]
+pub struct EngineHandle {
+    position: watch::Receiver<i64>,
+}
+
+impl EngineHandle {
+    pub fn position(&self) -> i64 {
+        *self.position.borrow()
+    }
+
+    pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {
+        let mut rx = self.position.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position)).await.is_ok_and(|r| r.is_ok())
+    }
+}
+
+fn storage(e: sqlx::Error) -> ProjectionError {
+    ProjectionError::Storage(e)
+}
+
+impl Engine {
+    pub async fn new(log: SqlEventLog) -> Result<Engine, ProjectionError> {
+        let db = log.db().clone();
+        db.migrate("membership_engine", MIGRATIONS).await?;
+        let start = {
+            let _turn = db.write_turn().await;
+            sqlx::query(
+                "INSERT INTO engine_state (name, position) VALUES ('membership', 0) ON CONFLICT (name) DO NOTHING",
+            )
+            .execute(&db.pool)
+            .await?;
+            sqlx::query_scalar::<_, i64>("SELECT position FROM engine_state WHERE name = 'membership'")
+                .fetch_one(&db.pool)
+                .await?
+        };
+        let (position, _) = watch::channel(start);
+        Ok(Engine { log, db, position, compiled: HashMap::new() })
+    }
+
+    pub fn handle(&self) -> EngineHandle {
+        EngineHandle { position: self.position.subscribe() }
+    }
+
+    /// Runs until cancelled: wakes on appends, polls as a fallback.
+    pub async fn run(mut self, cancel: CancellationToken, poll: Duration) {
+        let mut head = self.log.watch_head();
+        loop {
+            match self.step().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "membership engine batch failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = head.changed() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// Processes one batch. Returns whether there was anything to do.
+    pub async fn step(&mut self) -> Result<bool, ProjectionError> {
+        let row =
+            sqlx::query("SELECT position, inflight_from, inflight_to FROM engine_state WHERE name = 'membership'")
+                .fetch_one(&self.db.pool)
+                .await?;
+        let position: i64 = row.try_get("position")?;
+        let inflight: (Option<i64>, Option<i64>) = (row.try_get("inflight_from")?, row.try_get("inflight_to")?);
+        let events = match inflight {
+            (Some(from), Some(to)) => {
+                let mut e = self.log.read_all(from - 1, to - from + 1).await?;
+                e.retain(|e| e.position <= to);
+                e
+            }
+            _ => self.log.read_all(position, BATCH).await?,
+        };
+        let (Some(first), Some(last)) = (events.first().map(|e| e.position), events.last().map(|e| e.position)) else {
+            return Ok(false);
+        };
+        let mut overlay = Overlay::default();
+        let mut output = Output::new();
+        for event in &events {
+            self.apply(event, &mut overlay, &mut output).await?;
+        }
+        self.evaluate_new_generations(&mut overlay, &mut output, last).await?;
+        if output.values().any(|streams| !streams.is_empty()) {
+            sqlx::query("UPDATE engine_state SET inflight_from = $1, inflight_to = $2 WHERE name = 'membership'")
+                .bind(first)
+                .bind(last)
+                .execute(&self.db.pool)
+                .await?;
+            self.append(output, first, last).await?;
+        }
+        self.commit(overlay, last).await?;
+        self.position.send_replace(last);
+        Ok(true)
+    }
+
+    async fn append(&self, output: Output, first: i64, last: i64) -> Result<(), ProjectionError> {
+        let now = OffsetDateTime::now_utc();
+        for ((company_id, application_id), streams) in output {
+            if streams.is_empty() {
+                continue;
+            }
+            let request = AppendRequest {
+                tenant: Tenant { company_id, application_id },
+                actor: "membership-engine".into(),
+                correlation_id: format!("engine:{first}:{last}"),
+                causation_id: None,
+                streams: streams
+                    .into_iter()
+                    .map(|(group_id, events)| StreamAppend {
+                        stream: format!("group-{group_id}"),
+                        expected: ExpectedVersion::Any,
+                        events: events
+                            .iter()
+                            .map(|e| {
+                                let encoded = codec::encode_group(e);
+                                NewEvent {
+                                    event_id: uuid::Uuid::now_v7(),
+                                    event_type: encoded.event_type.to_string(),
+                                    schema: i64::from(encoded.schema),
+                                    occurred_at: now,
+                                    data: encoded.data,
+                                }
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                reserve: vec![],
+                release: vec![],
+                idempotency_key: Some(format!("engine:{first}:{last}")),
+            };
+            self.log
+                .append(request)
+                .await
+                .map_err(|e| ProjectionError::Storage(sqlx::Error::Protocol(e.to_string())))?;
+        }
+        Ok(())
+    }
+
+    // -- reading state: the overlay first, then the engine's tables ----------
+
+    async fn group(&self, overlay: &Overlay, app: &str, group_id: &str) -> Result<Option<RuleGroup>, sqlx::Error> {
+        if let Some(g) = overlay.groups.get(&(app.to_string(), group_id.to_string())) {
+            return Ok(Some(g.clone()));
+        }
+        let row = sqlx::query("SELECT company_id, conditions, rule_version FROM engine_groups WHERE application_id = $1 AND group_id = $2")
+            .bind(app)
+            .bind(group_id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        row.map(|r| {
+            let text: String = r.try_get("conditions")?;
+            Ok(RuleGroup {
+                company_id: r.try_get("company_id")?,
+                conditions: serde_json::from_str(&text).unwrap_or_default(),
+                rule_version: r.try_get("rule_version")?,
+                deleted: false,
+            })
+        })
+        .transpose()
+    }
+
+    /// Rule groups of the application whose conditions name `definition_id`.
+    async fn groups_using(
+        &self,
+        overlay: &Overlay,
+        app: &str,
+        definition_id: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let mut ids: BTreeSet<String> = sqlx::query_scalar::<_, String>(
+            "SELECT group_id FROM engine_group_definitions WHERE application_id = $1 AND definition_id = $2",
+        )
+        .bind(app)
+        .bind(definition_id)
+        .fetch_all(&self.db.pool)
+        .await?
+        .into_iter()
+        .collect();
+        for ((a, id), g) in &overlay.groups {
+            if a == app {
+                if g.conditions.iter().any(|c| c.user_attribute_definition_id == definition_id) && !g.deleted {
+                    ids.insert(id.clone());
+                } else {
+                    ids.remove(id);
+                }
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+
+    async fn all_rule_groups(&self, overlay: &Overlay, app: &str) -> Result<Vec<String>, sqlx::Error> {
+        let mut ids: BTreeSet<String> =
+            sqlx::query_scalar::<_, String>("SELECT group_id FROM engine_groups WHERE application_id = $1")
+                .bind(app)
+                .fetch_all(&self.db.pool)
+                .await?
+                .into_iter()
+                .collect();
+        for ((a, id), g) in &overlay.groups {
+            if a == app {
+                if g.deleted || g.conditions.is_empty() {
+                    ids.remove(id);
+                } else {
+                    ids.insert(id.clone());
+                }
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+
+    async fn definition(&self, overlay: &Overlay, app: &str, id: &str) -> Result<Option<Definition>, sqlx::Error> {
+        if let Some(d) = overlay.definitions.get(&(app.to_string(), id.to_string())) {
+            return Ok(Some(d.clone()));
+        }
+        let text = sqlx::query_scalar::<_, String>(
+            "SELECT definition FROM engine_definitions WHERE application_id = $1 AND definition_id = $2",
+        )
+        .bind(app)
+        .bind(id)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// The compiled rule of a group generation; a rule that no longer
+    /// compiles (a definition changed under it) matches nobody.
+    async fn rule(
+        &mut self,
+        overlay: &Overlay,
+        app: &str,
+        group_id: &str,
+        g: &RuleGroup,
+    ) -> Result<Vec<Compiled>, sqlx::Error> {
+        let key = (group_id.to_string(), g.rule_version);
+        if let Some(r) = self.compiled.get(&key) {
+            return Ok(r.clone());
+        }
+        let mut defs = Vec::new();
+        for c in &g.conditions {
+            if let Some(d) = self.definition(overlay, app, &c.user_attribute_definition_id).await? {
+                defs.push(d);
+            }
+        }
+        let compiled = rules::compile(&g.conditions, |id| defs.iter().find(|d| d.id == id)).unwrap_or_else(|e| {
+            tracing::warn!(group_id, error = %e, "rule does not compile; it matches nobody");
+            Vec::new()
+        });
+        if self.compiled.len() > 10_000 {
+            self.compiled.clear();
+        }
+        self.compiled.insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    async fn user_values(
+        &self,
+        overlay: &Overlay,
+        app: &str,
+        user: &str,
+    ) -> Result<HashMap<String, Value>, sqlx::Error> {
+        let rows =
+            sqlx::query("SELECT definition_id, value FROM engine_values WHERE application_id = $1 AND user_id = $2")
+                .bind(app)
+                .bind(user)
+                .fetch_all(&self.db.pool)
+                .await?;
+        let mut values = HashMap::new();
+        for r in rows {
+            let text: String = r.try_get("value")?;
+            values.insert(r.try_get("definition_id")?, serde_json::from_str(&text).unwrap_or(Value::Null));
+        }
+        for (def_app, def) in &overlay.deleted_definitions {
+            if def_app == app {
+                values.remove(def);
+            }
+        }
+        for ((a, u, d), v) in overlay.values.range((app.to_string(), user.to_string(), String::new())..) {
+            if a != app || u != user {
+                break;
+            }
+            match v {
+                Some(v) => values.insert(d.clone(), v.clone()),
+                None => values.remove(d),
+            };
+        }
+        Ok(values)
+    }
+
+    async fn is_member(&self, overlay: &Overlay, group_id: &str, user: &str) -> Result<bool, sqlx::Error> {
+        if let Some(m) = overlay.members.get(group_id).and_then(|m| m.get(user)) {
+            return Ok(*m);
+        }
+        if overlay.cleared.contains(group_id) {
+            return Ok(false);
+        }
+        let found = sqlx::query("SELECT 1 AS one FROM engine_members WHERE group_id = $1 AND user_id = $2")
+            .bind(group_id)
+            .bind(user)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn archived(&self, overlay: &Overlay, app: &str, user: &str) -> Result<Option<bool>, sqlx::Error> {
+        if let Some((_, a)) = overlay.users.get(&(app.to_string(), user.to_string())) {
+            return Ok(Some(*a));
+        }
+        let row = sqlx::query_scalar::<_, i64>(
+            "SELECT archived FROM engine_users WHERE application_id = $1 AND user_id = $2",
+        )
+        .bind(app)
+        .bind(user)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(row.map(|a| a != 0))
+    }
+
+    // -- deciding ------------------------------------------------------------
+
+    /// Re-evaluates `groups` for one user and records joins and leaves.
+    async fn reevaluate(
+        &mut self,
+        overlay: &mut Overlay,
+        output: &mut Output,
+        event: &RecordedEvent,
+        user: &str,
+        groups: &[String],
+    ) -> Result<(), sqlx::Error> {
+        let app = event.application_id.as_str();
+        let live = self.archived(overlay, app, user).await? == Some(false);
+        let values = if live { self.user_values(overlay, app, user).await? } else { HashMap::new() };
+        for group_id in groups {
+            let Some(g) = self.group(overlay, app, group_id).await? else {
+                continue;
+            };
+            if g.deleted || g.conditions.is_empty() {
+                continue;
+            }
+            let rule = self.rule(overlay, app, group_id, &g).await?;
+            let should = live && !rule.is_empty() && rules::matches(&rule, |id| values.get(id));
+            let is = self.is_member(overlay, group_id, user).await?;
+            if should != is {
+                overlay.members.entry(group_id.clone()).or_default().insert(user.to_string(), should);
+                let change = MembershipChanged {
+                    group_id: group_id.clone(),
+                    joined: if should { vec![user.to_string()] } else { vec![] },
+                    left: if should { vec![] } else { vec![user.to_string()] },
+                    unmatched: 0,
+                    cause: Cause::Event { position: event.position, event_type: event.event_type.clone() },
+                    at: event.occurred_at,
+                };
+                output
+                    .entry((g.company_id.clone(), app.to_string()))
+                    .or_default()
+                    .entry(group_id.clone())
+                    .or_default()
+                    .push(GroupEvent::MembershipChanged(change));
+            }
+        }
+        Ok(())
+    }
+
+    /// Groups an empty (new) user can satisfy.
+    async fn groups_matching_empty(&mut self, overlay: &Overlay, app: &str) -> Result<Vec<String>, sqlx::Error> {
+        let mut out = Vec::new();
+        for id in self.all_rule_groups(overlay, app).await? {
+            if let Some(g) = self.group(overlay, app, &id).await? {
+                let rule = self.rule(overlay, app, &id, &g).await?;
+                if !rule.is_empty() && rules::matches(&rule, |_| None) {
+                    out.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn apply(
+        &mut self,
+        event: &RecordedEvent,
+        overlay: &mut Overlay,
+        output: &mut Output,
+    ) -> Result<(), ProjectionError> {
+        let app = event.application_id.clone();
+        let poison =
+            |e: codec::DecodeError| ProjectionError::Poison { position: event.position, reason: e.to_string() };
+        if let Some(user) = event.stream.strip_prefix("user-") {
+            let decoded =
+                userstream_domain::decode(&event.event_type, event.schema as u32, &event.data).map_err(poison)?;
+            let key = (app.clone(), user.to_string());
+            match decoded {
+                UserEvent::Created(_) => {
+                    overlay.users.insert(key, (event.company_id.clone(), false));
+                    let groups = self.groups_matching_empty(overlay, &app).await?;
+                    self.reevaluate(overlay, output, event, user, &groups).await?;
+                }
+                UserEvent::Archived(_) | UserEvent::Restored(_) => {
+                    let archived = matches!(decoded, UserEvent::Archived(_));
+                    overlay.users.insert(key, (event.company_id.clone(), archived));
+                    let groups = self.all_rule_groups(overlay, &app).await?;
+                    self.reevaluate(overlay, output, event, user, &groups).await?;
+                }
+                _ => {}
+            }
+        } else if let Some(user) = event.stream.strip_prefix("attrs-") {
+            let decoded = codec::decode_values(&event.event_type, event.schema as u32, &event.data).map_err(poison)?;
+            let (definition_id, value) = match decoded {
+                ValuesEvent::Upserted(e) => (e.definition_id, Some(e.value)),
+                ValuesEvent::Deleted(e) => (e.definition_id, None),
+            };
+            overlay.values.insert((app.clone(), user.to_string(), definition_id.clone()), value);
+            let groups = self.groups_using(overlay, &app, &definition_id).await?;
+            self.reevaluate(overlay, output, event, user, &groups).await?;
+        } else if event.stream.starts_with("attrdef-") {
+            match codec::decode_definition(&event.event_type, event.schema as u32, &event.data).map_err(poison)? {
+                DefinitionEvent::Created(e) | DefinitionEvent::Updated(e) => {
+                    self.compiled.retain(|_, _| false);
+                    overlay.definitions.insert((app, e.definition.id.clone()), e.definition);
+                }
+                DefinitionEvent::Deleted(e) => {
+                    self.compiled.retain(|_, _| false);
+                    overlay.values.retain(|(a, _, d), _| !(a == &app && d == &e.definition_id));
+                    overlay.deleted_definitions.push((app, e.definition_id));
+                }
+            }
+        } else if let Some(group_id) = event.stream.strip_prefix("group-") {
+            match codec::decode_group(&event.event_type, event.schema as u32, &event.data).map_err(poison)? {
+                GroupEvent::Created(e) | GroupEvent::Updated(e) => {
+                    let was_rule = self.group(overlay, &app, group_id).await?.is_some_and(|g| !g.conditions.is_empty());
+                    overlay.groups.insert(
+                        (app.clone(), group_id.to_string()),
+                        RuleGroup {
+                            company_id: event.company_id.clone(),
+                            conditions: e.details.conditions.clone(),
+                            rule_version: e.rule_version,
+                            deleted: false,
+                        },
+                    );
+                    if was_rule && !e.details.is_rule() {
+                        self.release_all(overlay, output, event, group_id).await?;
+                    }
+                }
+                GroupEvent::Deleted(_) => {
+                    overlay.groups.insert(
+                        (app.clone(), group_id.to_string()),
+                        RuleGroup {
+                            company_id: event.company_id.clone(),
+                            conditions: vec![],
+                            rule_version: 0,
+                            deleted: true,
+                        },
+                    );
+                    overlay.members.remove(group_id);
+                    overlay.cleared.insert(group_id.to_string());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A rule group turned manual: every rule member leaves.
+    async fn release_all(
+        &self,
+        overlay: &mut Overlay,
+        output: &mut Output,
+        event: &RecordedEvent,
+        group_id: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut members: BTreeSet<String> =
+            sqlx::query_scalar::<_, String>("SELECT user_id FROM engine_members WHERE group_id = $1")
+                .bind(group_id)
+                .fetch_all(&self.db.pool)
+                .await?
+                .into_iter()
+                .collect();
+        for (u, m) in overlay.members.remove(group_id).unwrap_or_default() {
+            if m {
+                members.insert(u);
+            } else {
+                members.remove(&u);
+            }
+        }
+        overlay.cleared.insert(group_id.to_string());
+        let left: Vec<String> = members.into_iter().collect();
+        let streams = output.entry((event.company_id.clone(), event.application_id.clone())).or_default();
+        for chunk in left.chunks(USERS_PER_EVENT) {
+            streams.entry(group_id.to_string()).or_default().push(GroupEvent::MembershipChanged(MembershipChanged {
+                group_id: group_id.to_string(),
+                joined: vec![],
+                left: chunk.to_vec(),
+                unmatched: 0,
+                cause: Cause::Event { position: event.position, event_type: event.event_type.clone() },
+                at: event.occurred_at,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Evaluates every rule generation the batch created over all users of
+    /// its application, then marks it evaluated.
+    async fn evaluate_new_generations(
+        &mut self,
+        overlay: &mut Overlay,
+        output: &mut Output,
+        last: i64,
+    ) -> Result<(), ProjectionError> {
+        let fresh: Vec<((String, String), RuleGroup)> = overlay
+            .groups
+            .iter()
+            .filter(|(_, g)| !g.deleted && !g.conditions.is_empty())
+            .map(|(k, g)| (k.clone(), g.clone()))
+            .collect();
+        for ((app, group_id), g) in fresh {
+            let stored = sqlx::query_scalar::<_, i64>(
+                "SELECT rule_version FROM engine_groups WHERE application_id = $1 AND group_id = $2",
+            )
+            .bind(&app)
+            .bind(&group_id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+            if stored == Some(g.rule_version) {
+                continue;
+            }
+            let rule = self.rule(overlay, &app, &group_id, &g).await?;
+            let matching = self.matching_users(overlay, &app, &rule).await?;
+            let mut current: BTreeSet<String> = if overlay.cleared.contains(&group_id) {
+                BTreeSet::new()
+            } else {
+                sqlx::query_scalar::<_, String>("SELECT user_id FROM engine_members WHERE group_id = $1")
+                    .bind(&group_id)
+                    .fetch_all(&self.db.pool)
+                    .await?
+                    .into_iter()
+                    .collect()
+            };
+            for (u, m) in overlay.members.get(&group_id).cloned().unwrap_or_default() {
+                if m {
+                    current.insert(u);
+                } else {
+                    current.remove(&u);
+                }
+            }
+            let joined: Vec<String> = matching.difference(&current).cloned().collect();
+            let left: Vec<String> = current.difference(&matching).cloned().collect();
+            let members = overlay.members.entry(group_id.clone()).or_default();
+            for u in &joined {
+                members.insert(u.clone(), true);
+            }
+            for u in &left {
+                members.insert(u.clone(), false);
+            }
+            let now = OffsetDateTime::now_utc();
+            let events =
+                output.entry((g.company_id.clone(), app.clone())).or_default().entry(group_id.clone()).or_default();
+            let cause = Cause::Evaluation { rule_version: g.rule_version };
+            for chunk in joined.chunks(USERS_PER_EVENT) {
+                events.push(GroupEvent::MembershipChanged(MembershipChanged {
+                    group_id: group_id.clone(),
+                    joined: chunk.to_vec(),
+                    left: vec![],
+                    unmatched: 0,
+                    cause: cause.clone(),
+                    at: now,
+                }));
+            }
+            for chunk in left.chunks(USERS_PER_EVENT) {
+                events.push(GroupEvent::MembershipChanged(MembershipChanged {
+                    group_id: group_id.clone(),
+                    joined: vec![],
+                    left: chunk.to_vec(),
+                    unmatched: 0,
+                    cause: cause.clone(),
+                    at: now,
+                }));
+            }
+            events.push(GroupEvent::Evaluated(GroupEvaluated {
+                group_id: group_id.clone(),
+                rule_version: g.rule_version,
+                at: now,
+            }));
+            tracing::debug!(group_id, joined = joined.len(), left = left.len(), last, "rule evaluated");
+        }
+        Ok(())
+    }
+
+    /// Every live user of the application the rule matches, from the engine's
+    /// tables plus the batch's overlay.
+    async fn matching_users(
+        &self,
+        overlay: &Overlay,
+        app: &str,
+        rule: &[Compiled],
+    ) -> Result<BTreeSet<String>, sqlx::Error> {
+        if rule.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let mut live: BTreeSet<String> = sqlx::query_scalar::<_, String>(
+            "SELECT user_id FROM engine_users WHERE application_id = $1 AND archived = 0",
+        )
+        .bind(app)
+        .fetch_all(&self.db.pool)
+        .await?
+        .into_iter()
+        .collect();
+        for ((a, u), (_, archived)) in &overlay.users {
+            if a == app {
+                if *archived {
+                    live.remove(u);
+                } else {
+                    live.insert(u.clone());
+                }
+            }
+        }
+        let definitions: BTreeSet<&str> = rule.iter().map(|c| c.definition_id.as_str()).collect();
+        let mut values: HashMap<String, HashMap<String, Value>> = HashMap::new();
+        for d in &definitions {
+            if overlay.deleted_definitions.iter().any(|(a, id)| a == app && id == d) {
+                continue;
+            }
+            let rows = sqlx::query(
+                "SELECT user_id, value FROM engine_values WHERE application_id = $1 AND definition_id = $2",
+            )
+            .bind(app)
+            .bind(*d)
+            .fetch_all(&self.db.pool)
+            .await?;
+            for r in rows {
+                let text: String = r.try_get("value")?;
+                values
+                    .entry(r.try_get("user_id")?)
+                    .or_default()
+                    .insert(d.to_string(), serde_json::from_str(&text).unwrap_or(Value::Null));
+            }
+        }
+        for ((a, u, d), v) in &overlay.values {
+            if a == app && definitions.contains(d.as_str()) {
+                let entry = values.entry(u.clone()).or_default();
+                match v {
+                    Some(v) => entry.insert(d.clone(), v.clone()),
+                    None => entry.remove(d),
+                };
+            }
+        }
+        let empty = HashMap::new();
+        Ok(live
+            .into_iter()
+            .filter(|u| {
+                let vals = values.get(u).unwrap_or(&empty);
+                rules::matches(rule, |id| vals.get(id))
+            })
+            .collect())
+    }
+
+    // -- writing state with the checkpoint -----------------------------------
+
+    async fn commit(&self, overlay: Overlay, last: i64) -> Result<(), ProjectionError> {
+        let _turn = self.db.write_turn().await;
+        let mut conn = self.db.pool.acquire().await.map_err(storage)?;
+        conn.execute(self.db.begin_write()).await?;
+        let result = write_overlay(&mut conn, self.db.dialect, &overlay, last).await;
+        match result {
+            Ok(()) => {
+                conn.execute("COMMIT").await?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = conn.execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
+    }
+}
+
+async fn write_overlay(
+    conn: &mut AnyConnection,
+    _dialect: Dialect,
+    o: &Overlay,
+    last: i64,
+) -> Result<(), ProjectionError> {
+    for ((app, user), (company, archived)) in &o.users {
+        sqlx::query("INSERT INTO engine_users (application_id, user_id, company_id, archived) VALUES ($1, $2, $3, $4) ON CONFLICT (application_id, user_id) DO UPDATE SET archived = $4")
+            .bind(app)
+            .bind(user)
+            .bind(company)
+            .bind(i64::from(*archived))
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (app, def) in &o.deleted_definitions {
+        sqlx::query("DELETE FROM engine_values WHERE application_id = $1 AND definition_id = $2")
+            .bind(app)
+            .bind(def)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM engine_definitions WHERE application_id = $1 AND definition_id = $2")
+            .bind(app)
+            .bind(def)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for ((app, user, def), value) in &o.values {
+        match value {
+            Some(v) => {
+                sqlx::query("INSERT INTO engine_values (application_id, user_id, definition_id, value) VALUES ($1, $2, $3, $4) ON CONFLICT (application_id, user_id, definition_id) DO UPDATE SET value = $4")
+                    .bind(app)
+                    .bind(user)
+                    .bind(def)
+                    .bind(v.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            None => {
+                sqlx::query(
+                    "DELETE FROM engine_values WHERE application_id = $1 AND user_id = $2 AND definition_id = $3",
+                )
+                .bind(app)
+                .bind(user)
+                .bind(def)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+    }
+    for ((app, def), d) in &o.definitions {
+        sqlx::query("INSERT INTO engine_definitions (application_id, definition_id, definition) VALUES ($1, $2, $3) ON CONFLICT (application_id, definition_id) DO UPDATE SET definition = $3")
+            .bind(app)
+            .bind(def)
+            .bind(serde_json::to_string(d).unwrap_or_default())
+            .execute(&mut *conn)
+            .await?;
+    }
+    for ((app, group_id), g) in &o.groups {
+        sqlx::query("DELETE FROM engine_group_definitions WHERE application_id = $1 AND group_id = $2")
+            .bind(app)
+            .bind(group_id)
+            .execute(&mut *conn)
+            .await?;
+        if g.deleted || g.conditions.is_empty() {
+            sqlx::query("DELETE FROM engine_groups WHERE application_id = $1 AND group_id = $2")
+                .bind(app)
+                .bind(group_id)
+                .execute(&mut *conn)
+                .await?;
+            continue;
+        }
+        sqlx::query("INSERT INTO engine_groups (application_id, group_id, company_id, conditions, rule_version) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (application_id, group_id) DO UPDATE SET conditions = $4, rule_version = $5")
+            .bind(app)
+            .bind(group_id)
+            .bind(&g.company_id)
+            .bind(serde_json::to_string(&g.conditions).unwrap_or_default())
+            .bind(g.rule_version)
+            .execute(&mut *conn)
+            .await?;
+        let defs: BTreeSet<&str> = g.conditions.iter().map(|c| c.user_attribute_definition_id.as_str()).collect();
+        for d in defs {
+            sqlx::query("INSERT INTO engine_group_definitions (application_id, definition_id, group_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(app)
+                .bind(d)
+                .bind(group_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    for group_id in &o.cleared {
+        sqlx::query("DELETE FROM engine_members WHERE group_id = $1").bind(group_id).execute(&mut *conn).await?;
+    }
+    for (group_id, members) in &o.members {
+        let joined: Vec<&String> = members.iter().filter(|(_, m)| **m).map(|(u, _)| u).collect();
+        let left: Vec<&String> = members.iter().filter(|(_, m)| !**m).map(|(u, _)| u).collect();
+        for chunk in joined.chunks(ROWS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len()).map(|i| format!("($1, ${})", i + 2)).collect();
+            let sql = format!(
+                "INSERT INTO engine_members (group_id, user_id) VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(group_id);
+            for u in chunk {
+                q = q.bind(u.as_str());
+            }
+            q.execute(&mut *conn).await?;
+        }
+        for chunk in left.chunks(ROWS_PER_STATEMENT) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!("DELETE FROM engine_members WHERE group_id = $1 AND user_id IN ({})", list.join(", "));
+            let mut q = sqlx::query(&sql).bind(group_id);
+            for u in chunk {
+                q = q.bind(u.as_str());
+            }
+            q.execute(&mut *conn).await?;
+        }
+    }
+    sqlx::query("UPDATE engine_state SET position = $1, inflight_from = NULL, inflight_to = NULL WHERE name = $2")
+        .bind(last)
+        .bind(NAME)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

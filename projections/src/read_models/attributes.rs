@@ -1,0 +1,344 @@
+//! The attributes read model: definitions (latest version, deleted ones
+//! flagged) and every user's values. Built from `attribute.*` events only.
+//! Encrypted values are stored as the log has them: ciphertext.
+
+use crate::{Projection, ProjectionError};
+use serde_json::Value;
+use sqlx::{AnyConnection, Row};
+use userstream_domain::attribute::{Definition, DefinitionEvent, ValuesEvent};
+use userstream_domain::codec;
+use userstream_eventlog::{format_time, Db, Migration, RecordedEvent, Tenant};
+
+pub const NAME: &str = "attributes_v1";
+
+const DDL: &str = "
+    CREATE TABLE IF NOT EXISTS attribute_definitions_v1 (
+        company_id TEXT NOT NULL,
+        application_id TEXT NOT NULL,
+        definition_id TEXT NOT NULL,
+        slug TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        deleted BIGINT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (application_id, definition_id)
+    );
+    CREATE INDEX IF NOT EXISTS attribute_definitions_v1_list ON attribute_definitions_v1 (company_id, application_id, deleted, created_at);
+    CREATE TABLE IF NOT EXISTS attribute_values_v1 (
+        company_id TEXT NOT NULL,
+        application_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        definition_id TEXT NOT NULL,
+        attribute_id TEXT NOT NULL,
+        value TEXT NOT NULL,
+        customer_overridden BIGINT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (application_id, user_id, definition_id)
+    );
+    CREATE INDEX IF NOT EXISTS attribute_values_v1_id ON attribute_values_v1 (application_id, attribute_id);
+    CREATE INDEX IF NOT EXISTS attribute_values_v1_definition ON attribute_values_v1 (application_id, definition_id);";
+
+const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: DDL, postgres: DDL }];
+
+pub const TABLES: &[&str] = &["attribute_definitions_v1", "attribute_values_v1"];
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttributesProjection;
+
+fn poison(event: &RecordedEvent, e: impl std::fmt::Display) -> ProjectionError {
+    ProjectionError::Poison { position: event.position, reason: e.to_string() }
+}
+
+impl Projection for AttributesProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn migrations(&self) -> &'static [Migration] {
+        MIGRATIONS
+    }
+
+    async fn apply(&self, conn: &mut AnyConnection, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        let app = event.application_id.as_str();
+        if let Some(definition_id) = event.stream.strip_prefix("attrdef-") {
+            let decoded = codec::decode_definition(&event.event_type, event.schema as u32, &event.data)
+                .map_err(|e| poison(event, e))?;
+            match decoded {
+                DefinitionEvent::Created(e) | DefinitionEvent::Updated(e) => {
+                    let d = &e.definition;
+                    let text = serde_json::to_string(d).map_err(|e| poison(event, e))?;
+                    let at = format_time(e.at);
+                    sqlx::query(
+                        "INSERT INTO attribute_definitions_v1 (company_id, application_id, definition_id, slug, name, kind, definition, version, deleted, created_at, updated_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $9)
+                         ON CONFLICT (application_id, definition_id) DO UPDATE SET slug = $4, name = $5, kind = $6, definition = $7, version = $8, updated_at = $9
+                         WHERE attribute_definitions_v1.version < $8",
+                    )
+                    .bind(&event.company_id)
+                    .bind(app)
+                    .bind(definition_id)
+                    .bind(&d.slug)
+                    .bind(&d.name)
+                    .bind(d.kind.as_str())
+                    .bind(text)
+                    .bind(event.version)
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                DefinitionEvent::Deleted(e) => {
+                    sqlx::query("UPDATE attribute_definitions_v1 SET deleted = 1, version = $1, updated_at = $2 WHERE application_id = $3 AND definition_id = $4")
+                        .bind(event.version)
+                        .bind(format_time(e.at))
+                        .bind(app)
+                        .bind(definition_id)
+                        .execute(&mut *conn)
+                        .await?;
+                    // A deleted definition takes its values with it.
+                    sqlx::query("DELETE FROM attribute_values_v1 WHERE application_id = $1 AND definition_id = $2")
+                        .bind(app)
+                        .bind(definition_id)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+            }
+        } else if let Some(user_id) = event.stream.strip_prefix("attrs-") {
+            let decoded = codec::decode_values(&event.event_type, event.schema as u32, &event.data)
+                .map_err(|e| poison(event, e))?;
+            match decoded {
+                ValuesEvent::Upserted(e) => {
+                    let at = format_time(e.at);
+                    sqlx::query(
+                        "INSERT INTO attribute_values_v1 (company_id, application_id, user_id, definition_id, attribute_id, value, customer_overridden, created_at, updated_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+                         ON CONFLICT (application_id, user_id, definition_id) DO UPDATE SET attribute_id = $5, value = $6, customer_overridden = $7, updated_at = $8",
+                    )
+                    .bind(&event.company_id)
+                    .bind(app)
+                    .bind(user_id)
+                    .bind(&e.definition_id)
+                    .bind(&e.attribute_id)
+                    .bind(e.value.to_string())
+                    .bind(i64::from(e.customer_overridden))
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                ValuesEvent::Deleted(e) => {
+                    sqlx::query("DELETE FROM attribute_values_v1 WHERE application_id = $1 AND user_id = $2 AND definition_id = $3")
+                        .bind(app)
+                        .bind(user_id)
+                        .bind(&e.definition_id)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A definition row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DefinitionRow {
+    pub definition: Definition,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: i64,
+}
+
+/// A value row; `value` is ciphertext for encrypted definitions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueRow {
+    pub user_id: String,
+    pub definition_id: String,
+    pub attribute_id: String,
+    pub value: Value,
+    pub customer_overridden: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Filters of the definition list (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct DefinitionFilter {
+    pub excluding_ids: Vec<String>,
+    pub slug: Option<String>,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub customer_editable: Option<bool>,
+    pub encrypted: Option<bool>,
+    pub pinned: Option<bool>,
+    pub pin_order: Option<i64>,
+    pub is_locked: Option<bool>,
+}
+
+#[derive(Clone)]
+pub struct AttributesQuery {
+    db: Db,
+}
+
+fn decode_definition(row: &sqlx::any::AnyRow) -> Result<DefinitionRow, sqlx::Error> {
+    let text: String = row.try_get("definition")?;
+    let definition = serde_json::from_str(&text)
+        .map_err(|e| sqlx::Error::ColumnDecode { index: "definition".into(), source: Box::new(e) })?;
+    Ok(DefinitionRow {
+        definition,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        version: row.try_get("version")?,
+    })
+}
+
+fn decode_value(row: &sqlx::any::AnyRow) -> Result<ValueRow, sqlx::Error> {
+    let text: String = row.try_get("value")?;
+    Ok(ValueRow {
+        user_id: row.try_get("user_id")?,
+        definition_id: row.try_get("definition_id")?,
+        attribute_id: row.try_get("attribute_id")?,
+        value: serde_json::from_str(&text)
+            .map_err(|e| sqlx::Error::ColumnDecode { index: "value".into(), source: Box::new(e) })?,
+        customer_overridden: row.try_get::<i64, _>("customer_overridden")? != 0,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+const VALUE_COLUMNS: &str =
+    "user_id, definition_id, attribute_id, value, customer_overridden, created_at, updated_at, company_id";
+
+impl AttributesQuery {
+    pub fn new(db: Db) -> Self {
+        AttributesQuery { db }
+    }
+
+    /// A live definition of the tenant.
+    pub async fn definition(&self, tenant: &Tenant, id: &str) -> Result<Option<DefinitionRow>, sqlx::Error> {
+        let row = sqlx::query("SELECT definition, created_at, updated_at, version, company_id FROM attribute_definitions_v1 WHERE application_id = $1 AND definition_id = $2 AND deleted = 0")
+            .bind(&tenant.application_id)
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        match row {
+            Some(r) if r.try_get::<String, _>("company_id")? == tenant.company_id => Ok(Some(decode_definition(&r)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Every live definition of the tenant, oldest first (an application has tens, not thousands).
+    pub async fn definitions(&self, tenant: &Tenant) -> Result<Vec<DefinitionRow>, sqlx::Error> {
+        let rows = sqlx::query("SELECT definition, created_at, updated_at, version FROM attribute_definitions_v1 WHERE company_id = $1 AND application_id = $2 AND deleted = 0 ORDER BY created_at, definition_id")
+            .bind(&tenant.company_id)
+            .bind(&tenant.application_id)
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter().map(decode_definition).collect()
+    }
+
+    /// Definitions matching `filter`, paged; and how many match.
+    pub async fn list_definitions(
+        &self,
+        tenant: &Tenant,
+        filter: &DefinitionFilter,
+        page_no: i64,
+        page_size: i64,
+    ) -> Result<(Vec<DefinitionRow>, i64), sqlx::Error> {
+        let all = self.definitions(tenant).await?;
+        let keep = |r: &DefinitionRow| {
+            let d = &r.definition;
+            !filter.excluding_ids.contains(&d.id)
+                && filter.slug.as_ref().is_none_or(|s| &d.slug == s)
+                && filter.kind.as_ref().is_none_or(|k| d.kind.as_str() == k)
+                && filter.name.as_ref().is_none_or(|n| d.name.to_lowercase().contains(&n.to_lowercase()))
+                && filter.customer_editable.is_none_or(|v| d.customer_editable == v)
+                && filter.encrypted.is_none_or(|v| d.encrypted == v)
+                && filter.pinned.is_none_or(|v| d.pinned == v)
+                && filter.pin_order.is_none_or(|v| d.pin_order == v)
+                && filter.is_locked.is_none_or(|v| d.is_locked == v)
+        };
+        let matching: Vec<DefinitionRow> = all.into_iter().filter(keep).collect();
+        let total = matching.len() as i64;
+        let page = matching.into_iter().skip(((page_no - 1) * page_size) as usize).take(page_size as usize).collect();
+        Ok((page, total))
+    }
+
+    /// One user's value of one definition.
+    pub async fn value(
+        &self,
+        tenant: &Tenant,
+        user_id: &str,
+        definition_id: &str,
+    ) -> Result<Option<ValueRow>, sqlx::Error> {
+        let sql = format!("SELECT {VALUE_COLUMNS} FROM attribute_values_v1 WHERE application_id = $1 AND user_id = $2 AND definition_id = $3");
+        let row = sqlx::query(&sql)
+            .bind(&tenant.application_id)
+            .bind(user_id)
+            .bind(definition_id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        self.own(tenant, row)
+    }
+
+    /// One value by its attribute id.
+    pub async fn value_by_id(&self, tenant: &Tenant, attribute_id: &str) -> Result<Option<ValueRow>, sqlx::Error> {
+        let sql =
+            format!("SELECT {VALUE_COLUMNS} FROM attribute_values_v1 WHERE application_id = $1 AND attribute_id = $2");
+        let row =
+            sqlx::query(&sql).bind(&tenant.application_id).bind(attribute_id).fetch_optional(&self.db.pool).await?;
+        self.own(tenant, row)
+    }
+
+    fn own(&self, tenant: &Tenant, row: Option<sqlx::any::AnyRow>) -> Result<Option<ValueRow>, sqlx::Error> {
+        match row {
+            Some(r) if r.try_get::<String, _>("company_id")? == tenant.company_id => Ok(Some(decode_value(&r)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// A user's values, paged by definition id; and how many there are.
+    pub async fn values_of(
+        &self,
+        tenant: &Tenant,
+        user_id: &str,
+        page_no: i64,
+        page_size: i64,
+    ) -> Result<(Vec<ValueRow>, i64), sqlx::Error> {
+        let sql = format!("SELECT {VALUE_COLUMNS} FROM attribute_values_v1 WHERE company_id = $1 AND application_id = $2 AND user_id = $3 ORDER BY definition_id LIMIT $4 OFFSET $5");
+        let rows = sqlx::query(&sql)
+            .bind(&tenant.company_id)
+            .bind(&tenant.application_id)
+            .bind(user_id)
+            .bind(page_size)
+            .bind((page_no - 1) * page_size)
+            .fetch_all(&self.db.pool)
+            .await?;
+        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM attribute_values_v1 WHERE company_id = $1 AND application_id = $2 AND user_id = $3")
+            .bind(&tenant.company_id)
+            .bind(&tenant.application_id)
+            .bind(user_id)
+            .fetch_one(&self.db.pool)
+            .await?
+            .try_get("n")?;
+        Ok((rows.iter().map(decode_value).collect::<Result<_, _>>()?, total))
+    }
+
+    /// Every value of one definition (to re-check them against a changed definition).
+    pub async fn values_of_definition(
+        &self,
+        tenant: &Tenant,
+        definition_id: &str,
+    ) -> Result<Vec<ValueRow>, sqlx::Error> {
+        let sql = format!("SELECT {VALUE_COLUMNS} FROM attribute_values_v1 WHERE application_id = $1 AND definition_id = $2 AND company_id = $3");
+        let rows = sqlx::query(&sql)
+            .bind(&tenant.application_id)
+            .bind(definition_id)
+            .bind(&tenant.company_id)
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter().map(decode_value).collect()
+    }
+}

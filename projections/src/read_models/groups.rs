@@ -1,0 +1,337 @@
+//! The groups read model: one row per group (details, status, totals) and
+//! its members. Built from `group.*` events only, so membership here is
+//! exactly what the membership events said, in log order.
+
+use crate::{Projection, ProjectionError};
+use serde_json::Value;
+use sqlx::{AnyConnection, Row};
+use userstream_domain::codec;
+use userstream_domain::group::{GroupEvent, GroupWritten};
+use userstream_eventlog::{format_time, Db, Migration, RecordedEvent, Tenant};
+
+pub const NAME: &str = "groups_v1";
+
+const DDL: &str = "
+    CREATE TABLE IF NOT EXISTS groups_v1 (
+        company_id TEXT NOT NULL,
+        application_id TEXT NOT NULL,
+        group_id TEXT NOT NULL,
+        uid BIGINT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        category TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        conditions TEXT NOT NULL,
+        file_url TEXT NOT NULL,
+        rule_version BIGINT NOT NULL,
+        evaluated_version BIGINT NOT NULL,
+        total_users BIGINT NOT NULL,
+        error_count BIGINT NOT NULL,
+        version BIGINT NOT NULL,
+        deleted BIGINT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (application_id, group_id)
+    );
+    CREATE INDEX IF NOT EXISTS groups_v1_list ON groups_v1 (company_id, application_id, deleted, uid);
+    CREATE TABLE IF NOT EXISTS group_members_v1 (
+        group_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        joined_at_position BIGINT NOT NULL,
+        PRIMARY KEY (group_id, user_id)
+    );";
+
+const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: DDL, postgres: DDL }];
+
+pub const TABLES: &[&str] = &["groups_v1", "group_members_v1"];
+
+/// Member rows per multi-row statement.
+const ROWS_PER_STATEMENT: usize = 400;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GroupsProjection;
+
+async fn write_details(conn: &mut AnyConnection, event: &RecordedEvent, e: &GroupWritten) -> Result<(), sqlx::Error> {
+    let d = &e.details;
+    let kind = if d.kind.is_empty() {
+        if d.is_rule() {
+            "conditional"
+        } else {
+            "manual"
+        }
+    } else {
+        d.kind.as_str()
+    };
+    sqlx::query(
+        "INSERT INTO groups_v1 (company_id, application_id, group_id, uid, name, description, kind, category, tags, conditions, file_url, rule_version, evaluated_version, total_users, error_count, version, deleted, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, 0, 0, $13, 0, $14, $14)
+         ON CONFLICT (application_id, group_id) DO UPDATE SET name = $5, description = $6, kind = $7, category = $8, tags = $9, conditions = $10, file_url = $11, rule_version = $12, version = $13, updated_at = $14",
+    )
+    .bind(&event.company_id)
+    .bind(&event.application_id)
+    .bind(&e.group_id)
+    .bind(e.uid)
+    .bind(&d.name)
+    .bind(&d.description)
+    .bind(kind)
+    .bind(&d.category)
+    .bind(serde_json::to_string(&d.tags).unwrap_or_default())
+    .bind(serde_json::to_string(&d.conditions).unwrap_or_default())
+    .bind(&d.file_url)
+    .bind(e.rule_version)
+    .bind(event.version)
+    .bind(format_time(e.at))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+impl Projection for GroupsProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn migrations(&self) -> &'static [Migration] {
+        MIGRATIONS
+    }
+
+    async fn apply(&self, conn: &mut AnyConnection, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        if !event.stream.starts_with("group-") {
+            return Ok(());
+        }
+        let decoded = codec::decode_group(&event.event_type, event.schema as u32, &event.data)
+            .map_err(|e| ProjectionError::Poison { position: event.position, reason: e.to_string() })?;
+        let app = event.application_id.as_str();
+        match decoded {
+            GroupEvent::Created(e) | GroupEvent::Updated(e) => write_details(conn, event, &e).await?,
+            GroupEvent::Deleted(e) => {
+                sqlx::query("UPDATE groups_v1 SET deleted = 1, total_users = 0, updated_at = $1 WHERE application_id = $2 AND group_id = $3")
+                    .bind(format_time(e.at))
+                    .bind(app)
+                    .bind(&e.group_id)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("DELETE FROM group_members_v1 WHERE group_id = $1")
+                    .bind(&e.group_id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            GroupEvent::MembershipChanged(e) => {
+                let mut delta = 0i64;
+                for chunk in e.joined.chunks(ROWS_PER_STATEMENT) {
+                    let values: Vec<String> = (0..chunk.len()).map(|i| format!("($1, ${}, $2)", i + 3)).collect();
+                    let sql = format!(
+                        "INSERT INTO group_members_v1 (group_id, joined_at_position, user_id) VALUES {} ON CONFLICT DO NOTHING",
+                        values.join(", ")
+                    );
+                    let mut query = sqlx::query(&sql).bind(&e.group_id).bind(event.position);
+                    for user in chunk {
+                        query = query.bind(user.as_str());
+                    }
+                    delta += query.execute(&mut *conn).await?.rows_affected() as i64;
+                }
+                for chunk in e.left.chunks(ROWS_PER_STATEMENT) {
+                    let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+                    let sql = format!(
+                        "DELETE FROM group_members_v1 WHERE group_id = $1 AND user_id IN ({})",
+                        list.join(", ")
+                    );
+                    let mut query = sqlx::query(&sql).bind(&e.group_id);
+                    for user in chunk {
+                        query = query.bind(user.as_str());
+                    }
+                    delta -= query.execute(&mut *conn).await?.rows_affected() as i64;
+                }
+                sqlx::query("UPDATE groups_v1 SET total_users = total_users + $1, error_count = error_count + $2, updated_at = $3 WHERE application_id = $4 AND group_id = $5")
+                    .bind(delta)
+                    .bind(e.unmatched)
+                    .bind(format_time(e.at))
+                    .bind(app)
+                    .bind(&e.group_id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            GroupEvent::Evaluated(e) => {
+                sqlx::query("UPDATE groups_v1 SET evaluated_version = $1 WHERE application_id = $2 AND group_id = $3 AND evaluated_version < $1")
+                    .bind(e.rule_version)
+                    .bind(app)
+                    .bind(&e.group_id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupRow {
+    pub group_id: String,
+    pub application_id: String,
+    pub uid: i64,
+    pub name: String,
+    pub description: String,
+    pub kind: String,
+    pub category: String,
+    pub tags: Vec<String>,
+    pub conditions: Value,
+    pub file_url: String,
+    pub rule_version: i64,
+    pub evaluated_version: i64,
+    pub total_users: i64,
+    pub error_count: i64,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl GroupRow {
+    /// `pending` while the engine has not evaluated the current rule over all users.
+    pub fn status(&self) -> &'static str {
+        if self.evaluated_version < self.rule_version {
+            "pending"
+        } else {
+            "active"
+        }
+    }
+}
+
+const GROUP_COLUMNS: &str = "group_id, application_id, company_id, uid, name, description, kind, category, tags, conditions, file_url, rule_version, evaluated_version, total_users, error_count, version, created_at, updated_at";
+
+fn decode_group(row: &sqlx::any::AnyRow) -> Result<GroupRow, sqlx::Error> {
+    let json = |name: &str| -> Result<Value, sqlx::Error> {
+        let text: String = row.try_get(name)?;
+        serde_json::from_str(&text).map_err(|e| sqlx::Error::ColumnDecode { index: name.into(), source: Box::new(e) })
+    };
+    Ok(GroupRow {
+        group_id: row.try_get("group_id")?,
+        application_id: row.try_get("application_id")?,
+        uid: row.try_get("uid")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        kind: row.try_get("kind")?,
+        category: row.try_get("category")?,
+        tags: serde_json::from_value(json("tags")?).unwrap_or_default(),
+        conditions: json("conditions")?,
+        file_url: row.try_get("file_url")?,
+        rule_version: row.try_get("rule_version")?,
+        evaluated_version: row.try_get("evaluated_version")?,
+        total_users: row.try_get("total_users")?,
+        error_count: row.try_get("error_count")?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Filters of the group list.
+#[derive(Debug, Clone, Default)]
+pub struct GroupFilter {
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub status: Option<String>,
+    pub uid: Option<i64>,
+    pub category: Option<String>,
+    pub tags: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct GroupsQuery {
+    db: Db,
+}
+
+impl GroupsQuery {
+    pub fn new(db: Db) -> Self {
+        GroupsQuery { db }
+    }
+
+    pub async fn get(&self, tenant: &Tenant, group_id: &str) -> Result<Option<GroupRow>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {GROUP_COLUMNS} FROM groups_v1 WHERE application_id = $1 AND group_id = $2 AND deleted = 0"
+        );
+        let row = sqlx::query(&sql).bind(&tenant.application_id).bind(group_id).fetch_optional(&self.db.pool).await?;
+        match row {
+            Some(r) if r.try_get::<String, _>("company_id")? == tenant.company_id => Ok(Some(decode_group(&r)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Every live group of the tenant, by uid (tags, categories and filters
+    /// are applied in memory: an application has hundreds or thousands).
+    pub async fn all(&self, tenant: &Tenant) -> Result<Vec<GroupRow>, sqlx::Error> {
+        let sql = format!("SELECT {GROUP_COLUMNS} FROM groups_v1 WHERE company_id = $1 AND application_id = $2 AND deleted = 0 ORDER BY uid");
+        let rows =
+            sqlx::query(&sql).bind(&tenant.company_id).bind(&tenant.application_id).fetch_all(&self.db.pool).await?;
+        rows.iter().map(decode_group).collect()
+    }
+
+    pub async fn list(
+        &self,
+        tenant: &Tenant,
+        filter: &GroupFilter,
+        page_no: i64,
+        page_size: i64,
+    ) -> Result<(Vec<GroupRow>, i64), sqlx::Error> {
+        let keep = |g: &GroupRow| {
+            filter.name.as_ref().is_none_or(|n| g.name.to_lowercase().contains(&n.to_lowercase()))
+                && filter.kind.as_ref().is_none_or(|k| &g.kind == k)
+                && filter.status.as_ref().is_none_or(|s| g.status() == s)
+                && filter.uid.is_none_or(|u| g.uid == u)
+                && filter.category.as_ref().is_none_or(|c| &g.category == c)
+                && filter.tags.iter().all(|t| g.tags.contains(t))
+        };
+        let matching: Vec<GroupRow> = self.all(tenant).await?.into_iter().filter(keep).collect();
+        let total = matching.len() as i64;
+        let page = matching.into_iter().skip(((page_no - 1) * page_size) as usize).take(page_size as usize).collect();
+        Ok((page, total))
+    }
+
+    /// The highest uid given in the application (0 when none).
+    pub async fn max_uid(&self, tenant: &Tenant) -> Result<i64, sqlx::Error> {
+        let row = sqlx::query("SELECT MAX(uid) AS m FROM groups_v1 WHERE application_id = $1")
+            .bind(&tenant.application_id)
+            .fetch_one(&self.db.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>("m")?.unwrap_or(0))
+    }
+
+    /// A page of member ids by user id (keyset: stable while members come and
+    /// go): after `cursor` going forward, or before it going back. `q` narrows
+    /// to members whose email or phone contains it.
+    pub async fn members(
+        &self,
+        tenant: &Tenant,
+        group_id: &str,
+        cursor: Option<&str>,
+        backward: bool,
+        page_size: i64,
+        q: Option<&str>,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let mut sql = String::from("SELECT m.user_id FROM group_members_v1 m WHERE m.group_id = $1");
+        let mut binds: Vec<String> = vec![group_id.to_string()];
+        if let Some(c) = cursor {
+            binds.push(c.to_string());
+            sql.push_str(&format!(" AND m.user_id {} ${}", if backward { "<" } else { ">" }, binds.len()));
+        }
+        if let Some(q) = q {
+            binds.push(tenant.application_id.clone());
+            let app = binds.len();
+            binds.push(format!("%{}%", q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+            sql.push_str(&format!(
+                " AND m.user_id IN (SELECT c.user_id FROM user_contacts_v1 c WHERE c.application_id = ${app} AND c.value LIKE ${} ESCAPE '\\')",
+                binds.len()
+            ));
+        }
+        sql.push_str(&format!(" ORDER BY m.user_id {} LIMIT {}", if backward { "DESC" } else { "ASC" }, page_size));
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for b in &binds {
+            query = query.bind(b.as_str());
+        }
+        let mut ids = query.fetch_all(&self.db.pool).await?;
+        if backward {
+            ids.reverse();
+        }
+        Ok(ids)
+    }
+}

@@ -1,0 +1,676 @@
+//! Attribute definitions and user attribute values on the Fynd surface.
+//!
+//! - Definitions: `slug` is unique per application (a reservation in the
+//!   same append); `is_locked` definitions refuse edits and deletion.
+//! - A definition change that makes stored values invalid is refused with 409
+//!   naming how many; `?invalid_values=delete` applies it and deletes those
+//!   values (each user's delete is its own append, after the definition's).
+//!   `encrypted` cannot change while values exist (409).
+//! - Deleting a definition a group's conditions use is refused with 409
+//!   (no cascade into other people's segments); otherwise its values go with it.
+//! - Values are validated against the definition (400 naming the rule) and,
+//!   for encrypted definitions, sealed before they reach the log.
+
+use crate::commands::{new_user_id, CommandError, Meta};
+use crate::crypto::Sealer;
+use crate::error::ApiError;
+use crate::extract::{tenant, JsonBody, QueryPairs};
+use crate::fynd::{meta, parse_user_id, TenantPath};
+use crate::{auth::Principal, AppState};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use userstream_domain::attribute::{
+    self, AttrError, AttrType, Definition, DefinitionCommand, DefinitionState, NewValue, Validation, ValuesCommand,
+    ValuesState,
+};
+use userstream_domain::codec;
+use userstream_domain::UserId;
+use userstream_eventlog::{EventLog, ExpectedVersion, Reservation, Tenant};
+use userstream_projections::read_models::attributes::{DefinitionFilter, DefinitionRow, ValueRow};
+use userstream_projections::read_models::users::MAX_PAGE_SIZE;
+
+type DefPath = Path<(String, String, String)>;
+type DefUserPath = Path<(String, String, String, String)>;
+
+pub fn definition_stream(id: &str) -> String {
+    format!("attrdef-{id}")
+}
+
+pub fn values_stream(user_id: &str) -> String {
+    format!("attrs-{user_id}")
+}
+
+/// The wire body of create and update. Both spellings of multi-value are accepted.
+#[derive(Debug, Deserialize, Default)]
+pub struct DefinitionBody {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub slug: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(rename = "type", default)]
+    pub kind: Option<AttrType>,
+    #[serde(default, alias = "multi_value")]
+    pub is_multi_value: Option<bool>,
+    #[serde(default)]
+    pub validations: Option<Vec<Validation>>,
+    #[serde(default)]
+    pub default_value: Option<Value>,
+    #[serde(default)]
+    pub encrypted: Option<bool>,
+    #[serde(default)]
+    pub customer_editable: Option<bool>,
+    #[serde(default)]
+    pub pinned: Option<bool>,
+    #[serde(default)]
+    pub pin_order: Option<i64>,
+    #[serde(default)]
+    pub is_locked: Option<bool>,
+    #[serde(default)]
+    pub icon: Option<String>,
+    #[serde(default)]
+    pub ordering_channels: Option<Vec<String>>,
+    #[serde(default)]
+    pub masking: Option<Value>,
+    #[serde(default)]
+    pub registration: Option<Value>,
+}
+
+/// A default value as the SDK sends it (a string), read in the definition's type.
+fn default_value(kind: AttrType, raw: Option<Value>) -> Option<Value> {
+    match raw {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) if matches!(kind, AttrType::Number | AttrType::Boolean | AttrType::Json) => {
+            Some(serde_json::from_str(&s).unwrap_or(Value::String(s)))
+        }
+        Some(v) => Some(v),
+    }
+}
+
+impl DefinitionBody {
+    /// Applies the body over `base` (a new definition, or the current one).
+    fn apply(self, mut d: Definition) -> Definition {
+        if let Some(v) = self.name {
+            d.name = v;
+        }
+        if let Some(v) = self.slug {
+            d.slug = v;
+        }
+        if let Some(v) = self.description {
+            d.description = v;
+        }
+        if let Some(v) = self.kind {
+            d.kind = v;
+        }
+        if let Some(v) = self.is_multi_value {
+            d.multi_value = v;
+        }
+        if let Some(v) = self.validations {
+            d.validations = v;
+        }
+        if self.default_value.is_some() {
+            d.default_value = default_value(d.kind, self.default_value);
+        }
+        if let Some(v) = self.encrypted {
+            d.encrypted = v;
+        }
+        if let Some(v) = self.customer_editable {
+            d.customer_editable = v;
+        }
+        if let Some(v) = self.pinned {
+            d.pinned = v;
+        }
+        if let Some(v) = self.pin_order {
+            d.pin_order = v;
+        }
+        if let Some(v) = self.is_locked {
+            d.is_locked = v;
+        }
+        if let Some(v) = self.icon {
+            d.icon = v;
+        }
+        if let Some(v) = self.ordering_channels {
+            d.ordering_channels = v;
+        }
+        if let Some(v) = self.masking {
+            d.masking = v;
+        }
+        if let Some(v) = self.registration {
+            d.registration = v;
+        }
+        d
+    }
+}
+
+fn attr_error(e: AttrError) -> ApiError {
+    match e {
+        AttrError::NotFound | AttrError::NoValue(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+        AttrError::AlreadyExists => ApiError::new(StatusCode::CONFLICT, "duplicate", e.to_string()),
+        AttrError::Locked(_) => ApiError::new(StatusCode::CONFLICT, "locked", e.to_string()),
+        AttrError::Rule { .. } | AttrError::Invalid { .. } => ApiError::invalid(e.to_string()),
+    }
+}
+
+/// The wire shape of a definition (`UserAttributeDefinition`), no nulls.
+fn definition_json(tenant: &Tenant, d: &Definition, created_at: &str, updated_at: &str, version: i64) -> Value {
+    let mut v = json!({
+        "_id": d.id,
+        "name": d.name,
+        "slug": d.slug,
+        "description": d.description,
+        "application_id": tenant.application_id,
+        "type": d.kind.as_str(),
+        "icon": d.icon,
+        "ordering_channels": d.ordering_channels,
+        "is_multi_value": d.multi_value,
+        "customer_editable": d.customer_editable,
+        "encrypted": d.encrypted,
+        "pinned": d.pinned,
+        "pin_order": d.pin_order,
+        "validations": d.validations,
+        "is_locked": d.is_locked,
+        "created_at": created_at,
+        "modified_at": updated_at,
+        "__v": version,
+    });
+    if let Some(map) = v.as_object_mut() {
+        for (key, value) in [("masking", &d.masking), ("registration", &d.registration)] {
+            if value.is_object() {
+                map.insert(key.into(), value.clone());
+            }
+        }
+        if let Some(default) = &d.default_value {
+            // The SDK's create model types default_value as a string.
+            let text = match default {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            map.insert("default_value".into(), Value::String(text));
+        }
+    }
+    v
+}
+
+fn row_json(tenant: &Tenant, r: &DefinitionRow) -> Value {
+    definition_json(tenant, &r.definition, &r.created_at, &r.updated_at, r.version)
+}
+
+/// Loads a definition stream of the tenant.
+async fn load_definition(state: &AppState, tenant: &Tenant, id: &str) -> Result<(DefinitionState, i64), ApiError> {
+    let events = state.commands.read_stream(&definition_stream(id)).await?;
+    if events.first().is_some_and(|e| e.company_id != tenant.company_id || e.application_id != tenant.application_id) {
+        return Ok((DefinitionState::NotCreated, 0));
+    }
+    let mut s = DefinitionState::NotCreated;
+    for e in &events {
+        let decoded = codec::decode_definition(&e.event_type, e.schema as u32, &e.data).map_err(ApiError::internal)?;
+        s = attribute::evolve_definition(s, &decoded);
+    }
+    Ok((s, events.last().map_or(0, |e| e.version)))
+}
+
+fn slug_key(slug: &str) -> String {
+    format!("slug:{slug}")
+}
+
+async fn consistent(state: &AppState) -> Result<(), ApiError> {
+    let head = state.commands.log().head().await?;
+    let wait = state.config.min_position_wait;
+    if state.attributes.wait_for(head, wait).await && state.groups.wait_for(head, wait).await {
+        Ok(())
+    } else {
+        Err(ApiError::behind(head))
+    }
+}
+
+fn position_header(mut response: Response, position: i64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&position.to_string()) {
+        response.headers_mut().insert("x-event-position", v);
+    }
+    response
+}
+
+pub async fn create_definition(
+    State(state): State<AppState>,
+    path: TenantPath,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<DefinitionBody>,
+) -> Result<Response, ApiError> {
+    let (company_id, application_id) = path.0;
+    let tenant = tenant(company_id, application_id)?;
+    let now = OffsetDateTime::now_utc();
+    let kind = body.kind.ok_or_else(|| {
+        ApiError::invalid("type is required (string, number, boolean, date, datetime, email, phone, enum, json)")
+    })?;
+    let id = new_user_id(now).to_string();
+    let base = Definition {
+        id: id.clone(),
+        name: String::new(),
+        slug: String::new(),
+        description: String::new(),
+        kind,
+        multi_value: false,
+        validations: vec![],
+        default_value: None,
+        encrypted: false,
+        customer_editable: false,
+        pinned: false,
+        pin_order: 0,
+        is_locked: false,
+        icon: String::new(),
+        ordering_channels: vec![],
+        masking: Value::Null,
+        registration: Value::Null,
+    };
+    let definition = body.apply(base);
+    let events =
+        attribute::decide_definition(&DefinitionState::NotCreated, DefinitionCommand::Create(definition.clone()), now)
+            .map_err(attr_error)?;
+    let stream = definition_stream(&id);
+    let reserve = vec![Reservation { key: slug_key(&definition.slug), stream: stream.clone() }];
+    let meta = meta(tenant, &principal, &headers)?;
+    let encoded = events.iter().map(codec::encode_definition).collect();
+    let position =
+        state.commands.append_encoded(&meta, stream, ExpectedVersion::NoStream, encoded, reserve, vec![]).await?;
+    let at = userstream_eventlog::format_time(now);
+    let body = definition_json(&meta.tenant, &definition, &at, &at, 1);
+    Ok(position_header((StatusCode::CREATED, Json(body)).into_response(), position))
+}
+
+fn bool_param(query: &QueryPairs, key: &str) -> Result<Option<bool>, ApiError> {
+    match query.get(key).map(str::trim) {
+        None | Some("") => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(ApiError::invalid(format!("{key} must be true or false"))),
+    }
+}
+
+fn page_json(page_no: i64, page_size: i64, total: i64) -> Value {
+    json!({
+        "type": "number",
+        "current": page_no,
+        "size": page_size,
+        "item_total": total,
+        "has_next": page_no * page_size < total,
+        "has_previous": page_no > 1,
+    })
+}
+
+pub async fn list_definitions(
+    State(state): State<AppState>,
+    path: TenantPath,
+    query: QueryPairs,
+) -> Result<Json<Value>, ApiError> {
+    let (company_id, application_id) = path.0;
+    let tenant = tenant(company_id, application_id)?;
+    let page_no = query.int("page_no", 1, 1..=1_000_000)?;
+    let page_size = query.int("page_size", 10, 1..=MAX_PAGE_SIZE)?;
+    let text = |k: &str| query.get(k).map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
+    let mut excluding_ids: Vec<String> = Vec::new();
+    for raw in query.all("excluding_ids") {
+        excluding_ids.extend(raw.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()));
+    }
+    let filter = DefinitionFilter {
+        excluding_ids,
+        slug: text("slug"),
+        kind: text("type"),
+        name: text("name"),
+        customer_editable: bool_param(&query, "customer_editable")?,
+        encrypted: bool_param(&query, "encrypted")?,
+        pinned: bool_param(&query, "pinned")?,
+        pin_order: match text("pin_order") {
+            Some(v) => Some(v.parse().map_err(|_| ApiError::invalid("pin_order must be an integer"))?),
+            None => None,
+        },
+        is_locked: bool_param(&query, "is_locked")?,
+    };
+    consistent(&state).await?;
+    let (rows, total) = state.attribute_queries.list_definitions(&tenant, &filter, page_no, page_size).await?;
+    let items: Vec<Value> = rows.iter().map(|r| row_json(&tenant, r)).collect();
+    Ok(Json(json!({ "items": items, "page": page_json(page_no, page_size, total) })))
+}
+
+fn definition_id(raw: &str) -> Result<String, ApiError> {
+    UserId::parse("definition_id", raw)
+        .map(|id| id.to_string())
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("attribute definition {raw} not found")))
+}
+
+async fn live_definition(state: &AppState, tenant: &Tenant, raw: &str) -> Result<(Definition, i64), ApiError> {
+    let id = definition_id(raw)?;
+    match load_definition(state, tenant, &id).await? {
+        (DefinitionState::Live { definition, .. }, version) => Ok((*definition, version)),
+        _ => Err(attr_error(AttrError::NotFound)),
+    }
+}
+
+pub async fn get_definition(
+    State(state): State<AppState>,
+    Path((c, a, raw)): DefPath,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant(c, a)?;
+    let id = definition_id(&raw)?;
+    consistent(&state).await?;
+    let row = state.attribute_queries.definition(&tenant, &id).await?.ok_or_else(|| attr_error(AttrError::NotFound))?;
+    Ok(Json(row_json(&tenant, &row)))
+}
+
+/// The values of `definition_id` the new definition would refuse, opened.
+async fn invalid_values(state: &AppState, tenant: &Tenant, new: &Definition) -> Result<Vec<ValueRow>, ApiError> {
+    consistent(state).await?;
+    let mut bad = Vec::new();
+    for row in state.attribute_queries.values_of_definition(tenant, &new.id).await? {
+        let plain = state.sealer.open(&row.value).map_err(ApiError::internal)?;
+        if new.validate(&plain).is_err() {
+            bad.push(row);
+        }
+    }
+    Ok(bad)
+}
+
+pub async fn update_definition(
+    State(state): State<AppState>,
+    Path((c, a, raw)): DefPath,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    query: QueryPairs,
+    JsonBody(body): JsonBody<DefinitionBody>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(c, a)?;
+    let (current, version) = live_definition(&state, &tenant, &raw).await?;
+    let now = OffsetDateTime::now_utc();
+    let new = body.apply(current.clone());
+    let events = attribute::decide_definition(
+        &DefinitionState::Live { definition: Box::new(current.clone()), created_at: now, updated_at: now },
+        DefinitionCommand::Update(new.clone()),
+        now,
+    )
+    .map_err(attr_error)?;
+    let delete_invalid = match query.get("invalid_values") {
+        None | Some("") | Some("refuse") => false,
+        Some("delete") => true,
+        Some(other) => return Err(ApiError::invalid(format!("invalid_values must be refuse or delete, got {other}"))),
+    };
+    let stored = state.attribute_queries.values_of_definition(&tenant, &current.id).await?;
+    if new.encrypted != current.encrypted && !stored.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "values_exist",
+            format!("encrypted cannot change while {} values exist", stored.len()),
+        ));
+    }
+    let bad = invalid_values(&state, &tenant, &new).await?;
+    if !bad.is_empty() && !delete_invalid {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_values",
+            format!(
+                "{} stored values would break the changed definition; send ?invalid_values=delete to apply it and delete them",
+                bad.len()
+            ),
+        ));
+    }
+    let stream = definition_stream(&current.id);
+    let (reserve, release) = if new.slug != current.slug {
+        (
+            vec![Reservation { key: slug_key(&new.slug), stream: stream.clone() }],
+            vec![Reservation { key: slug_key(&current.slug), stream: stream.clone() }],
+        )
+    } else {
+        (vec![], vec![])
+    };
+    let meta = meta(tenant, &principal, &headers)?;
+    let encoded = events.iter().map(codec::encode_definition).collect();
+    let mut position = state
+        .commands
+        .append_encoded(&meta, stream, ExpectedVersion::Exact(version), encoded, reserve, release)
+        .await?;
+    for row in bad {
+        let command = ValuesCommand::Delete { definition_ids: vec![new.id.clone()], ignore_missing: true };
+        position = position.max(run_values(&state, &meta, &row.user_id, command).await?);
+    }
+    consistent(&state).await?;
+    let row = state
+        .attribute_queries
+        .definition(&meta.tenant, &new.id)
+        .await?
+        .ok_or_else(|| attr_error(AttrError::NotFound))?;
+    Ok(position_header(Json(row_json(&meta.tenant, &row)).into_response(), position))
+}
+
+pub async fn delete_definition(
+    State(state): State<AppState>,
+    Path((c, a, raw)): DefPath,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(c, a)?;
+    let (current, version) = live_definition(&state, &tenant, &raw).await?;
+    consistent(&state).await?;
+    let users: Vec<String> = state
+        .group_queries
+        .all(&tenant)
+        .await?
+        .into_iter()
+        .filter(|g| g.conditions.to_string().contains(&current.id))
+        .map(|g| g.uid.to_string())
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "definition_in_use",
+            format!(
+                "attribute definition {} is used by the conditions of groups {}; change them first",
+                current.id,
+                users.join(", ")
+            ),
+        ));
+    }
+    let now = OffsetDateTime::now_utc();
+    let events = attribute::decide_definition(
+        &DefinitionState::Live { definition: Box::new(current.clone()), created_at: now, updated_at: now },
+        DefinitionCommand::Delete,
+        now,
+    )
+    .map_err(attr_error)?;
+    let stream = definition_stream(&current.id);
+    let release = vec![Reservation { key: slug_key(&current.slug), stream: stream.clone() }];
+    let meta = meta(tenant, &principal, &headers)?;
+    let encoded = events.iter().map(codec::encode_definition).collect();
+    let position =
+        state.commands.append_encoded(&meta, stream, ExpectedVersion::Exact(version), encoded, vec![], release).await?;
+    Ok(position_header(
+        Json(json!({ "success": format!("attribute definition {} deleted", current.id) })).into_response(),
+        position,
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// Values.
+
+/// Loads the values stream of a user in the tenant.
+async fn load_values(state: &AppState, tenant: &Tenant, user_id: &str) -> Result<(ValuesState, i64), ApiError> {
+    let events = state.commands.read_stream(&values_stream(user_id)).await?;
+    if events.first().is_some_and(|e| e.company_id != tenant.company_id || e.application_id != tenant.application_id) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {user_id} not found")));
+    }
+    let mut s = ValuesState::default();
+    for e in &events {
+        let decoded = codec::decode_values(&e.event_type, e.schema as u32, &e.data).map_err(ApiError::internal)?;
+        s = attribute::evolve_values(s, &decoded);
+    }
+    Ok((s, events.last().map_or(0, |e| e.version)))
+}
+
+/// Runs a values command on a user, retrying on a concurrent change.
+async fn run_values(state: &AppState, meta: &Meta, user_id: &str, command: ValuesCommand) -> Result<i64, ApiError> {
+    for _ in 0..5 {
+        let (values, version) = load_values(state, &meta.tenant, user_id).await?;
+        let events =
+            attribute::decide_values(&values, command.clone(), OffsetDateTime::now_utc()).map_err(attr_error)?;
+        if events.is_empty() {
+            return Ok(state.commands.log().head().await?);
+        }
+        let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
+        let encoded = events.iter().map(codec::encode_values).collect();
+        match state.commands.append_encoded(meta, values_stream(user_id), expected, encoded, vec![], vec![]).await {
+            Err(CommandError::VersionConflict { .. }) => continue,
+            other => return Ok(other?),
+        }
+    }
+    Err(ApiError::internal("too many concurrent changes to this user's attributes"))
+}
+
+async fn live_user(state: &AppState, tenant: &Tenant, raw: &str) -> Result<UserId, ApiError> {
+    let id = parse_user_id(raw)?;
+    if state.commands.user_is_live(tenant, &id).await? {
+        Ok(id)
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {raw} not found")))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UpsertBody {
+    pub attribute: Value,
+    #[serde(default, alias = "customer_overriden")]
+    pub customer_overridden: Option<bool>,
+}
+
+/// The wire shape of a value (`UserAttribute`), opened.
+fn value_json(state: &AppState, tenant: &Tenant, d: Option<&Definition>, row: &ValueRow) -> Result<Value, ApiError> {
+    let value = state.sealer.open(&row.value).map_err(ApiError::internal)?;
+    Ok(json!({
+        "_id": row.attribute_id,
+        "name": d.map(|d| d.name.clone()).unwrap_or_default(),
+        "user_id": row.user_id,
+        "application_id": tenant.application_id,
+        "user_attribute_definition_id": row.definition_id,
+        "type": d.map(|d| d.kind.as_str()).unwrap_or(""),
+        "customer_overridden": row.customer_overridden,
+        "attribute": { "value": value },
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }))
+}
+
+pub async fn upsert_value(
+    State(state): State<AppState>,
+    Path((c, a, raw_def, raw_user)): DefUserPath,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<UpsertBody>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(c, a)?;
+    let (definition, _) = live_definition(&state, &tenant, &raw_def).await?;
+    let user = live_user(&state, &tenant, &raw_user).await?;
+    let raw = body.attribute.get("value").cloned().ok_or_else(|| ApiError::invalid("attribute.value is required"))?;
+    let value = definition.validate(&raw).map_err(attr_error)?;
+    let value = if definition.encrypted { state.sealer.seal(&value) } else { value };
+    let command = ValuesCommand::Upsert(vec![NewValue {
+        definition_id: definition.id.clone(),
+        new_attribute_id: new_user_id(OffsetDateTime::now_utc()).to_string(),
+        value,
+        customer_overridden: body.customer_overridden.unwrap_or(false),
+    }]);
+    let meta = meta(tenant, &principal, &headers)?;
+    let position = run_values(&state, &meta, user.as_str(), command).await?;
+    consistent(&state).await?;
+    let row = state
+        .attribute_queries
+        .value(&meta.tenant, user.as_str(), &definition.id)
+        .await?
+        .ok_or_else(|| ApiError::internal("the value just written is not in the read model"))?;
+    Ok(position_header(Json(value_json(&state, &meta.tenant, Some(&definition), &row)?).into_response(), position))
+}
+
+pub async fn get_value(
+    State(state): State<AppState>,
+    Path((c, a, raw_def, raw_user)): DefUserPath,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant(c, a)?;
+    let def_id = definition_id(&raw_def)?;
+    let user = parse_user_id(&raw_user)?;
+    consistent(&state).await?;
+    let definition = state.attribute_queries.definition(&tenant, &def_id).await?.map(|r| r.definition);
+    let row = state
+        .attribute_queries
+        .value(&tenant, user.as_str(), &def_id)
+        .await?
+        .ok_or_else(|| attr_error(AttrError::NoValue(def_id.clone())))?;
+    Ok(Json(value_json(&state, &tenant, definition.as_ref(), &row)?))
+}
+
+pub async fn delete_value(
+    State(state): State<AppState>,
+    Path((c, a, raw_def, raw_user)): DefUserPath,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(c, a)?;
+    let def_id = definition_id(&raw_def)?;
+    let user = live_user(&state, &tenant, &raw_user).await?;
+    let meta = meta(tenant, &principal, &headers)?;
+    let command = ValuesCommand::Delete { definition_ids: vec![def_id.clone()], ignore_missing: false };
+    let position = run_values(&state, &meta, user.as_str(), command).await?;
+    Ok(position_header(
+        Json(json!({ "success": format!("attribute {def_id} of user {user} deleted") })).into_response(),
+        position,
+    ))
+}
+
+pub async fn user_values(
+    State(state): State<AppState>,
+    Path((c, a, raw_user)): DefPath,
+    query: QueryPairs,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant(c, a)?;
+    let user = parse_user_id(&raw_user)?;
+    let page_no = query.int("page_no", 1, 1..=1_000_000)?;
+    let page_size = query.int("page_size", 10, 1..=MAX_PAGE_SIZE)?;
+    consistent(&state).await?;
+    let definitions = state.attribute_queries.definitions(&tenant).await?;
+    let (rows, total) = state.attribute_queries.values_of(&tenant, user.as_str(), page_no, page_size).await?;
+    let items = rows
+        .iter()
+        .map(|r| {
+            let d = definitions.iter().find(|d| d.definition.id == r.definition_id).map(|d| &d.definition);
+            value_json(&state, &tenant, d, r)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({ "items": items, "page": page_json(page_no, page_size, total) })))
+}
+
+pub async fn value_by_id(State(state): State<AppState>, Path((c, a, raw)): DefPath) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant(c, a)?;
+    consistent(&state).await?;
+    let row = state
+        .attribute_queries
+        .value_by_id(&tenant, raw.trim())
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("attribute {raw} not found")))?;
+    let definition = state.attribute_queries.definition(&tenant, &row.definition_id).await?.map(|r| r.definition);
+    Ok(Json(value_json(&state, &tenant, definition.as_ref(), &row)?))
+}
+
+/// The sealer the service uses: the configured key, or one kept in the database.
+pub async fn sealer(configured: Option<&str>, keys: &userstream_eventlog::keys::KeyStore) -> anyhow::Result<Sealer> {
+    let key = match configured {
+        Some(k) => k.to_string(),
+        None => {
+            tracing::warn!("USERSTREAM_ATTRIBUTE_KEY is not set: encrypted attributes use a key kept in the database");
+            keys.shared_secret("attribute-key", &Sealer::new_key()).await?
+        }
+    };
+    Ok(Sealer::from_base64(&key)?)
+}

@@ -1,0 +1,581 @@
+//! User groups on the Fynd surface: CRUD, tags and categories, manual
+//! membership (PatchGroupMembers), members with cursor pagination, refresh.
+//!
+//! - `uid` is the next number in the application, claimed by a reservation
+//!   in the same append (two concurrent creates cannot share one).
+//! - Conditions are compiled against the application's definitions before
+//!   anything is appended: an unknown definition, an operator the type has no
+//!   meaning for, or a bad value is a 400 naming the condition.
+//! - Rule groups get their members from the membership engine; PATCH of
+//!   members on a rule group is a 400. Manual membership rows name a user by
+//!   `user_id`, `email` or `phone_number`; rows that match no user are counted
+//!   in the group's `error.count`.
+
+use crate::commands::{new_user_id, CommandError, Meta};
+use crate::error::ApiError;
+use crate::extract::{tenant, JsonBody, QueryPairs};
+use crate::fynd::{meta, TenantPath};
+use crate::{auth::Principal, AppState};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use time::OffsetDateTime;
+use userstream_domain::codec;
+use userstream_domain::group::{self, GroupCommand, GroupDetails, GroupError, GroupState};
+use userstream_domain::rules::{self, Condition, Op};
+use userstream_domain::UserId;
+use userstream_eventlog::{EventLog, ExpectedVersion, Reservation, Tenant};
+use userstream_projections::read_models::groups::{GroupFilter, GroupRow};
+use userstream_projections::read_models::users::MAX_PAGE_SIZE;
+
+type GroupPath = Path<(String, String, String)>;
+
+/// Rows one PatchGroupMembers may carry (JSON or CSV).
+pub const MAX_MEMBER_ROWS: usize = 10_000;
+
+pub fn group_stream(id: &str) -> String {
+    format!("group-{id}")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ConditionBody {
+    pub user_attribute_definition_id: String,
+    #[serde(rename = "type")]
+    pub op: String,
+    #[serde(default)]
+    pub value: Option<Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct GroupBody {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub category: Option<String>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub conditions: Option<Vec<ConditionBody>>,
+    #[serde(default)]
+    pub file_url: Option<String>,
+}
+
+fn group_error(e: GroupError) -> ApiError {
+    match e {
+        GroupError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "group_not_found", e.to_string()),
+        GroupError::AlreadyExists => ApiError::new(StatusCode::CONFLICT, "duplicate", e.to_string()),
+        GroupError::Invalid { .. } | GroupError::RuleGroupMembers => ApiError::invalid(e.to_string()),
+    }
+}
+
+/// Conditions as the wire sends them, checked against the application's definitions.
+async fn conditions(state: &AppState, tenant: &Tenant, body: Vec<ConditionBody>) -> Result<Vec<Condition>, ApiError> {
+    let mut out = Vec::with_capacity(body.len());
+    for (index, c) in body.into_iter().enumerate() {
+        let op = Op::parse(c.op.trim())
+            .ok_or_else(|| ApiError::invalid(format!("condition {index}: unknown operator {:?}", c.op)))?;
+        let value = match c.value {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s,
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                .collect::<Vec<_>>()
+                .join(","),
+            Some(other) => other.to_string(),
+        };
+        out.push(Condition {
+            user_attribute_definition_id: c.user_attribute_definition_id.trim().to_string(),
+            op,
+            value,
+        });
+    }
+    let definitions = state.attribute_queries.definitions(tenant).await?;
+    rules::compile(&out, |id| definitions.iter().find(|d| d.definition.id == id).map(|d| &d.definition))
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(out)
+}
+
+impl GroupBody {
+    async fn apply(self, state: &AppState, tenant: &Tenant, mut d: GroupDetails) -> Result<GroupDetails, ApiError> {
+        if let Some(v) = self.name {
+            d.name = v;
+        }
+        if let Some(v) = self.description {
+            d.description = v;
+        }
+        if let Some(v) = self.kind {
+            d.kind = v;
+        }
+        if let Some(v) = self.category {
+            d.category = v;
+        }
+        if let Some(v) = self.tags {
+            d.tags = v;
+        }
+        if let Some(v) = self.file_url {
+            d.file_url = v;
+        }
+        if let Some(v) = self.conditions {
+            d.conditions = conditions(state, tenant, v).await?;
+        }
+        Ok(d)
+    }
+}
+
+fn group_json(g: &GroupRow) -> Value {
+    let mut v = json!({
+        "_id": g.group_id,
+        "uid": g.uid,
+        "name": g.name,
+        "description": g.description,
+        "type": g.kind,
+        "category": g.category,
+        "tags": g.tags,
+        "conditions": g.conditions,
+        "file_url": g.file_url,
+        "status": g.status(),
+        "is_active": true,
+        "total_users": g.total_users,
+        "error": { "count": g.error_count, "file_url": "" },
+        "application_id": g.application_id,
+        "created_at": g.created_at,
+        "modified_at": g.updated_at,
+        "__v": g.version,
+    });
+    if g.category.is_empty() {
+        if let Some(map) = v.as_object_mut() {
+            map.remove("category");
+        }
+    }
+    v
+}
+
+async fn load(state: &AppState, tenant: &Tenant, id: &str) -> Result<(GroupState, i64), ApiError> {
+    let events = state.commands.read_stream(&group_stream(id)).await?;
+    if events.first().is_some_and(|e| e.company_id != tenant.company_id || e.application_id != tenant.application_id) {
+        return Ok((GroupState::NotCreated, 0));
+    }
+    let mut s = GroupState::NotCreated;
+    for e in &events {
+        let decoded = codec::decode_group(&e.event_type, e.schema as u32, &e.data).map_err(ApiError::internal)?;
+        s = group::evolve(s, &decoded);
+    }
+    Ok((s, events.last().map_or(0, |e| e.version)))
+}
+
+fn group_id(raw: &str) -> Result<String, ApiError> {
+    UserId::parse("group_id", raw)
+        .map(|id| id.to_string())
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "group_not_found", format!("group {raw} not found")))
+}
+
+/// Runs a group command, retrying on a concurrent change; returns the position.
+async fn run(state: &AppState, meta: &Meta, id: &str, command: GroupCommand) -> Result<i64, ApiError> {
+    for _ in 0..5 {
+        let (current, version) = load(state, &meta.tenant, id).await?;
+        let events = group::decide(&current, command.clone(), OffsetDateTime::now_utc()).map_err(group_error)?;
+        if events.is_empty() {
+            return Ok(state.commands.log().head().await?);
+        }
+        let encoded = events.iter().map(codec::encode_group).collect();
+        match state
+            .commands
+            .append_encoded(meta, group_stream(id), ExpectedVersion::Exact(version), encoded, vec![], vec![])
+            .await
+        {
+            Err(CommandError::VersionConflict { .. }) => continue,
+            other => return Ok(other?),
+        }
+    }
+    Err(ApiError::internal("too many concurrent changes to this group"))
+}
+
+/// Waits until the groups read model has every event committed so far.
+async fn consistent(state: &AppState) -> Result<(), ApiError> {
+    let head = state.commands.log().head().await?;
+    if state.groups.wait_for(head, state.config.min_position_wait).await {
+        Ok(())
+    } else {
+        Err(ApiError::behind(head))
+    }
+}
+
+async fn read_group(state: &AppState, tenant: &Tenant, id: &str) -> Result<GroupRow, ApiError> {
+    consistent(state).await?;
+    state
+        .group_queries
+        .get(tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "group_not_found", format!("group {id} not found")))
+}
+
+fn with_position(mut response: Response, position: i64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&position.to_string()) {
+        response.headers_mut().insert("x-event-position", v);
+    }
+    response
+}
+
+pub async fn create_group(
+    State(state): State<AppState>,
+    path: TenantPath,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<GroupBody>,
+) -> Result<Response, ApiError> {
+    let (company_id, application_id) = path.0;
+    let tenant = tenant(company_id, application_id)?;
+    if body.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
+        return Err(ApiError::invalid("name is required"));
+    }
+    let file_url = body.file_url.clone().filter(|u| !u.trim().is_empty());
+    let empty = GroupDetails {
+        name: String::new(),
+        description: String::new(),
+        kind: String::new(),
+        category: String::new(),
+        tags: vec![],
+        conditions: vec![],
+        file_url: String::new(),
+    };
+    let details = body.apply(&state, &tenant, empty).await?;
+    // Read the CSV before anything is appended: a bad file changes nothing.
+    let rows = match &file_url {
+        Some(url) if !details.is_rule() => Some(crate::members_file::fetch(url).await?),
+        _ => None,
+    };
+    let meta = meta(tenant, &principal, &headers)?;
+    let id = new_user_id(OffsetDateTime::now_utc()).to_string();
+    let stream = group_stream(&id);
+    let mut position = 0;
+    let mut uid = 0;
+    for _ in 0..10 {
+        consistent(&state).await?;
+        uid = state.group_queries.max_uid(&meta.tenant).await? + 1;
+        let command = GroupCommand::Create { id: id.clone(), uid, details: details.clone() };
+        let events = group::decide(&GroupState::NotCreated, command, OffsetDateTime::now_utc()).map_err(group_error)?;
+        let reserve = vec![Reservation { key: format!("group_uid:{uid}"), stream: stream.clone() }];
+        let encoded = events.iter().map(codec::encode_group).collect();
+        match state
+            .commands
+            .append_encoded(&meta, stream.clone(), ExpectedVersion::NoStream, encoded, reserve, vec![])
+            .await
+        {
+            Err(CommandError::Taken { .. }) => continue,
+            other => {
+                position = other?;
+                break;
+            }
+        }
+    }
+    if position == 0 {
+        return Err(ApiError::internal(format!("could not claim a uid after {uid}")));
+    }
+    if let Some(rows) = rows {
+        position = position.max(patch_members(&state, &meta, &id, rows).await?);
+    }
+    let row = read_group(&state, &meta.tenant, &id).await?;
+    Ok(with_position((StatusCode::CREATED, Json(group_json(&row))).into_response(), position))
+}
+
+pub async fn list_groups(
+    State(state): State<AppState>,
+    path: TenantPath,
+    query: QueryPairs,
+) -> Result<Json<Value>, ApiError> {
+    let (company_id, application_id) = path.0;
+    let tenant = tenant(company_id, application_id)?;
+    let page_no = query.int("page_no", 1, 1..=1_000_000)?;
+    let page_size = query.int("page_size", 10, 1..=MAX_PAGE_SIZE)?;
+    let text = |k: &str| query.get(k).map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
+    let mut tags = Vec::new();
+    for raw in query.all("tags") {
+        tags.extend(raw.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()));
+    }
+    let filter = GroupFilter {
+        name: text("name"),
+        kind: text("type"),
+        status: text("status"),
+        uid: match text("group_uid") {
+            Some(v) => Some(v.parse().map_err(|_| ApiError::invalid("group_uid must be a number"))?),
+            None => None,
+        },
+        category: text("category"),
+        tags,
+    };
+    consistent(&state).await?;
+    let (rows, total) = state.group_queries.list(&tenant, &filter, page_no, page_size).await?;
+    Ok(Json(json!({
+        "items": rows.iter().map(group_json).collect::<Vec<_>>(),
+        "page": {"type": "number", "current": page_no, "size": page_size, "item_total": total, "has_next": page_no * page_size < total},
+    })))
+}
+
+pub async fn get_group(State(state): State<AppState>, Path((c, a, raw)): GroupPath) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant(c, a)?;
+    Ok(Json(group_json(&read_group(&state, &tenant, &group_id(&raw)?).await?)))
+}
+
+pub async fn update_group(
+    State(state): State<AppState>,
+    Path((c, a, raw)): GroupPath,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<GroupBody>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(c, a)?;
+    let id = group_id(&raw)?;
+    let GroupState::Live(current) = load(&state, &tenant, &id).await?.0 else {
+        return Err(group_error(GroupError::NotFound));
+    };
+    let details = body.apply(&state, &tenant, current.details.clone()).await?;
+    let meta = meta(tenant, &principal, &headers)?;
+    let position = run(&state, &meta, &id, GroupCommand::Update(details)).await?;
+    let row = read_group(&state, &meta.tenant, &id).await?;
+    Ok(with_position(Json(group_json(&row)).into_response(), position))
+}
+
+pub async fn delete_group(
+    State(state): State<AppState>,
+    Path((c, a, raw)): GroupPath,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(c, a)?;
+    let id = group_id(&raw)?;
+    let meta = meta(tenant, &principal, &headers)?;
+    let position = run(&state, &meta, &id, GroupCommand::Delete).await?;
+    Ok(with_position(
+        Json(json!({ "success": true, "message": format!("group {id} deleted") })).into_response(),
+        position,
+    ))
+}
+
+pub async fn refresh_group(
+    State(state): State<AppState>,
+    Path((c, a, raw)): GroupPath,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(c, a)?;
+    let id = group_id(&raw)?;
+    let GroupState::Live(current) = load(&state, &tenant, &id).await?.0 else {
+        return Err(group_error(GroupError::NotFound));
+    };
+    let meta = meta(tenant, &principal, &headers)?;
+    // A rule group is evaluated again from scratch: a new rule generation.
+    let position = if current.details.is_rule() {
+        run(&state, &meta, &id, GroupCommand::Refresh).await?
+    } else {
+        state.commands.log().head().await?
+    };
+    let body = json!({ "message": format!("refresh of group {} started", current.uid), "uid": current.uid });
+    Ok(with_position((StatusCode::ACCEPTED, Json(body)).into_response(), position))
+}
+
+/// One membership row, from JSON or CSV.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct MemberRow {
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub phone_number: Option<String>,
+    pub action: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PatchBody {
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub user_data: Option<Vec<MemberRow>>,
+    #[serde(default)]
+    pub file_url: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Resolves rows to users and applies them; returns the position.
+async fn patch_members(state: &AppState, meta: &Meta, id: &str, rows: Vec<MemberRow>) -> Result<i64, ApiError> {
+    if rows.len() > MAX_MEMBER_ROWS {
+        return Err(ApiError::invalid(format!("at most {MAX_MEMBER_ROWS} membership rows per request")));
+    }
+    let mut add = BTreeSet::new();
+    let mut remove = BTreeSet::new();
+    let mut unmatched = 0;
+    let head = state.commands.log().head().await?;
+    if !state.users.wait_for(head, state.config.min_position_wait).await {
+        return Err(ApiError::behind(head));
+    }
+    for (index, row) in rows.iter().enumerate() {
+        let adding = match row.action.trim().to_ascii_lowercase().as_str() {
+            "add" => true,
+            "remove" => false,
+            other => {
+                return Err(ApiError::invalid(format!("row {index}: action must be add or remove, got {other:?}")))
+            }
+        };
+        let term = row
+            .user_id
+            .as_deref()
+            .or(row.email.as_deref())
+            .or(row.phone_number.as_deref())
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid(format!("row {index}: one of user_id, email or phone_number is required"))
+            })?;
+        match state.queries.search(&meta.tenant, &[term.to_string()]).await?.first() {
+            Some(user) if adding => {
+                add.insert(user.user_id.clone());
+            }
+            Some(user) => {
+                remove.insert(user.user_id.clone());
+            }
+            None => unmatched += 1,
+        }
+    }
+    let command =
+        GroupCommand::PatchMembers { add: add.into_iter().collect(), remove: remove.into_iter().collect(), unmatched };
+    run(state, meta, id, command).await
+}
+
+pub async fn patch_group(
+    State(state): State<AppState>,
+    Path((c, a, raw)): GroupPath,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PatchBody>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(c, a)?;
+    let id = group_id(&raw)?;
+    let GroupState::Live(current) = load(&state, &tenant, &id).await?.0 else {
+        return Err(group_error(GroupError::NotFound));
+    };
+    let rows = match body.kind.as_deref().unwrap_or("json") {
+        "json" => body.user_data.unwrap_or_default(),
+        "file_url" | "file" => {
+            let url = body
+                .file_url
+                .clone()
+                .filter(|u| !u.trim().is_empty())
+                .ok_or_else(|| ApiError::invalid("file_url is required for type file_url"))?;
+            crate::members_file::fetch(&url).await?
+        }
+        other => return Err(ApiError::invalid(format!("type must be json or file_url, got {other:?}"))),
+    };
+    if current.details.is_rule() && !rows.is_empty() {
+        return Err(group_error(GroupError::RuleGroupMembers));
+    }
+    let meta = meta(tenant, &principal, &headers)?;
+    let mut position = 0;
+    if body.name.is_some() || body.description.is_some() {
+        let mut details = current.details.clone();
+        if let Some(n) = body.name {
+            details.name = n;
+        }
+        if let Some(d) = body.description {
+            details.description = d;
+        }
+        position = run(&state, &meta, &id, GroupCommand::Update(details)).await?;
+    }
+    if !rows.is_empty() {
+        position = position.max(patch_members(&state, &meta, &id, rows).await?);
+    }
+    let row = read_group(&state, &meta.tenant, &id).await?;
+    Ok(with_position(Json(group_json(&row)).into_response(), position))
+}
+
+pub async fn group_tags(State(state): State<AppState>, path: TenantPath) -> Result<Json<Value>, ApiError> {
+    let (company_id, application_id) = path.0;
+    let tenant = tenant(company_id, application_id)?;
+    consistent(&state).await?;
+    let tags: BTreeSet<String> = state.group_queries.all(&tenant).await?.into_iter().flat_map(|g| g.tags).collect();
+    Ok(Json(json!({ "items": tags })))
+}
+
+pub async fn group_categories(
+    State(state): State<AppState>,
+    path: TenantPath,
+    query: QueryPairs,
+) -> Result<Json<Value>, ApiError> {
+    let (company_id, application_id) = path.0;
+    let tenant = tenant(company_id, application_id)?;
+    consistent(&state).await?;
+    let wanted = query.get("category").map(str::trim).filter(|c| !c.is_empty());
+    let mut categories: std::collections::BTreeMap<String, i64> = Default::default();
+    for g in state.group_queries.all(&tenant).await? {
+        if !g.category.is_empty() && wanted.is_none_or(|w| w == g.category) {
+            *categories.entry(g.category).or_default() += 1;
+        }
+    }
+    let items: Vec<Value> =
+        categories.into_iter().map(|(key, count)| json!({ "key": key, "name": key, "count": count })).collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+pub async fn group_members(
+    State(state): State<AppState>,
+    Path((c, a, raw)): GroupPath,
+    query: QueryPairs,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant(c, a)?;
+    let id = group_id(&raw)?;
+    let page_size = query.int("page_size", 10, 1..=MAX_PAGE_SIZE)?;
+    let backward = match query.get("direction").map(str::trim) {
+        None | Some("") | Some("next") => false,
+        Some("prev") | Some("previous") => true,
+        Some(other) => return Err(ApiError::invalid(format!("direction must be next or prev, got {other:?}"))),
+    };
+    let cursor = match query.get("cursor").map(str::trim).filter(|c| !c.is_empty()) {
+        Some(c) => Some(
+            UserId::parse("cursor", c)
+                .map_err(|_| ApiError::invalid("cursor must be a user id from a previous page"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let q = query.get("q").map(str::trim).filter(|q| !q.is_empty());
+    read_group(&state, &tenant, &id).await?;
+    let ids = state.group_queries.members(&tenant, &id, cursor.as_deref(), backward, page_size + 1, q).await?;
+    let more = ids.len() as i64 > page_size;
+    let ids: Vec<String> = if backward {
+        ids.into_iter().skip(usize::from(more)).collect()
+    } else {
+        ids.into_iter().take(page_size as usize).collect()
+    };
+    let users = state.queries.by_ids(&tenant, &ids).await?;
+    let items: Vec<Value> = ids
+        .iter()
+        .filter_map(|uid| users.iter().find(|u| &u.user_id == uid))
+        .map(|u| json!({ "user_id": u.user_id, "emails": u.emails, "phone_numbers": u.phone_numbers }))
+        .collect();
+    let (has_next, has_prev) = if backward { (cursor.is_some(), more) } else { (more, cursor.is_some()) };
+    let mut page = json!({ "type": "cursor", "size": page_size, "has_next": has_next, "has_prev": has_prev });
+    if let Some(map) = page.as_object_mut() {
+        if has_next {
+            if let Some(last) = ids.last() {
+                map.insert("next_cursor".into(), json!(last));
+            }
+        }
+        if has_prev {
+            if let Some(first) = ids.first() {
+                map.insert("prev_cursor".into(), json!(first));
+            }
+        }
+    }
+    Ok(Json(json!({ "items": items, "page": page })))
+}

@@ -1,0 +1,68 @@
+//! Membership rows from a CSV file named by URL (`file://` or `http://`):
+//! a header with `action` and one of `user_id`, `email`, `phone_number`.
+//! The whole file is read and checked before any membership changes, so a
+//! bad file (unsupported scheme, unreachable host, missing `action` column,
+//! unknown action, too many rows) changes nothing.
+
+use crate::error::ApiError;
+use crate::groups::{MemberRow, MAX_MEMBER_ROWS};
+use std::time::Duration;
+
+/// Largest file read.
+const MAX_BYTES: usize = 5 * 1024 * 1024;
+
+pub async fn fetch(url: &str) -> Result<Vec<MemberRow>, ApiError> {
+    let url = url.trim();
+    let bytes = if let Some(path) = url.strip_prefix("file://") {
+        let data = tokio::fs::read(path).await.map_err(|e| ApiError::invalid(format!("file_url {url}: {e}")))?;
+        if data.len() > MAX_BYTES {
+            return Err(ApiError::invalid(format!("file_url {url} is larger than {MAX_BYTES} bytes")));
+        }
+        data
+    } else if url.starts_with("http://") {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(ApiError::internal)?;
+        let response = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| ApiError::invalid(format!("file_url {url} is unreachable: {e}")))?;
+        if !response.status().is_success() {
+            return Err(ApiError::invalid(format!("file_url {url} answered {}", response.status())));
+        }
+        let data = response.bytes().await.map_err(|e| ApiError::invalid(format!("file_url {url}: {e}")))?;
+        if data.len() > MAX_BYTES {
+            return Err(ApiError::invalid(format!("file_url {url} is larger than {MAX_BYTES} bytes")));
+        }
+        data.to_vec()
+    } else {
+        return Err(ApiError::invalid(format!("file_url must be a file:// or http:// URL, got {url:?}")));
+    };
+    parse(&bytes)
+}
+
+pub fn parse(bytes: &[u8]) -> Result<Vec<MemberRow>, ApiError> {
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(bytes);
+    let headers = reader.headers().map_err(|e| ApiError::invalid(format!("file_url: not a CSV file: {e}")))?.clone();
+    if !headers.iter().any(|h| h == "action") {
+        return Err(ApiError::invalid("file_url: the CSV needs an action column (add or remove)"));
+    }
+    if !headers.iter().any(|h| matches!(h, "user_id" | "email" | "phone_number")) {
+        return Err(ApiError::invalid("file_url: the CSV needs a user_id, email or phone_number column"));
+    }
+    let mut rows = Vec::new();
+    for (i, record) in reader.deserialize::<MemberRow>().enumerate() {
+        if i >= MAX_MEMBER_ROWS {
+            return Err(ApiError::invalid(format!("file_url: at most {MAX_MEMBER_ROWS} rows")));
+        }
+        let row = record.map_err(|e| ApiError::invalid(format!("file_url: row {}: {e}", i + 1)))?;
+        if !matches!(row.action.to_ascii_lowercase().as_str(), "add" | "remove") {
+            return Err(ApiError::invalid(format!(
+                "file_url: row {}: action must be add or remove, got {:?}",
+                i + 1,
+                row.action
+            )));
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
