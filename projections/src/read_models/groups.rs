@@ -120,7 +120,7 @@ impl Projection for GroupsProjection {
             GroupEvent::MembershipChanged(e) => {
                 let mut delta = 0i64;
                 for chunk in e.joined.chunks(ROWS_PER_STATEMENT) {
-                    let values: Vec<String> = (0..chunk.len()).map(|i| format!("($1, ${}, $2)", i + 3)).collect();
+                    let values: Vec<String> = (0..chunk.len()).map(|i| format!("($1, $2, ${})", i + 3)).collect();
                     let sql = format!(
                         "INSERT INTO group_members_v1 (group_id, joined_at_position, user_id) VALUES {} ON CONFLICT DO NOTHING",
                         values.join(", ")

@@ -23,13 +23,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::invalid(rejection.body_text())
             }
         })?;
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => ApiError::invalid(format!("invalid body: {e}")),
-            _ => ApiError::new(
+        // Syntax first (422), then shape with the path of the bad field (400).
+        let parsed: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unparsable_json",
                 format!("the body is not valid JSON: {e}"),
-            ),
+            )
+        })?;
+        serde_path_to_error::deserialize(parsed).map(JsonBody).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data if path == "." => ApiError::invalid(format!("invalid body: {inner}")),
+                serde_json::error::Category::Data => ApiError::invalid(format!("invalid body: {path}: {inner}")),
+                _ => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unparsable_json",
+                    format!("the body is not valid JSON: {inner}"),
+                ),
+            }
         })
     }
 }
