@@ -110,6 +110,53 @@ async function main() {
   assert.equal(rest.session_ids.length, 1);
   assert.equal((await user.getActiveSessions({ id })).items.length, 0);
 
+  // Attribute definitions and values.
+  const ageDef = await user.createUserAttributeDefinition({
+    body: { name: "Age", slug: "age", type: "number", description: "years", is_multi_value: false, customer_editable: true, pinned: true, pin_order: 1, validations: [{ type: "min", value: 0 }], default_value: "18" },
+  });
+  assert.match(ageDef._id, /^[0-9a-f]{24}$/);
+  const cityDef = await user.createUserAttributeDefinition({ body: { name: "City", slug: "city", type: "string" } });
+  const defs = await user.getUserAttributeDefinitions({ pageNo: 1, pageSize: 10 });
+  assert.equal(defs.items.length, 2);
+  assert.equal((await user.getUserAttributeDefinitionById({ attributeDefId: ageDef._id })).slug, "age");
+  const renamed = await user.updateUserAttributeDefinition({ attributeDefId: cityDef._id, body: { name: "Town", slug: "city", type: "string" } });
+  assert.equal(renamed.name, "Town");
+  const value = await user.updateUserAttribute({ attributeDefId: ageDef._id, userId: id, body: { customer_overridden: true, attribute: { value: 30 } } });
+  assert.equal(value.attribute.value, 30);
+  assert.equal(value.customer_overridden, true);
+  await user.updateUserAttribute({ attributeDefId: cityDef._id, userId: id, body: { attribute: { value: "Pune" } } });
+  assert.equal((await user.getUserAttribute({ attributeDefId: ageDef._id, userId: id })).attribute.value, 30);
+  assert.equal((await user.getUserAttributeById({ attributeId: value._id })).user_id, id);
+  assert.equal((await user.getUserAttributesForUser({ userId: id })).items.length, 2);
+
+  // Groups: a rule group the engine fills, and a manual one.
+  const adults = await user.createUserGroup({
+    body: { name: "Adults", description: "18+", conditions: [{ user_attribute_definition_id: ageDef._id, type: "gte", value: "18" }] },
+  });
+  assert.equal(typeof adults.uid, "number");
+  assert.equal(adults.conditions[0].value, "18");
+  let settled = adults;
+  for (let i = 0; i < 100 && !(settled.status === "active" && settled.total_users === 1); i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    settled = await user.getUserGroupById({ groupId: adults._id });
+  }
+  assert.equal(settled.total_users, 1, "the engine put the user in the rule group");
+  const groups = await user.getUserGroups({ pageNo: "1", pageSize: "10", status: "active" });
+  assert.ok(groups.items.some((g) => g._id === adults._id));
+  const edited = await user.updateUserGroup({
+    groupId: adults._id,
+    body: { name: "Thirty plus", description: "30+", conditions: [{ user_attribute_definition_id: ageDef._id, type: "gte", value: "30" }] },
+  });
+  assert.equal(edited.name, "Thirty plus");
+  const manual = await user.createUserGroup({ body: { name: "Beta", description: "hand-picked" } });
+  const patched = await user.updateUserGroupPartially({ groupId: manual._id, body: { type: "json", user_data: [{ user_id: id, action: "add" }, { email: "ghost@example.com", action: "add" }] } });
+  assert.equal(patched.error.count, 1);
+  const members = await client.request({ method: "GET", url: `/service/platform/user/v1.0/company/1/application/000000000000000000000001/user_group/${manual._id}/users` });
+  assert.equal(members.items[0].user_id, id);
+
+  assert.equal(typeof (await user.deleteUserAttribute({ attributeDefId: cityDef._id, userId: id })).success, "string");
+  assert.equal(typeof (await user.deleteUserAttributeDefinitionById({ attributeDefId: cityDef._id })).success, "string");
+
   await user.createUserSession({ body: { user_id: id, domain: "shop.example.com" } });
   assert.equal((await user.blockOrUnblockUsers({ body: { user_id: [id], status: false, reason: "sdk" } })).success, true);
   assert.equal((await user.getActiveSessions({ id })).items.length, 0, "blocking revokes sessions");
@@ -134,7 +181,7 @@ async function main() {
     user.blockOrUnblockUsers({ body: { user_id: ["aaaaaaaaaaaaaaaaaaaaaaaa"], status: false, reason: "x" } }),
     (e) => e.code === 404 && /aaaaaaaaaaaaaaaaaaaaaaaa/.test(e.message)
   );
-  console.log("fynd sdk: customers, session and config methods passed with strictResponseCheck");
+  console.log("fynd sdk: customers, session, config, attribute and group methods passed with strictResponseCheck");
 }
 
 main().catch((e) => {
