@@ -129,6 +129,13 @@ async function main() {
   assert.equal((await user.getUserAttributeById({ attributeId: value._id })).user_id, id);
   assert.equal((await user.getUserAttributesForUser({ userId: id })).items.length, 2);
 
+  const filtered = await user.filterUsersByAttributes({
+    body: { query: { type: "and", limit: 10, page: 1, conditions: [{ definition_id: ageDef._id, type: "gte", value: "18" }, { definition_id: cityDef._id, type: "eq", value: "Pune" }] } },
+  });
+  assert.equal(filtered.items.length, 1);
+  assert.equal(filtered.items[0]._id, id);
+  assert.equal(filtered.items[0].attributes.length, 2);
+
   // Groups: a rule group the engine fills, and a manual one.
   const adults = await user.createUserGroup({
     body: { name: "Adults", description: "18+", conditions: [{ user_attribute_definition_id: ageDef._id, type: "gte", value: "18" }] },

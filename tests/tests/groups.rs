@@ -268,6 +268,42 @@ async fn rule_groups_follow_attribute_changes_and_record_why() {
         assert_eq!((status, r["uid"].clone()), (202, json!(1)));
         api.settled(&id, 3).await;
 
+        // The same evaluator answers ad-hoc filters over the attribute read model.
+        let filter = |query: Value| {
+            call(app.client.post(format!("{}/user_attribute/users", api.p)).json(&json!({ "query": query })))
+        };
+        let (status, found) = filter(json!({"type": "and", "limit": 10, "page": 1, "conditions": [
+            {"definition_id": age, "type": "gte", "value": "25"},
+            {"definition_id": city, "type": "in", "value": ["goa", "delhi"]}
+        ]}))
+        .await;
+        assert_eq!(status, 200, "{found}");
+        let mut got: Vec<String> = found["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|u| u["_id"].as_str().expect("id").to_string())
+            .collect();
+        got.sort();
+        let mut want = vec![users[3].clone(), users[4].clone(), users[5].clone()]; // 30 goa, 35 goa (moved), 40 goa
+        want.sort();
+        assert_eq!(got, want, "{backend}: {found}");
+        let (_, paged) = filter(json!({"type": "and", "limit": 2, "page": 2, "conditions": [{"definition_id": age, "type": "exists", "value": ""}]})).await;
+        assert_eq!(
+            (paged["items"].as_array().map(Vec::len), paged["page"]["has_next"].clone()),
+            (Some(2), json!(true)),
+            "{paged}"
+        );
+        let (_, by_email) = filter(json!({"type": "and", "limit": 5, "page": 1, "email": "u5@example.com", "conditions": [{"definition_id": age, "type": "gt", "value": "18"}]})).await;
+        assert_eq!(by_email["items"][0]["_id"], json!(users[5]));
+        for bad in [
+            json!({"type": "and", "limit": 0, "page": 1, "conditions": []}),
+            json!({"type": "and", "limit": 5, "page": 1, "conditions": [{"definition_id": vip, "type": "gt", "value": "true"}]}),
+            json!({"type": "and", "limit": 5, "page": 1, "conditions": [{"definition_id": age, "type": "around", "value": "1"}]}),
+        ] {
+            assert_eq!(filter(bad.clone()).await.0, 400, "{bad}");
+        }
+
         // A definition used by a group cannot be deleted.
         let (status, err) = call(app.client.delete(format!("{}/user_attribute/definition/{age}", api.p))).await;
         assert_eq!(status, 409, "{err}");

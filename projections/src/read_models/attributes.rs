@@ -11,38 +11,61 @@ use userstream_eventlog::{format_time, Db, Migration, RecordedEvent, Tenant};
 
 pub const NAME: &str = "attributes_v1";
 
-const DDL: &str = "
-    CREATE TABLE IF NOT EXISTS attribute_definitions_v1 (
-        company_id TEXT NOT NULL,
-        application_id TEXT NOT NULL,
-        definition_id TEXT NOT NULL,
-        slug TEXT NOT NULL,
-        name TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        definition TEXT NOT NULL,
-        version BIGINT NOT NULL,
-        deleted BIGINT NOT NULL,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (application_id, definition_id)
-    );
-    CREATE INDEX IF NOT EXISTS attribute_definitions_v1_list ON attribute_definitions_v1 (company_id, application_id, deleted, created_at);
-    CREATE TABLE IF NOT EXISTS attribute_values_v1 (
-        company_id TEXT NOT NULL,
-        application_id TEXT NOT NULL,
-        user_id TEXT NOT NULL,
-        definition_id TEXT NOT NULL,
-        attribute_id TEXT NOT NULL,
-        value TEXT NOT NULL,
-        customer_overridden BIGINT NOT NULL,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (application_id, user_id, definition_id)
-    );
-    CREATE INDEX IF NOT EXISTS attribute_values_v1_id ON attribute_values_v1 (application_id, attribute_id);
-    CREATE INDEX IF NOT EXISTS attribute_values_v1_definition ON attribute_values_v1 (application_id, definition_id);";
+/// The tables, with the 8-byte float type of each backend.
+macro_rules! ddl {
+    ($float:literal) => {
+        concat!(
+            "CREATE TABLE IF NOT EXISTS attribute_definitions_v1 (
+                company_id TEXT NOT NULL,
+                application_id TEXT NOT NULL,
+                definition_id TEXT NOT NULL,
+                slug TEXT NOT NULL,
+                name TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                definition TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                deleted BIGINT NOT NULL,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (application_id, definition_id)
+            );
+            CREATE INDEX IF NOT EXISTS attribute_definitions_v1_list ON attribute_definitions_v1 (company_id, application_id, deleted, created_at);
+            CREATE TABLE IF NOT EXISTS attribute_values_v1 (
+                company_id TEXT NOT NULL,
+                application_id TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                definition_id TEXT NOT NULL,
+                attribute_id TEXT NOT NULL,
+                value TEXT NOT NULL,
+                num_value ",
+            $float,
+            ",
+                text_value TEXT,
+                customer_overridden BIGINT NOT NULL,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (application_id, user_id, definition_id)
+            );
+            CREATE INDEX IF NOT EXISTS attribute_values_v1_id ON attribute_values_v1 (application_id, attribute_id);
+            CREATE INDEX IF NOT EXISTS attribute_values_v1_num ON attribute_values_v1 (application_id, definition_id, num_value, user_id);
+            CREATE INDEX IF NOT EXISTS attribute_values_v1_text ON attribute_values_v1 (application_id, definition_id, text_value, user_id);
+            CREATE INDEX IF NOT EXISTS attribute_values_v1_definition ON attribute_values_v1 (application_id, definition_id, user_id);"
+        )
+    };
+}
 
-const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: DDL, postgres: DDL }];
+const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: ddl!("REAL"), postgres: ddl!("DOUBLE PRECISION") }];
+
+/// Typed copies of a value for the filter: a number, or normalised text
+/// (booleans as `true`/`false`). Lists and JSON get neither.
+fn typed(value: &Value) -> (Option<f64>, Option<String>) {
+    match value {
+        Value::Number(n) => (n.as_f64(), None),
+        Value::String(s) => (None, Some(s.clone())),
+        Value::Bool(b) => (None, Some(b.to_string())),
+        _ => (None, None),
+    }
+}
 
 pub const TABLES: &[&str] = &["attribute_definitions_v1", "attribute_values_v1"];
 
@@ -112,10 +135,11 @@ impl Projection for AttributesProjection {
             match decoded {
                 ValuesEvent::Upserted(e) => {
                     let at = format_time(e.at);
+                    let (num, text) = typed(&e.value);
                     sqlx::query(
-                        "INSERT INTO attribute_values_v1 (company_id, application_id, user_id, definition_id, attribute_id, value, customer_overridden, created_at, updated_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
-                         ON CONFLICT (application_id, user_id, definition_id) DO UPDATE SET attribute_id = $5, value = $6, customer_overridden = $7, updated_at = $8",
+                        "INSERT INTO attribute_values_v1 (company_id, application_id, user_id, definition_id, attribute_id, value, customer_overridden, created_at, updated_at, num_value, text_value)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10)
+                         ON CONFLICT (application_id, user_id, definition_id) DO UPDATE SET attribute_id = $5, value = $6, customer_overridden = $7, updated_at = $8, num_value = $9, text_value = $10",
                     )
                     .bind(&event.company_id)
                     .bind(app)
@@ -125,6 +149,8 @@ impl Projection for AttributesProjection {
                     .bind(e.value.to_string())
                     .bind(i64::from(e.customer_overridden))
                     .bind(at)
+                    .bind(num)
+                    .bind(text)
                     .execute(&mut *conn)
                     .await?;
                 }
@@ -340,5 +366,130 @@ impl AttributesQuery {
             .fetch_all(&self.db.pool)
             .await?;
         rows.iter().map(decode_value).collect()
+    }
+}
+
+/// A condition the values index can answer: what the driving scan of an
+/// attribute filter reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Driver {
+    /// Every user with a value for the definition.
+    Exists,
+    /// `num_value` compared: (low, low inclusive, high, high inclusive).
+    Range(Option<f64>, bool, Option<f64>, bool),
+    /// `text_value` among these.
+    Text(Vec<String>),
+    /// `num_value` among these.
+    Numbers(Vec<f64>),
+}
+
+impl AttributesQuery {
+    /// Up to `limit` user ids, in id order after `after`, whose value of
+    /// `definition_id` satisfies `driver` (an index range scan).
+    pub async fn scan(
+        &self,
+        tenant: &Tenant,
+        definition_id: &str,
+        driver: &Driver,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let mut sql = String::from(
+            "SELECT user_id FROM attribute_values_v1 WHERE application_id = $1 AND definition_id = $2 AND company_id = $3",
+        );
+        let mut texts: Vec<String> = Vec::new();
+        let mut numbers: Vec<f64> = Vec::new();
+        let mut next = 4;
+        let mut placeholder = || {
+            let p = format!("${next}");
+            next += 1;
+            p
+        };
+        match driver {
+            Driver::Exists => {}
+            Driver::Range(low, low_inclusive, high, high_inclusive) => {
+                if let Some(l) = low {
+                    sql.push_str(&format!(
+                        " AND num_value {} {}",
+                        if *low_inclusive { ">=" } else { ">" },
+                        placeholder()
+                    ));
+                    numbers.push(*l);
+                }
+                if let Some(h) = high {
+                    sql.push_str(&format!(
+                        " AND num_value {} {}",
+                        if *high_inclusive { "<=" } else { "<" },
+                        placeholder()
+                    ));
+                    numbers.push(*h);
+                }
+                if low.is_none() && high.is_none() {
+                    sql.push_str(" AND num_value IS NOT NULL");
+                }
+            }
+            Driver::Text(values) => {
+                let list: Vec<String> = values.iter().map(|_| placeholder()).collect();
+                sql.push_str(&format!(" AND text_value IN ({})", list.join(", ")));
+                texts.extend(values.iter().cloned());
+            }
+            Driver::Numbers(values) => {
+                let list: Vec<String> = values.iter().map(|_| placeholder()).collect();
+                sql.push_str(&format!(" AND num_value IN ({})", list.join(", ")));
+                numbers.extend(values.iter().copied());
+            }
+        }
+        if after.is_some() {
+            sql.push_str(&format!(" AND user_id > {}", placeholder()));
+        }
+        sql.push_str(&format!(" ORDER BY user_id LIMIT {limit}"));
+        let mut query = sqlx::query_scalar::<_, String>(&sql)
+            .bind(&tenant.application_id)
+            .bind(definition_id)
+            .bind(&tenant.company_id);
+        for n in &numbers {
+            query = query.bind(*n);
+        }
+        for t in &texts {
+            query = query.bind(t.as_str());
+        }
+        if let Some(a) = after {
+            query = query.bind(a);
+        }
+        query.fetch_all(&self.db.pool).await
+    }
+
+    /// The values of `definition_ids` for `user_ids`, by primary key.
+    pub async fn values_for(
+        &self,
+        tenant: &Tenant,
+        user_ids: &[String],
+        definition_ids: &[String],
+    ) -> Result<Vec<ValueRow>, sqlx::Error> {
+        if user_ids.is_empty() || definition_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let users: Vec<String> = (0..user_ids.len()).map(|i| format!("${}", i + 2)).collect();
+        let defs: Vec<String> = (0..definition_ids.len()).map(|i| format!("${}", i + 2 + user_ids.len())).collect();
+        let sql = format!(
+            "SELECT {VALUE_COLUMNS} FROM attribute_values_v1 WHERE application_id = $1 AND user_id IN ({}) AND definition_id IN ({})",
+            users.join(", "),
+            defs.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(&tenant.application_id);
+        for u in user_ids {
+            query = query.bind(u.as_str());
+        }
+        for d in definition_ids {
+            query = query.bind(d.as_str());
+        }
+        let rows = query.fetch_all(&self.db.pool).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if r.try_get::<String, _>("company_id")? == tenant.company_id {
+                out.push(decode_value(r)?);
+            }
+        }
+        Ok(out)
     }
 }

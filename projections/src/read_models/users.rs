@@ -693,6 +693,24 @@ impl UsersQuery {
             .collect()
     }
 
+    /// Up to `limit` live user ids of the tenant in id order, after `after`.
+    pub async fn ids_after(
+        &self,
+        tenant: &Tenant,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let sql = format!(
+            "SELECT user_id FROM users_v1 WHERE application_id = $1 AND company_id = $2 AND archived = 0 AND user_id > $3 ORDER BY user_id LIMIT {limit}"
+        );
+        sqlx::query_scalar::<_, String>(&sql)
+            .bind(&tenant.application_id)
+            .bind(&tenant.company_id)
+            .bind(after.unwrap_or(""))
+            .fetch_all(&self.db.pool)
+            .await
+    }
+
     /// A page of users, newest first, and the number of users matching.
     pub async fn list(
         &self,

@@ -30,8 +30,10 @@ use userstream_domain::attribute::{
     ValuesState,
 };
 use userstream_domain::codec;
+use userstream_domain::rules;
 use userstream_domain::UserId;
 use userstream_eventlog::{EventLog, ExpectedVersion, Reservation, Tenant};
+use userstream_projections::read_models::attributes as attr_read;
 use userstream_projections::read_models::attributes::{DefinitionFilter, DefinitionRow, ValueRow};
 use userstream_projections::read_models::users::MAX_PAGE_SIZE;
 
@@ -673,4 +675,225 @@ pub async fn sealer(configured: Option<&str>, keys: &userstream_eventlog::keys::
         }
     };
     Ok(Sealer::from_base64(&key)?)
+}
+
+// ---------------------------------------------------------------------------
+// Filtering users by attribute conditions (an ad-hoc rule).
+
+#[derive(Debug, Deserialize)]
+pub struct FilterCondition {
+    pub definition_id: String,
+    #[serde(rename = "type")]
+    pub op: String,
+    #[serde(default)]
+    pub value: Value,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FilterQuery {
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    pub limit: i64,
+    pub page: i64,
+    pub conditions: Vec<FilterCondition>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub phone: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FilterBody {
+    pub query: FilterQuery,
+}
+
+/// Users scanned per step of a filter.
+const SCAN_BATCH: i64 = 1000;
+
+/// The index scan that drives a filter: the first condition the values
+/// index can answer. `None` when every condition is negative (`neq`,
+/// `nin`, `not_exists`): then every user is a candidate.
+fn driver(conditions: &[rules::Condition], defs: &[Definition]) -> Option<(String, attr_read::Driver)> {
+    use attr_read::Driver;
+    for c in conditions {
+        let Some(d) = defs.iter().find(|d| d.id == c.user_attribute_definition_id) else { continue };
+        let items =
+            || -> Vec<String> { c.value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect() };
+        let numbers = || items().iter().filter_map(|v| v.parse::<f64>().ok()).collect::<Vec<_>>();
+        let text = || {
+            items()
+                .iter()
+                .map(|v| match d.validate_scalar(&Value::String(v.clone())) {
+                    Ok(Value::String(s)) => s,
+                    _ => v.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let found = match (c.op, d.kind, d.multi_value) {
+            (rules::Op::Neq | rules::Op::Nin | rules::Op::NotExists, _, _) => None,
+            (_, _, true) | (rules::Op::Exists | rules::Op::Contains, _, _) => Some(Driver::Exists),
+            (rules::Op::Eq | rules::Op::In, AttrType::Number, _) => Some(Driver::Numbers(numbers())),
+            (rules::Op::Eq, AttrType::Boolean, _) => Some(Driver::Text(vec![c.value.trim().to_string()])),
+            (rules::Op::Eq, _, _) => {
+                Some(Driver::Text(vec![match d.validate_scalar(&Value::String(c.value.trim().to_string())) {
+                    Ok(Value::String(s)) => s,
+                    _ => c.value.trim().to_string(),
+                }]))
+            }
+            (rules::Op::In, _, _) => Some(Driver::Text(text())),
+            (rules::Op::Gt, AttrType::Number, _) => {
+                numbers().first().map(|n| Driver::Range(Some(*n), false, None, false))
+            }
+            (rules::Op::Gte, AttrType::Number, _) => {
+                numbers().first().map(|n| Driver::Range(Some(*n), true, None, false))
+            }
+            (rules::Op::Lt, AttrType::Number, _) => {
+                numbers().first().map(|n| Driver::Range(None, false, Some(*n), false))
+            }
+            (rules::Op::Lte, AttrType::Number, _) => {
+                numbers().first().map(|n| Driver::Range(None, false, Some(*n), true))
+            }
+            (rules::Op::Between, AttrType::Number, _) => {
+                let n = numbers();
+                (n.len() == 2).then(|| Driver::Range(Some(n[0]), true, Some(n[1]), true))
+            }
+            _ => Some(Driver::Exists),
+        };
+        if let Some(found) = found {
+            return Some((d.id.clone(), found));
+        }
+    }
+    None
+}
+
+pub async fn filter_users(
+    State(state): State<AppState>,
+    path: TenantPath,
+    JsonBody(body): JsonBody<FilterBody>,
+) -> Result<Json<Value>, ApiError> {
+    let (company_id, application_id) = path.0;
+    let tenant = tenant(company_id, application_id)?;
+    let q = body.query;
+    if !(1..=MAX_PAGE_SIZE).contains(&q.limit) {
+        return Err(ApiError::invalid(format!("query.limit must be from 1 to {MAX_PAGE_SIZE}")));
+    }
+    if q.page < 1 || q.page * q.limit > 10_000 {
+        return Err(ApiError::invalid("query.page must be at least 1, and page × limit at most 10000"));
+    }
+    if q.kind.as_deref().is_some_and(|k| !matches!(k, "" | "and" | "all" | "user" | "users")) {
+        return Err(ApiError::invalid("query.type: conditions are combined with and (all must hold)"));
+    }
+    let conditions: Vec<rules::Condition> = q
+        .conditions
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let op = rules::Op::parse(c.op.trim())
+                .ok_or_else(|| ApiError::invalid(format!("condition {index}: unknown operator {:?}", c.op)))?;
+            let value = match &c.value {
+                Value::Null => String::new(),
+                Value::String(s) => s.clone(),
+                Value::Array(items) => items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => other.to_string(),
+            };
+            Ok(rules::Condition { user_attribute_definition_id: c.definition_id.trim().to_string(), op, value })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    consistent(&state).await?;
+    let definitions: Vec<Definition> =
+        state.attribute_queries.definitions(&tenant).await?.into_iter().map(|r| r.definition).collect();
+    let rule = rules::compile(&conditions, |id| definitions.iter().find(|d| d.id == id))
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let def_ids: Vec<String> = {
+        let mut ids: Vec<String> = conditions.iter().map(|c| c.user_attribute_definition_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    // Email or phone narrow the candidates to (at most) a few users.
+    let contact: Vec<String> = [q.email.as_deref(), q.phone.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter(|t| !t.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    let fixed: Option<Vec<String>> = if contact.is_empty() {
+        None
+    } else {
+        let mut ids: Vec<String> =
+            state.queries.search(&tenant, &contact).await?.into_iter().map(|u| u.user_id).collect();
+        ids.sort();
+        Some(ids)
+    };
+    let wanted = (q.page * q.limit + 1) as usize;
+    let skip = ((q.page - 1) * q.limit) as usize;
+    let scan = driver(&conditions, &definitions);
+    let mut matched: Vec<(String, Vec<ValueRow>)> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let batch: Vec<String> = match (&fixed, &scan) {
+            (Some(ids), _) => {
+                if after.is_some() {
+                    Vec::new()
+                } else {
+                    ids.clone()
+                }
+            }
+            (None, Some((def, drv))) => {
+                state.attribute_queries.scan(&tenant, def, drv, after.as_deref(), SCAN_BATCH).await?
+            }
+            (None, None) => state.queries.ids_after(&tenant, after.as_deref(), SCAN_BATCH).await?,
+        };
+        let Some(last) = batch.last().cloned() else { break };
+        let values = state.attribute_queries.values_for(&tenant, &batch, &def_ids).await?;
+        let mut found = Vec::new();
+        for user in &batch {
+            let mine: Vec<ValueRow> = values.iter().filter(|v| &v.user_id == user).cloned().collect();
+            if rules::matches(&rule, |id| mine.iter().find(|v| v.definition_id == id).map(|v| &v.value)) {
+                found.push((user.clone(), mine));
+            }
+        }
+        // Archived users are no candidates: keep only users the users read model shows.
+        let ids: Vec<String> = found.iter().map(|(u, _)| u.clone()).collect();
+        let live: std::collections::HashSet<String> =
+            state.queries.by_ids(&tenant, &ids).await?.into_iter().map(|u| u.user_id).collect();
+        matched.extend(found.into_iter().filter(|(u, _)| live.contains(u)));
+        if matched.len() >= wanted || fixed.is_some() {
+            break;
+        }
+        after = Some(last);
+    }
+    let has_next = matched.len() >= wanted;
+    let page: Vec<(String, Vec<ValueRow>)> = matched.into_iter().skip(skip).take(q.limit as usize).collect();
+    let ids: Vec<String> = page.iter().map(|(u, _)| u.clone()).collect();
+    let users = state.queries.by_ids(&tenant, &ids).await?;
+    let mut items = Vec::with_capacity(page.len());
+    for (user_id, values) in &page {
+        let Some(u) = users.iter().find(|u| &u.user_id == user_id) else { continue };
+        let attributes = values
+            .iter()
+            .map(|v| value_json(&state, &tenant, definitions.iter().find(|d| d.id == v.definition_id), v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut item = serde_json::to_value(crate::dto::UserDto::from(u.clone())).unwrap_or(Value::Null);
+        if let Some(map) = item.as_object_mut() {
+            map.insert("attributes".into(), Value::Array(attributes));
+            // `UserAttributeFilteredList` types phone country codes as strings.
+            if let Some(Value::Array(phones)) = map.get_mut("phone_numbers") {
+                for p in phones {
+                    if let Some(code) = p.get("country_code").and_then(Value::as_u64) {
+                        p["country_code"] = Value::String(code.to_string());
+                    }
+                }
+            }
+        }
+        items.push(item);
+    }
+    Ok(Json(json!({
+        "items": items,
+        "page": { "type": "number", "current": q.page, "size": q.limit, "has_next": has_next },
+    })))
 }

@@ -53,6 +53,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::DELETE, "/user_attribute/definition/{definition_id}/user/{user_id}", delete(a::delete_value)),
         (Method::GET, "/user_attribute/user/{user_id}", get(a::user_values)),
         (Method::GET, "/user_attribute/attribute/{attribute_id}", get(a::value_by_id)),
+        (Method::POST, "/user_attribute/users", post(a::filter_users)),
         (Method::POST, "/user_group", post(g::create_group)),
         (Method::GET, "/user_group", get(g::list_groups)),
         (Method::GET, "/user_group/tags", get(g::group_tags)),
