@@ -141,6 +141,9 @@ pub struct Engine {
     db: Db,
     position: watch::Sender<i64>,
     compiled: HashMap<(String, i64), Vec<Compiled>>,
+    /// The committed rule groups, by (application, group): kept in memory
+    /// (an application has thousands at most) and updated at each commit.
+    groups: BTreeMap<(String, String), RuleGroup>,
 }
 
 /// A handle on the engine: its checkpoint, to wait for.
@@ -180,7 +183,23 @@ impl Engine {
                 .await?
         };
         let (position, _) = watch::channel(start);
-        Ok(Engine { log, db, position, compiled: HashMap::new() })
+        let mut groups = BTreeMap::new();
+        for r in sqlx::query("SELECT application_id, group_id, company_id, conditions, rule_version FROM engine_groups")
+            .fetch_all(&db.pool)
+            .await?
+        {
+            let text: String = r.try_get("conditions")?;
+            groups.insert(
+                (r.try_get("application_id")?, r.try_get("group_id")?),
+                RuleGroup {
+                    company_id: r.try_get("company_id")?,
+                    conditions: serde_json::from_str(&text).unwrap_or_default(),
+                    rule_version: r.try_get("rule_version")?,
+                    deleted: false,
+                },
+            );
+        }
+        Ok(Engine { log, db, position, compiled: HashMap::new(), groups })
     }
 
     pub fn handle(&self) -> EngineHandle {
@@ -240,7 +259,16 @@ impl Engine {
                 .await?;
             self.append(output, first, last).await?;
         }
+        let changed: Vec<((String, String), RuleGroup)> =
+            overlay.groups.iter().map(|(k, g)| (k.clone(), g.clone())).collect();
         self.commit(overlay, last).await?;
+        for (key, g) in changed {
+            if g.deleted || g.conditions.is_empty() {
+                self.groups.remove(&key);
+            } else {
+                self.groups.insert(key, g);
+            }
+        }
         self.position.send_replace(last);
         Ok(true)
     }
@@ -291,24 +319,23 @@ impl Engine {
     // -- reading state: the overlay first, then the engine's tables ----------
 
     async fn group(&self, overlay: &Overlay, app: &str, group_id: &str) -> Result<Option<RuleGroup>, sqlx::Error> {
-        if let Some(g) = overlay.groups.get(&(app.to_string(), group_id.to_string())) {
-            return Ok(Some(g.clone()));
-        }
-        let row = sqlx::query("SELECT company_id, conditions, rule_version FROM engine_groups WHERE application_id = $1 AND group_id = $2")
-            .bind(app)
-            .bind(group_id)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        row.map(|r| {
-            let text: String = r.try_get("conditions")?;
-            Ok(RuleGroup {
-                company_id: r.try_get("company_id")?,
-                conditions: serde_json::from_str(&text).unwrap_or_default(),
-                rule_version: r.try_get("rule_version")?,
-                deleted: false,
-            })
-        })
-        .transpose()
+        let key = (app.to_string(), group_id.to_string());
+        Ok(overlay.groups.get(&key).or_else(|| self.groups.get(&key)).cloned())
+    }
+
+    /// Live rule groups of the application (committed, then the batch's changes).
+    fn rule_groups<'a>(
+        &'a self,
+        overlay: &'a Overlay,
+        app: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a RuleGroup)> + 'a {
+        let committed = self
+            .groups
+            .range((app.to_string(), String::new())..)
+            .take_while(move |((a, _), _)| a == app)
+            .filter(move |(k, _)| !overlay.groups.contains_key(*k));
+        let batch = overlay.groups.iter().filter(move |((a, _), _)| a == app);
+        committed.chain(batch).filter(|(_, g)| !g.deleted && !g.conditions.is_empty()).map(|((_, id), g)| (id, g))
     }
 
     /// Rule groups of the application whose conditions name `definition_id`.
@@ -318,45 +345,15 @@ impl Engine {
         app: &str,
         definition_id: &str,
     ) -> Result<Vec<String>, sqlx::Error> {
-        let mut ids: BTreeSet<String> = sqlx::query_scalar::<_, String>(
-            "SELECT group_id FROM engine_group_definitions WHERE application_id = $1 AND definition_id = $2",
-        )
-        .bind(app)
-        .bind(definition_id)
-        .fetch_all(&self.db.pool)
-        .await?
-        .into_iter()
-        .collect();
-        for ((a, id), g) in &overlay.groups {
-            if a == app {
-                if g.conditions.iter().any(|c| c.user_attribute_definition_id == definition_id) && !g.deleted {
-                    ids.insert(id.clone());
-                } else {
-                    ids.remove(id);
-                }
-            }
-        }
-        Ok(ids.into_iter().collect())
+        Ok(self
+            .rule_groups(overlay, app)
+            .filter(|(_, g)| g.conditions.iter().any(|c| c.user_attribute_definition_id == definition_id))
+            .map(|(id, _)| id.clone())
+            .collect())
     }
 
     async fn all_rule_groups(&self, overlay: &Overlay, app: &str) -> Result<Vec<String>, sqlx::Error> {
-        let mut ids: BTreeSet<String> =
-            sqlx::query_scalar::<_, String>("SELECT group_id FROM engine_groups WHERE application_id = $1")
-                .bind(app)
-                .fetch_all(&self.db.pool)
-                .await?
-                .into_iter()
-                .collect();
-        for ((a, id), g) in &overlay.groups {
-            if a == app {
-                if g.deleted || g.conditions.is_empty() {
-                    ids.remove(id);
-                } else {
-                    ids.insert(id.clone());
-                }
-            }
-        }
-        Ok(ids.into_iter().collect())
+        Ok(self.rule_groups(overlay, app).map(|(id, _)| id.clone()).collect())
     }
 
     async fn definition(&self, overlay: &Overlay, app: &str, id: &str) -> Result<Option<Definition>, sqlx::Error> {
@@ -437,19 +434,21 @@ impl Engine {
         Ok(values)
     }
 
-    async fn is_member(&self, overlay: &Overlay, group_id: &str, user: &str) -> Result<bool, sqlx::Error> {
-        if let Some(m) = overlay.members.get(group_id).and_then(|m| m.get(user)) {
-            return Ok(*m);
-        }
-        if overlay.cleared.contains(group_id) {
-            return Ok(false);
-        }
-        let found = sqlx::query("SELECT 1 AS one FROM engine_members WHERE group_id = $1 AND user_id = $2")
-            .bind(group_id)
+    /// The rule groups a user is a member of, as committed.
+    async fn memberships(&self, user: &str) -> Result<BTreeSet<String>, sqlx::Error> {
+        Ok(sqlx::query_scalar::<_, String>("SELECT group_id FROM engine_members WHERE user_id = $1")
             .bind(user)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        Ok(found.is_some())
+            .fetch_all(&self.db.pool)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    fn is_member(overlay: &Overlay, committed: &BTreeSet<String>, group_id: &str, user: &str) -> bool {
+        if let Some(m) = overlay.members.get(group_id).and_then(|m| m.get(user)) {
+            return *m;
+        }
+        !overlay.cleared.contains(group_id) && committed.contains(group_id)
     }
 
     async fn archived(&self, overlay: &Overlay, app: &str, user: &str) -> Result<Option<bool>, sqlx::Error> {
@@ -479,7 +478,11 @@ impl Engine {
     ) -> Result<(), sqlx::Error> {
         let app = event.application_id.as_str();
         let live = self.archived(overlay, app, user).await? == Some(false);
+        if groups.is_empty() {
+            return Ok(());
+        }
         let values = if live { self.user_values(overlay, app, user).await? } else { HashMap::new() };
+        let committed = self.memberships(user).await?;
         for group_id in groups {
             let Some(g) = self.group(overlay, app, group_id).await? else {
                 continue;
@@ -489,7 +492,7 @@ impl Engine {
             }
             let rule = self.rule(overlay, app, group_id, &g).await?;
             let should = live && !rule.is_empty() && rules::matches(&rule, |id| values.get(id));
-            let is = self.is_member(overlay, group_id, user).await?;
+            let is = Self::is_member(overlay, &committed, group_id, user);
             if should != is {
                 overlay.members.entry(group_id.clone()).or_default().insert(user.to_string(), should);
                 let change = MembershipChanged {
@@ -745,23 +748,6 @@ impl Engine {
         if rule.is_empty() {
             return Ok(BTreeSet::new());
         }
-        let mut live: BTreeSet<String> = sqlx::query_scalar::<_, String>(
-            "SELECT user_id FROM engine_users WHERE application_id = $1 AND archived = 0",
-        )
-        .bind(app)
-        .fetch_all(&self.db.pool)
-        .await?
-        .into_iter()
-        .collect();
-        for ((a, u), (_, archived)) in &overlay.users {
-            if a == app {
-                if *archived {
-                    live.remove(u);
-                } else {
-                    live.insert(u.clone());
-                }
-            }
-        }
         let definitions: BTreeSet<&str> = rule.iter().map(|c| c.definition_id.as_str()).collect();
         let mut values: HashMap<String, HashMap<String, Value>> = HashMap::new();
         for d in &definitions {
@@ -792,14 +778,42 @@ impl Engine {
                 };
             }
         }
+        // Archived users are few: load those, not the live ones.
+        let mut archived: BTreeSet<String> = sqlx::query_scalar::<_, String>(
+            "SELECT user_id FROM engine_users WHERE application_id = $1 AND archived = 1",
+        )
+        .bind(app)
+        .fetch_all(&self.db.pool)
+        .await?
+        .into_iter()
+        .collect();
+        for ((a, u), (_, gone)) in &overlay.users {
+            if a == app {
+                if *gone {
+                    archived.insert(u.clone());
+                } else {
+                    archived.remove(u);
+                }
+            }
+        }
         let empty = HashMap::new();
-        Ok(live
-            .into_iter()
-            .filter(|u| {
-                let vals = values.get(u).unwrap_or(&empty);
-                rules::matches(rule, |id| vals.get(id))
-            })
-            .collect())
+        let matches = |u: &String| {
+            let vals = values.get(u).unwrap_or(&empty);
+            !archived.contains(u) && rules::matches(rule, |id| vals.get(id))
+        };
+        if !rules::matches(rule, |_| None) {
+            // Only users with values can match: no need to list every user.
+            return Ok(values.keys().filter(|u| matches(u)).cloned().collect());
+        }
+        let mut all: BTreeSet<String> =
+            sqlx::query_scalar::<_, String>("SELECT user_id FROM engine_users WHERE application_id = $1")
+                .bind(app)
+                .fetch_all(&self.db.pool)
+                .await?
+                .into_iter()
+                .collect();
+        all.extend(overlay.users.keys().filter(|(a, _)| a == app).map(|(_, u)| u.clone()));
+        Ok(all.into_iter().filter(|u| matches(u)).collect())
     }
 
     // -- writing state with the checkpoint -----------------------------------
