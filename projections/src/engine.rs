@@ -27,6 +27,7 @@ use crate::ProjectionError;
 use serde_json::Value;
 use sqlx::{AnyConnection, Executor, Row};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -37,8 +38,7 @@ use userstream_domain::group::{Cause, GroupEvaluated, GroupEvent, MembershipChan
 use userstream_domain::rules::{self, Compiled, Condition};
 use userstream_domain::user::UserEvent;
 use userstream_eventlog::{
-    AppendRequest, Db, Dialect, EventLog, ExpectedVersion, Migration, NewEvent, RecordedEvent, SqlEventLog,
-    StreamAppend, Tenant,
+    AppendRequest, Db, EventLog, ExpectedVersion, Migration, NewEvent, RecordedEvent, SqlEventLog, StreamAppend, Tenant,
 };
 
 const DDL: &str = "
@@ -118,6 +118,13 @@ struct RuleGroup {
     deleted: bool,
 }
 
+/// A rule generation compiled once: its conditions, and whether a user
+/// without any value satisfies it.
+struct CompiledRule {
+    rule: Vec<Compiled>,
+    matches_empty: bool,
+}
+
 /// Everything a batch changes, applied with the checkpoint in one transaction.
 #[derive(Default)]
 struct Overlay {
@@ -140,7 +147,11 @@ pub struct Engine {
     log: SqlEventLog,
     db: Db,
     position: watch::Sender<i64>,
-    compiled: HashMap<(String, i64), Vec<Compiled>>,
+    /// Compiled rules by group id, with the generation they belong to.
+    compiled: HashMap<String, (i64, Arc<CompiledRule>)>,
+    /// Per application, the rule groups an empty user satisfies; cleared by
+    /// any group or definition event.
+    empty_matching: HashMap<String, Arc<Vec<String>>>,
     /// The committed rule groups, by (application, group): kept in memory
     /// (an application has thousands at most) and updated at each commit.
     groups: BTreeMap<(String, String), RuleGroup>,
@@ -199,7 +210,7 @@ impl Engine {
                 },
             );
         }
-        Ok(Engine { log, db, position, compiled: HashMap::new(), groups })
+        Ok(Engine { log, db, position, compiled: HashMap::new(), empty_matching: HashMap::new(), groups })
     }
 
     pub fn handle(&self) -> EngineHandle {
@@ -378,10 +389,11 @@ impl Engine {
         app: &str,
         group_id: &str,
         g: &RuleGroup,
-    ) -> Result<Vec<Compiled>, sqlx::Error> {
-        let key = (group_id.to_string(), g.rule_version);
-        if let Some(r) = self.compiled.get(&key) {
-            return Ok(r.clone());
+    ) -> Result<Arc<CompiledRule>, sqlx::Error> {
+        if let Some((version, r)) = self.compiled.get(group_id) {
+            if *version == g.rule_version {
+                return Ok(r.clone());
+            }
         }
         let mut defs = Vec::new();
         for c in &g.conditions {
@@ -393,10 +405,13 @@ impl Engine {
             tracing::warn!(group_id, error = %e, "rule does not compile; it matches nobody");
             Vec::new()
         });
-        if self.compiled.len() > 10_000 {
+        if self.compiled.len() > 100_000 {
             self.compiled.clear();
+            self.empty_matching.clear();
         }
-        self.compiled.insert(key, compiled.clone());
+        let matches_empty = !compiled.is_empty() && rules::matches(&compiled, |_| None);
+        let compiled = Arc::new(CompiledRule { rule: compiled, matches_empty });
+        self.compiled.insert(group_id.to_string(), (g.rule_version, compiled.clone()));
         Ok(compiled)
     }
 
@@ -476,11 +491,11 @@ impl Engine {
         user: &str,
         groups: &[String],
     ) -> Result<(), sqlx::Error> {
-        let app = event.application_id.as_str();
-        let live = self.archived(overlay, app, user).await? == Some(false);
         if groups.is_empty() {
             return Ok(());
         }
+        let app = event.application_id.as_str();
+        let live = self.archived(overlay, app, user).await? == Some(false);
         let values = if live { self.user_values(overlay, app, user).await? } else { HashMap::new() };
         let committed = self.memberships(user).await?;
         for group_id in groups {
@@ -491,7 +506,7 @@ impl Engine {
                 continue;
             }
             let rule = self.rule(overlay, app, group_id, &g).await?;
-            let should = live && !rule.is_empty() && rules::matches(&rule, |id| values.get(id));
+            let should = live && !rule.rule.is_empty() && rules::matches(&rule.rule, |id| values.get(id));
             let is = Self::is_member(overlay, &committed, group_id, user);
             if should != is {
                 overlay.members.entry(group_id.clone()).or_default().insert(user.to_string(), should);
@@ -515,16 +530,25 @@ impl Engine {
     }
 
     /// Groups an empty (new) user can satisfy.
-    async fn groups_matching_empty(&mut self, overlay: &Overlay, app: &str) -> Result<Vec<String>, sqlx::Error> {
+    async fn groups_matching_empty(&mut self, overlay: &Overlay, app: &str) -> Result<Arc<Vec<String>>, sqlx::Error> {
+        if let Some(cached) = self.empty_matching.get(app) {
+            return Ok(cached.clone());
+        }
+        let candidates: Vec<(String, RuleGroup)> =
+            self.rule_groups(overlay, app).map(|(id, g)| (id.clone(), g.clone())).collect();
         let mut out = Vec::new();
-        for id in self.all_rule_groups(overlay, app).await? {
-            if let Some(g) = self.group(overlay, app, &id).await? {
-                let rule = self.rule(overlay, app, &id, &g).await?;
-                if !rule.is_empty() && rules::matches(&rule, |_| None) {
-                    out.push(id);
-                }
+        for (id, g) in candidates {
+            let cached = self.compiled.get(&id).filter(|(v, _)| *v == g.rule_version).map(|(_, r)| r.matches_empty);
+            let matches_empty = match cached {
+                Some(m) => m,
+                None => self.rule(overlay, app, &id, &g).await?.matches_empty,
+            };
+            if matches_empty {
+                out.push(id);
             }
         }
+        let out = Arc::new(out);
+        self.empty_matching.insert(app.to_string(), out.clone());
         Ok(out)
     }
 
@@ -567,17 +591,23 @@ impl Engine {
         } else if event.stream.starts_with("attrdef-") {
             match codec::decode_definition(&event.event_type, event.schema as u32, &event.data).map_err(poison)? {
                 DefinitionEvent::Created(e) | DefinitionEvent::Updated(e) => {
-                    self.compiled.retain(|_, _| false);
+                    self.compiled.clear();
+                    self.empty_matching.clear();
                     overlay.definitions.insert((app, e.definition.id.clone()), e.definition);
                 }
                 DefinitionEvent::Deleted(e) => {
-                    self.compiled.retain(|_, _| false);
+                    self.compiled.clear();
+                    self.empty_matching.clear();
                     overlay.values.retain(|(a, _, d), _| !(a == &app && d == &e.definition_id));
                     overlay.deleted_definitions.push((app, e.definition_id));
                 }
             }
         } else if let Some(group_id) = event.stream.strip_prefix("group-") {
-            match codec::decode_group(&event.event_type, event.schema as u32, &event.data).map_err(poison)? {
+            let decoded = codec::decode_group(&event.event_type, event.schema as u32, &event.data).map_err(poison)?;
+            if !matches!(decoded, GroupEvent::MembershipChanged(_) | GroupEvent::Evaluated(_)) {
+                self.empty_matching.remove(&app);
+            }
+            match decoded {
                 GroupEvent::Created(e) | GroupEvent::Updated(e) => {
                     let was_rule = self.group(overlay, &app, group_id).await?.is_some_and(|g| !g.conditions.is_empty());
                     overlay.groups.insert(
@@ -676,7 +706,7 @@ impl Engine {
                 continue;
             }
             let rule = self.rule(overlay, &app, &group_id, &g).await?;
-            let matching = self.matching_users(overlay, &app, &rule).await?;
+            let matching = self.matching_users(overlay, &app, &rule.rule).await?;
             let mut current: BTreeSet<String> = if overlay.cleared.contains(&group_id) {
                 BTreeSet::new()
             } else {
@@ -822,7 +852,7 @@ impl Engine {
         let _turn = self.db.write_turn().await;
         let mut conn = self.db.pool.acquire().await.map_err(storage)?;
         conn.execute(self.db.begin_write()).await?;
-        let result = write_overlay(&mut conn, self.db.dialect, &overlay, last).await;
+        let result = write_overlay(&mut conn, &overlay, last).await;
         match result {
             Ok(()) => {
                 conn.execute("COMMIT").await?;
@@ -836,12 +866,7 @@ impl Engine {
     }
 }
 
-async fn write_overlay(
-    conn: &mut AnyConnection,
-    _dialect: Dialect,
-    o: &Overlay,
-    last: i64,
-) -> Result<(), ProjectionError> {
+async fn write_overlay(conn: &mut AnyConnection, o: &Overlay, last: i64) -> Result<(), ProjectionError> {
     for ((app, user), (company, archived)) in &o.users {
         sqlx::query("INSERT INTO engine_users (application_id, user_id, company_id, archived) VALUES ($1, $2, $3, $4) ON CONFLICT (application_id, user_id) DO UPDATE SET archived = $4")
             .bind(app)

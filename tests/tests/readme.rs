@@ -36,6 +36,7 @@ async fn the_readme_walkthrough_runs_as_written() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("\"alice@example.com\""), "{stdout}");
     assert!(stdout.contains("\"ready\":true"), "{stdout}");
+    assert!(stdout.contains("\"total_users\":1"), "the rule group was evaluated: {stdout}");
     // Bob was created once despite two attempts with one Idempotency-Key.
     let list: serde_json::Value = app
         .client

@@ -384,8 +384,11 @@ pub enum Driver {
 }
 
 impl AttributesQuery {
-    /// Up to `limit` user ids, in id order after `after`, whose value of
-    /// `definition_id` satisfies `driver` (an index range scan).
+    /// One step of a filter: up to `limit` live users of the tenant, in id
+    /// order after `after`, whose value of `definition_id` satisfies `driver`
+    /// (read through the `(definition, user)` index so no sort is needed),
+    /// with their values of `definition_ids`. Returns the candidate ids in
+    /// order and their values.
     pub async fn scan(
         &self,
         tenant: &Tenant,
@@ -393,9 +396,11 @@ impl AttributesQuery {
         driver: &Driver,
         after: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<String>, sqlx::Error> {
-        let mut sql = String::from(
-            "SELECT user_id FROM attribute_values_v1 WHERE application_id = $1 AND definition_id = $2 AND company_id = $3",
+        definition_ids: &[String],
+    ) -> Result<(Vec<String>, Vec<ValueRow>), sqlx::Error> {
+        let mut inner = String::from(
+            "SELECT a.user_id FROM attribute_values_v1 a JOIN users_v1 u ON u.application_id = a.application_id AND u.user_id = a.user_id AND u.archived = 0 \
+             WHERE a.application_id = $1 AND a.definition_id = $2 AND a.company_id = $3",
         );
         let mut texts: Vec<String> = Vec::new();
         let mut numbers: Vec<f64> = Vec::new();
@@ -405,58 +410,74 @@ impl AttributesQuery {
             next += 1;
             p
         };
+        // `+ 0` and `|| ''` keep the planner on the (definition, user) index.
         match driver {
             Driver::Exists => {}
             Driver::Range(low, low_inclusive, high, high_inclusive) => {
                 if let Some(l) = low {
-                    sql.push_str(&format!(
-                        " AND num_value {} {}",
+                    inner.push_str(&format!(
+                        " AND (a.num_value + 0) {} {}",
                         if *low_inclusive { ">=" } else { ">" },
                         placeholder()
                     ));
                     numbers.push(*l);
                 }
                 if let Some(h) = high {
-                    sql.push_str(&format!(
-                        " AND num_value {} {}",
+                    inner.push_str(&format!(
+                        " AND (a.num_value + 0) {} {}",
                         if *high_inclusive { "<=" } else { "<" },
                         placeholder()
                     ));
                     numbers.push(*h);
                 }
                 if low.is_none() && high.is_none() {
-                    sql.push_str(" AND num_value IS NOT NULL");
+                    inner.push_str(" AND a.num_value IS NOT NULL");
                 }
             }
             Driver::Text(values) => {
                 let list: Vec<String> = values.iter().map(|_| placeholder()).collect();
-                sql.push_str(&format!(" AND text_value IN ({})", list.join(", ")));
+                inner.push_str(&format!(" AND (a.text_value || '') IN ({})", list.join(", ")));
                 texts.extend(values.iter().cloned());
             }
             Driver::Numbers(values) => {
                 let list: Vec<String> = values.iter().map(|_| placeholder()).collect();
-                sql.push_str(&format!(" AND num_value IN ({})", list.join(", ")));
+                inner.push_str(&format!(" AND (a.num_value + 0) IN ({})", list.join(", ")));
                 numbers.extend(values.iter().copied());
             }
         }
-        if after.is_some() {
-            sql.push_str(&format!(" AND user_id > {}", placeholder()));
-        }
-        sql.push_str(&format!(" ORDER BY user_id LIMIT {limit}"));
-        let mut query = sqlx::query_scalar::<_, String>(&sql)
-            .bind(&tenant.application_id)
-            .bind(definition_id)
-            .bind(&tenant.company_id);
+        let after_placeholder = placeholder();
+        inner.push_str(&format!(" AND a.user_id > {after_placeholder} ORDER BY a.user_id LIMIT {limit}"));
+        let defs: Vec<String> = definition_ids.iter().map(|_| placeholder()).collect();
+        let sql = format!(
+            "SELECT c.user_id AS candidate, v.user_id, v.definition_id, v.attribute_id, v.value, v.customer_overridden, v.created_at, v.updated_at, v.company_id \
+             FROM ({inner}) c LEFT JOIN attribute_values_v1 v ON v.application_id = $1 AND v.user_id = c.user_id AND v.definition_id IN ({}) \
+             ORDER BY c.user_id",
+            defs.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(&tenant.application_id).bind(definition_id).bind(&tenant.company_id);
         for n in &numbers {
             query = query.bind(*n);
         }
         for t in &texts {
             query = query.bind(t.as_str());
         }
-        if let Some(a) = after {
-            query = query.bind(a);
+        query = query.bind(after.unwrap_or(""));
+        for d in definition_ids {
+            query = query.bind(d.as_str());
         }
-        query.fetch_all(&self.db.pool).await
+        let rows = query.fetch_all(&self.db.pool).await?;
+        let mut candidates: Vec<String> = Vec::new();
+        let mut values = Vec::new();
+        for r in &rows {
+            let candidate: String = r.try_get("candidate")?;
+            if candidates.last() != Some(&candidate) {
+                candidates.push(candidate);
+            }
+            if r.try_get::<Option<String>, _>("definition_id")?.is_some() {
+                values.push(decode_value(r)?);
+            }
+        }
+        Ok((candidates, values))
     }
 
     /// The values of `definition_ids` for `user_ids`, by primary key.

@@ -834,38 +834,52 @@ pub async fn filter_users(
     let scan = driver(&conditions, &definitions);
     let mut matched: Vec<(String, Vec<ValueRow>)> = Vec::new();
     let mut after: Option<String> = None;
+    // Start with a few candidates per wanted user and grow while matches are sparse.
+    let mut step = ((wanted * 3) as i64).clamp(50, SCAN_BATCH);
     loop {
-        let batch: Vec<String> = match (&fixed, &scan) {
+        let (batch, values): (Vec<String>, Vec<ValueRow>) = match (&fixed, &scan) {
             (Some(ids), _) => {
                 if after.is_some() {
-                    Vec::new()
+                    (Vec::new(), Vec::new())
                 } else {
-                    ids.clone()
+                    let values = state.attribute_queries.values_for(&tenant, ids, &def_ids).await?;
+                    (ids.clone(), values)
                 }
             }
             (None, Some((def, drv))) => {
-                state.attribute_queries.scan(&tenant, def, drv, after.as_deref(), SCAN_BATCH).await?
+                state.attribute_queries.scan(&tenant, def, drv, after.as_deref(), step, &def_ids).await?
             }
-            (None, None) => state.queries.ids_after(&tenant, after.as_deref(), SCAN_BATCH).await?,
+            (None, None) => {
+                let ids = state.queries.ids_after(&tenant, after.as_deref(), step).await?;
+                let values = state.attribute_queries.values_for(&tenant, &ids, &def_ids).await?;
+                (ids, values)
+            }
         };
         let Some(last) = batch.last().cloned() else { break };
-        let values = state.attribute_queries.values_for(&tenant, &batch, &def_ids).await?;
+        let mut by_user: std::collections::HashMap<String, Vec<ValueRow>> = std::collections::HashMap::new();
+        for v in values {
+            by_user.entry(v.user_id.clone()).or_default().push(v);
+        }
         let mut found = Vec::new();
         for user in &batch {
-            let mine: Vec<ValueRow> = values.iter().filter(|v| &v.user_id == user).cloned().collect();
+            let mine = by_user.remove(user).unwrap_or_default();
             if rules::matches(&rule, |id| mine.iter().find(|v| v.definition_id == id).map(|v| &v.value)) {
                 found.push((user.clone(), mine));
             }
         }
-        // Archived users are no candidates: keep only users the users read model shows.
-        let ids: Vec<String> = found.iter().map(|(u, _)| u.clone()).collect();
-        let live: std::collections::HashSet<String> =
-            state.queries.by_ids(&tenant, &ids).await?.into_iter().map(|u| u.user_id).collect();
-        matched.extend(found.into_iter().filter(|(u, _)| live.contains(u)));
+        if fixed.is_some() {
+            // Archived users are no candidates (the index scans join on live users already).
+            let ids: Vec<String> = found.iter().map(|(u, _)| u.clone()).collect();
+            let live: std::collections::HashSet<String> =
+                state.queries.by_ids(&tenant, &ids).await?.into_iter().map(|u| u.user_id).collect();
+            found.retain(|(u, _)| live.contains(u));
+        }
+        matched.extend(found);
         if matched.len() >= wanted || fixed.is_some() {
             break;
         }
         after = Some(last);
+        step = (step * 2).min(SCAN_BATCH);
     }
     let has_next = matched.len() >= wanted;
     let page: Vec<(String, Vec<ValueRow>)> = matched.into_iter().skip(skip).take(q.limit as usize).collect();

@@ -31,25 +31,37 @@ pub struct BenchArgs {
     /// Query samples for the search and list percentiles.
     #[arg(long, default_value_t = 5_000)]
     samples: u64,
+    /// Benchmark the membership engine and the attribute filter instead.
+    #[arg(long)]
+    groups: bool,
+    /// With --groups: users with attribute values when the rule groups are measured.
+    #[arg(long, default_value_t = 100_000)]
+    group_users: u64,
+    /// With --groups: rule groups (one condition each).
+    #[arg(long, default_value_t = 1_000)]
+    rule_groups: u64,
+    /// With --groups: users a new rule group is evaluated over.
+    #[arg(long, default_value_t = 1_000_000)]
+    eval_users: u64,
 }
 
 const PREFIX: &str = "/service/platform/user/v1.0/company/1/application/000000000000000000000001";
 
-struct Bench {
+pub(crate) struct Bench {
     router: Router,
-    service: Service,
+    pub(crate) service: Service,
     next: AtomicU64,
     /// `Bearer <token>` for the Fynd routes, `Bearer <key>.<secret>` for Passage.
     fynd_auth: axum::http::HeaderValue,
     passage_auth: axum::http::HeaderValue,
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3)
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
-fn ms(h: &Histogram<u64>, q: f64) -> String {
+pub(crate) fn ms(h: &Histogram<u64>, q: f64) -> String {
     format!("{:.2} ms", h.value_at_quantile(q) as f64 / 1000.0)
 }
 
@@ -61,7 +73,7 @@ impl Bench {
         Ok(self.router.clone().oneshot(request).await?)
     }
 
-    async fn call(&self, request: Request<Body>) -> anyhow::Result<(StatusCode, Value)> {
+    pub(crate) async fn call(&self, request: Request<Body>) -> anyhow::Result<(StatusCode, Value)> {
         let response = self.send(request).await?;
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
@@ -178,6 +190,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         passage_auth: format!("Bearer {}", key.bearer).parse()?,
     });
     let backend = if url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" };
+    if args.groups {
+        let rows =
+            crate::bench_groups::run(bench.clone(), args.group_users, args.rule_groups, args.eval_users, args.samples)
+                .await?;
+        println!("\n| {backend} — measured | result |\n| --- | --- |");
+        for (what, result) in rows {
+            println!("| {what} | {result} |");
+        }
+        return Ok(());
+    }
     let mut rows: Vec<(String, String)> = Vec::new();
     eprintln!(
         "benchmarking on {backend} ({} cores)",

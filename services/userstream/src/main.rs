@@ -1,6 +1,7 @@
 //! `userstream`: serve the API, migrate a database, or benchmark.
 
 mod bench;
+mod bench_groups;
 
 /// mimalloc: the service allocates many small, short-lived buffers (JSON,
 /// SQL arguments) across threads, where glibc's allocator spent a fifth of
