@@ -15,10 +15,10 @@ use crate::commands::{new_user_id, CommandError, Meta};
 use crate::crypto::Sealer;
 use crate::error::ApiError;
 use crate::extract::{tenant, JsonBody, QueryPairs};
-use crate::fynd::{meta, parse_user_id, TenantPath};
+use crate::fynd::{caught_up, meta, parse_user_id, with_position as position_header, TenantPath};
 use crate::{auth::Principal, AppState};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
@@ -207,16 +207,11 @@ fn row_json(tenant: &Tenant, r: &DefinitionRow) -> Value {
 
 /// Loads a definition stream of the tenant.
 async fn load_definition(state: &AppState, tenant: &Tenant, id: &str) -> Result<(DefinitionState, i64), ApiError> {
-    let events = state.commands.read_stream(&definition_stream(id)).await?;
-    if events.first().is_some_and(|e| e.company_id != tenant.company_id || e.application_id != tenant.application_id) {
-        return Ok((DefinitionState::NotCreated, 0));
-    }
-    let mut s = DefinitionState::NotCreated;
-    for e in &events {
-        let decoded = codec::decode_definition(&e.event_type, e.schema as u32, &e.data).map_err(ApiError::internal)?;
-        s = attribute::evolve_definition(s, &decoded);
-    }
-    Ok((s, events.last().map_or(0, |e| e.version)))
+    let folded = state
+        .commands
+        .fold(tenant, &definition_stream(id), codec::decode_definition, attribute::evolve_definition)
+        .await?;
+    Ok(folded.unwrap_or_default())
 }
 
 fn slug_key(slug: &str) -> String {
@@ -224,20 +219,7 @@ fn slug_key(slug: &str) -> String {
 }
 
 async fn consistent(state: &AppState) -> Result<(), ApiError> {
-    let head = state.commands.log().head().await?;
-    let wait = state.config.min_position_wait;
-    if state.attributes.wait_for(head, wait).await && state.groups.wait_for(head, wait).await {
-        Ok(())
-    } else {
-        Err(ApiError::behind(head))
-    }
-}
-
-fn position_header(mut response: Response, position: i64) -> Response {
-    if let Ok(v) = HeaderValue::from_str(&position.to_string()) {
-        response.headers_mut().insert("x-event-position", v);
-    }
-    response
+    caught_up(state, &[&state.attributes, &state.groups]).await
 }
 
 pub async fn create_definition(
@@ -502,16 +484,11 @@ pub async fn delete_definition(
 
 /// Loads the values stream of a user in the tenant.
 async fn load_values(state: &AppState, tenant: &Tenant, user_id: &str) -> Result<(ValuesState, i64), ApiError> {
-    let events = state.commands.read_stream(&values_stream(user_id)).await?;
-    if events.first().is_some_and(|e| e.company_id != tenant.company_id || e.application_id != tenant.application_id) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {user_id} not found")));
-    }
-    let mut s = ValuesState::default();
-    for e in &events {
-        let decoded = codec::decode_values(&e.event_type, e.schema as u32, &e.data).map_err(ApiError::internal)?;
-        s = attribute::evolve_values(s, &decoded);
-    }
-    Ok((s, events.last().map_or(0, |e| e.version)))
+    state
+        .commands
+        .fold(tenant, &values_stream(user_id), codec::decode_values, attribute::evolve_values)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {user_id} not found")))
 }
 
 /// Runs a values command on a user, retrying on a concurrent change.

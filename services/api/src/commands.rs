@@ -44,6 +44,27 @@ pub enum CommandError {
     Storage(String),
 }
 
+/// A refused append in the words of a command: version conflicts and taken
+/// unique values are the caller's business, the rest is a storage failure.
+impl From<AppendError> for CommandError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Conflict { expected, actual, .. } => CommandError::VersionConflict {
+                expected: match expected {
+                    ExpectedVersion::Exact(v) => v,
+                    _ => 0,
+                },
+                actual,
+            },
+            AppendError::Reserved { key } => {
+                let (kind, value) = key.split_once(':').unwrap_or(("value", key.as_str()));
+                CommandError::Taken { kind: kind.to_string(), value: value.to_string() }
+            }
+            e => CommandError::Storage(e.to_string()),
+        }
+    }
+}
+
 /// What a command did.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -151,15 +172,7 @@ impl Commands {
 
     /// The platform config as the log has it now.
     async fn load_config(&self, tenant: &Tenant) -> Result<(ConfigState, i64), CommandError> {
-        let events =
-            self.log.read_stream(&config_stream(tenant)).await.map_err(|e| CommandError::Storage(e.to_string()))?;
-        let mut state = ConfigState::default();
-        for e in &events {
-            let decoded = platform::decode(&e.event_type, e.schema as u32, &e.data)
-                .map_err(|err| CommandError::Storage(format!("event at position {}: {err}", e.position)))?;
-            state = platform::evolve(state, &decoded);
-        }
-        Ok((state, events.last().map_or(0, |e| e.version)))
+        Ok(self.fold(tenant, &config_stream(tenant), platform::decode, platform::evolve).await?.unwrap_or_default())
     }
 
     /// Replaces the platform config; returns the new state and the position
@@ -219,6 +232,31 @@ impl Commands {
         self.execute(meta, vec![loaded], |_| UserCommand::Create(command.clone()), ctx, true).await
     }
 
+    /// Folds a stream of the tenant into a state and its version. `None` when
+    /// the stream belongs to another tenant: its ids answer "not found".
+    pub async fn fold<S: Default, E>(
+        &self,
+        tenant: &Tenant,
+        stream: &str,
+        decode: impl Fn(&str, u32, &serde_json::Value) -> Result<E, codec::DecodeError>,
+        evolve: impl Fn(S, &E) -> S,
+    ) -> Result<Option<(S, i64)>, CommandError> {
+        let events = self.read_stream(stream).await?;
+        if events
+            .first()
+            .is_some_and(|e| e.company_id != tenant.company_id || e.application_id != tenant.application_id)
+        {
+            return Ok(None);
+        }
+        let mut state = S::default();
+        for e in &events {
+            let decoded = decode(&e.event_type, e.schema as u32, &e.data)
+                .map_err(|err| CommandError::Storage(format!("event at position {}: {err}", e.position)))?;
+            state = evolve(state, &decoded);
+        }
+        Ok(Some((state, events.last().map_or(0, |e| e.version))))
+    }
+
     /// A stream's events, or a storage failure.
     pub async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, CommandError> {
         self.log.read_stream(stream).await.map_err(|e| CommandError::Storage(e.to_string()))
@@ -257,21 +295,7 @@ impl Commands {
             release,
             idempotency_key: meta.idempotency_key.clone(),
         };
-        match self.log.append(request).await {
-            Ok(result) => Ok(result.last_position),
-            Err(AppendError::Conflict { expected, actual, .. }) => Err(CommandError::VersionConflict {
-                expected: match expected {
-                    ExpectedVersion::Exact(v) => v,
-                    _ => 0,
-                },
-                actual,
-            }),
-            Err(AppendError::Reserved { key }) => {
-                let (kind, value) = key.split_once(':').unwrap_or(("value", key.as_str()));
-                Err(CommandError::Taken { kind: kind.to_string(), value: value.to_string() })
-            }
-            Err(e) => Err(CommandError::Storage(e.to_string())),
-        }
+        Ok(self.log.append(request).await?.last_position)
     }
 
     /// What a decision in this tenant depends on: now, and the application's config.
@@ -421,18 +445,7 @@ impl Commands {
                 Ok(Outcome { position: result.last_position, states, events: Vec::new() })
             }
             Ok(result) => Ok(Outcome { position: result.last_position, states, events: all_events }),
-            Err(AppendError::Conflict { expected, actual, .. }) => Err(CommandError::VersionConflict {
-                expected: match expected {
-                    ExpectedVersion::Exact(v) => v,
-                    _ => 0,
-                },
-                actual,
-            }),
-            Err(AppendError::Reserved { key }) => {
-                let (kind, value) = key.split_once(':').unwrap_or(("value", key.as_str()));
-                Err(CommandError::Taken { kind: kind.to_string(), value: value.to_string() })
-            }
-            Err(e) => Err(CommandError::Storage(e.to_string())),
+            Err(e) => Err(e.into()),
         }
     }
 }

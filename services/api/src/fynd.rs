@@ -14,9 +14,10 @@ use axum::{Extension, Json};
 use serde_json::json;
 use userstream_domain::user::UserCommand;
 use userstream_domain::UserId;
-use userstream_eventlog::Tenant;
+use userstream_eventlog::{EventLog, Tenant};
 use userstream_projections::read_models::filter::Filter;
 use userstream_projections::read_models::users::MAX_PAGE_SIZE;
+use userstream_projections::RunnerHandle;
 
 pub const PREFIX: &str = "/service/platform/user/v1.0/company/{company_id}/application/{application_id}";
 
@@ -93,16 +94,32 @@ struct UserEnvelope {
     user: Option<UserDto>,
 }
 
+/// Adds `X-Event-Position` to a response.
+pub fn with_position(mut response: Response, position: i64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&position.to_string()) {
+        response.headers_mut().insert("x-event-position", v);
+    }
+    response
+}
+
+/// Waits until each of `models` has every event committed before this call
+/// (read your own writes without a position), or fails with 503.
+pub async fn caught_up(state: &AppState, models: &[&RunnerHandle]) -> Result<(), ApiError> {
+    let head = state.commands.log().head().await?;
+    for model in models {
+        if !model.wait_for(head, state.config.min_position_wait).await {
+            return Err(ApiError::behind(head));
+        }
+    }
+    Ok(())
+}
+
 /// Adds `X-Event-Position` (and the user's `ETag`) to a command response.
 pub fn command_response(outcome: &Outcome, body: impl serde::Serialize) -> Response {
-    let mut response = Json(body).into_response();
-    let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&outcome.position.to_string()) {
-        headers.insert("x-event-position", v);
-    }
+    let mut response = with_position(Json(body).into_response(), outcome.position);
     if let Some((_, version)) = outcome.user() {
         if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
-            headers.insert(header::ETAG, v);
+            response.headers_mut().insert(header::ETAG, v);
         }
     }
     response

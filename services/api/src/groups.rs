@@ -14,10 +14,10 @@
 use crate::commands::{new_user_id, CommandError, Meta};
 use crate::error::ApiError;
 use crate::extract::{tenant, JsonBody, QueryPairs};
-use crate::fynd::{meta, TenantPath};
+use crate::fynd::{caught_up, meta, with_position, TenantPath};
 use crate::{auth::Principal, AppState};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -160,16 +160,8 @@ fn group_json(g: &GroupRow) -> Value {
 }
 
 async fn load(state: &AppState, tenant: &Tenant, id: &str) -> Result<(GroupState, i64), ApiError> {
-    let events = state.commands.read_stream(&group_stream(id)).await?;
-    if events.first().is_some_and(|e| e.company_id != tenant.company_id || e.application_id != tenant.application_id) {
-        return Ok((GroupState::NotCreated, 0));
-    }
-    let mut s = GroupState::NotCreated;
-    for e in &events {
-        let decoded = codec::decode_group(&e.event_type, e.schema as u32, &e.data).map_err(ApiError::internal)?;
-        s = group::evolve(s, &decoded);
-    }
-    Ok((s, events.last().map_or(0, |e| e.version)))
+    let folded = state.commands.fold(tenant, &group_stream(id), codec::decode_group, group::evolve).await?;
+    Ok(folded.unwrap_or_default())
 }
 
 fn group_id(raw: &str) -> Result<String, ApiError> {
@@ -201,12 +193,7 @@ async fn run(state: &AppState, meta: &Meta, id: &str, command: GroupCommand) -> 
 
 /// Waits until the groups read model has every event committed so far.
 async fn consistent(state: &AppState) -> Result<(), ApiError> {
-    let head = state.commands.log().head().await?;
-    if state.groups.wait_for(head, state.config.min_position_wait).await {
-        Ok(())
-    } else {
-        Err(ApiError::behind(head))
-    }
+    caught_up(state, &[&state.groups]).await
 }
 
 async fn read_group(state: &AppState, tenant: &Tenant, id: &str) -> Result<GroupRow, ApiError> {
@@ -216,13 +203,6 @@ async fn read_group(state: &AppState, tenant: &Tenant, id: &str) -> Result<Group
         .get(tenant, id)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "group_not_found", format!("group {id} not found")))
-}
-
-fn with_position(mut response: Response, position: i64) -> Response {
-    if let Ok(v) = HeaderValue::from_str(&position.to_string()) {
-        response.headers_mut().insert("x-event-position", v);
-    }
-    response
 }
 
 pub async fn create_group(

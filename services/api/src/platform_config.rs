@@ -10,10 +10,10 @@
 
 use crate::error::ApiError;
 use crate::extract::{tenant, JsonBody};
-use crate::fynd::{meta, TenantPath};
+use crate::fynd::{meta, with_position, TenantPath};
 use crate::{auth::Principal, AppState};
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{Map, Value};
@@ -117,9 +117,5 @@ pub async fn update_config(
     let meta = meta(tenant, &principal, &headers)?;
     let (after, position) = state.commands.update_config(&meta, config, OffsetDateTime::now_utc()).await?;
     let (_, version) = state.commands.config(&meta.tenant).await?;
-    let mut response = Json(to_wire(&meta.tenant, &after, version)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&position.to_string()) {
-        response.headers_mut().insert("x-event-position", v);
-    }
-    Ok(response)
+    Ok(with_position(Json(to_wire(&meta.tenant, &after, version)).into_response(), position))
 }

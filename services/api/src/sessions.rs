@@ -13,7 +13,7 @@
 
 use crate::error::ApiError;
 use crate::extract::{tenant, JsonBody, QueryPairs};
-use crate::fynd::{command_response, meta, parse_user_id, TenantPath};
+use crate::fynd::{caught_up, command_response, meta, parse_user_id, TenantPath};
 use crate::{auth::Principal, AppState};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use userstream_domain::platform::MAX_SESSION_SECONDS;
 use userstream_domain::user::{StartSession, UserCommand};
-use userstream_eventlog::{format_time, EventLog, Tenant};
+use userstream_eventlog::{format_time, Tenant};
 
 pub const COOKIE: &str = "f.session";
 
@@ -105,12 +105,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Waits until the users read model has every event committed before this
 /// request, so a list right after a login or logout shows it.
 async fn consistent(state: &AppState) -> Result<(), ApiError> {
-    let head = state.commands.log().head().await?;
-    if state.users.wait_for(head, state.config.min_position_wait).await {
-        Ok(())
-    } else {
-        Err(ApiError::behind(head))
-    }
+    caught_up(state, &[&state.users]).await
 }
 
 fn required<'a>(query: &'a QueryPairs, key: &str) -> Result<&'a str, ApiError> {
