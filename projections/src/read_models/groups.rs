@@ -318,8 +318,10 @@ impl GroupsQuery {
             binds.push(tenant.application_id.clone());
             let app = binds.len();
             binds.push(format!("%{}%", q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+            // Per member through the contacts' (application, user) index: the
+            // cost follows the members read, not the application's size.
             sql.push_str(&format!(
-                " AND m.user_id IN (SELECT c.user_id FROM user_contacts_v1 c WHERE c.application_id = ${app} AND c.value LIKE ${} ESCAPE '\\')",
+                " AND EXISTS (SELECT 1 FROM user_contacts_v1 c WHERE c.application_id = ${app} AND c.user_id = m.user_id AND c.value LIKE ${} ESCAPE '\\')",
                 binds.len()
             ));
         }
