@@ -84,8 +84,16 @@ const DDL_2: &str = "
     DELETE FROM user_counts_v1;
     UPDATE checkpoints SET position = 0, failure = NULL WHERE name = 'users_v1';";
 
-const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, sqlite: DDL, postgres: DDL }, Migration { version: 2, sqlite: DDL_2, postgres: DDL_2 }];
+/// A covering (application, user, value) index, so "this user's contacts
+/// containing q" (the group members filter) reads only that user's rows.
+const DDL_3: &str =
+    "CREATE INDEX IF NOT EXISTS user_contacts_v1_user_value ON user_contacts_v1 (application_id, user_id, value)";
+
+const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, sqlite: DDL, postgres: DDL },
+    Migration { version: 2, sqlite: DDL_2, postgres: DDL_2 },
+    Migration { version: 3, sqlite: DDL_3, postgres: DDL_3 },
+];
 
 /// The tables this read model owns, for rebuilds and comparisons.
 pub const TABLES: &[&str] = &["users_v1", "user_contacts_v1", "user_counts_v1", "user_sessions_v1"];
