@@ -113,6 +113,31 @@ pub struct Definition {
     pub registration: Value,
 }
 
+impl Definition {
+    /// A definition of `kind` with every optional setting at its default.
+    pub fn new(id: impl Into<String>, kind: AttrType) -> Definition {
+        Definition {
+            id: id.into(),
+            name: String::new(),
+            slug: String::new(),
+            description: String::new(),
+            kind,
+            multi_value: false,
+            validations: vec![],
+            default_value: None,
+            encrypted: false,
+            customer_editable: false,
+            pinned: false,
+            pin_order: 0,
+            is_locked: false,
+            icon: String::new(),
+            ordering_channels: vec![],
+            masking: Value::Null,
+            registration: Value::Null,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AttrError {
     #[error("value breaks {rule}: {message}")]

@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 
 /// The details a client sets. Frozen as the payload of the v1 group events;
 /// new fields must have serde defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct GroupDetails {
     pub name: String,
     #[serde(default)]

@@ -14,25 +14,11 @@ use userstream_domain::rules::{compile, matches, Condition, Op, RuleError};
 const T0: OffsetDateTime = datetime!(2026-01-01 10:00 UTC);
 
 fn definition(id: &str, kind: AttrType, validations: Vec<Validation>) -> Definition {
-    Definition {
-        id: id.into(),
-        name: id.into(),
-        slug: id.into(),
-        description: String::new(),
-        kind,
-        multi_value: false,
-        validations,
-        default_value: None,
-        encrypted: false,
-        customer_editable: false,
-        pinned: false,
-        pin_order: 0,
-        is_locked: false,
-        icon: String::new(),
-        ordering_channels: vec![],
-        masking: Value::Null,
-        registration: Value::Null,
-    }
+    let mut d = Definition::new(id, kind);
+    d.name = id.into();
+    d.slug = id.into();
+    d.validations = validations;
+    d
 }
 
 fn rule_of(e: Result<Value, AttrError>) -> &'static str {

@@ -667,16 +667,9 @@ impl Engine {
         overlay.cleared.insert(group_id.to_string());
         let left: Vec<String> = members.into_iter().collect();
         let streams = output.entry((event.company_id.clone(), event.application_id.clone())).or_default();
-        for chunk in left.chunks(USERS_PER_EVENT) {
-            streams.entry(group_id.to_string()).or_default().push(GroupEvent::MembershipChanged(MembershipChanged {
-                group_id: group_id.to_string(),
-                joined: vec![],
-                left: chunk.to_vec(),
-                unmatched: 0,
-                cause: Cause::Event { position: event.position, event_type: event.event_type.clone() },
-                at: event.occurred_at,
-            }));
-        }
+        let cause = Cause::Event { position: event.position, event_type: event.event_type.clone() };
+        let events = streams.entry(group_id.to_string()).or_default();
+        push_changes(events, group_id, &[], &left, &cause, event.occurred_at);
         Ok(())
     }
 
@@ -737,26 +730,7 @@ impl Engine {
             let events =
                 output.entry((g.company_id.clone(), app.clone())).or_default().entry(group_id.clone()).or_default();
             let cause = Cause::Evaluation { rule_version: g.rule_version };
-            for chunk in joined.chunks(USERS_PER_EVENT) {
-                events.push(GroupEvent::MembershipChanged(MembershipChanged {
-                    group_id: group_id.clone(),
-                    joined: chunk.to_vec(),
-                    left: vec![],
-                    unmatched: 0,
-                    cause: cause.clone(),
-                    at: now,
-                }));
-            }
-            for chunk in left.chunks(USERS_PER_EVENT) {
-                events.push(GroupEvent::MembershipChanged(MembershipChanged {
-                    group_id: group_id.clone(),
-                    joined: vec![],
-                    left: chunk.to_vec(),
-                    unmatched: 0,
-                    cause: cause.clone(),
-                    at: now,
-                }));
-            }
+            push_changes(events, &group_id, &joined, &left, &cause, now);
             events.push(GroupEvent::Evaluated(GroupEvaluated {
                 group_id: group_id.clone(),
                 rule_version: g.rule_version,
@@ -864,6 +838,30 @@ impl Engine {
             }
         }
     }
+}
+
+/// Membership events for many joins and leaves: at most [`USERS_PER_EVENT`]
+/// users each, joins first.
+fn push_changes(
+    events: &mut Vec<GroupEvent>,
+    group_id: &str,
+    joined: &[String],
+    left: &[String],
+    cause: &Cause,
+    at: OffsetDateTime,
+) {
+    let change = |joined: &[String], left: &[String]| {
+        GroupEvent::MembershipChanged(MembershipChanged {
+            group_id: group_id.to_string(),
+            joined: joined.to_vec(),
+            left: left.to_vec(),
+            unmatched: 0,
+            cause: cause.clone(),
+            at,
+        })
+    };
+    events.extend(joined.chunks(USERS_PER_EVENT).map(|chunk| change(chunk, &[])));
+    events.extend(left.chunks(USERS_PER_EVENT).map(|chunk| change(&[], chunk)));
 }
 
 async fn write_overlay(conn: &mut AnyConnection, o: &Overlay, last: i64) -> Result<(), ProjectionError> {

@@ -236,25 +236,7 @@ pub async fn create_definition(
         ApiError::invalid("type is required (string, number, boolean, date, datetime, email, phone, enum, json)")
     })?;
     let id = new_user_id(now).to_string();
-    let base = Definition {
-        id: id.clone(),
-        name: String::new(),
-        slug: String::new(),
-        description: String::new(),
-        kind,
-        multi_value: false,
-        validations: vec![],
-        default_value: None,
-        encrypted: false,
-        customer_editable: false,
-        pinned: false,
-        pin_order: 0,
-        is_locked: false,
-        icon: String::new(),
-        ordering_channels: vec![],
-        masking: Value::Null,
-        registration: Value::Null,
-    };
+    let base = Definition::new(id.clone(), kind);
     let definition = body.apply(base);
     let events =
         attribute::decide_definition(&DefinitionState::NotCreated, DefinitionCommand::Create(definition.clone()), now)

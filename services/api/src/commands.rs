@@ -300,8 +300,12 @@ impl Commands {
 
     /// What a decision in this tenant depends on: now, and the application's config.
     pub async fn context(&self, tenant: &Tenant) -> Result<Context, CommandError> {
-        let (config, _) = self.config(tenant).await?;
-        Ok(Context { now: OffsetDateTime::now_utc(), delete_account_day: config.config.delete_account_day })
+        Ok(Self::context_of(&self.config(tenant).await?.0.config))
+    }
+
+    /// The context for a config the caller has read already.
+    pub fn context_of(config: &PlatformConfig) -> Context {
+        Context { now: OffsetDateTime::now_utc(), delete_account_day: config.delete_account_day }
     }
 
     /// [`Commands::handle`] with the tenant's current [`Commands::context`].

@@ -1,6 +1,6 @@
 //! The Fynd platform "User" surface: customers, sessions, platform config.
 
-use crate::commands::{new_user_id, Meta, Outcome};
+use crate::commands::{new_user_id, Commands, Meta, Outcome};
 use crate::dto::{ArchiveBody, BlockBody, CreateUserBody, Page, UndeleteBody, UpdateUserBody, UserDto};
 use crate::error::ApiError;
 use crate::extract::{tenant, JsonBody, QueryPairs};
@@ -149,7 +149,7 @@ async fn create_user(
 ) -> Result<Response, ApiError> {
     let tenant = tenant(company_id, application_id)?;
     let (config, _) = state.commands.config(&tenant).await?;
-    let ctx = state.commands.context(&tenant).await?;
+    let ctx = Commands::context_of(&config.config);
     let required = [&config.config.required_fields, &config.config.register_required_fields];
     let command = body.into_command(new_user_id(ctx.now), &required)?;
     let meta = meta(tenant, &principal, &headers)?;

@@ -164,6 +164,14 @@ async fn load(state: &AppState, tenant: &Tenant, id: &str) -> Result<(GroupState
     Ok(folded.unwrap_or_default())
 }
 
+/// The group as its stream has it, or 404.
+async fn live_group(state: &AppState, tenant: &Tenant, id: &str) -> Result<Box<group::Group>, ApiError> {
+    match load(state, tenant, id).await?.0 {
+        GroupState::Live(g) => Ok(g),
+        _ => Err(group_error(GroupError::NotFound)),
+    }
+}
+
 fn group_id(raw: &str) -> Result<String, ApiError> {
     UserId::parse("group_id", raw)
         .map(|id| id.to_string())
@@ -218,16 +226,7 @@ pub async fn create_group(
         return Err(ApiError::invalid("name is required"));
     }
     let file_url = body.file_url.clone().filter(|u| !u.trim().is_empty());
-    let empty = GroupDetails {
-        name: String::new(),
-        description: String::new(),
-        kind: String::new(),
-        category: String::new(),
-        tags: vec![],
-        conditions: vec![],
-        file_url: String::new(),
-    };
-    let details = body.apply(&state, &tenant, empty).await?;
+    let details = body.apply(&state, &tenant, GroupDetails::default()).await?;
     // Read the CSV before anything is appended: a bad file changes nothing.
     let rows = match &file_url {
         Some(url) if !details.is_rule() => Some(crate::members_file::fetch(url).await?),
@@ -314,9 +313,7 @@ pub async fn update_group(
 ) -> Result<Response, ApiError> {
     let tenant = tenant(c, a)?;
     let id = group_id(&raw)?;
-    let GroupState::Live(current) = load(&state, &tenant, &id).await?.0 else {
-        return Err(group_error(GroupError::NotFound));
-    };
+    let current = live_group(&state, &tenant, &id).await?;
     let details = body.apply(&state, &tenant, current.details.clone()).await?;
     let meta = meta(tenant, &principal, &headers)?;
     let position = run(&state, &meta, &id, GroupCommand::Update(details)).await?;
@@ -348,9 +345,7 @@ pub async fn refresh_group(
 ) -> Result<Response, ApiError> {
     let tenant = tenant(c, a)?;
     let id = group_id(&raw)?;
-    let GroupState::Live(current) = load(&state, &tenant, &id).await?.0 else {
-        return Err(group_error(GroupError::NotFound));
-    };
+    let current = live_group(&state, &tenant, &id).await?;
     let meta = meta(tenant, &principal, &headers)?;
     // A rule group is evaluated again from scratch: a new rule generation.
     let position = if current.details.is_rule() {
@@ -442,9 +437,7 @@ pub async fn patch_group(
 ) -> Result<Response, ApiError> {
     let tenant = tenant(c, a)?;
     let id = group_id(&raw)?;
-    let GroupState::Live(current) = load(&state, &tenant, &id).await?.0 else {
-        return Err(group_error(GroupError::NotFound));
-    };
+    let current = live_group(&state, &tenant, &id).await?;
     let rows = match body.kind.as_deref().unwrap_or("json") {
         "json" => body.user_data.unwrap_or_default(),
         "file_url" | "file" => {

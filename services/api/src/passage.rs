@@ -14,7 +14,7 @@
 use crate::commands::{new_user_id, Outcome};
 use crate::error::{ApiError, PassageError};
 use crate::extract::{tenant, JsonBody, QueryPairs};
-use crate::fynd::meta;
+use crate::fynd::{caught_up, meta};
 use crate::{auth::Principal, AppState};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -98,6 +98,12 @@ async fn read_back(state: &AppState, tenant: &Tenant, id: &str, position: i64) -
     state.queries.get(tenant, id).await?.ok_or_else(|| PassageError::user_not_found(id))
 }
 
+/// The user as the read model has it once it has every event committed so far.
+async fn read_current(state: &AppState, tenant: &Tenant, id: &str) -> Result<UserRow, PassageError> {
+    let head = state.commands.log().head().await?;
+    read_back(state, tenant, id, head).await
+}
+
 async fn user_response(
     state: &AppState,
     tenant: &Tenant,
@@ -169,8 +175,7 @@ async fn get_user(
 ) -> Result<Response, PassageError> {
     let tenant = passage_tenant(&principal, app_id)?;
     let id = user_id(&raw)?;
-    let head = state.commands.log().head().await?;
-    let row = read_back(&state, &tenant, id.as_str(), head).await?;
+    let row = read_current(&state, &tenant, id.as_str()).await?;
     Ok(Json(json!({ "user": passage_user(&row) })).into_response())
 }
 
@@ -240,8 +245,7 @@ async fn delete_user(
     let id = user_id(&raw)?;
     let meta = meta(tenant, &principal, &headers)?;
     // Deleting a user that is gone already is a 404, as in Passage.
-    let head = state.commands.log().head().await?;
-    read_back(&state, &meta.tenant, id.as_str(), head).await?;
+    read_current(&state, &meta.tenant, id.as_str()).await?;
     state.commands.run(&meta, &id, UserCommand::Archive, None).await?;
     Ok(Json(json!({})).into_response())
 }
@@ -278,10 +282,7 @@ async fn list_users(
 ) -> Result<Response, PassageError> {
     let tenant = passage_tenant(&principal, app_id)?;
     let query = ListQuery::parse(&pairs, OffsetDateTime::now_utc()).map_err(PassageError::invalid)?;
-    let head = state.commands.log().head().await?;
-    if !state.users.wait_for(head, state.config.min_position_wait).await {
-        return Err(ApiError::behind(head).into());
-    }
+    caught_up(&state, &[&state.users]).await?;
     let (rows, total) = user_list::list(&state.db, &tenant, &query).await?;
     let last = ((total + query.limit - 1) / query.limit).max(1);
     let path = format!("/v1/apps/{}/users", tenant.application_id);

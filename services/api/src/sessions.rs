@@ -11,6 +11,7 @@
 //!   or `?cookie=`) is what a storefront calls on use: it answers the
 //!   session, and extends a rolling one once less than half its life is left.
 
+use crate::commands::Commands;
 use crate::error::ApiError;
 use crate::extract::{tenant, JsonBody, QueryPairs};
 use crate::fynd::{caught_up, command_response, meta, parse_user_id, TenantPath};
@@ -74,7 +75,7 @@ pub async fn create_session(
     if domain.len() > 253 {
         return Err(ApiError::invalid("domain is longer than 253 characters"));
     }
-    let ctx = state.commands.context(&tenant).await?;
+    let ctx = Commands::context_of(&config.config);
     // 128 random bits; the cookie adds the signature.
     let random: [u8; 16] = rand::random();
     let session_id = hex(&random);
