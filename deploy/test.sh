@@ -31,5 +31,5 @@ if cargo nextest --version >/dev/null 2>&1; then
   runner=(cargo nextest run --workspace --locked --no-fail-fast)
 fi
 
-echo "== tests (${runner[*]}) on SQLite and PostgreSQL"
-exec bash deploy/postgres.sh run "${runner[@]}"
+echo "== tests (${runner[*]}) on SQLite, PostgreSQL and NATS JetStream"
+exec bash deploy/postgres.sh run bash deploy/nats.sh run "${runner[@]}"

@@ -23,6 +23,7 @@
 //!   with the events-out issue): the same range gives the same idempotency
 //!   key, and the members read model applies joins and leaves idempotently.
 
+use crate::runner::STANDBY_POLL;
 use crate::ProjectionError;
 use serde_json::Value;
 use sqlx::{AnyConnection, Executor, Row};
@@ -37,6 +38,7 @@ use userstream_domain::codec;
 use userstream_domain::group::{Cause, GroupEvaluated, GroupEvent, MembershipChanged};
 use userstream_domain::rules::{self, Compiled, Condition};
 use userstream_domain::user::UserEvent;
+use userstream_eventlog::lease::Lease;
 use userstream_eventlog::{
     AppendRequest, Db, EventLog, ExpectedVersion, Migration, NewEvent, RecordedEvent, SqlEventLog, StreamAppend, Tenant,
 };
@@ -182,21 +184,32 @@ impl Engine {
     pub async fn new(log: SqlEventLog) -> Result<Engine, ProjectionError> {
         let db = log.db().clone();
         db.migrate("membership_engine", MIGRATIONS).await?;
-        let start = {
+        {
             let _turn = db.write_turn().await;
             sqlx::query(
                 "INSERT INTO engine_state (name, position) VALUES ('membership', 0) ON CONFLICT (name) DO NOTHING",
             )
             .execute(&db.pool)
             .await?;
-            sqlx::query_scalar::<_, i64>("SELECT position FROM engine_state WHERE name = 'membership'")
-                .fetch_one(&db.pool)
-                .await?
+        }
+        let mut engine = Engine {
+            log,
+            db,
+            position: watch::channel(0).0,
+            compiled: HashMap::new(),
+            empty_matching: HashMap::new(),
+            groups: BTreeMap::new(),
         };
-        let (position, _) = watch::channel(start);
+        engine.reload().await?;
+        Ok(engine)
+    }
+
+    /// Reads the committed state again (after another instance ran the engine).
+    async fn reload(&mut self) -> Result<(), ProjectionError> {
+        let position = self.committed_position().await?;
         let mut groups = BTreeMap::new();
         for r in sqlx::query("SELECT application_id, group_id, company_id, conditions, rule_version FROM engine_groups")
-            .fetch_all(&db.pool)
+            .fetch_all(&self.db.pool)
             .await?
         {
             let text: String = r.try_get("conditions")?;
@@ -210,22 +223,53 @@ impl Engine {
                 },
             );
         }
-        Ok(Engine { log, db, position, compiled: HashMap::new(), empty_matching: HashMap::new(), groups })
+        self.groups = groups;
+        self.compiled.clear();
+        self.empty_matching.clear();
+        self.position.send_replace(position);
+        Ok(())
+    }
+
+    async fn committed_position(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT position FROM engine_state WHERE name = 'membership'").fetch_one(&self.db.pool).await
     }
 
     pub fn handle(&self) -> EngineHandle {
         EngineHandle { position: self.position.subscribe() }
     }
 
-    /// Runs until cancelled: wakes on appends, polls as a fallback.
+    /// Runs until cancelled while this process holds the engine's lease
+    /// (standing by otherwise): wakes on appends, polls as a fallback.
     pub async fn run(mut self, cancel: CancellationToken, poll: Duration) {
         let mut head = self.log.watch_head();
+        let mut lease = Lease::new(&self.db, "membership-engine");
+        let mut owner = false;
         loop {
+            if !lease.hold().await {
+                owner = false;
+                if let Ok(p) = self.committed_position().await {
+                    self.position.send_if_modified(|mine| std::mem::replace(mine, p) != p);
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(STANDBY_POLL) => continue,
+                }
+            }
+            if !owner {
+                if let Err(e) = self.reload().await {
+                    tracing::error!(error = %e, "membership engine could not load its state; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                owner = true;
+            }
             match self.step().await {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "membership engine batch failed; retrying");
+                    // Its in-memory state may be ahead of what was committed.
+                    owner = false;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -272,7 +316,7 @@ impl Engine {
         }
         let changed: Vec<((String, String), RuleGroup)> =
             overlay.groups.iter().map(|(k, g)| (k.clone(), g.clone())).collect();
-        self.commit(overlay, last).await?;
+        self.commit(overlay, position, last).await?;
         for (key, g) in changed {
             if g.deleted || g.conditions.is_empty() {
                 self.groups.remove(&key);
@@ -822,11 +866,11 @@ impl Engine {
 
     // -- writing state with the checkpoint -----------------------------------
 
-    async fn commit(&self, overlay: Overlay, last: i64) -> Result<(), ProjectionError> {
+    async fn commit(&self, overlay: Overlay, from: i64, last: i64) -> Result<(), ProjectionError> {
         let _turn = self.db.write_turn().await;
         let mut conn = self.db.pool.acquire().await.map_err(storage)?;
         conn.execute(self.db.begin_write()).await?;
-        let result = write_overlay(&mut conn, &overlay, last).await;
+        let result = write_overlay(&mut conn, &overlay, from, last).await;
         match result {
             Ok(()) => {
                 conn.execute("COMMIT").await?;
@@ -864,7 +908,7 @@ fn push_changes(
     events.extend(left.chunks(USERS_PER_EVENT).map(|chunk| change(&[], chunk)));
 }
 
-async fn write_overlay(conn: &mut AnyConnection, o: &Overlay, last: i64) -> Result<(), ProjectionError> {
+async fn write_overlay(conn: &mut AnyConnection, o: &Overlay, from: i64, last: i64) -> Result<(), ProjectionError> {
     for ((app, user), (company, archived)) in &o.users {
         sqlx::query("INSERT INTO engine_users (application_id, user_id, company_id, archived) VALUES ($1, $2, $3, $4) ON CONFLICT (application_id, user_id) DO UPDATE SET archived = $4")
             .bind(app)
@@ -977,10 +1021,18 @@ async fn write_overlay(conn: &mut AnyConnection, o: &Overlay, last: i64) -> Resu
             q.execute(&mut *conn).await?;
         }
     }
-    sqlx::query("UPDATE engine_state SET position = $1, inflight_from = NULL, inflight_to = NULL WHERE name = $2")
-        .bind(last)
-        .bind(NAME)
-        .execute(&mut *conn)
-        .await?;
+    let moved =
+        sqlx::query("UPDATE engine_state SET position = $1, inflight_from = NULL, inflight_to = NULL WHERE name = $2 AND position = $3")
+            .bind(last)
+            .bind(NAME)
+            .bind(from)
+            .execute(&mut *conn)
+            .await?;
+    if moved.rows_affected() != 1 {
+        // Another instance committed this range (this one lost its lease).
+        return Err(ProjectionError::Storage(sqlx::Error::Protocol(format!(
+            "membership engine checkpoint moved from {from}: batch discarded"
+        ))));
+    }
     Ok(())
 }

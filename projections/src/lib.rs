@@ -7,6 +7,7 @@
 
 pub mod engine;
 pub mod read_models;
+pub mod relay;
 pub mod runner;
 
 pub use runner::{ProjectionError, Runner, RunnerHandle, RunnerStatus};

@@ -7,8 +7,11 @@
 //!   together; a crash anywhere in a batch rolls both back, and the batch is
 //!   read again from the old checkpoint.
 //! - **One runner per projection at a time** across processes on PostgreSQL:
-//!   the batch transaction locks the checkpoint row (`FOR UPDATE SKIP LOCKED`);
-//!   a runner that finds it locked does nothing this round.
+//!   a runner works only while it holds the projection's [`Lease`]; the
+//!   others stand by, following the owner's checkpoint so their
+//!   read-your-writes waits still end. As a second line, the batch
+//!   transaction locks the checkpoint row (`FOR UPDATE SKIP LOCKED`) and
+//!   applies nothing unless the checkpoint is where the batch started.
 //! - **Poison events stop the projection**: an event the projection cannot
 //!   apply is recorded (logged, and reported by [`RunnerStatus`]) and the
 //!   runner stops advancing; it never skips it.
@@ -20,7 +23,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use userstream_eventlog::lease::Lease;
 use userstream_eventlog::{Db, Dialect, EventLog, Migration, SqlEventLog};
+
+/// How often a standby follows the owner's checkpoint.
+pub const STANDBY_POLL: Duration = Duration::from_millis(50);
 
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -63,6 +70,10 @@ pub struct RunnerHandle {
 }
 
 impl RunnerHandle {
+    pub(crate) fn new(name: &'static str, position: watch::Receiver<i64>, failure: Arc<Mutex<Option<String>>>) -> Self {
+        RunnerHandle { name, position, failure }
+    }
+
     pub fn status(&self) -> RunnerStatus {
         RunnerStatus {
             position: *self.position.borrow(),
@@ -116,9 +127,17 @@ impl<P: Projection> Runner<P> {
     pub async fn run(self, cancel: CancellationToken, poll: Duration) {
         let mut head = self.log.watch_head();
         let mut backoff = Duration::from_millis(50);
+        let mut lease = Lease::new(self.log.db(), format!("projection:{}", self.projection.name()));
         loop {
             if cancel.is_cancelled() {
                 return;
+            }
+            if !lease.hold().await {
+                self.follow().await;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(STANDBY_POLL) => continue,
+                }
             }
             match self.step().await {
                 Ok(0) => {
@@ -145,6 +164,13 @@ impl<P: Projection> Runner<P> {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+    }
+
+    /// On a standby: takes the owner's checkpoint as this handle's position.
+    async fn follow(&self) {
+        if let Ok(p) = read_checkpoint(self.log.db(), self.projection.name()).await {
+            self.position.send_if_modified(|mine| std::mem::replace(mine, p) != p);
         }
     }
 
@@ -216,7 +242,7 @@ impl<P: Projection> Runner<P> {
     }
 }
 
-async fn read_checkpoint(db: &Db, name: &str) -> Result<i64, sqlx::Error> {
+pub(crate) async fn read_checkpoint(db: &Db, name: &str) -> Result<i64, sqlx::Error> {
     let position: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
         .bind(name)
         .fetch_optional(&db.pool)

@@ -31,6 +31,7 @@ use userstream_projections::engine::{Engine, EngineHandle};
 use userstream_projections::read_models::attributes::{AttributesProjection, AttributesQuery};
 use userstream_projections::read_models::groups::{GroupsProjection, GroupsQuery};
 use userstream_projections::read_models::users::{UsersProjection, UsersQuery};
+use userstream_projections::relay::{Relay, RelayConfig};
 use userstream_projections::{Runner, RunnerHandle};
 
 /// Settings of a running service, built once at start-up.
@@ -47,6 +48,8 @@ pub struct Config {
     pub poll_interval: Duration,
     /// AES-256 key (base64) for encrypted attributes; `None` keeps one in the database.
     pub attribute_key: Option<String>,
+    /// Publish every event to NATS JetStream (off on the embedded default).
+    pub nats: Option<RelayConfig>,
 }
 
 impl Config {
@@ -58,6 +61,7 @@ impl Config {
             body_limit: 1024 * 1024,
             poll_interval: Duration::from_millis(500),
             attribute_key: None,
+            nats: None,
         }
     }
 }
@@ -105,12 +109,18 @@ impl Service {
         let engine = Engine::new(log.clone()).await?;
         let (users, attrs, groups) = (users_runner.handle(), attributes_runner.handle(), groups_runner.handle());
         let engine_handle = engine.handle();
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(users_runner.run(cancel.clone(), poll)),
             tokio::spawn(attributes_runner.run(cancel.clone(), poll)),
             tokio::spawn(groups_runner.run(cancel.clone(), poll)),
             tokio::spawn(engine.run(cancel.clone(), poll)),
         ];
+        let mut runners = vec![users.clone(), attrs.clone(), groups.clone()];
+        if let Some(nats) = &config.nats {
+            let relay = Relay::new(log.clone(), nats.clone()).await?;
+            runners.push(relay.handle());
+            tasks.push(tokio::spawn(relay.run(cancel.clone(), poll)));
+        }
         let state = AppState::new(Shared {
             config,
             queries: UsersQuery::new(db.clone()),
@@ -119,7 +129,7 @@ impl Service {
             db,
             commands: Commands::new(log),
             access,
-            runners: vec![users.clone(), attrs.clone(), groups.clone()],
+            runners,
             users,
             attributes: attrs,
             groups,

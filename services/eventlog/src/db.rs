@@ -74,6 +74,11 @@ impl Db {
         Ok(Db { pool, dialect, url, write_gate: Arc::new(Mutex::new(())) })
     }
 
+    /// The normalised connection URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// On SQLite, the turn to write: every write transaction of this process
     /// (the log's writer, each projection) takes it before `BEGIN IMMEDIATE`.
     /// SQLite's own busy handler retries by sleeping, so a writer that

@@ -16,6 +16,7 @@
 
 mod db;
 pub mod keys;
+pub mod lease;
 mod writer;
 
 pub use db::{Db, Dialect, Migration};
@@ -241,9 +242,13 @@ impl SqlEventLog {
         db.migrate("eventlog", MIGRATIONS).await?;
         let conn = db.dedicated_connection().await?;
         let head_now = head_position(&db).await?;
-        let (head_tx, head) = watch::channel(head_now);
+        let head_tx = std::sync::Arc::new(watch::channel(head_now).0);
+        let head = head_tx.subscribe();
         let (queue, rx) = mpsc::channel(4096);
         let stats = std::sync::Arc::new(Stats::default());
+        if db.dialect == Dialect::Postgres {
+            tokio::spawn(listen_for_appends(db.clone(), head_tx.clone()));
+        }
         tokio::spawn(writer::run(db.clone(), conn, rx, head_tx, stats.clone()));
         Ok(SqlEventLog { db, queue, head, stats })
     }
@@ -257,8 +262,10 @@ impl SqlEventLog {
         &self.stats
     }
 
-    /// Changes whenever this process commits an append; carries the new head.
-    /// Appends by other processes are not seen here (poll [`EventLog::head`]).
+    /// Changes whenever this process commits an append, and on PostgreSQL
+    /// whenever another process does (it notifies `userstream_log`); carries
+    /// the new head. Notifications can be missed while reconnecting, so
+    /// readers still poll [`EventLog::head`] now and then.
     pub fn watch_head(&self) -> watch::Receiver<i64> {
         self.head.clone()
     }
@@ -286,6 +293,36 @@ impl HeldAppend {
     pub async fn commit(mut self) -> Result<AppendResult, sqlx::Error> {
         sqlx::Executor::execute(&mut self.conn, "COMMIT").await?;
         Ok(self.result)
+    }
+}
+
+/// The PostgreSQL channel the writer notifies after every commit.
+pub const APPEND_CHANNEL: &str = "userstream_log";
+
+/// Moves `head` when any process on the database commits an append.
+async fn listen_for_appends(db: Db, head: std::sync::Arc<watch::Sender<i64>>) {
+    loop {
+        let listener = async {
+            let mut listener = sqlx::postgres::PgListener::connect(db.url()).await?;
+            listener.listen(APPEND_CHANNEL).await?;
+            loop {
+                let note = listener.recv().await?;
+                if let Ok(top) = note.payload().parse::<i64>() {
+                    head.send_if_modified(|h| std::mem::replace(h, (*h).max(top)) < top);
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            _ = head.closed() => return,
+            outcome = listener => {
+                if let Err(e) = outcome {
+                    tracing::warn!(error = %e, "append listener failed; reconnecting");
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

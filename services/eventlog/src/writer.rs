@@ -45,7 +45,7 @@ pub(crate) async fn run(
     db: Db,
     mut conn: AnyConnection,
     mut queue: mpsc::Receiver<Pending>,
-    head: watch::Sender<i64>,
+    head: Arc<watch::Sender<i64>>,
     stats: Arc<Stats>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -66,6 +66,9 @@ pub(crate) async fn run(
             Ok(results) => {
                 let top = results.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.last_position).max();
                 if let Some(top) = top {
+                    if db.dialect == Dialect::Postgres {
+                        notify(&mut conn, top).await;
+                    }
                     head.send_if_modified(|h| {
                         let moved = top > *h;
                         *h = (*h).max(top);
@@ -89,6 +92,18 @@ pub(crate) async fn run(
                 }
             }
         }
+    }
+}
+
+/// Tells the other processes on the database that the log moved to `top`.
+async fn notify(conn: &mut AnyConnection, top: i64) {
+    let sent = sqlx::query("SELECT pg_notify($1, $2)::text")
+        .bind(crate::APPEND_CHANNEL)
+        .bind(top.to_string())
+        .execute(&mut *conn)
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "could not notify other processes of an append");
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_groups;
+mod tail;
 
 /// mimalloc: the service allocates many small, short-lived buffers (JSON,
 /// SQL arguments) across threads, where glibc's allocator spent a fifth of
@@ -16,6 +17,7 @@ use userstream_api::access::Access;
 use userstream_api::{Config, Service};
 use userstream_eventlog::{Db, SqlEventLog};
 use userstream_projections::read_models::users::UsersProjection;
+use userstream_projections::relay::RelayConfig;
 use userstream_projections::Runner;
 
 #[derive(Parser)]
@@ -36,6 +38,33 @@ struct DatabaseArg {
     url: String,
 }
 
+#[derive(clap::Args, Clone)]
+struct NatsArgs {
+    /// Publish every event to NATS JetStream at this URL (`nats://host:4222`).
+    #[arg(long = "nats", env = "NATS_URL")]
+    nats_url: Option<String>,
+    /// The JetStream stream (created if missing, subjects `userstream.>`).
+    #[arg(long = "nats-stream", env = "NATS_STREAM", default_value = "USERSTREAM")]
+    stream: String,
+    /// The stream's de-duplication window, in seconds.
+    #[arg(long = "nats-duplicate-window", env = "NATS_DUPLICATE_WINDOW_SECS", default_value_t = 120)]
+    duplicate_window_secs: u64,
+    /// How long the stream keeps events, in seconds (0: forever).
+    #[arg(long = "nats-max-age", env = "NATS_MAX_AGE_SECS", default_value_t = 0)]
+    max_age_secs: u64,
+}
+
+impl NatsArgs {
+    fn relay(&self) -> Option<RelayConfig> {
+        let url = self.nats_url.as_ref().filter(|u| !u.is_empty())?;
+        let mut config = RelayConfig::new(url);
+        config.stream = self.stream.clone();
+        config.duplicate_window = Duration::from_secs(self.duplicate_window_secs);
+        config.max_age = Duration::from_secs(self.max_age_secs);
+        Some(config)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP API with its projections.
@@ -48,6 +77,8 @@ enum Command {
         /// Longest a query waits for `X-Min-Position`, in milliseconds.
         #[arg(long, env = "USERSTREAM_MIN_POSITION_WAIT_MS", default_value_t = 5000)]
         min_position_wait_ms: u64,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Manage API credentials.
     Apikey {
@@ -61,6 +92,8 @@ enum Command {
     },
     /// Measure command throughput, visibility lag and query latency.
     Bench(bench::BenchArgs),
+    /// Print the events the NATS relay publishes, as they arrive (a durable consumer).
+    Tail(tail::TailArgs),
 }
 
 #[derive(Subcommand)]
@@ -90,9 +123,10 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { database, listen, min_position_wait_ms } => {
+        Command::Serve { database, listen, min_position_wait_ms, nats } => {
             let mut config = Config::new(database.url);
             config.min_position_wait = Duration::from_millis(min_position_wait_ms);
+            config.nats = nats.relay();
             serve(config, &listen).await
         }
         Command::Apikey { action: ApikeyCommand::Create { database, company, application, json } } => {
@@ -115,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Tail(args) => tail::run(args).await,
     }
 }
 
@@ -168,4 +203,13 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }
