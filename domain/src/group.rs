@@ -36,6 +36,15 @@ pub struct GroupDetails {
 }
 
 impl GroupDetails {
+    /// The client's `type`, or `conditional` / `manual` when it sent none.
+    pub fn kind_or_default(&self) -> &str {
+        match (self.kind.is_empty(), self.is_rule()) {
+            (false, _) => &self.kind,
+            (true, true) => "conditional",
+            (true, false) => "manual",
+        }
+    }
+
     pub fn is_rule(&self) -> bool {
         !self.conditions.is_empty()
     }

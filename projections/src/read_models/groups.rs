@@ -54,15 +54,7 @@ pub struct GroupsProjection;
 
 async fn write_details(conn: &mut AnyConnection, event: &RecordedEvent, e: &GroupWritten) -> Result<(), sqlx::Error> {
     let d = &e.details;
-    let kind = if d.kind.is_empty() {
-        if d.is_rule() {
-            "conditional"
-        } else {
-            "manual"
-        }
-    } else {
-        d.kind.as_str()
-    };
+    let kind = d.kind_or_default();
     sqlx::query(
         "INSERT INTO groups_v1 (company_id, application_id, group_id, uid, name, description, kind, category, tags, conditions, file_url, rule_version, evaluated_version, total_users, error_count, version, deleted, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, 0, 0, $13, 0, $14, $14)

@@ -11,7 +11,8 @@
 //! - Values are validated against the definition (400 naming the rule) and,
 //!   for encrypted definitions, sealed before they reach the log.
 
-use crate::commands::{new_user_id, CommandError, Meta};
+use crate::commands::{fold_events, new_user_id, CommandError, Meta};
+use crate::events::AsOf;
 use crate::crypto::Sealer;
 use crate::error::ApiError;
 use crate::extract::{tenant, JsonBody, QueryPairs};
@@ -558,18 +559,44 @@ pub async fn upsert_value(
 pub async fn get_value(
     State(state): State<AppState>,
     Path((c, a, raw_def, raw_user)): DefUserPath,
+    query: QueryPairs,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant(c, a)?;
     let def_id = definition_id(&raw_def)?;
     let user = parse_user_id(&raw_user)?;
+    let as_of = AsOf::from_query(&state, &query).await?;
     consistent(&state).await?;
     let definition = state.attribute_queries.definition(&tenant, &def_id).await?.map(|r| r.definition);
-    let row = state
-        .attribute_queries
-        .value(&tenant, user.as_str(), &def_id)
-        .await?
-        .ok_or_else(|| attr_error(AttrError::NoValue(def_id.clone())))?;
+    let row = match as_of {
+        Some(as_of) => value_as_of(&state, &tenant, user.as_str(), &def_id, as_of).await?,
+        None => state.attribute_queries.value(&tenant, user.as_str(), &def_id).await?,
+    }
+    .ok_or_else(|| attr_error(AttrError::NoValue(def_id.clone())))?;
     Ok(Json(value_json(&state, &tenant, definition.as_ref(), &row)?))
+}
+
+/// A user's value of one definition as its values stream had it at `as_of`.
+async fn value_as_of(
+    state: &AppState,
+    tenant: &Tenant,
+    user_id: &str,
+    def_id: &str,
+    as_of: AsOf,
+) -> Result<Option<ValueRow>, ApiError> {
+    let Some(events) = crate::events::stream_of(state.commands.log(), tenant, &values_stream(user_id), Some(as_of)).await?
+    else {
+        return Ok(None);
+    };
+    let values: ValuesState = fold_events(&events, codec::decode_values, attribute::evolve_values)?;
+    Ok(values.values.get(def_id).map(|v| ValueRow {
+        user_id: user_id.to_string(),
+        definition_id: def_id.to_string(),
+        attribute_id: v.attribute_id.clone(),
+        value: v.value.clone(),
+        customer_overridden: v.customer_overridden,
+        created_at: userstream_eventlog::format_time(v.created_at),
+        updated_at: userstream_eventlog::format_time(v.updated_at),
+    }))
 }
 
 pub async fn delete_value(

@@ -248,12 +248,7 @@ impl Commands {
         {
             return Ok(None);
         }
-        let mut state = S::default();
-        for e in &events {
-            let decoded = decode(&e.event_type, e.schema as u32, &e.data)
-                .map_err(|err| CommandError::Storage(format!("event at position {}: {err}", e.position)))?;
-            state = evolve(state, &decoded);
-        }
+        let state = fold_events(&events, decode, evolve)?;
         Ok(Some((state, events.last().map_or(0, |e| e.version))))
     }
 
@@ -474,6 +469,21 @@ fn encoded_event(encoded: codec::EncodedEvent, now: OffsetDateTime) -> NewEvent 
 
 /// Folds recorded events of one user stream. An undecodable event fails the
 /// command rather than being skipped: deciding on a partial history is wrong.
+/// Folds recorded events into a state (every stream kind: user, group, values …).
+pub fn fold_events<S: Default, E>(
+    events: &[RecordedEvent],
+    decode: impl Fn(&str, u32, &serde_json::Value) -> Result<E, codec::DecodeError>,
+    evolve: impl Fn(S, &E) -> S,
+) -> Result<S, CommandError> {
+    let mut state = S::default();
+    for e in events {
+        let decoded = decode(&e.event_type, e.schema as u32, &e.data)
+            .map_err(|err| CommandError::Storage(format!("event at position {}: {err}", e.position)))?;
+        state = evolve(state, &decoded);
+    }
+    Ok(state)
+}
+
 fn fold(tenant: &Tenant, id: UserId, events: &[RecordedEvent]) -> Result<Loaded, CommandError> {
     let foreign =
         events.first().is_some_and(|e| e.company_id != tenant.company_id || e.application_id != tenant.application_id);

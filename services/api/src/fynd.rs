@@ -1,5 +1,6 @@
 //! The Fynd platform "User" surface: customers, sessions, platform config.
 
+use crate::events::AsOf;
 use crate::commands::{new_user_id, Commands, Meta, Outcome};
 use crate::dto::{ArchiveBody, BlockBody, CreateUserBody, Page, UndeleteBody, UpdateUserBody, UserDto};
 use crate::error::ApiError;
@@ -25,6 +26,7 @@ pub const PREFIX: &str = "/service/platform/user/v1.0/company/{company_id}/appli
 /// from this table, and the tenant-isolation test walks it.
 pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     use crate::attributes as a;
+    use crate::events as ev;
     use crate::groups as g;
     use crate::platform_config::{get_config, update_config};
     use crate::sessions::{create_session, delete_session, delete_sessions, list_sessions, use_session};
@@ -44,6 +46,9 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::POST, "/platform/config", post(update_config)),
         (Method::PUT, "/customers/{user_id}", put(update_user)),
         (Method::GET, "/customers/{user_id}", get(get_user)),
+        (Method::GET, "/customers/{user_id}/history", get(ev::customer_history)),
+        (Method::GET, "/customers/{user_id}/timeline", get(ev::customer_timeline)),
+        (Method::GET, "/events", get(ev::feed)),
         (Method::POST, "/user_attribute/definition", post(a::create_definition)),
         (Method::GET, "/user_attribute/definition", get(a::list_definitions)),
         (Method::GET, "/user_attribute/definition/{definition_id}", get(a::get_definition)),
@@ -65,6 +70,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::DELETE, "/user_group/{group_id}", delete(g::delete_group)),
         (Method::GET, "/user_group/{group_id}/users", get(g::group_members)),
         (Method::POST, "/user_group/{group_id}/refresh", post(g::refresh_group)),
+        (Method::GET, "/user_group/{group_id}/history", get(ev::group_history)),
     ]
 }
 
@@ -267,8 +273,11 @@ async fn get_user(
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(company_id, application_id)?;
-    read_your_writes(&state, &headers, &query).await?;
     let id = parse_user_id(&user_id)?;
+    if let Some(as_of) = AsOf::from_query(&state, &query).await? {
+        return crate::events::user_as_of(&state, &tenant, id.as_str(), as_of).await;
+    }
+    read_your_writes(&state, &headers, &query).await?;
     let row =
         state.queries.get(&tenant, id.as_str()).await?.ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {user_id} not found"))

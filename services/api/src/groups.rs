@@ -11,6 +11,7 @@
 //!   `user_id`, `email` or `phone_number`; rows that match no user are counted
 //!   in the group's `error.count`.
 
+use crate::events::{self, AsOf};
 use crate::commands::{new_user_id, CommandError, Meta};
 use crate::error::ApiError;
 use crate::extract::{tenant, JsonBody, QueryPairs};
@@ -204,6 +205,26 @@ async fn consistent(state: &AppState) -> Result<(), ApiError> {
     caught_up(state, &[&state.groups]).await
 }
 
+/// A keyset page of a sorted member set, in the order the members read model answers.
+fn page_of(members: &std::collections::BTreeSet<String>, cursor: Option<&str>, backward: bool, n: i64) -> Vec<String> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let n = n as usize;
+    match (cursor, backward) {
+        (Some(c), false) => members.range::<str, _>((Excluded(c), Unbounded)).take(n).cloned().collect(),
+        (None, false) => members.iter().take(n).cloned().collect(),
+        (Some(c), true) => {
+            let mut page: Vec<String> = members.range::<str, _>((Unbounded, Excluded(c))).rev().take(n).cloned().collect();
+            page.reverse();
+            page
+        }
+        (None, true) => {
+            let mut page: Vec<String> = members.iter().rev().take(n).cloned().collect();
+            page.reverse();
+            page
+        }
+    }
+}
+
 async fn read_group(state: &AppState, tenant: &Tenant, id: &str) -> Result<GroupRow, ApiError> {
     consistent(state).await?;
     state
@@ -299,9 +320,25 @@ pub async fn list_groups(
     })))
 }
 
-pub async fn get_group(State(state): State<AppState>, Path((c, a, raw)): GroupPath) -> Result<Json<Value>, ApiError> {
+pub async fn get_group(
+    State(state): State<AppState>,
+    Path((c, a, raw)): GroupPath,
+    query: QueryPairs,
+) -> Result<Json<Value>, ApiError> {
     let tenant = tenant(c, a)?;
-    Ok(Json(group_json(&read_group(&state, &tenant, &group_id(&raw)?).await?)))
+    let id = group_id(&raw)?;
+    if let Some(as_of) = AsOf::from_query(&state, &query).await? {
+        return Ok(Json(group_json(&group_row_as_of(&state, &tenant, &id, as_of).await?)));
+    }
+    Ok(Json(group_json(&read_group(&state, &tenant, &id).await?)))
+}
+
+/// The group rebuilt from its events up to `as_of`, or 404 when it did not exist then.
+async fn group_row_as_of(state: &AppState, tenant: &Tenant, id: &str, as_of: AsOf) -> Result<GroupRow, ApiError> {
+    events::group_as_of(state, tenant, id, as_of)
+        .await?
+        .and_then(|g| g.row(tenant))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "group_not_found", format!("group {id} did not exist then")))
 }
 
 pub async fn update_group(
@@ -522,8 +559,22 @@ pub async fn group_members(
         None => None,
     };
     let q = query.get("q").map(str::trim).filter(|q| !q.is_empty());
-    read_group(&state, &tenant, &id).await?;
-    let ids = state.group_queries.members(&tenant, &id, cursor.as_deref(), backward, page_size + 1, q).await?;
+    let ids = match AsOf::from_query(&state, &query).await? {
+        Some(as_of) => {
+            if q.is_some() {
+                return Err(ApiError::invalid("q cannot be combined with as_of"));
+            }
+            let group = events::group_as_of(&state, &tenant, &id, as_of).await?;
+            let members = group.filter(|g| g.row(&tenant).is_some()).map(|g| g.members).ok_or_else(|| {
+                ApiError::new(StatusCode::NOT_FOUND, "group_not_found", format!("group {id} did not exist then"))
+            })?;
+            page_of(&members, cursor.as_deref(), backward, page_size + 1)
+        }
+        None => {
+            read_group(&state, &tenant, &id).await?;
+            state.group_queries.members(&tenant, &id, cursor.as_deref(), backward, page_size + 1, q).await?
+        }
+    };
     let more = ids.len() as i64 > page_size;
     let ids: Vec<String> = if backward {
         ids.into_iter().skip(usize::from(more)).collect()

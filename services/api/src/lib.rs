@@ -7,6 +7,7 @@ pub mod commands;
 pub mod crypto;
 pub mod dto;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod fynd;
 pub mod groups;

@@ -122,6 +122,7 @@ pub struct RecordedEvent {
     pub event_id: String,
     pub stream: String,
     pub version: i64,
+    #[serde(rename = "type")]
     pub event_type: String,
     pub schema: i64,
     #[serde(with = "time::serde::rfc3339")]
@@ -148,7 +149,8 @@ pub trait EventLog: Send + Sync {
     fn head(&self) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
     version: 1,
     sqlite: "
         CREATE TABLE IF NOT EXISTS events (
@@ -198,7 +200,14 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         CREATE TABLE IF NOT EXISTS idempotency (
             scope TEXT NOT NULL, key TEXT NOT NULL, result TEXT NOT NULL, PRIMARY KEY (scope, key)
         );",
-}];
+},
+    // The tenant feed (`…/events`) reads one application's events in position order.
+    Migration {
+        version: 2,
+        sqlite: "CREATE INDEX IF NOT EXISTS events_by_tenant ON events (company_id, application_id, position)",
+        postgres: "CREATE INDEX IF NOT EXISTS events_by_tenant ON events (company_id, application_id, position)",
+    },
+];
 
 /// The SQL event log, on SQLite or PostgreSQL.
 ///
@@ -323,6 +332,65 @@ async fn listen_for_appends(db: Db, head: std::sync::Arc<watch::Sender<i64>>) {
             }
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Which of a tenant's events a feed reader wants.
+#[derive(Debug, Clone, Default)]
+pub struct FeedFilter {
+    /// Event types; a name ending in `.*` matches every type with that prefix
+    /// (`user.*`). Empty: every type.
+    pub types: Vec<String>,
+}
+
+impl SqlEventLog {
+    /// The tenant's events with `position > after`, in position order, at most `limit`.
+    pub async fn read_tenant(
+        &self,
+        tenant: &Tenant,
+        after: i64,
+        limit: i64,
+        filter: &FeedFilter,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let mut sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE company_id = $1 AND application_id = $2 AND position > $3"
+        );
+        let mut binds: Vec<String> = Vec::new();
+        if !filter.types.is_empty() {
+            let clauses: Vec<String> = filter
+                .types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let n = i + 5;
+                    match t.strip_suffix('*') {
+                        Some(prefix) => {
+                            binds.push(format!("{}%", prefix.replace('%', "").replace('_', "\\_")));
+                            format!("event_type LIKE ${n} ESCAPE '\\'")
+                        }
+                        None => {
+                            binds.push(t.clone());
+                            format!("event_type = ${n}")
+                        }
+                    }
+                })
+                .collect();
+            sql.push_str(&format!(" AND ({})", clauses.join(" OR ")));
+        }
+        sql.push_str(" ORDER BY position LIMIT $4");
+        let mut query = sqlx::query(&sql).bind(&tenant.company_id).bind(&tenant.application_id).bind(after).bind(limit);
+        for b in &binds {
+            query = query.bind(b);
+        }
+        let rows = query.fetch_all(&self.db.pool).await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    /// A stream's events up to `position` (inclusive), in version order.
+    pub async fn read_stream_until(&self, stream: &str, position: i64) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 AND position <= $2 ORDER BY version");
+        let rows = sqlx::query(&sql).bind(stream).bind(position).fetch_all(&self.db.pool).await?;
+        rows.iter().map(decode_row).collect()
     }
 }
 

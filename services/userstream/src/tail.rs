@@ -51,7 +51,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
             "event_id": event["event_id"],
             "stream": event["stream"],
             "version": event["version"],
-            "event_type": event["event_type"],
+            "type": event["type"],
             "occurred_at": event["occurred_at"],
         });
         println!("{line}");
