@@ -121,6 +121,22 @@ impl TestApp {
         self.base = base;
     }
 
+    /// Another instance of the service on the same database (and the same
+    /// environment), with the same credentials.
+    pub fn peer(&self) -> TestApp {
+        let (child, base) = start(&self.db, &self.env);
+        TestApp {
+            base,
+            db: self.db.clone(),
+            client: self.client.clone(),
+            passage: self.passage.clone(),
+            key: self.key.clone(),
+            token: self.token.clone(),
+            child,
+            env: self.env.clone(),
+        }
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -46,6 +46,9 @@ struct NatsArgs {
     /// The JetStream stream (created if missing, subjects `userstream.>`).
     #[arg(long = "nats-stream", env = "NATS_STREAM", default_value = "USERSTREAM")]
     stream: String,
+    /// Subjects are `{prefix}.{company_id}.{application_id}.{event_type}`.
+    #[arg(long = "nats-subject-prefix", env = "NATS_SUBJECT_PREFIX", default_value = "userstream")]
+    subject_prefix: String,
     /// The stream's de-duplication window, in seconds.
     #[arg(long = "nats-duplicate-window", env = "NATS_DUPLICATE_WINDOW_SECS", default_value_t = 120)]
     duplicate_window_secs: u64,
@@ -59,6 +62,7 @@ impl NatsArgs {
         let url = self.nats_url.as_ref().filter(|u| !u.is_empty())?;
         let mut config = RelayConfig::new(url);
         config.stream = self.stream.clone();
+        config.subject_prefix = self.subject_prefix.clone();
         config.duplicate_window = Duration::from_secs(self.duplicate_window_secs);
         config.max_age = Duration::from_secs(self.max_age_secs);
         Some(config)

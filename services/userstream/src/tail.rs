@@ -16,8 +16,8 @@ pub struct TailArgs {
     /// The durable consumer's name: a tail with the same name resumes where the last one stopped.
     #[arg(long, default_value = "userstream-tail")]
     durable: String,
-    /// Only these subjects, e.g. `userstream.1.app1.user.>`.
-    #[arg(long, default_value = "userstream.>")]
+    /// Only these subjects, e.g. `userstream.1.app1.user.>` (default: the whole stream).
+    #[arg(long, default_value = "")]
     subject: String,
     /// Stop after this many events (default: follow forever).
     #[arg(long)]
