@@ -221,3 +221,130 @@ impl Drop for TestApp {
         self.kill();
     }
 }
+
+/// A NATS server with JetStream that a test owns: its own port and store,
+/// so the test can stop it and start it again (an outage).
+pub struct NatsServer {
+    pub port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+/// The `nats-server` binary: `NATS_SERVER_BIN` (set by `deploy/nats.sh run`),
+/// else from `PATH`. `None` outside CI when there is none (the test skips).
+pub fn nats_server_bin() -> Option<PathBuf> {
+    if let Ok(bin) = std::env::var("NATS_SERVER_BIN") {
+        return Some(PathBuf::from(bin));
+    }
+    let found = Command::new("sh").args(["-c", "command -v nats-server"]).output().ok().filter(|o| o.status.success());
+    match found {
+        Some(o) => Some(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())),
+        None => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI is set but no nats-server: run the tests through deploy/nats.sh run"
+            );
+            eprintln!("no nats-server: skipping");
+            None
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+impl NatsServer {
+    /// A port and a store, not started yet.
+    pub fn new() -> NatsServer {
+        let store = std::env::temp_dir().join("userstream-tests").join(unique("nats"));
+        NatsServer { port: free_port(), store, child: None }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn start(&mut self, bin: &std::path::Path) {
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nats-server did not listen on {}", self.port);
+    }
+
+    /// `kill -9`: an outage.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Default for NatsServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// The relay settings of a test: its own stream and subject prefix, so tests
+/// sharing one server never see each other's events.
+pub fn nats_env(url: &str) -> Vec<(String, String)> {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    vec![
+        ("NATS_URL".into(), url.into()),
+        ("NATS_STREAM".into(), format!("T{id}")),
+        ("NATS_SUBJECT_PREFIX".into(), format!("t{id}")),
+    ]
+}
+
+/// Every message of a JetStream stream, in stream order: (subject, msg id, payload).
+pub async fn stream_messages(url: &str, stream: &str) -> Vec<(String, String, serde_json::Value)> {
+    use futures_util::StreamExt;
+    let client = async_nats::connect(url).await.expect("connect to nats");
+    let js = async_nats::jetstream::new(client);
+    let mut s = js.get_stream(stream).await.expect("stream");
+    let total = s.info().await.expect("info").state.messages as usize;
+    let consumer: async_nats::jetstream::consumer::PullConsumer = s
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("message within 10 s")
+            .expect("stream open")
+            .expect("message");
+        let id = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        out.push((m.subject.to_string(), id, serde_json::from_slice(&m.payload).expect("JSON payload")));
+    }
+    out
+}

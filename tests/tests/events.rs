@@ -44,7 +44,8 @@ async fn feed_pages_by_position_within_the_tenant_and_filters_types() {
         for n in 0..10 {
             ids.push(app.create_user(user_body(n)).await.0["_id"].as_str().expect("id").to_string());
             // Another tenant writes between ours: the feed must not show it.
-            let r = other.post(format!("{}/customers", app.fynd("2", APP))).json(&user_body(n)).send().await.expect("send");
+            let r =
+                other.post(format!("{}/customers", app.fynd("2", APP))).json(&user_body(n)).send().await.expect("send");
             assert_eq!(r.status(), 200);
         }
         app.put_customers(&format!("/{}", ids[0]), json!({"first_name": "Ada"})).await;
@@ -55,7 +56,9 @@ async fn feed_pages_by_position_within_the_tenant_and_filters_types() {
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "strictly increasing: {positions:?}");
         for e in &events {
             assert_eq!((e["company_id"].as_str(), e["application_id"].as_str()), (Some(COMPANY), Some(APP)));
-            for field in ["event_id", "stream", "version", "type", "schema", "occurred_at", "actor", "correlation_id", "data"] {
+            for field in
+                ["event_id", "stream", "version", "type", "schema", "occurred_at", "actor", "correlation_id", "data"]
+            {
                 assert!(!e[field].is_null(), "{field} missing in {e}");
             }
         }
@@ -70,8 +73,12 @@ async fn feed_pages_by_position_within_the_tenant_and_filters_types() {
 
         // Beyond the head: an empty page, not an error.
         let head = app.head().await;
-        let (status, page) = call(app.client.get(format!("{}/events?after={}", app.fynd(COMPANY, APP), head + 100))).await;
-        assert_eq!((status, page["events"].as_array().map(Vec::len), page["has_more"].clone()), (200, Some(0), json!(false)));
+        let (status, page) =
+            call(app.client.get(format!("{}/events?after={}", app.fynd(COMPANY, APP), head + 100))).await;
+        assert_eq!(
+            (status, page["events"].as_array().map(Vec::len), page["has_more"].clone()),
+            (200, Some(0), json!(false))
+        );
         for bad in ["after=-1", "after=x", "limit=0", "limit=5000", "types=User.Created", "types=a%20b"] {
             let (status, err) = call(app.client.get(format!("{}/events?{bad}", app.fynd(COMPANY, APP)))).await;
             assert_eq!(status, 400, "{bad}: {err}");
@@ -86,7 +93,8 @@ async fn feed_pages_by_position_within_the_tenant_and_filters_types() {
 /// Reads SSE events from `after` until `stop` events arrived (or the feed
 /// went quiet), returning (position, type) pairs.
 async fn read_sse(app: &TestApp, last_event_id: Option<i64>, stop: usize) -> Vec<(i64, String)> {
-    let mut request = app.client.get(format!("{}/events", app.fynd(COMPANY, APP))).header("accept", "text/event-stream");
+    let mut request =
+        app.client.get(format!("{}/events", app.fynd(COMPANY, APP))).header("accept", "text/event-stream");
     if let Some(id) = last_event_id {
         request = request.header("last-event-id", id.to_string());
     }
@@ -103,9 +111,8 @@ async fn read_sse(app: &TestApp, last_event_id: Option<i64>, stop: usize) -> Vec
         buffer.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buffer.find("\n\n") {
             let frame: String = buffer.drain(..end + 2).collect();
-            let field = |name: &str| {
-                frame.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim_start().to_string()))
-            };
+            let field =
+                |name: &str| frame.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim_start().to_string()));
             if let (Some(id), Some(kind), Some(data)) = (field("id:"), field("event:"), field("data:")) {
                 let event: Value = serde_json::from_str(&data).expect("data is JSON");
                 let position: i64 = id.parse().expect("id is a position");
@@ -190,8 +197,14 @@ async fn history_and_timeline_tell_what_changed_and_who_did_it() {
         let changes = update["changes"].as_array().expect("changes");
         assert!(changes.contains(&json!({"field": "first_name", "from": null, "to": "Grace"})), "{changes:?}");
         assert!(changes.contains(&json!({"field": "last_name", "from": null, "to": "Hopper"})), "{changes:?}");
-        assert!(history[2]["changes"].as_array().expect("changes").contains(&json!({"field": "active", "from": true, "to": false})));
-        assert!(history[4]["changes"].as_array().expect("changes").contains(&json!({"field": "archive", "from": false, "to": true})));
+        assert!(history[2]["changes"]
+            .as_array()
+            .expect("changes")
+            .contains(&json!({"field": "active", "from": true, "to": false})));
+        assert!(history[4]["changes"]
+            .as_array()
+            .expect("changes")
+            .contains(&json!({"field": "archive", "from": false, "to": true})));
 
         let (status, t) = call(app.client.get(format!("{}/{id}/timeline", app.customers()))).await;
         assert_eq!(status, 200, "{t}");
@@ -201,7 +214,8 @@ async fn history_and_timeline_tell_what_changed_and_who_did_it() {
         assert_eq!(timeline[3]["sub_title"], "changed first_name, last_name");
         assert!(t["delete_on"].as_str().is_some_and(|d| d.len() >= 20), "archived: delete_on set: {t}");
 
-        let (status, _) = call(app.client.get(format!("{}/{}/history", app.customers(), "0123456789abcdef01234567"))).await;
+        let (status, _) =
+            call(app.client.get(format!("{}/{}/history", app.customers(), "0123456789abcdef01234567"))).await;
         assert_eq!(status, 404);
     }
 }
@@ -227,7 +241,9 @@ async fn as_of_returns_every_intermediate_state_of_a_user_exactly() {
             let body = match n % 3 {
                 0 => json!({"first_name": format!("Name{n}")}),
                 1 => json!({"meta": {"step": n}, "gender": "female"}),
-                _ => json!({"emails": [{"email": format!("step{n}@example.com"), "primary": true, "verified": true, "active": true}]}),
+                _ => {
+                    json!({"emails": [{"email": format!("step{n}@example.com"), "primary": true, "verified": true, "active": true}]})
+                }
             };
             let r = app.put_customers(&format!("/{id}"), body.clone()).await;
             assert_eq!(r.status(), 200, "{body}");
@@ -236,7 +252,12 @@ async fn as_of_returns_every_intermediate_state_of_a_user_exactly() {
         }
         let times: Vec<String> = {
             let (_, h) = call(app.client.get(format!("{url}/history"))).await;
-            h["history"].as_array().expect("history").iter().map(|e| e["recorded_at"].as_str().unwrap_or("").to_string()).collect()
+            h["history"]
+                .as_array()
+                .expect("history")
+                .iter()
+                .map(|e| e["recorded_at"].as_str().unwrap_or("").to_string())
+                .collect()
         };
         for (i, (position, expected)) in states.iter().enumerate() {
             let (status, got) = call(app.client.get(format!("{url}?as_of={position}"))).await;
@@ -266,7 +287,8 @@ async fn as_of_rebuilds_groups_their_members_and_attribute_values() {
         for n in 0..4 {
             users.push(app.create_user(user_body(100 + n)).await.0["_id"].as_str().expect("id").to_string());
         }
-        let (status, g) = call(app.client.post(format!("{p}/user_group")).json(&json!({"name": "Early", "description": "v1"}))).await;
+        let (status, g) =
+            call(app.client.post(format!("{p}/user_group")).json(&json!({"name": "Early", "description": "v1"}))).await;
         assert_eq!(status, 201, "{g}");
         let gid = g["_id"].as_str().expect("id").to_string();
         let group_url = format!("{p}/user_group/{gid}");
@@ -292,7 +314,13 @@ async fn as_of_rebuilds_groups_their_members_and_attribute_values() {
             let (_, live) = call(app.client.get(&group_url).header("x-min-position", position.to_string())).await;
             steps.push((position, live, members.clone()));
         }
-        let r = app.client.put(&group_url).json(&json!({"name": "Early adopters", "description": "v2"})).send().await.expect("put");
+        let r = app
+            .client
+            .put(&group_url)
+            .json(&json!({"name": "Early adopters", "description": "v2"}))
+            .send()
+            .await
+            .expect("put");
         assert_eq!(r.status(), 200);
         let renamed_at = position_of(&r);
         for (position, live, expected_members) in &steps {
@@ -301,11 +329,23 @@ async fn as_of_rebuilds_groups_their_members_and_attribute_values() {
             assert_eq!(&got, live, "{}: group as_of={position}", db.backend);
             let (status, page) = call(app.client.get(format!("{group_url}/users?as_of={position}&page_size=2"))).await;
             assert_eq!(status, 200, "{page}");
-            let mut got_members: BTreeSet<String> =
-                page["items"].as_array().expect("items").iter().map(|m| m["user_id"].as_str().unwrap_or("").to_string()).collect();
+            let mut got_members: BTreeSet<String> = page["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .map(|m| m["user_id"].as_str().unwrap_or("").to_string())
+                .collect();
             if let Some(cursor) = page["page"]["next_cursor"].as_str() {
-                let (_, next) = call(app.client.get(format!("{group_url}/users?as_of={position}&page_size=2&cursor={cursor}"))).await;
-                got_members.extend(next["items"].as_array().expect("items").iter().map(|m| m["user_id"].as_str().unwrap_or("").to_string()));
+                let (_, next) =
+                    call(app.client.get(format!("{group_url}/users?as_of={position}&page_size=2&cursor={cursor}")))
+                        .await;
+                got_members.extend(
+                    next["items"]
+                        .as_array()
+                        .expect("items")
+                        .iter()
+                        .map(|m| m["user_id"].as_str().unwrap_or("").to_string()),
+                );
             }
             assert_eq!(&got_members, expected_members, "{}: members as_of={position}", db.backend);
         }
@@ -317,15 +357,32 @@ async fn as_of_rebuilds_groups_their_members_and_attribute_values() {
         // The group's history names each membership change's cause.
         let (status, h) = call(app.client.get(format!("{group_url}/history"))).await;
         assert_eq!(status, 200, "{h}");
-        let changes: Vec<&Value> = h["history"].as_array().expect("history").iter().filter(|e| e["type"] == "group.membership_changed").collect();
+        let changes: Vec<&Value> = h["history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .filter(|e| e["type"] == "group.membership_changed")
+            .collect();
         assert_eq!(changes.len(), 4);
         assert_eq!(changes[3]["left"], json!([users[0]]));
         assert_eq!(changes[0]["cause"]["kind"], "manual", "{}", changes[0]);
-        let renamed = h["history"].as_array().expect("history").iter().find(|e| e["type"] == "group.updated").expect("update");
-        assert!(renamed["changes"].as_array().expect("changes").contains(&json!({"field": "name", "from": "Early", "to": "Early adopters"})), "{renamed}");
+        let renamed =
+            h["history"].as_array().expect("history").iter().find(|e| e["type"] == "group.updated").expect("update");
+        assert!(
+            renamed["changes"]
+                .as_array()
+                .expect("changes")
+                .contains(&json!({"field": "name", "from": "Early", "to": "Early adopters"})),
+            "{renamed}"
+        );
 
         // An attribute value as of each of its versions.
-        let (status, d) = call(app.client.post(format!("{p}/user_attribute/definition")).json(&json!({"name": "Tier", "slug": "tier", "type": "string"}))).await;
+        let (status, d) = call(
+            app.client
+                .post(format!("{p}/user_attribute/definition"))
+                .json(&json!({"name": "Tier", "slug": "tier", "type": "string"})),
+        )
+        .await;
         assert_eq!(status, 201, "{d}");
         let def = d["_id"].as_str().expect("id").to_string();
         let value_url = format!("{p}/user_attribute/definition/{def}/user/{}", users[1]);

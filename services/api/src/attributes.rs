@@ -12,9 +12,9 @@
 //!   for encrypted definitions, sealed before they reach the log.
 
 use crate::commands::{fold_events, new_user_id, CommandError, Meta};
-use crate::events::AsOf;
 use crate::crypto::Sealer;
 use crate::error::ApiError;
+use crate::events::AsOf;
 use crate::extract::{tenant, JsonBody, QueryPairs};
 use crate::fynd::{caught_up, meta, parse_user_id, with_position as position_header, TenantPath};
 use crate::{auth::Principal, AppState};
@@ -583,7 +583,8 @@ async fn value_as_of(
     def_id: &str,
     as_of: AsOf,
 ) -> Result<Option<ValueRow>, ApiError> {
-    let Some(events) = crate::events::stream_of(state.commands.log(), tenant, &values_stream(user_id), Some(as_of)).await?
+    let Some(events) =
+        crate::events::stream_of(state.commands.log(), tenant, &values_stream(user_id), Some(as_of)).await?
     else {
         return Ok(None);
     };

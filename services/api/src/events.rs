@@ -24,8 +24,8 @@ use time::OffsetDateTime;
 use userstream_domain::codec;
 use userstream_domain::group::{GroupEvent, GroupState};
 use userstream_domain::user::{self, UserState};
-use userstream_projections::read_models::groups::GroupRow;
 use userstream_eventlog::{EventLog, FeedFilter, RecordedEvent, SqlEventLog, Tenant};
+use userstream_projections::read_models::groups::GroupRow;
 
 /// Largest page of the JSON feed.
 pub const MAX_FEED_PAGE: i64 = 1000;
@@ -115,8 +115,10 @@ fn user_view(state: &UserState, application_id: &str) -> Option<Value> {
 
 /// GET user with `as_of`: the user folded from its events up to then.
 pub async fn user_as_of(state: &AppState, tenant: &Tenant, user_id: &str, as_of: AsOf) -> Result<Response, ApiError> {
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {user_id} did not exist then"));
-    let events = stream_of(state.commands.log(), tenant, &user_stream(user_id), Some(as_of)).await?.ok_or_else(not_found)?;
+    let not_found =
+        || ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {user_id} did not exist then"));
+    let events =
+        stream_of(state.commands.log(), tenant, &user_stream(user_id), Some(as_of)).await?.ok_or_else(not_found)?;
     let folded: UserState = fold_events(&events, codec::decode, user::evolve)?;
     let view = user_view(&folded, &tenant.application_id).ok_or_else(not_found)?;
     Ok(as_of_response(json!({ "user": view }), &events))
@@ -181,8 +183,7 @@ pub async fn group_as_of(
     group_id: &str,
     as_of: AsOf,
 ) -> Result<Option<GroupAsOf>, ApiError> {
-    let Some(events) = stream_of(state.commands.log(), tenant, &format!("group-{group_id}"), Some(as_of)).await?
-    else {
+    let Some(events) = stream_of(state.commands.log(), tenant, &format!("group-{group_id}"), Some(as_of)).await? else {
         return Ok(None);
     };
     let folded: GroupState = fold_events(&events, codec::decode_group, userstream_domain::group::evolve)?;
@@ -372,7 +373,11 @@ fn codec_time(t: OffsetDateTime) -> String {
 }
 
 /// A user's events with what each changed. `None`: unknown in this tenant.
-async fn user_history(state: &AppState, tenant: &Tenant, user_id: &str) -> Result<Option<(Vec<Value>, UserState)>, ApiError> {
+async fn user_history(
+    state: &AppState,
+    tenant: &Tenant,
+    user_id: &str,
+) -> Result<Option<(Vec<Value>, UserState)>, ApiError> {
     let Some(events) = stream_of(state.commands.log(), tenant, &user_stream(user_id), None).await? else {
         return Ok(None);
     };

@@ -1,9 +1,9 @@
 //! The Fynd platform "User" surface: customers, sessions, platform config.
 
-use crate::events::AsOf;
 use crate::commands::{new_user_id, Commands, Meta, Outcome};
 use crate::dto::{ArchiveBody, BlockBody, CreateUserBody, Page, UndeleteBody, UpdateUserBody, UserDto};
 use crate::error::ApiError;
+use crate::events::AsOf;
 use crate::extract::{tenant, JsonBody, QueryPairs};
 use crate::{auth::Principal, AppState};
 use axum::extract::{Path, State};

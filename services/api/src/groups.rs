@@ -11,9 +11,9 @@
 //!   `user_id`, `email` or `phone_number`; rows that match no user are counted
 //!   in the group's `error.count`.
 
-use crate::events::{self, AsOf};
 use crate::commands::{new_user_id, CommandError, Meta};
 use crate::error::ApiError;
+use crate::events::{self, AsOf};
 use crate::extract::{tenant, JsonBody, QueryPairs};
 use crate::fynd::{caught_up, meta, with_position, TenantPath};
 use crate::{auth::Principal, AppState};
@@ -213,7 +213,8 @@ fn page_of(members: &std::collections::BTreeSet<String>, cursor: Option<&str>, b
         (Some(c), false) => members.range::<str, _>((Excluded(c), Unbounded)).take(n).cloned().collect(),
         (None, false) => members.iter().take(n).cloned().collect(),
         (Some(c), true) => {
-            let mut page: Vec<String> = members.range::<str, _>((Unbounded, Excluded(c))).rev().take(n).cloned().collect();
+            let mut page: Vec<String> =
+                members.range::<str, _>((Unbounded, Excluded(c))).rev().take(n).cloned().collect();
             page.reverse();
             page
         }
@@ -335,10 +336,9 @@ pub async fn get_group(
 
 /// The group rebuilt from its events up to `as_of`, or 404 when it did not exist then.
 async fn group_row_as_of(state: &AppState, tenant: &Tenant, id: &str, as_of: AsOf) -> Result<GroupRow, ApiError> {
-    events::group_as_of(state, tenant, id, as_of)
-        .await?
-        .and_then(|g| g.row(tenant))
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "group_not_found", format!("group {id} did not exist then")))
+    events::group_as_of(state, tenant, id, as_of).await?.and_then(|g| g.row(tenant)).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "group_not_found", format!("group {id} did not exist then"))
+    })
 }
 
 pub async fn update_group(

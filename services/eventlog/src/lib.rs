@@ -151,8 +151,8 @@ pub trait EventLog: Send + Sync {
 
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
-    version: 1,
-    sqlite: "
+        version: 1,
+        sqlite: "
         CREATE TABLE IF NOT EXISTS events (
             position INTEGER PRIMARY KEY AUTOINCREMENT,
             event_id TEXT NOT NULL UNIQUE,
@@ -176,7 +176,7 @@ pub const MIGRATIONS: &[Migration] = &[
         CREATE TABLE IF NOT EXISTS idempotency (
             scope TEXT NOT NULL, key TEXT NOT NULL, result TEXT NOT NULL, PRIMARY KEY (scope, key)
         );",
-    postgres: "
+        postgres: "
         CREATE TABLE IF NOT EXISTS events (
             position BIGSERIAL PRIMARY KEY,
             event_id TEXT NOT NULL UNIQUE,
@@ -200,7 +200,7 @@ pub const MIGRATIONS: &[Migration] = &[
         CREATE TABLE IF NOT EXISTS idempotency (
             scope TEXT NOT NULL, key TEXT NOT NULL, result TEXT NOT NULL, PRIMARY KEY (scope, key)
         );",
-},
+    },
     // The tenant feed (`…/events`) reads one application's events in position order.
     Migration {
         version: 2,

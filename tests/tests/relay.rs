@@ -1,0 +1,137 @@
+//! The NATS JetStream relay against a real nats-server, on every backend:
+//! NATS unreachable at start, an outage in the middle of concurrent writes,
+//! and afterwards every event on the stream exactly once, in log order, with
+//! encrypted values still sealed.
+
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use userstream_tests::{
+    fresh_databases, nats_env, nats_server_bin, stream_messages, NatsServer, TestApp, APP, COMPANY,
+};
+
+async fn readyz(app: &TestApp) -> (u16, Value) {
+    let r = app.client.get(format!("{}/readyz", app.base)).send().await.expect("readyz");
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits (bounded) until `/readyz` satisfies `pred`; returns the last answer.
+async fn wait_readyz(app: &TestApp, what: &str, pred: impl Fn(u16, &Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, body) = readyz(app).await;
+        if pred(status, &body) {
+            return body;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{what}: /readyz stayed {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn user_body(n: u32) -> Value {
+    json!({"phone_number": format!("93456{n:05}"), "email": format!("r{n}@example.com"), "username": format!("relay{n}")})
+}
+
+#[tokio::test]
+async fn relay_publishes_every_event_once_in_order_through_a_nats_outage() {
+    let Some(bin) = nats_server_bin() else { return };
+    for db in fresh_databases().await {
+        let mut nats = NatsServer::new();
+        let env = nats_env(&nats.url());
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (stream, prefix) = (env[1].1.clone(), env[2].1.clone());
+
+        // NATS is not running yet: the service serves anyway, /readyz says why.
+        let app = Arc::new(TestApp::spawn_on(db.clone(), &pairs).await);
+        app.create_user(user_body(0)).await;
+        let body = wait_readyz(&app, "NATS down at start", |s, b| {
+            s == 503
+                && b["reasons"].to_string().contains("NATS unreachable")
+                && b["projections"]["users_v1"]["lag"] == 0
+        })
+        .await;
+        assert_eq!(body["reasons"].as_array().map(Vec::len), Some(1), "only the relay is not ready: {body}");
+
+        nats.start(&bin);
+        wait_readyz(&app, "relay connects", |s, b| s == 200 && b["projections"]["nats-relay"]["lag"] == 0).await;
+
+        // An encrypted value: sealed in the log, so sealed on NATS.
+        let p = app.fynd(COMPANY, APP);
+        let d: Value = app
+            .client
+            .post(format!("{p}/user_attribute/definition"))
+            .json(&json!({"name": "PAN", "slug": "pan", "type": "string", "encrypted": true}))
+            .send()
+            .await
+            .expect("definition")
+            .json()
+            .await
+            .expect("json");
+        let (user, _) = app.create_user(user_body(1)).await;
+        let r = app
+            .client
+            .put(format!(
+                "{p}/user_attribute/definition/{}/user/{}",
+                d["_id"].as_str().expect("id"),
+                user["_id"].as_str().expect("id")
+            ))
+            .json(&json!({"attribute": {"value": "SECRET-PAN-4711"}}))
+            .send()
+            .await
+            .expect("upsert");
+        assert_eq!(r.status(), 200);
+
+        // Writers on three tasks; NATS is killed while they write and
+        // started again after they finished.
+        let writers: Vec<_> = (0..3u32)
+            .map(|w| {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    for n in 0..40u32 {
+                        let r = app
+                            .client
+                            .post(app.customers())
+                            .json(&user_body(100 + w * 100 + n))
+                            .send()
+                            .await
+                            .expect("create");
+                        assert_eq!(r.status(), 200, "writes go on while NATS is down");
+                        if n % 10 == 0 {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        nats.kill();
+        for w in writers {
+            w.await.expect("writer");
+        }
+        wait_readyz(&app, "NATS outage noticed", |s, b| s == 503 && b["reasons"].to_string().contains("nats")).await;
+        nats.start(&bin);
+        let head = app.head().await;
+        wait_readyz(&app, "relay catches up", |s, b| s == 200 && b["projections"]["nats-relay"]["position"] == head)
+            .await;
+
+        let messages = stream_messages(&nats.url(), &stream).await;
+        let positions: Vec<i64> = messages.iter().map(|(_, _, e)| e["position"].as_i64().expect("position")).collect();
+        let expected: Vec<i64> = (1..=head).collect();
+        assert_eq!(positions, expected, "{}: every event exactly once, in log order", db.backend);
+        for (subject, id, event) in &messages {
+            assert_eq!(id, event["event_id"].as_str().expect("event id"), "Nats-Msg-Id is the event id");
+            assert_eq!(
+                subject,
+                &format!(
+                    "{prefix}.{}.{}.{}",
+                    event["company_id"].as_str().unwrap_or(""),
+                    event["application_id"].as_str().unwrap_or(""),
+                    event["type"].as_str().unwrap_or("")
+                )
+            );
+        }
+        let everything: String = messages.iter().map(|(_, _, e)| e.to_string()).collect();
+        assert!(everything.contains("attribute.upserted"), "the encrypted upsert was published");
+        assert!(!everything.contains("SECRET-PAN-4711"), "encrypted values never reach NATS in plaintext");
+    }
+}
