@@ -8,6 +8,7 @@
 pub mod engine;
 pub mod read_models;
 pub mod relay;
+pub mod replay;
 pub mod runner;
 
 pub use runner::{ProjectionError, Runner, RunnerHandle, RunnerStatus};
@@ -21,6 +22,8 @@ pub trait Projection: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// The steps that create this projection's tables.
     fn migrations(&self) -> &'static [Migration];
+    /// Every table the migrations create (what a replay rebuilds and swaps).
+    fn tables(&self) -> &'static [&'static str];
     /// Writes `event` into the read model. Runs inside the batch transaction;
     /// must not commit, and must give the same tables for the same events.
     fn apply(

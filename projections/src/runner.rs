@@ -55,6 +55,9 @@ pub struct RunnerStatus {
 
 pub struct Runner<P> {
     log: SqlEventLog,
+    /// Where the read model and its checkpoint live: the log's database,
+    /// or a fresh one a replay builds.
+    target: Db,
     projection: P,
     batch_size: i64,
     position: watch::Sender<i64>,
@@ -92,7 +95,14 @@ impl RunnerHandle {
 impl<P: Projection> Runner<P> {
     /// Migrates the checkpoint table and the projection's own tables.
     pub async fn new(log: SqlEventLog, projection: P) -> Result<Self, sqlx::Error> {
-        let db = log.db();
+        let target = log.db().clone();
+        Self::with_target(log, target, projection).await
+    }
+
+    /// A runner that reads `log` and writes the read model (and its
+    /// checkpoint) into `target`.
+    pub async fn with_target(log: SqlEventLog, target: Db, projection: P) -> Result<Self, sqlx::Error> {
+        let db = &target;
         db.migrate("checkpoints", MIGRATIONS).await?;
         db.migrate(projection.name(), projection.migrations()).await?;
         sqlx::query("INSERT INTO checkpoints (name, position) VALUES ($1, 0) ON CONFLICT DO NOTHING")
@@ -102,6 +112,7 @@ impl<P: Projection> Runner<P> {
         let position = read_checkpoint(db, projection.name()).await?;
         Ok(Runner {
             log,
+            target,
             projection,
             batch_size: 2000,
             position: watch::channel(position).0,
@@ -127,7 +138,7 @@ impl<P: Projection> Runner<P> {
     pub async fn run(self, cancel: CancellationToken, poll: Duration) {
         let mut head = self.log.watch_head();
         let mut backoff = Duration::from_millis(50);
-        let mut lease = Lease::new(self.log.db(), format!("projection:{}", self.projection.name()));
+        let mut lease = Lease::new(&self.target, format!("projection:{}", self.projection.name()));
         loop {
             if cancel.is_cancelled() {
                 return;
@@ -169,7 +180,7 @@ impl<P: Projection> Runner<P> {
 
     /// On a standby: takes the owner's checkpoint as this handle's position.
     async fn follow(&self) {
-        if let Ok(p) = read_checkpoint(self.log.db(), self.projection.name()).await {
+        if let Ok(p) = read_checkpoint(&self.target, self.projection.name()).await {
             self.position.send_if_modified(|mine| std::mem::replace(mine, p) != p);
         }
     }
@@ -181,17 +192,23 @@ impl<P: Projection> Runner<P> {
         let _ = sqlx::query("UPDATE checkpoints SET failure = $1 WHERE name = $2")
             .bind(message)
             .bind(self.projection.name())
-            .execute(&self.log.db().pool)
+            .execute(&self.target.pool)
             .await;
     }
 
     /// Applies one batch. Returns how many events it applied (0: nothing new,
     /// or another process holds the lease).
     pub async fn step(&self) -> Result<usize, ProjectionError> {
-        let db = self.log.db();
+        self.step_until(i64::MAX).await
+    }
+
+    /// Applies one batch of the events up to position `until`.
+    pub async fn step_until(&self, until: i64) -> Result<usize, ProjectionError> {
+        let db = &self.target;
         let name = self.projection.name();
         let from = read_checkpoint(db, name).await?;
-        let events = self.log.read_all(from, self.batch_size).await?;
+        let mut events = self.log.read_all(from, self.batch_size).await?;
+        events.retain(|e| e.position <= until);
         let Some(last) = events.last().map(|e| e.position) else {
             self.position.send_if_modified(|p| std::mem::replace(p, from) != from);
             return Ok(0);

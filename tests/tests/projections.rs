@@ -36,6 +36,10 @@ impl Projection for Recorder {
         &[Migration { version: 1, sqlite: RECORDER_DDL, postgres: RECORDER_DDL }]
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["recorded"]
+    }
+
     async fn apply(&self, conn: &mut AnyConnection, event: &RecordedEvent) -> Result<(), ProjectionError> {
         sqlx::query("INSERT INTO recorded (position) VALUES ($1)").bind(event.position).execute(&mut *conn).await?;
         let n = self.applied.fetch_add(1, Ordering::SeqCst) + 1;
@@ -58,6 +62,10 @@ impl<P: Projection> Projection for OneByOne<P> {
 
     fn migrations(&self) -> &'static [Migration] {
         self.0.migrations()
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        self.0.tables()
     }
 
     async fn apply(&self, conn: &mut AnyConnection, event: &RecordedEvent) -> Result<(), ProjectionError> {

@@ -81,6 +81,10 @@ impl Projection for AttributesProjection {
         NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["attribute_definitions_v1", "attribute_values_v1"]
+    }
+
     fn migrations(&self) -> &'static [Migration] {
         MIGRATIONS
     }

@@ -84,6 +84,10 @@ impl Projection for GroupsProjection {
         NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["groups_v1", "group_members_v1"]
+    }
+
     fn migrations(&self) -> &'static [Migration] {
         MIGRATIONS
     }

@@ -232,6 +232,10 @@ impl Projection for UsersProjection {
         NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["users_v1", "user_contacts_v1", "user_counts_v1", "user_sessions_v1"]
+    }
+
     fn migrations(&self) -> &'static [Migration] {
         MIGRATIONS
     }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_groups;
+mod replay;
 mod tail;
 
 /// mimalloc: the service allocates many small, short-lived buffers (JSON,
@@ -96,6 +97,8 @@ enum Command {
     },
     /// Measure command throughput, visibility lag and query latency.
     Bench(bench::BenchArgs),
+    /// Rebuild read models from the log into fresh tables and switch to them (with a progress bar).
+    Replay(replay::ReplayArgs),
     /// Print the events the NATS relay publishes, as they arrive (a durable consumer).
     Tail(tail::TailArgs),
 }
@@ -154,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => bench::run(args).await,
         Command::Tail(args) => tail::run(args).await,
+        Command::Replay(args) => replay::run(args).await,
     }
 }
 

@@ -1,0 +1,254 @@
+//! Replay: rebuild a read model from position 0 into fresh tables while the
+//! live one keeps answering, then switch reads over.
+//!
+//! The fresh tables live beside the live ones: in a schema of their own on
+//! PostgreSQL (`replay_{projection}`, reached through the connection's
+//! `search_path`, so the projection's own SQL builds them unchanged), in a
+//! file of their own next to the database on SQLite. The same projection
+//! code and runner build them, reading the same log.
+//!
+//! The switch happens under the live projection's checkpoint: the replay
+//! locks it (PostgreSQL: the checkpoint row; SQLite: the write lock),
+//! catches the fresh tables up to at least the live position, and swaps
+//! them in with the checkpoint in one transaction, so a reader sees either
+//! the old tables or the new ones, never a mix, and the position never moves
+//! back. PostgreSQL swaps by moving tables between schemas (no copying);
+//! SQLite copies the rebuilt rows in, holding its write lock meanwhile.
+//!
+//! Replay never touches the relay's checkpoint, so it never republishes to
+//! NATS, and it never runs the membership engine, so it appends nothing.
+
+use crate::runner::read_checkpoint;
+use crate::{Projection, ProjectionError, Runner};
+use sqlx::{Connection, Executor};
+use userstream_eventlog::{Db, Dialect, EventLog, SqlEventLog};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("cannot replay into {0}: only file databases can be replayed")]
+    NotAFile(String),
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error("storage failure: {0}")]
+    Storage(#[from] sqlx::Error),
+}
+
+/// Where a rebuild writes: the fresh tables of one projection.
+pub struct Shadow {
+    pub db: Db,
+    /// The schema (PostgreSQL) or file (SQLite) holding them.
+    pub location: String,
+}
+
+/// The SQLite file behind a `sqlite:` URL.
+fn sqlite_file(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && !path.contains(":memory:")).then(|| path.to_string())
+}
+
+fn remove_sqlite(path: &str) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{path}{suffix}"));
+    }
+}
+
+impl Shadow {
+    /// Empty storage for a rebuild of `name` (what a previous replay left is dropped).
+    pub async fn create(main: &Db, name: &str) -> Result<Shadow, ReplayError> {
+        match main.dialect {
+            Dialect::Sqlite => {
+                let file = sqlite_file(main.url()).ok_or_else(|| ReplayError::NotAFile(main.url().to_string()))?;
+                let location = format!("{file}.replay-{name}");
+                remove_sqlite(&location);
+                let db = Db::connect(&format!("sqlite://{location}")).await?;
+                Ok(Shadow { db, location })
+            }
+            Dialect::Postgres => {
+                let schema = format!("replay_{name}");
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&main.pool).await?;
+                sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&main.pool).await?;
+                let separator = if main.url().contains('?') { '&' } else { '?' };
+                let url = format!("{}{separator}options=-c%20search_path%3D{schema}%2Cpublic", main.url());
+                let db = Db::connect(&url).await?;
+                Ok(Shadow { db, location: format!("schema {schema}") })
+            }
+        }
+    }
+}
+
+/// A rebuild in progress or done: its runner over the fresh tables.
+pub struct Rebuild<P> {
+    pub shadow: Shadow,
+    runner: Runner<P>,
+    projection: P,
+    log: SqlEventLog,
+}
+
+impl<P: Projection + Clone> Rebuild<P> {
+    pub async fn start(log: &SqlEventLog, projection: P) -> Result<Rebuild<P>, ReplayError> {
+        let shadow = Shadow::create(log.db(), projection.name()).await?;
+        let runner =
+            Runner::with_target(log.clone(), shadow.db.clone(), projection.clone()).await?.with_batch_size(5000);
+        Ok(Rebuild { shadow, runner, projection, log: log.clone() })
+    }
+
+    pub async fn position(&self) -> Result<i64, ReplayError> {
+        Ok(read_checkpoint(&self.shadow.db, self.projection.name()).await?)
+    }
+
+    /// Applies batches until the fresh tables reach `to`; `progress` hears
+    /// the position after every batch.
+    pub async fn run_to(&self, to: i64, progress: &mut dyn FnMut(i64)) -> Result<i64, ReplayError> {
+        let mut position = self.position().await?;
+        while position < to {
+            if self.runner.step_until(to).await? == 0 {
+                break;
+            }
+            position = self.position().await?;
+            progress(position);
+        }
+        Ok(position)
+    }
+
+    /// Catches up with the live read model and swaps the fresh tables in.
+    /// Returns the position the switched model is at.
+    pub async fn switch(self, progress: &mut dyn FnMut(i64)) -> Result<i64, ReplayError> {
+        let main = self.log.db().clone();
+        let name = self.projection.name();
+        // Most of the way without holding anything.
+        let live = read_checkpoint(&main, name).await?;
+        self.run_to(live.max(self.log.head().await?), progress).await?;
+        let mut conn = main.dedicated_connection().await?;
+        let position = match main.dialect {
+            Dialect::Postgres => self.switch_postgres(&mut conn, progress).await,
+            Dialect::Sqlite => self.switch_sqlite(&mut conn, progress).await,
+        };
+        if position.is_err() {
+            let _ = conn.execute("ROLLBACK").await;
+        }
+        let position = position?;
+        let _ = conn.close().await;
+        self.shadow.db.pool.close().await;
+        match main.dialect {
+            Dialect::Sqlite => remove_sqlite(&self.shadow.location),
+            Dialect::Postgres => {
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS replay_{name} CASCADE")).execute(&main.pool).await?;
+            }
+        }
+        Ok(position)
+    }
+
+    async fn switch_postgres(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        progress: &mut dyn FnMut(i64),
+    ) -> Result<i64, ReplayError> {
+        let name = self.projection.name();
+        let (fresh, old) = (format!("replay_{name}"), format!("replaced_{name}"));
+        conn.execute(format!("DROP SCHEMA IF EXISTS {old} CASCADE; CREATE SCHEMA {old}").as_str()).await?;
+        conn.execute("BEGIN").await?;
+        let live: i64 = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await?;
+        // The live runner waits now; bring the fresh tables at least as far.
+        let position = self.run_to(live, progress).await?;
+        let schema: String = sqlx::query_scalar("SELECT current_schema()::text").fetch_one(&mut *conn).await?;
+        for table in self.projection.tables() {
+            conn.execute(format!("ALTER TABLE {schema}.{table} SET SCHEMA {old}").as_str()).await?;
+            conn.execute(format!("ALTER TABLE {fresh}.{table} SET SCHEMA {schema}").as_str()).await?;
+        }
+        sqlx::query("UPDATE checkpoints SET position = $1, failure = NULL WHERE name = $2")
+            .bind(position)
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+        conn.execute("COMMIT").await?;
+        conn.execute(format!("DROP SCHEMA IF EXISTS {old} CASCADE").as_str()).await?;
+        Ok(position)
+    }
+
+    async fn switch_sqlite(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        progress: &mut dyn FnMut(i64),
+    ) -> Result<i64, ReplayError> {
+        let name = self.projection.name();
+        sqlx::query("ATTACH DATABASE $1 AS fresh").bind(&self.shadow.location).execute(&mut *conn).await?;
+        begin_immediate_soon(conn).await?;
+        let live = read_checkpoint_on(conn, name).await?;
+        let position = self.run_to(live, progress).await?;
+        for table in self.projection.tables() {
+            conn.execute(format!("DELETE FROM main.{table}").as_str()).await?;
+            conn.execute(format!("INSERT INTO main.{table} SELECT * FROM fresh.{table}").as_str()).await?;
+        }
+        sqlx::query("UPDATE main.checkpoints SET position = $1, failure = NULL WHERE name = $2")
+            .bind(position)
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+        conn.execute("COMMIT").await?;
+        conn.execute("DETACH DATABASE fresh").await?;
+        Ok(position)
+    }
+}
+
+/// `BEGIN IMMEDIATE` against a busy database. SQLite's busy handler sleeps
+/// longer and longer between tries, so a process that writes back to back
+/// (a loaded service) would starve it; trying every millisecond gets in at
+/// the first gap between the service's transactions.
+async fn begin_immediate_soon(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    conn.execute("PRAGMA busy_timeout = 0").await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let outcome = loop {
+        match conn.execute("BEGIN IMMEDIATE").await {
+            Ok(_) => break Ok(()),
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("locked") => {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    conn.execute("PRAGMA busy_timeout = 10000").await?;
+    outcome
+}
+
+async fn read_checkpoint_on(conn: &mut sqlx::AnyConnection, name: &str) -> Result<i64, sqlx::Error> {
+    let position: Option<i64> = sqlx::query_scalar("SELECT position FROM main.checkpoints WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(position.unwrap_or(0))
+}
+
+/// Every row of `table`, each as a JSON array of its columns, sorted: two
+/// read models are equal row for row when their dumps are.
+pub async fn dump_table(db: &Db, table: &str) -> Result<Vec<String>, sqlx::Error> {
+    use sqlx::{Row, ValueRef};
+    let rows = sqlx::query(&format!("SELECT * FROM {table}")).fetch_all(&db.pool).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut cells = Vec::with_capacity(row.columns().len());
+        for (i, _) in row.columns().iter().enumerate() {
+            let raw = row.try_get_raw(i)?;
+            let cell = if raw.is_null() {
+                serde_json::Value::Null
+            } else if let Ok(v) = row.try_get::<i64, _>(i) {
+                v.into()
+            } else if let Ok(v) = row.try_get::<f64, _>(i) {
+                v.into()
+            } else if let Ok(v) = row.try_get::<String, _>(i) {
+                v.into()
+            } else if let Ok(v) = row.try_get::<bool, _>(i) {
+                v.into()
+            } else {
+                serde_json::Value::String("<unreadable>".into())
+            };
+            cells.push(cell);
+        }
+        out.push(serde_json::Value::Array(cells).to_string());
+    }
+    out.sort();
+    Ok(out)
+}
