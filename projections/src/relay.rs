@@ -5,7 +5,10 @@
 //! whole batch.
 //!
 //! - **Nothing lost**: a batch whose acks did not all arrive is published
-//!   again from the old checkpoint (NATS down, a crash, a lost lease).
+//!   again (NATS down, a crash, a lost lease). Where to go on from is the
+//!   later of the saved checkpoint (saved at most every second, so the
+//!   database is not written once per batch) and the position in the
+//!   stream's last message.
 //! - **Nothing duplicated**: the stream drops a message whose id it saw in
 //!   its duplicate window, so republished events are stored once.
 //! - **Order per stream kept**: one publisher (the lease's owner) sends in
@@ -18,7 +21,7 @@
 use crate::runner::{read_checkpoint, RunnerHandle, STANDBY_POLL};
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -27,6 +30,10 @@ use userstream_eventlog::{EventLog, RecordedEvent, SqlEventLog};
 
 /// The relay's checkpoint name (also its lease's).
 pub const NAME: &str = "nats-relay";
+
+/// How often a busy relay saves its checkpoint. In between, the stream
+/// itself records how far it got: its last message carries its position.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -130,11 +137,19 @@ impl Relay {
         let mut head = self.log.watch_head();
         let mut lease = Lease::new(self.log.db(), NAME);
         let mut backoff = Duration::from_millis(100);
+        // Where publishing goes on from; `None` until read again (at start,
+        // after losing the lease, after a failure).
+        let mut cursor: Option<i64> = None;
+        let mut saved = Instant::now();
         loop {
             if cancel.is_cancelled() {
+                if let Some(p) = cursor {
+                    let _ = self.save(p).await;
+                }
                 return;
             }
             if !lease.hold().await {
+                cursor = None;
                 if let Ok(p) = read_checkpoint(self.log.db(), NAME).await {
                     self.position.send_if_modified(|mine| std::mem::replace(mine, p) != p);
                 }
@@ -143,21 +158,31 @@ impl Relay {
                     _ = tokio::time::sleep(STANDBY_POLL) => continue,
                 }
             }
-            match self.step(&js).await {
-                Ok(0) => {
+            let outcome = match cursor {
+                Some(from) => self.step(&js, from).await,
+                None => self.resume_point(&js).await.map(|from| (from, 0)),
+            };
+            match outcome {
+                Ok((to, published)) => {
+                    cursor = Some(to);
                     self.report(None);
                     backoff = Duration::from_millis(100);
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = head.changed() => {}
-                        _ = tokio::time::sleep(poll) => {}
+                    if published == 0 || saved.elapsed() >= SAVE_EVERY {
+                        if let Err(e) = self.save(to).await {
+                            tracing::warn!(error = %e, "could not save the relay checkpoint");
+                        }
+                        saved = Instant::now();
+                    }
+                    if published == 0 {
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            _ = head.changed() => {}
+                            _ = tokio::time::sleep(poll) => {}
+                        }
                     }
                 }
-                Ok(_) => {
-                    self.report(None);
-                    backoff = Duration::from_millis(100);
-                }
                 Err(e) => {
+                    cursor = None;
                     self.report(Some(e.to_string()));
                     tokio::select! {
                         _ = cancel.cancelled() => return,
@@ -167,6 +192,40 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// Where to publish from: the saved checkpoint, or further when the
+    /// stream already holds later events (published after the last save).
+    async fn resume_point(&self, js: &jetstream::Context) -> Result<i64, RelayError> {
+        let saved = read_checkpoint(self.log.db(), NAME).await?;
+        let stream_error =
+            |e: &dyn std::fmt::Display| RelayError::Stream { stream: self.config.stream.clone(), reason: e.to_string() };
+        let mut stream = js.get_stream(&self.config.stream).await.map_err(|e| stream_error(&e))?;
+        let last = stream.info().await.map_err(|e| stream_error(&e))?.state.last_sequence;
+        if last == 0 {
+            return Ok(saved);
+        }
+        let published = match stream.get_raw_message(last).await {
+            Ok(message) => serde_json::from_slice::<serde_json::Value>(&message.payload)
+                .ok()
+                .and_then(|v| v["position"].as_i64())
+                .unwrap_or(0),
+            // Purged meanwhile (retention): the saved checkpoint it is.
+            Err(_) => 0,
+        };
+        Ok(saved.max(published))
+    }
+
+    /// Saves the checkpoint (only ever forward).
+    async fn save(&self, position: i64) -> Result<(), sqlx::Error> {
+        let db = self.log.db();
+        let _turn = db.write_turn().await;
+        sqlx::query("UPDATE checkpoints SET position = $1 WHERE name = $2 AND position < $1")
+            .bind(position)
+            .bind(NAME)
+            .execute(&db.pool)
+            .await?;
+        Ok(())
     }
 
     async fn connect(&self) -> Result<jetstream::Context, RelayError> {
@@ -196,16 +255,16 @@ impl Relay {
         Ok(js)
     }
 
-    /// Publishes one batch and moves the checkpoint. Returns how many events
-    /// it published (0: nothing new, or another process moved the checkpoint).
-    pub async fn step(&self, js: &jetstream::Context) -> Result<usize, RelayError> {
-        let db = self.log.db();
-        let from = read_checkpoint(db, NAME).await?;
+    /// Publishes the events after `from` (one batch) and waits for their
+    /// acks. Returns the position it got to and how many it published.
+    pub async fn step(&self, js: &jetstream::Context, from: i64) -> Result<(i64, usize), RelayError> {
+        let started = Instant::now();
         let events = self.log.read_all(from, self.config.batch).await?;
         let Some(last) = events.last().map(|e| e.position) else {
             self.position.send_if_modified(|p| std::mem::replace(p, from) != from);
-            return Ok(0);
+            return Ok((from, 0));
         };
+        let read = started.elapsed();
         let span = tracing::debug_span!("nats.publish", from, to = last, events = events.len());
         async {
             let mut acks = Vec::with_capacity(events.len());
@@ -222,21 +281,13 @@ impl Relay {
                     .map_err(|e| failed(&e))?;
                 acks.push((event.position, ack));
             }
+            let sent = started.elapsed();
             for (position, ack) in acks {
                 ack.await.map_err(|e| RelayError::Publish { position, reason: e.to_string() })?;
             }
-            let _turn = db.write_turn().await;
-            let moved = sqlx::query("UPDATE checkpoints SET position = $1 WHERE name = $2 AND position = $3")
-                .bind(last)
-                .bind(NAME)
-                .bind(from)
-                .execute(&db.pool)
-                .await?;
-            if moved.rows_affected() != 1 {
-                return Ok(0);
-            }
             self.position.send_replace(last);
-            Ok(events.len())
+            tracing::debug!(events = events.len(), ?read, ?sent, acked = ?started.elapsed(), "relay batch");
+            Ok((last, events.len()))
         }
         .instrument(span)
         .await

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 use userstream_api::{Config, Service};
+use userstream_projections::relay::RelayConfig;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -43,6 +44,19 @@ pub struct BenchArgs {
     /// With --groups: users a new rule group is evaluated over.
     #[arg(long, default_value_t = 1_000_000)]
     eval_users: u64,
+    /// Benchmark the events-out side instead: as-of reads, commit → NATS
+    /// delivery (with --nats) and replay rate.
+    #[arg(long)]
+    events: bool,
+    /// With --events: publish to this NATS server and measure delivery.
+    #[arg(long = "nats", env = "NATS_URL")]
+    nats_url: Option<String>,
+    /// With --events: CreateUser commands per second while measuring delivery.
+    #[arg(long, default_value_t = 5_000)]
+    rate: u64,
+    /// With --events: events in the log before the replay is measured.
+    #[arg(long, default_value_t = 1_000_000)]
+    replay_events: u64,
 }
 
 const PREFIX: &str = "/service/platform/user/v1.0/company/1/application/000000000000000000000001";
@@ -81,7 +95,7 @@ impl Bench {
     }
 
     /// One durable CreateUser; returns its user number and the event position.
-    async fn create(&self) -> anyhow::Result<(u64, i64)> {
+    pub(crate) async fn create(&self) -> anyhow::Result<(u64, i64)> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let body = json!({"phone_number": format!("9{n:09}"), "username": format!("user{n}"), "email": format!("u{n}@bench.example"), "first_name": "Bench"});
         let request = Request::post(format!("{PREFIX}/customers"))
@@ -177,7 +191,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             format!("sqlite://{}", path.display())
         }
     };
-    let service = Service::start(Config::new(url.clone())).await?;
+    let mut config = Config::new(url.clone());
+    let prefix = format!("bench{}", std::process::id());
+    if args.events {
+        config.nats = args.nats_url.as_ref().map(|nats| {
+            let mut relay = RelayConfig::new(nats);
+            relay.stream = prefix.to_uppercase();
+            relay.subject_prefix = prefix.clone();
+            relay
+        });
+    }
+    let service = Service::start(config).await?;
     let router = service.router();
     let key = service.state.access.create_key("1", None).await?;
     let credential = service.state.access.verify_secret(&key.api_key, &key.api_secret).await?.context("new key")?;
@@ -190,6 +214,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         passage_auth: format!("Bearer {}", key.bearer).parse()?,
     });
     let backend = if url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" };
+    if args.events {
+        let events = crate::bench_events::EventsBench {
+            samples: args.samples.min(2_000),
+            rate: args.rate,
+            seconds: args.seconds.max(10),
+            replay_events: args.replay_events,
+            nats: args.nats_url.clone().map(|u| (u, prefix.clone())),
+        };
+        let rows = crate::bench_events::run(bench.clone(), events).await?;
+        println!("\n| {backend} — measured | result |\n| --- | --- |");
+        for (what, result) in rows {
+            println!("| {what} | {result} |");
+        }
+        return Ok(());
+    }
     if args.groups {
         let rows =
             crate::bench_groups::run(bench.clone(), args.group_users, args.rule_groups, args.eval_users, args.samples)

@@ -34,7 +34,7 @@ fn new_event(encoded: codec::EncodedEvent, at: OffsetDateTime) -> NewEvent {
 }
 
 /// Keeps a result row and prints it at once (a long run keeps what it measured).
-fn record(rows: &mut Vec<(String, String)>, row: (String, String)) {
+pub(crate) fn record(rows: &mut Vec<(String, String)>, row: (String, String)) {
     eprintln!("| {} | {} |", row.0, row.1);
     rows.push(row);
 }
@@ -48,7 +48,7 @@ fn user_id(n: u64) -> UserId {
 
 /// Appends users `from..to`, each with the values `values(user)` gives
 /// (definition id, number).
-async fn bulk_load(
+pub(crate) async fn bulk_load(
     bench: &Bench,
     from: u64,
     to: u64,
@@ -132,7 +132,7 @@ async fn bulk_load(
 }
 
 /// Waits until the engine and the read models have every event; returns seconds.
-async fn catch_up(bench: &Bench) -> anyhow::Result<f64> {
+pub(crate) async fn catch_up(bench: &Bench) -> anyhow::Result<f64> {
     let started = Instant::now();
     let state = &bench.service.state;
     let head = state.commands.log().head().await?;
@@ -151,7 +151,7 @@ async fn catch_up(bench: &Bench) -> anyhow::Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
-async fn post(bench: &Bench, path: &str, body: Value) -> anyhow::Result<(StatusCode, Value)> {
+pub(crate) async fn post(bench: &Bench, path: &str, body: Value) -> anyhow::Result<(StatusCode, Value)> {
     bench
         .call(
             Request::post(format!("{P}{path}"))
@@ -161,7 +161,7 @@ async fn post(bench: &Bench, path: &str, body: Value) -> anyhow::Result<(StatusC
         .await
 }
 
-async fn put(bench: &Bench, path: &str, body: Value) -> anyhow::Result<(StatusCode, Value)> {
+pub(crate) async fn put(bench: &Bench, path: &str, body: Value) -> anyhow::Result<(StatusCode, Value)> {
     bench
         .call(
             Request::put(format!("{P}{path}"))

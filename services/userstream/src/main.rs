@@ -1,6 +1,7 @@
 //! `userstream`: serve the API, migrate a database, or benchmark.
 
 mod bench;
+mod bench_events;
 mod bench_groups;
 mod replay;
 mod tail;
