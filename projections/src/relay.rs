@@ -198,8 +198,10 @@ impl Relay {
     /// stream already holds later events (published after the last save).
     async fn resume_point(&self, js: &jetstream::Context) -> Result<i64, RelayError> {
         let saved = read_checkpoint(self.log.db(), NAME).await?;
-        let stream_error =
-            |e: &dyn std::fmt::Display| RelayError::Stream { stream: self.config.stream.clone(), reason: e.to_string() };
+        let stream_error = |e: &dyn std::fmt::Display| RelayError::Stream {
+            stream: self.config.stream.clone(),
+            reason: e.to_string(),
+        };
         let mut stream = js.get_stream(&self.config.stream).await.map_err(|e| stream_error(&e))?;
         let last = stream.info().await.map_err(|e| stream_error(&e))?.state.last_sequence;
         if last == 0 {

@@ -21,7 +21,10 @@
 use crate::runner::read_checkpoint;
 use crate::{Projection, ProjectionError, Runner};
 use sqlx::{Connection, Executor};
-use userstream_eventlog::{Db, Dialect, EventLog, SqlEventLog};
+use userstream_eventlog::{Db, Dialect, EventLog, RecordedEvent, SqlEventLog};
+
+/// Events per read (and per transaction) of a rebuild.
+const READ_BATCH: i64 = 5000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -61,7 +64,7 @@ impl Shadow {
                 let file = sqlite_file(main.url()).ok_or_else(|| ReplayError::NotAFile(main.url().to_string()))?;
                 let location = format!("{file}.replay-{name}");
                 remove_sqlite(&location);
-                let db = Db::connect(&format!("sqlite://{location}")).await?;
+                let db = Db::connect_scratch(&format!("sqlite://{location}")).await?;
                 Ok(Shadow { db, location })
             }
             Dialect::Postgres => {
@@ -97,17 +100,47 @@ impl<P: Projection + Clone> Rebuild<P> {
         Ok(read_checkpoint(&self.shadow.db, self.projection.name()).await?)
     }
 
-    /// Applies batches until the fresh tables reach `to`; `progress` hears
-    /// the position after every batch.
+    /// Applies batches until the fresh tables reach `to` (or the head);
+    /// `progress` hears the position after every batch. The next batch is
+    /// read (and decoded) while the current one is written.
     pub async fn run_to(&self, to: i64, progress: &mut dyn FnMut(i64)) -> Result<i64, ReplayError> {
         let mut position = self.position().await?;
-        while position < to {
-            if self.runner.step_until(to).await? == 0 {
-                break;
+        if position >= to {
+            return Ok(position);
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<RecordedEvent>, sqlx::Error>>(2);
+        let log = self.log.clone();
+        let reader = tokio::spawn(async move {
+            let mut after = position;
+            while after < to {
+                let mut events = match log.read_all(after, READ_BATCH).await {
+                    Ok(events) => events,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                events.retain(|e| e.position <= to);
+                let Some(last) = events.last().map(|e| e.position) else { return };
+                after = last;
+                if tx.send(Ok(events)).await.is_err() {
+                    return;
+                }
             }
-            position = self.position().await?;
+        });
+        while let Some(batch) = rx.recv().await {
+            let events = batch?;
+            if self.runner.apply_from(position, &events).await? != events.len() {
+                reader.abort();
+                return Err(ReplayError::Storage(sqlx::Error::Protocol(format!(
+                    "the checkpoint of the rebuild of {} moved from {position} while it ran",
+                    self.projection.name()
+                ))));
+            }
+            position = events.last().map_or(position, |e| e.position);
             progress(position);
         }
+        let _ = reader.await;
         Ok(position)
     }
 

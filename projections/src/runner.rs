@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use userstream_eventlog::lease::Lease;
-use userstream_eventlog::{Db, Dialect, EventLog, Migration, SqlEventLog};
+use userstream_eventlog::{Db, Dialect, EventLog, Migration, RecordedEvent, SqlEventLog};
 
 /// How often a standby follows the owner's checkpoint.
 pub const STANDBY_POLL: Duration = Duration::from_millis(50);
@@ -204,11 +204,18 @@ impl<P: Projection> Runner<P> {
 
     /// Applies one batch of the events up to position `until`.
     pub async fn step_until(&self, until: i64) -> Result<usize, ProjectionError> {
-        let db = &self.target;
-        let name = self.projection.name();
-        let from = read_checkpoint(db, name).await?;
+        let from = read_checkpoint(&self.target, self.projection.name()).await?;
         let mut events = self.log.read_all(from, self.batch_size).await?;
         events.retain(|e| e.position <= until);
+        self.apply_from(from, &events).await
+    }
+
+    /// Applies `events` (the ones right after the checkpoint `from`) and
+    /// moves the checkpoint, in one transaction; applies nothing when the
+    /// checkpoint is no longer `from`. Returns how many it applied.
+    pub async fn apply_from(&self, from: i64, events: &[RecordedEvent]) -> Result<usize, ProjectionError> {
+        let db = &self.target;
+        let name = self.projection.name();
         let Some(last) = events.last().map(|e| e.position) else {
             self.position.send_if_modified(|p| std::mem::replace(p, from) != from);
             return Ok(0);
@@ -229,7 +236,7 @@ impl<P: Projection> Runner<P> {
                     // Another runner holds the lease or moved the checkpoint: read again later.
                     return Ok(0);
                 }
-                self.projection.apply_batch(conn, db.dialect, &events).await?;
+                self.projection.apply_batch(conn, db.dialect, events).await?;
                 sqlx::query("UPDATE checkpoints SET position = $1 WHERE name = $2")
                     .bind(last)
                     .bind(name)

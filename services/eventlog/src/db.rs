@@ -50,6 +50,18 @@ impl Db {
     /// Connects to `sqlite://…` (file created if missing; WAL, fsync on every
     /// commit) or `postgres://…`.
     pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
+        Self::connect_with(url, SQLITE_POOL_SYNC).await
+    }
+
+    /// A database for data that is thrown away if anything fails (a replay's
+    /// fresh tables before the switch): on SQLite no fsync and no WAL, a big
+    /// page cache.
+    pub async fn connect_scratch(url: &str) -> Result<Db, sqlx::Error> {
+        Self::connect_with(url, "PRAGMA synchronous = OFF; PRAGMA cache_size = -262144; PRAGMA temp_store = MEMORY;")
+            .await
+    }
+
+    async fn connect_with(url: &str, sqlite_sync: &'static str) -> Result<Db, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let (dialect, url) = normalise_url(url)?;
         let max = match dialect {
@@ -64,7 +76,7 @@ impl Db {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
                         conn.execute(SQLITE_PRAGMAS).await?;
-                        conn.execute(SQLITE_POOL_SYNC).await?;
+                        conn.execute(sqlite_sync).await?;
                     }
                     Ok(())
                 })

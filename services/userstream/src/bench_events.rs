@@ -46,9 +46,12 @@ pub async fn run(bench: Arc<Bench>, args: EventsBench) -> anyhow::Result<Vec<(St
 
 /// GET user `as_of` a random one of its 1,000 versions.
 async fn as_of(bench: &Bench, samples: u64, rows: &mut Vec<(String, String)>) -> anyhow::Result<()> {
-    let (status, created) =
-        post(bench, "/customers", json!({"phone_number": "8000000001", "username": "asof", "email": "asof@bench.example"}))
-            .await?;
+    let (status, created) = post(
+        bench,
+        "/customers",
+        json!({"phone_number": "8000000001", "username": "asof", "email": "asof@bench.example"}),
+    )
+    .await?;
     if status != StatusCode::OK {
         bail!("create: {status} {created}");
     }
@@ -70,16 +73,18 @@ async fn as_of(bench: &Bench, samples: u64, rows: &mut Vec<(String, String)>) ->
     for _ in 0..samples {
         let k = rng.gen_range(0..positions.len());
         let t = Instant::now();
-        let (status, body) = bench
-            .call(Request::get(format!("{P}/customers/{id}?as_of={}", positions[k])).body(Body::empty())?)
-            .await?;
+        let (status, body) =
+            bench.call(Request::get(format!("{P}/customers/{id}?as_of={}", positions[k])).body(Body::empty())?).await?;
         h.record(t.elapsed().as_micros().max(1) as u64)?;
         let expected = if k == 0 { None } else { Some(format!("Name{}", k - 1)) };
         if status != StatusCode::OK || body["user"]["first_name"].as_str().map(str::to_string) != expected {
             bail!("as_of {}: {status} {body}", positions[k]);
         }
     }
-    record(rows, ("as-of user read, 1,000 events in the stream".into(), format!("p50 {}, p99 {}", ms(&h, 0.5), ms(&h, 0.99))));
+    record(
+        rows,
+        ("as-of user read, 1,000 events in the stream".into(), format!("p50 {}, p99 {}", ms(&h, 0.5), ms(&h, 0.99))),
+    );
     Ok(())
 }
 
