@@ -209,7 +209,7 @@ impl<P: Projection + Clone> Rebuild<P> {
     ) -> Result<i64, ReplayError> {
         let name = self.projection.name();
         sqlx::query("ATTACH DATABASE $1 AS fresh").bind(&self.shadow.location).execute(&mut *conn).await?;
-        begin_immediate_soon(conn).await?;
+        begin_write_soon(conn, name).await?;
         let live = read_checkpoint_on(conn, name).await?;
         let position = self.run_to(live, progress).await?;
         for table in self.projection.tables() {
@@ -227,20 +227,30 @@ impl<P: Projection + Clone> Rebuild<P> {
     }
 }
 
-/// `BEGIN IMMEDIATE` against a busy database. SQLite's busy handler sleeps
-/// longer and longer between tries, so a process that writes back to back
-/// (a loaded service) would starve it; trying every millisecond gets in at
-/// the first gap between the service's transactions.
-async fn begin_immediate_soon(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+/// Opens a transaction holding the write lock of the main database only
+/// (`BEGIN IMMEDIATE` would lock the attached fresh tables too, which the
+/// catch-up still writes), by writing the checkpoint row first. SQLite's busy
+/// handler sleeps longer and longer between tries, so against a process
+/// that writes back to back (a loaded service) it would starve; trying every
+/// millisecond gets in at the first gap between the service's transactions.
+async fn begin_write_soon(conn: &mut sqlx::AnyConnection, name: &str) -> Result<(), sqlx::Error> {
     conn.execute("PRAGMA busy_timeout = 0").await?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let outcome = loop {
-        match conn.execute("BEGIN IMMEDIATE").await {
+        conn.execute("BEGIN").await?;
+        let locked = sqlx::query("UPDATE main.checkpoints SET position = position WHERE name = $1")
+            .bind(name)
+            .execute(&mut *conn)
+            .await;
+        match locked {
             Ok(_) => break Ok(()),
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("locked") => {
+            Err(e) => {
+                conn.execute("ROLLBACK").await?;
+                if std::time::Instant::now() >= deadline || !e.to_string().contains("locked") {
+                    break Err(e);
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
-            Err(e) => break Err(e),
         }
     };
     conn.execute("PRAGMA busy_timeout = 10000").await?;

@@ -175,6 +175,14 @@ async function main() {
   assert.equal((await user.archiveUser({ body: { user_id: id } })).success, true);
   assert.equal((await user.unDeleteUser({ body: { user_id: id, reason: "sdk", reason_id: "1" } })).success, true);
 
+  // The timeline: a readable view of the user's events, newest first.
+  const timeline = await user.getUserTimeline({ userId: id });
+  assert.equal(timeline.delete_on, "", "restored: nothing scheduled for deletion");
+  const titles = timeline.timeline.map((t) => t.title);
+  assert.deepEqual(titles.slice(0, 3), ["Account restored", "Account deleted", "Account unblocked"]);
+  assert.ok(timeline.timeline.every((t) => t.visible === true && t.date.length > 0));
+  assert.equal(timeline.timeline[timeline.timeline.length - 1].title, "Account created");
+
   // Errors reach the caller as FDKServerResponseError with the status and our message.
   await assert.rejects(
     user.createUser({ body: { phone_number: "9000000001", username: "bad", email: "not-an-email" } }),
@@ -188,7 +196,7 @@ async function main() {
     user.blockOrUnblockUsers({ body: { user_id: ["aaaaaaaaaaaaaaaaaaaaaaaa"], status: false, reason: "x" } }),
     (e) => e.code === 404 && /aaaaaaaaaaaaaaaaaaaaaaaa/.test(e.message)
   );
-  console.log("fynd sdk: customers, session, config, attribute and group methods passed with strictResponseCheck");
+  console.log("fynd sdk: customers, timeline, session, config, attribute and group methods passed with strictResponseCheck");
 }
 
 main().catch((e) => {

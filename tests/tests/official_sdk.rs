@@ -28,7 +28,7 @@ async fn the_fynd_sdk_drives_every_customers_session_and_config_method() {
         "SDK script failed:\nstdout: {stdout}\nstderr: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("customers, session, config, attribute and group methods passed"), "{stdout}");
+    assert!(stdout.contains("customers, timeline, session, config, attribute and group methods passed"), "{stdout}");
 }
 
 /// The official Passage SDK (`passage-identity` 3.0.2): the generated client
