@@ -4,10 +4,11 @@
 //! encrypted values still sealed.
 
 use serde_json::{json, Value};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use userstream_tests::{
-    fresh_databases, nats_env, nats_server_bin, stream_messages, NatsServer, TestApp, APP, COMPANY,
+    binary, fresh_databases, nats_env, nats_server_bin, stream_messages, NatsServer, TestApp, APP, COMPANY,
 };
 
 async fn readyz(app: &TestApp) -> (u16, Value) {
@@ -133,5 +134,32 @@ async fn relay_publishes_every_event_once_in_order_through_a_nats_outage() {
         let everything: String = messages.iter().map(|(_, _, e)| e.to_string()).collect();
         assert!(everything.contains("attribute.upserted"), "the encrypted upsert was published");
         assert!(!everything.contains("SECRET-PAN-4711"), "encrypted values never reach NATS in plaintext");
+
+        // The example subscriber: a durable consumer; a second run resumes after the first.
+        let tail = |count: usize| {
+            let out = Command::new(binary())
+                .args(["tail", "--nats", &nats.url(), "--nats-stream", &stream, "--durable", "test-tail"])
+                .args(["--count", &count.to_string()])
+                .env("RUST_LOG", "warn")
+                .output()
+                .expect("run userstream tail");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line")["position"].as_i64().expect("position"))
+                .collect::<Vec<i64>>()
+        };
+        assert_eq!(tail(3), vec![1, 2, 3]);
+        assert_eq!(tail(2), vec![4, 5], "the durable consumer resumes where the last tail stopped");
+
+        // A replay rebuilds the read models and publishes nothing again.
+        let out = Command::new(binary())
+            .args(["replay", "--database", &db.url])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("replay");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(stream_messages(&nats.url(), &stream).await.len(), messages.len(), "replay never republishes");
     }
 }

@@ -24,6 +24,23 @@ pub struct TailArgs {
     count: Option<usize>,
 }
 
+/// Prints the event as one JSON line, then acks it and waits for the server
+/// to confirm, so a tail that stops right after never sees it again.
+async fn print_and_ack(message: async_nats::jetstream::Message) -> anyhow::Result<()> {
+    let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap_or_default();
+    let line = serde_json::json!({
+        "subject": message.subject.as_str(),
+        "position": event["position"],
+        "event_id": event["event_id"],
+        "stream": event["stream"],
+        "version": event["version"],
+        "type": event["type"],
+        "occurred_at": event["occurred_at"],
+    });
+    println!("{line}");
+    message.double_ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))
+}
+
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let client = async_nats::connect(args.url.as_str()).await.with_context(|| format!("connecting to {}", args.url))?;
     let js = jetstream::new(client);
@@ -40,25 +57,31 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         )
         .await
         .context("creating the durable consumer")?;
-    let mut messages = consumer.messages().await?;
-    let mut seen = 0usize;
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| anyhow::anyhow!("reading from {}: {e}", args.stream))?;
-        let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap_or_default();
-        let line = serde_json::json!({
-            "subject": message.subject.as_str(),
-            "position": event["position"],
-            "event_id": event["event_id"],
-            "stream": event["stream"],
-            "version": event["version"],
-            "type": event["type"],
-            "occurred_at": event["occurred_at"],
-        });
-        println!("{line}");
-        message.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
-        seen += 1;
-        if args.count.is_some_and(|c| seen >= c) {
-            break;
+    match args.count {
+        // Follow: a continuous pull.
+        None => {
+            let mut messages = consumer.messages().await?;
+            while let Some(message) = messages.next().await {
+                print_and_ack(message.map_err(|e| anyhow::anyhow!("reading from {}: {e}", args.stream))?).await?;
+            }
+        }
+        // Exactly `count` events: pull only as many as are still wanted, so
+        // none is left delivered-but-unacked for the next tail to wait for.
+        Some(count) => {
+            let mut seen = 0usize;
+            while seen < count {
+                let mut batch = consumer
+                    .batch()
+                    .max_messages((count - seen).min(500))
+                    .expires(std::time::Duration::from_secs(5))
+                    .messages()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("reading from {}: {e}", args.stream))?;
+                while let Some(message) = batch.next().await {
+                    print_and_ack(message.map_err(|e| anyhow::anyhow!("reading from {}: {e}", args.stream))?).await?;
+                    seen += 1;
+                }
+            }
         }
     }
     Ok(())
