@@ -202,29 +202,148 @@ impl<P: Projection + Clone> Rebuild<P> {
         Ok(position)
     }
 
+    /// SQLite: copy the fresh tables into staging tables of the main file
+    /// (`{table}__fresh`, short transactions, the service writes in between),
+    /// then, holding the write lock only for that: rename the live tables
+    /// away and the staging tables in, apply the events the live model got
+    /// since (with the projection's own code, in the same transaction), move
+    /// the checkpoint, drop the old tables.
     async fn switch_sqlite(
         &self,
         conn: &mut sqlx::AnyConnection,
         progress: &mut dyn FnMut(i64),
     ) -> Result<i64, ReplayError> {
         let name = self.projection.name();
+        let mut position = self.position().await?;
         sqlx::query("ATTACH DATABASE $1 AS fresh").bind(&self.shadow.location).execute(&mut *conn).await?;
+        for table in self.projection.tables() {
+            stage_sqlite_table(conn, table).await?;
+        }
         begin_write_soon(conn, name).await?;
         let live = read_checkpoint_on(conn, name).await?;
-        let position = self.run_to(live, progress).await?;
         for table in self.projection.tables() {
-            conn.execute(format!("DELETE FROM main.{table}").as_str()).await?;
-            conn.execute(format!("INSERT INTO main.{table} SELECT * FROM fresh.{table}").as_str()).await?;
+            conn.execute(format!("ALTER TABLE main.{table} RENAME TO {table}__old").as_str()).await?;
+            conn.execute(format!("ALTER TABLE main.{table}__fresh RENAME TO {table}").as_str()).await?;
+        }
+        while position < live {
+            let mut events = self.log.read_all(position, READ_BATCH).await?;
+            events.retain(|e| e.position <= live);
+            let Some(last) = events.last().map(|e| e.position) else { break };
+            self.projection.apply_batch(conn, Dialect::Sqlite, &events).await?;
+            position = last;
+            progress(position);
         }
         sqlx::query("UPDATE main.checkpoints SET position = $1, failure = NULL WHERE name = $2")
             .bind(position)
             .bind(name)
             .execute(&mut *conn)
             .await?;
+        for table in self.projection.tables() {
+            conn.execute(format!("DROP TABLE main.{table}__old").as_str()).await?;
+        }
         conn.execute("COMMIT").await?;
         conn.execute("DETACH DATABASE fresh").await?;
         Ok(position)
     }
+}
+
+/// Rows per transaction when staging fresh tables in the main file.
+const STAGE_ROWS: i64 = 20_000;
+
+/// Copies `fresh.{table}` into a new `main.{table}__fresh` with the same
+/// columns and indexes (built after the rows, which is faster), a chunk of
+/// rows per transaction so the service's writes go on in between.
+async fn stage_sqlite_table(conn: &mut sqlx::AnyConnection, table: &str) -> Result<(), ReplayError> {
+    let staged = format!("{table}__fresh");
+    conn.execute(format!("DROP TABLE IF EXISTS main.{staged}").as_str()).await?;
+    let ddl: String = sqlx::query_scalar("SELECT sql FROM fresh.sqlite_master WHERE type = 'table' AND name = $1")
+        .bind(table)
+        .fetch_one(&mut *conn)
+        .await?;
+    conn.execute(rename_in_ddl(&ddl, table, &format!("main.{staged}")).as_str()).await?;
+    let (low, high): (Option<i64>, Option<i64>) =
+        sqlx::query_as(&format!("SELECT MIN(rowid), MAX(rowid) FROM fresh.{table}")).fetch_one(&mut *conn).await?;
+    if let (Some(low), Some(high)) = (low, high) {
+        let mut from = low;
+        while from <= high {
+            begin_write_soon_plain(conn).await?;
+            let copied = sqlx::query(&format!(
+                "INSERT INTO main.{staged} SELECT * FROM fresh.{table} WHERE rowid >= $1 AND rowid < $2 ORDER BY rowid"
+            ))
+            .bind(from)
+            .bind(from + STAGE_ROWS)
+            .execute(&mut *conn)
+            .await;
+            if let Err(e) = copied {
+                let _ = conn.execute("ROLLBACK").await;
+                return Err(e.into());
+            }
+            conn.execute("COMMIT").await?;
+            from += STAGE_ROWS;
+        }
+    }
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, sql FROM fresh.sqlite_master WHERE type = 'index' AND tbl_name = $1 AND sql IS NOT NULL",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (index, sql) in indexes {
+        // Index names are per file: the live table holds `index` or `index__r`; take the other.
+        let taken: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM main.sqlite_master WHERE type = 'index' AND name = $1")
+                .bind(&index)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let new_name = if taken.is_some() { format!("{index}__r") } else { index.clone() };
+        let sql = rename_in_ddl(&sql, &index, &format!("main.{new_name}"));
+        let sql = replace_word(&sql, &format!("ON {table}"), &format!("ON {staged}"));
+        conn.execute(format!("DROP INDEX IF EXISTS main.{new_name}").as_str()).await?;
+        begin_write_soon_plain(conn).await?;
+        if let Err(e) = conn.execute(sql.as_str()).await {
+            let _ = conn.execute("ROLLBACK").await;
+            return Err(e.into());
+        }
+        conn.execute("COMMIT").await?;
+    }
+    Ok(())
+}
+
+/// `CREATE TABLE|INDEX [IF NOT EXISTS] old …` → `CREATE … new …` (the first
+/// occurrence of `old` as a whole word).
+fn rename_in_ddl(ddl: &str, old: &str, new: &str) -> String {
+    replace_word(&ddl.replacen("IF NOT EXISTS ", "", 1), old, new)
+}
+
+fn replace_word(text: &str, old: &str, new: &str) -> String {
+    let is_word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    let mut at = 0;
+    while let Some(found) = text[at..].find(old) {
+        let start = at + found;
+        let end = start + old.len();
+        if !is_word(text[..start].chars().next_back()) && !is_word(text[end..].chars().next()) {
+            return format!("{}{new}{}", &text[..start], &text[end..]);
+        }
+        at = end;
+    }
+    text.to_string()
+}
+
+/// `BEGIN IMMEDIATE`, retried every millisecond while the service writes.
+async fn begin_write_soon_plain(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    conn.execute("PRAGMA busy_timeout = 0").await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let outcome = loop {
+        match conn.execute("BEGIN IMMEDIATE").await {
+            Ok(_) => break Ok(()),
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("locked") => {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    conn.execute("PRAGMA busy_timeout = 10000").await?;
+    outcome
 }
 
 /// Opens a transaction holding the write lock of the main database only

@@ -293,3 +293,31 @@ async fn concurrent_requests_in_one_batch_see_each_other() {
         assert_eq!(appended_retries, 1, "{backend}");
     }
 }
+
+#[tokio::test]
+async fn readers_at_the_head_get_exactly_what_the_database_holds() {
+    for (backend, log) in logs().await {
+        for n in 0..6 {
+            let mut e = event(n);
+            e.data =
+                json!({"n": n, "f": 0.1 + n as f64, "text": "ünïcødé \" \\ ✓", "nested": {"list": [1, null, true]}});
+            let mut req = request(vec![
+                StreamAppend { stream: format!("a-{n}"), expected: ExpectedVersion::NoStream, events: vec![e] },
+                StreamAppend { stream: "shared".into(), expected: ExpectedVersion::Any, events: vec![event(100 + n)] },
+            ]);
+            if n % 2 == 0 {
+                req.causation_id = None;
+            }
+            log.append(req).await.expect("append");
+        }
+        // A second handle on the same database has remembered nothing: it reads the tables.
+        let cold = SqlEventLog::open(log.db().clone()).await.expect("open");
+        for (after, limit) in [(0, 100), (3, 4), (11, 5), (12, 1)] {
+            assert_eq!(
+                log.read_all(after, limit).await.expect("warm"),
+                cold.read_all(after, limit).await.expect("cold"),
+                "{backend}: after {after} limit {limit}"
+            );
+        }
+    }
+}

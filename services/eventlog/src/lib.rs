@@ -17,6 +17,7 @@
 mod db;
 pub mod keys;
 pub mod lease;
+mod recent;
 mod writer;
 
 pub use db::{Db, Dialect, Migration};
@@ -237,6 +238,8 @@ pub struct SqlEventLog {
     queue: mpsc::Sender<writer::Pending>,
     head: watch::Receiver<i64>,
     stats: std::sync::Arc<Stats>,
+    /// The events this process committed last, for readers at the head.
+    recent: std::sync::Arc<recent::Recent>,
 }
 
 /// The advisory lock key that serialises position assignment on PostgreSQL.
@@ -258,8 +261,9 @@ impl SqlEventLog {
         if db.dialect == Dialect::Postgres {
             tokio::spawn(listen_for_appends(db.clone(), head_tx.clone()));
         }
-        tokio::spawn(writer::run(db.clone(), conn, rx, head_tx, stats.clone()));
-        Ok(SqlEventLog { db, queue, head, stats })
+        let recent = std::sync::Arc::new(recent::Recent::new(recent::CAPACITY));
+        tokio::spawn(writer::run(db.clone(), conn, rx, head_tx, stats.clone(), recent.clone()));
+        Ok(SqlEventLog { db, queue, head, stats, recent })
     }
 
     pub fn db(&self) -> &Db {
@@ -286,7 +290,7 @@ impl SqlEventLog {
     pub async fn append_held(&self, request: AppendRequest) -> Result<HeldAppend, AppendError> {
         let mut conn = self.db.dedicated_connection().await?;
         writer::begin(&self.db, &mut conn).await?;
-        let mut results = writer::write_batch(&mut conn, self.db.dialect, &[&request]).await?;
+        let (mut results, _) = writer::write_batch(&mut conn, self.db.dialect, &[&request]).await?;
         let result = results.pop().ok_or(AppendError::Closed)??;
         Ok(HeldAppend { conn, result })
     }
@@ -407,6 +411,9 @@ impl EventLog for SqlEventLog {
     }
 
     async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        if let Some(events) = self.recent.after(after, limit) {
+            return Ok(events);
+        }
         let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
         let rows = sqlx::query(&sql).bind(after).bind(limit).fetch_all(&self.db.pool).await?;
         rows.iter().map(decode_row).collect()

@@ -12,7 +12,9 @@
 //! durable. If the commit fails, every request of the batch gets the error
 //! and nothing of it is visible.
 
-use crate::{format_time, AppendError, AppendRequest, AppendResult, Db, Dialect, ExpectedVersion, POSITION_LOCK};
+use crate::{
+    format_time, AppendError, AppendRequest, AppendResult, Db, Dialect, ExpectedVersion, RecordedEvent, POSITION_LOCK,
+};
 use sqlx::{AnyConnection, Executor, Row};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +49,7 @@ pub(crate) async fn run(
     mut queue: mpsc::Receiver<Pending>,
     head: Arc<watch::Sender<i64>>,
     stats: Arc<Stats>,
+    recent: Arc<crate::recent::Recent>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -63,7 +66,8 @@ pub(crate) async fn run(
         .instrument(span)
         .await;
         match outcome {
-            Ok(results) => {
+            Ok((results, recorded)) => {
+                recent.remember(recorded);
                 let top = results.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.last_position).max();
                 if let Some(top) = top {
                     if db.dialect == Dialect::Postgres {
@@ -162,11 +166,15 @@ enum Verdict {
 
 /// Checks and writes a whole batch inside the open transaction. Returns one
 /// result per request, in order.
+/// What a batch wrote: each request's result, and the events it recorded
+/// (in position order, as a reader will read them back).
+pub(crate) type Written = (Vec<Result<AppendResult, AppendError>>, Vec<RecordedEvent>);
+
 pub(crate) async fn write_batch(
     conn: &mut AnyConnection,
     dialect: Dialect,
     batch: &[&AppendRequest],
-) -> Result<Vec<Result<AppendResult, AppendError>>, sqlx::Error> {
+) -> Result<Written, sqlx::Error> {
     let mut snap = read_snapshot(conn, dialect, batch).await?;
     let initial_holders = snap.holders.clone();
     let mut claimed_keys: HashMap<(String, String), usize> = HashMap::new();
@@ -206,7 +214,8 @@ pub(crate) async fn write_batch(
     }
 
     // Events, in request order; positions come back keyed by event id.
-    let recorded_at = format_time(OffsetDateTime::now_utc());
+    let now = to_micros(OffsetDateTime::now_utc());
+    let recorded_at = format_time(now);
     let mut rows_to_insert = Vec::new();
     for (req, verdict) in batch.iter().zip(&verdicts) {
         if let Verdict::Accepted { before, .. } = verdict {
@@ -248,6 +257,30 @@ pub(crate) async fn write_batch(
         }
     }
 
+    let mut recorded: Vec<RecordedEvent> = rows_to_insert
+        .iter()
+        .filter_map(|(req, stream, version, e)| {
+            let position = *positions.get(&e.event_id.to_string())?;
+            Some(RecordedEvent {
+                position,
+                event_id: e.event_id.to_string(),
+                stream: stream.to_string(),
+                version: *version,
+                event_type: e.event_type.clone(),
+                schema: e.schema,
+                occurred_at: to_micros(e.occurred_at),
+                recorded_at: now,
+                company_id: req.tenant.company_id.clone(),
+                application_id: req.tenant.application_id.clone(),
+                actor: req.actor.clone(),
+                correlation_id: req.correlation_id.clone(),
+                causation_id: req.causation_id.clone(),
+                data: e.data.clone(),
+            })
+        })
+        .collect();
+    recorded.sort_by_key(|e| e.position);
+
     // Results, and the idempotency keys of accepted requests.
     let mut results: Vec<Result<AppendResult, AppendError>> = Vec::with_capacity(batch.len());
     let mut keys = Vec::new();
@@ -287,7 +320,13 @@ pub(crate) async fn write_batch(
         }
         q.execute(&mut *conn).await?;
     }
-    Ok(results)
+    Ok((results, recorded))
+}
+
+/// A time as the log stores it: UTC, microseconds.
+fn to_micros(t: OffsetDateTime) -> OffsetDateTime {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000).unwrap_or(t)
 }
 
 /// Decides one request against the snapshot, updating it if accepted.
