@@ -53,15 +53,12 @@ impl Recent {
             .filter(|e| e.position == after + 1)
             .map(|_| start)
             .or_else(|| events.iter().position(|e| e.position == after + 1))?;
-        let mut out = Vec::new();
-        let mut expected = after + 1;
-        for e in events.range(at..) {
-            if e.position != expected || out.len() as i64 >= limit {
-                break;
-            }
-            out.push(e.clone());
-            expected += 1;
-        }
+        let out = (after + 1..)
+            .zip(events.range(at..))
+            .take_while(|(expected, e)| e.position == *expected)
+            .take(usize::try_from(limit).unwrap_or(0))
+            .map(|(_, e)| e.clone())
+            .collect();
         Some(out)
     }
 }
