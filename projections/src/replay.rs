@@ -21,6 +21,7 @@
 use crate::runner::read_checkpoint;
 use crate::{Projection, ProjectionError, Runner};
 use sqlx::{Connection, Executor};
+use std::time::{Duration, Instant};
 use userstream_eventlog::{Db, Dialect, EventLog, RecordedEvent, SqlEventLog};
 
 /// Events per read (and per transaction) of a rebuild.
@@ -78,6 +79,14 @@ impl Shadow {
             }
         }
     }
+}
+
+/// What a switch did: the position the swapped-in model is at, and how long
+/// the live model's writer (SQLite: every writer) was held up.
+#[derive(Debug, Clone, Copy)]
+pub struct Switched {
+    pub position: i64,
+    pub locked: Duration,
 }
 
 /// A rebuild in progress or done: its runner over the fresh tables.
@@ -146,7 +155,7 @@ impl<P: Projection + Clone> Rebuild<P> {
 
     /// Catches up with the live read model and swaps the fresh tables in.
     /// Returns the position the switched model is at.
-    pub async fn switch(self, progress: &mut dyn FnMut(i64)) -> Result<i64, ReplayError> {
+    pub async fn switch(self, progress: &mut dyn FnMut(i64)) -> Result<Switched, ReplayError> {
         let main = self.log.db().clone();
         let name = self.projection.name();
         // Most of the way without holding anything.
@@ -160,7 +169,7 @@ impl<P: Projection + Clone> Rebuild<P> {
         if position.is_err() {
             let _ = conn.execute("ROLLBACK").await;
         }
-        let position = position?;
+        let (position, locked) = position?;
         let _ = conn.close().await;
         self.shadow.db.pool.close().await;
         match main.dialect {
@@ -169,18 +178,20 @@ impl<P: Projection + Clone> Rebuild<P> {
                 sqlx::query(&format!("DROP SCHEMA IF EXISTS replay_{name} CASCADE")).execute(&main.pool).await?;
             }
         }
-        Ok(position)
+        tracing::info!(projection = name, position, locked_ms = locked.as_millis() as u64, "replay switched");
+        Ok(Switched { position, locked })
     }
 
     async fn switch_postgres(
         &self,
         conn: &mut sqlx::AnyConnection,
         progress: &mut dyn FnMut(i64),
-    ) -> Result<i64, ReplayError> {
+    ) -> Result<(i64, Duration), ReplayError> {
         let name = self.projection.name();
         let (fresh, old) = (format!("replay_{name}"), format!("replaced_{name}"));
         conn.execute(format!("DROP SCHEMA IF EXISTS {old} CASCADE; CREATE SCHEMA {old}").as_str()).await?;
         conn.execute("BEGIN").await?;
+        let locked = Instant::now();
         let live: i64 = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1 FOR UPDATE")
             .bind(name)
             .fetch_one(&mut *conn)
@@ -198,8 +209,9 @@ impl<P: Projection + Clone> Rebuild<P> {
             .execute(&mut *conn)
             .await?;
         conn.execute("COMMIT").await?;
+        let locked = locked.elapsed();
         conn.execute(format!("DROP SCHEMA IF EXISTS {old} CASCADE").as_str()).await?;
-        Ok(position)
+        Ok((position, locked))
     }
 
     /// SQLite: copy the fresh tables into staging tables of the main file
@@ -212,14 +224,17 @@ impl<P: Projection + Clone> Rebuild<P> {
         &self,
         conn: &mut sqlx::AnyConnection,
         progress: &mut dyn FnMut(i64),
-    ) -> Result<i64, ReplayError> {
+    ) -> Result<(i64, Duration), ReplayError> {
         let name = self.projection.name();
         let mut position = self.position().await?;
         sqlx::query("ATTACH DATABASE $1 AS fresh").bind(&self.shadow.location).execute(&mut *conn).await?;
         for table in self.projection.tables() {
+            // What a crashed earlier switch may have left.
+            drop_in_chunks(conn, &format!("{table}__old")).await?;
             stage_sqlite_table(conn, table).await?;
         }
         begin_write_soon(conn, name).await?;
+        let locked = Instant::now();
         let live = read_checkpoint_on(conn, name).await?;
         for table in self.projection.tables() {
             conn.execute(format!("ALTER TABLE main.{table} RENAME TO {table}__old").as_str()).await?;
@@ -238,12 +253,15 @@ impl<P: Projection + Clone> Rebuild<P> {
             .bind(name)
             .execute(&mut *conn)
             .await?;
-        for table in self.projection.tables() {
-            conn.execute(format!("DROP TABLE main.{table}__old").as_str()).await?;
-        }
         conn.execute("COMMIT").await?;
+        let locked = locked.elapsed();
         conn.execute("DETACH DATABASE fresh").await?;
-        Ok(position)
+        // The old tables go in chunks too: one DROP of a big table would hold
+        // the write lock for seconds.
+        for table in self.projection.tables() {
+            drop_in_chunks(conn, &format!("{table}__old")).await?;
+        }
+        Ok((position, locked))
     }
 }
 
@@ -307,6 +325,42 @@ async fn stage_sqlite_table(conn: &mut sqlx::AnyConnection, table: &str) -> Resu
         conn.execute("COMMIT").await?;
     }
     Ok(())
+}
+
+/// Empties `main.{table}` a chunk of rows per transaction, then drops it.
+async fn drop_in_chunks(conn: &mut sqlx::AnyConnection, table: &str) -> Result<(), ReplayError> {
+    let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = $1")
+        .bind(table)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if exists.is_none() {
+        return Ok(());
+    }
+    loop {
+        begin_write_soon_plain(conn).await?;
+        let deleted = sqlx::query(&format!(
+            "DELETE FROM main.{table} WHERE rowid IN (SELECT rowid FROM main.{table} LIMIT {STAGE_ROWS})"
+        ))
+        .execute(&mut *conn)
+        .await;
+        let deleted = match deleted {
+            Ok(d) => d.rows_affected(),
+            Err(e) => {
+                let _ = conn.execute("ROLLBACK").await;
+                return Err(e.into());
+            }
+        };
+        if deleted == 0 {
+            let dropped = conn.execute(format!("DROP TABLE main.{table}").as_str()).await;
+            if let Err(e) = dropped {
+                let _ = conn.execute("ROLLBACK").await;
+                return Err(e.into());
+            }
+            conn.execute("COMMIT").await?;
+            return Ok(());
+        }
+        conn.execute("COMMIT").await?;
+    }
 }
 
 /// `CREATE TABLE|INDEX [IF NOT EXISTS] old …` → `CREATE … new …` (the first

@@ -199,15 +199,16 @@ async fn rebuild<P: Projection + Clone>(
     let reached = rebuild.run_to(head, &mut |_| {}).await?;
     let secs = started.elapsed().as_secs_f64();
     let switch_started = Instant::now();
-    rebuild.switch(&mut |_| {}).await?;
+    let switched = rebuild.switch(&mut |_| {}).await?;
     record(
         rows,
         (
             format!("replay {name} into fresh tables, {reached} events"),
             format!(
-                "{:.0} events/s ({secs:.1} s), switch {:.2} s",
+                "{:.0} events/s ({secs:.1} s), switch {:.2} s (writes held up {} ms)",
                 reached as f64 / secs,
-                switch_started.elapsed().as_secs_f64()
+                switch_started.elapsed().as_secs_f64(),
+                switched.locked.as_millis()
             ),
         ),
     );

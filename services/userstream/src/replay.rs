@@ -72,8 +72,12 @@ async fn replay<P: Projection + Clone>(log: &SqlEventLog, projection: P, to: Opt
         None => {
             let switched = rebuild.switch(&mut progress).await?;
             bar.finish();
-            println!("{name}: rebuilt and switched at position {switched}");
-            switched
+            println!(
+                "{name}: rebuilt and switched at position {} (writes held up {} ms)",
+                switched.position,
+                switched.locked.as_millis()
+            );
+            switched.position
         }
     };
     let seconds = started.elapsed().as_secs_f64();
