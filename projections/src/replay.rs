@@ -233,7 +233,7 @@ impl<P: Projection + Clone> Rebuild<P> {
             drop_in_chunks(conn, &format!("{table}__old")).await?;
             stage_sqlite_table(conn, table).await?;
         }
-        begin_write_soon(conn, name).await?;
+        begin_write_soon(conn, Some(name)).await?;
         let locked = Instant::now();
         let live = read_checkpoint_on(conn, name).await?;
         for table in self.projection.tables() {
@@ -284,7 +284,7 @@ async fn stage_sqlite_table(conn: &mut sqlx::AnyConnection, table: &str) -> Resu
     if let (Some(low), Some(high)) = (low, high) {
         let mut from = low;
         while from <= high {
-            begin_write_soon_plain(conn).await?;
+            begin_write_soon(conn, None).await?;
             let copied = sqlx::query(&format!(
                 "INSERT INTO main.{staged} SELECT * FROM fresh.{table} WHERE rowid >= $1 AND rowid < $2 ORDER BY rowid"
             ))
@@ -317,7 +317,7 @@ async fn stage_sqlite_table(conn: &mut sqlx::AnyConnection, table: &str) -> Resu
         let sql = rename_in_ddl(&sql, &index, &format!("main.{new_name}"));
         let sql = replace_word(&sql, &format!("ON {table}"), &format!("ON {staged}"));
         conn.execute(format!("DROP INDEX IF EXISTS main.{new_name}").as_str()).await?;
-        begin_write_soon_plain(conn).await?;
+        begin_write_soon(conn, None).await?;
         if let Err(e) = conn.execute(sql.as_str()).await {
             let _ = conn.execute("ROLLBACK").await;
             return Err(e.into());
@@ -337,7 +337,7 @@ async fn drop_in_chunks(conn: &mut sqlx::AnyConnection, table: &str) -> Result<(
         return Ok(());
     }
     loop {
-        begin_write_soon_plain(conn).await?;
+        begin_write_soon(conn, None).await?;
         let deleted = sqlx::query(&format!(
             "DELETE FROM main.{table} WHERE rowid IN (SELECT rowid FROM main.{table} LIMIT {STAGE_ROWS})"
         ))
@@ -383,47 +383,39 @@ fn replace_word(text: &str, old: &str, new: &str) -> String {
     text.to_string()
 }
 
-/// `BEGIN IMMEDIATE`, retried every millisecond while the service writes.
-async fn begin_write_soon_plain(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+/// Opens a write transaction on a busy SQLite database. SQLite's busy
+/// handler sleeps longer and longer between tries, so against a process that
+/// writes back to back (a loaded service) it would starve; trying every
+/// millisecond gets in at the first gap between the service's transactions.
+///
+/// With `checkpoint`, the lock is taken by writing that checkpoint row, so
+/// it covers the main database only (`BEGIN IMMEDIATE` would lock the
+/// attached fresh tables too, which the catch-up may still write).
+async fn begin_write_soon(conn: &mut sqlx::AnyConnection, checkpoint: Option<&str>) -> Result<(), sqlx::Error> {
     conn.execute("PRAGMA busy_timeout = 0").await?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let outcome = loop {
-        match conn.execute("BEGIN IMMEDIATE").await {
-            Ok(_) => break Ok(()),
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("locked") => {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        let attempt = match checkpoint {
+            None => conn.execute("BEGIN IMMEDIATE").await.map(|_| ()),
+            Some(name) => {
+                conn.execute("BEGIN").await?;
+                let written = sqlx::query("UPDATE main.checkpoints SET position = position WHERE name = $1")
+                    .bind(name)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|_| ());
+                if written.is_err() {
+                    conn.execute("ROLLBACK").await?;
+                }
+                written
+            }
+        };
+        match attempt {
+            Ok(()) => break Ok(()),
+            Err(e) if Instant::now() < deadline && e.to_string().contains("locked") => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             Err(e) => break Err(e),
-        }
-    };
-    conn.execute("PRAGMA busy_timeout = 10000").await?;
-    outcome
-}
-
-/// Opens a transaction holding the write lock of the main database only
-/// (`BEGIN IMMEDIATE` would lock the attached fresh tables too, which the
-/// catch-up still writes), by writing the checkpoint row first. SQLite's busy
-/// handler sleeps longer and longer between tries, so against a process
-/// that writes back to back (a loaded service) it would starve; trying every
-/// millisecond gets in at the first gap between the service's transactions.
-async fn begin_write_soon(conn: &mut sqlx::AnyConnection, name: &str) -> Result<(), sqlx::Error> {
-    conn.execute("PRAGMA busy_timeout = 0").await?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let outcome = loop {
-        conn.execute("BEGIN").await?;
-        let locked = sqlx::query("UPDATE main.checkpoints SET position = position WHERE name = $1")
-            .bind(name)
-            .execute(&mut *conn)
-            .await;
-        match locked {
-            Ok(_) => break Ok(()),
-            Err(e) => {
-                conn.execute("ROLLBACK").await?;
-                if std::time::Instant::now() >= deadline || !e.to_string().contains("locked") {
-                    break Err(e);
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
         }
     };
     conn.execute("PRAGMA busy_timeout = 10000").await?;
