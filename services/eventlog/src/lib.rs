@@ -261,7 +261,7 @@ impl SqlEventLog {
         if db.dialect == Dialect::Postgres {
             tokio::spawn(listen_for_appends(db.clone(), head_tx.clone()));
         }
-        let recent = std::sync::Arc::new(recent::Recent::new(recent::CAPACITY));
+        let recent = std::sync::Arc::new(recent::Recent::new(recent::CAPACITY, recent::CAPACITY_BYTES));
         tokio::spawn(writer::run(db.clone(), conn, rx, head_tx, stats.clone(), recent.clone()));
         Ok(SqlEventLog { db, queue, head, stats, recent })
     }

@@ -167,8 +167,9 @@ enum Verdict {
 /// Checks and writes a whole batch inside the open transaction. Returns one
 /// result per request, in order.
 /// What a batch wrote: each request's result, and the events it recorded
-/// (in position order, as a reader will read them back).
-pub(crate) type Written = (Vec<Result<AppendResult, AppendError>>, Vec<RecordedEvent>);
+/// (in position order, as a reader will read them back) with the size of
+/// their data as stored.
+pub(crate) type Written = (Vec<Result<AppendResult, AppendError>>, Vec<(RecordedEvent, usize)>);
 
 pub(crate) async fn write_batch(
     conn: &mut AnyConnection,
@@ -230,6 +231,7 @@ pub(crate) async fn write_batch(
         }
     }
     let mut positions: HashMap<String, i64> = HashMap::with_capacity(rows_to_insert.len());
+    let mut sizes: Vec<usize> = Vec::with_capacity(rows_to_insert.len());
     for chunk in rows_to_insert.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO events (event_id, stream, version, event_type, schema_version, occurred_at, recorded_at, company_id, application_id, actor, correlation_id, causation_id, data) VALUES {} RETURNING position, event_id",
@@ -237,6 +239,8 @@ pub(crate) async fn write_batch(
         );
         let mut q = sqlx::query(&sql);
         for (req, stream, version, e) in chunk {
+            let data = e.data.to_string();
+            sizes.push(data.len());
             q = q
                 .bind(e.event_id.to_string())
                 .bind(*stream)
@@ -250,18 +254,19 @@ pub(crate) async fn write_batch(
                 .bind(&req.actor)
                 .bind(&req.correlation_id)
                 .bind(req.causation_id.as_deref())
-                .bind(e.data.to_string());
+                .bind(data);
         }
         for row in q.fetch_all(&mut *conn).await? {
             positions.insert(row.try_get("event_id")?, row.try_get("position")?);
         }
     }
 
-    let mut recorded: Vec<RecordedEvent> = rows_to_insert
+    let mut recorded: Vec<(RecordedEvent, usize)> = rows_to_insert
         .iter()
-        .filter_map(|(req, stream, version, e)| {
+        .zip(sizes)
+        .filter_map(|((req, stream, version, e), size)| {
             let position = *positions.get(&e.event_id.to_string())?;
-            Some(RecordedEvent {
+            let event = RecordedEvent {
                 position,
                 event_id: e.event_id.to_string(),
                 stream: stream.to_string(),
@@ -276,10 +281,11 @@ pub(crate) async fn write_batch(
                 correlation_id: req.correlation_id.clone(),
                 causation_id: req.causation_id.clone(),
                 data: e.data.clone(),
-            })
+            };
+            Some((event, size))
         })
         .collect();
-    recorded.sort_by_key(|e| e.position);
+    recorded.sort_by_key(|(e, _)| e.position);
 
     // Results, and the idempotency keys of accepted requests.
     let mut results: Vec<Result<AppendResult, AppendError>> = Vec::with_capacity(batch.len());
