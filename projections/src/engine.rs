@@ -23,7 +23,7 @@
 //!   with the events-out issue): the same range gives the same idempotency
 //!   key, and the members read model applies joins and leaves idempotently.
 
-use crate::runner::STANDBY_POLL;
+use crate::runner::{report_position, STANDBY_POLL};
 use crate::ProjectionError;
 use serde_json::Value;
 use sqlx::{AnyConnection, Executor, Row};
@@ -248,7 +248,7 @@ impl Engine {
             if !lease.hold().await {
                 owner = false;
                 if let Ok(p) = self.committed_position().await {
-                    self.position.send_if_modified(|mine| std::mem::replace(mine, p) != p);
+                    report_position(&self.position, p);
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return,

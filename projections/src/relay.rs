@@ -18,7 +18,7 @@
 //!   sealed before they reach the log, so they are sealed on NATS too.
 //! - Replay never touches this checkpoint, so it never republishes.
 
-use crate::runner::{read_checkpoint, RunnerHandle, STANDBY_POLL};
+use crate::runner::{follow_checkpoint, read_checkpoint, report_position, RunnerHandle, STANDBY_POLL};
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -150,9 +150,7 @@ impl Relay {
             }
             if !lease.hold().await {
                 cursor = None;
-                if let Ok(p) = read_checkpoint(self.log.db(), NAME).await {
-                    self.position.send_if_modified(|mine| std::mem::replace(mine, p) != p);
-                }
+                follow_checkpoint(self.log.db(), NAME, &self.position).await;
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(STANDBY_POLL) => continue,
@@ -263,7 +261,7 @@ impl Relay {
         let started = Instant::now();
         let events = self.log.read_all(from, self.config.batch).await?;
         let Some(last) = events.last().map(|e| e.position) else {
-            self.position.send_if_modified(|p| std::mem::replace(p, from) != from);
+            report_position(&self.position, from);
             return Ok((from, 0));
         };
         let read = started.elapsed();

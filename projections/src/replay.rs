@@ -203,12 +203,7 @@ impl<P: Projection + Clone> Rebuild<P> {
             conn.execute(format!("ALTER TABLE {schema}.{table} SET SCHEMA {old}").as_str()).await?;
             conn.execute(format!("ALTER TABLE {fresh}.{table} SET SCHEMA {schema}").as_str()).await?;
         }
-        sqlx::query("UPDATE checkpoints SET position = $1, failure = NULL WHERE name = $2")
-            .bind(position)
-            .bind(name)
-            .execute(&mut *conn)
-            .await?;
-        conn.execute("COMMIT").await?;
+        commit_switch(conn, name, position).await?;
         let locked = locked.elapsed();
         conn.execute(format!("DROP SCHEMA IF EXISTS {old} CASCADE").as_str()).await?;
         Ok((position, locked))
@@ -248,12 +243,7 @@ impl<P: Projection + Clone> Rebuild<P> {
             position = last;
             progress(position);
         }
-        sqlx::query("UPDATE main.checkpoints SET position = $1, failure = NULL WHERE name = $2")
-            .bind(position)
-            .bind(name)
-            .execute(&mut *conn)
-            .await?;
-        conn.execute("COMMIT").await?;
+        commit_switch(conn, name, position).await?;
         let locked = locked.elapsed();
         conn.execute("DETACH DATABASE fresh").await?;
         // The old tables go in chunks too: one DROP of a big table would hold
@@ -420,6 +410,17 @@ async fn begin_write_soon(conn: &mut sqlx::AnyConnection, checkpoint: Option<&st
     };
     conn.execute("PRAGMA busy_timeout = 10000").await?;
     outcome
+}
+
+/// Moves the live checkpoint to where the swapped-in tables are, and commits.
+async fn commit_switch(conn: &mut sqlx::AnyConnection, name: &str, position: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE checkpoints SET position = $1, failure = NULL WHERE name = $2")
+        .bind(position)
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    conn.execute("COMMIT").await?;
+    Ok(())
 }
 
 async fn read_checkpoint_on(conn: &mut sqlx::AnyConnection, name: &str) -> Result<i64, sqlx::Error> {

@@ -29,6 +29,18 @@ use userstream_eventlog::{Db, Dialect, EventLog, Migration, RecordedEvent, SqlEv
 /// How often a standby follows the owner's checkpoint.
 pub const STANDBY_POLL: Duration = Duration::from_millis(50);
 
+/// Sets a worker's reported position (waking waiters only when it changed).
+pub(crate) fn report_position(position: &watch::Sender<i64>, now: i64) {
+    position.send_if_modified(|p| std::mem::replace(p, now) != now);
+}
+
+/// On a standby: takes the owner's checkpoint `name` as the reported position.
+pub(crate) async fn follow_checkpoint(db: &Db, name: &str, position: &watch::Sender<i64>) {
+    if let Ok(p) = read_checkpoint(db, name).await {
+        report_position(position, p);
+    }
+}
+
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     sqlite: "CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, position BIGINT NOT NULL, failure TEXT)",
@@ -144,7 +156,7 @@ impl<P: Projection> Runner<P> {
                 return;
             }
             if !lease.hold().await {
-                self.follow().await;
+                follow_checkpoint(&self.target, self.projection.name(), &self.position).await;
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(STANDBY_POLL) => continue,
@@ -175,13 +187,6 @@ impl<P: Projection> Runner<P> {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
-        }
-    }
-
-    /// On a standby: takes the owner's checkpoint as this handle's position.
-    async fn follow(&self) {
-        if let Ok(p) = read_checkpoint(&self.target, self.projection.name()).await {
-            self.position.send_if_modified(|mine| std::mem::replace(mine, p) != p);
         }
     }
 
@@ -217,7 +222,7 @@ impl<P: Projection> Runner<P> {
         let db = &self.target;
         let name = self.projection.name();
         let Some(last) = events.last().map(|e| e.position) else {
-            self.position.send_if_modified(|p| std::mem::replace(p, from) != from);
+            report_position(&self.position, from);
             return Ok(0);
         };
         let span = tracing::debug_span!("projection.batch", projection = name, from, to = last, events = events.len());

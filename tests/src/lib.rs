@@ -163,11 +163,22 @@ impl TestApp {
         format!("{}/customers", self.fynd(COMPANY, APP))
     }
 
+    /// `/readyz` (status and body): the head, each projection's position and lag, and why not ready.
+    pub async fn readyz(&self) -> (u16, serde_json::Value) {
+        let r = self.client.get(format!("{}/readyz", self.base)).send().await.expect("readyz");
+        (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// The log head, as `/readyz` reports it.
     pub async fn head(&self) -> i64 {
-        let v: serde_json::Value =
-            self.client.get(format!("{}/readyz", self.base)).send().await.expect("readyz").json().await.expect("json");
-        v["head"].as_i64().expect("head")
+        self.readyz().await.1["head"].as_i64().expect("head")
+    }
+
+    /// The default tenant's live users, as the customers list counts them.
+    pub async fn total_users(&self) -> i64 {
+        let r = self.client.get(format!("{}/list?page_size=1", self.customers())).send().await.expect("list");
+        let v: serde_json::Value = r.json().await.expect("json");
+        v["page"]["item_total"].as_i64().expect("item_total")
     }
 
     /// PUT of a JSON body to `customers{path}` (`/archive`, `/undelete`, `/{id}` …).

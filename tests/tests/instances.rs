@@ -31,23 +31,6 @@ async fn read(app: &TestApp, id: &str, position: i64) -> reqwest::StatusCode {
         .status()
 }
 
-async fn total_users(app: &TestApp) -> i64 {
-    let v: Value = app
-        .client
-        .get(format!("{}/list?page_size=1", app.customers()))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
-    v["page"]["item_total"].as_i64().expect("item_total")
-}
-
-async fn ready(app: &TestApp) -> Value {
-    app.client.get(format!("{}/readyz", app.base)).send().await.expect("readyz").json().await.expect("json")
-}
-
 #[tokio::test]
 async fn instances_share_one_database_and_hand_over_leases_when_one_dies() {
     let Some(db) = fresh_postgres().await else { return };
@@ -95,7 +78,7 @@ async fn instances_share_one_database_and_hand_over_leases_when_one_dies() {
     let (id, position) = create(&b, 500).await;
     assert_eq!(read(&b, &id, position).await, 200, "projections moved to the surviving instance");
     loop {
-        let r = ready(&b).await;
+        let r = b.readyz().await.1;
         let head = r["head"].as_i64().expect("head");
         if r["projections"].as_object().expect("projections").values().all(|p| p["position"] == head) {
             break;
@@ -113,11 +96,11 @@ async fn instances_share_one_database_and_hand_over_leases_when_one_dies() {
 
     // Nothing was applied twice: the counters match what was created, and
     // every event reached NATS exactly once and in order.
-    assert_eq!(total_users(&b).await, 23);
-    assert_eq!(total_users(&c).await, 23);
-    let head = ready(&c).await["head"].as_i64().expect("head");
+    assert_eq!(b.total_users().await, 23);
+    assert_eq!(c.total_users().await, 23);
+    let head = c.readyz().await.1["head"].as_i64().expect("head");
     let started = Instant::now();
-    while ready(&c).await["projections"]["nats-relay"]["position"] != head {
+    while c.readyz().await.1["projections"]["nats-relay"]["position"] != head {
         assert!(started.elapsed() < Duration::from_secs(10), "relay did not catch up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -11,16 +11,11 @@ use userstream_tests::{
     binary, fresh_databases, nats_env, nats_server_bin, stream_messages, NatsServer, TestApp, APP, COMPANY,
 };
 
-async fn readyz(app: &TestApp) -> (u16, Value) {
-    let r = app.client.get(format!("{}/readyz", app.base)).send().await.expect("readyz");
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
 /// Waits (bounded) until `/readyz` satisfies `pred`; returns the last answer.
 async fn wait_readyz(app: &TestApp, what: &str, pred: impl Fn(u16, &Value) -> bool) -> Value {
     let started = Instant::now();
     loop {
-        let (status, body) = readyz(app).await;
+        let (status, body) = app.readyz().await;
         if pred(status, &body) {
             return body;
         }

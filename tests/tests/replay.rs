@@ -48,22 +48,12 @@ async fn dumps(db: &Db, tables: &[&str]) -> Vec<Vec<String>> {
 
 async fn settle(app: &TestApp) {
     for _ in 0..400 {
-        let r: Value =
-            app.client.get(format!("{}/readyz", app.base)).send().await.expect("readyz").json().await.expect("json");
+        let (_, r) = app.readyz().await;
         let head = r["head"].clone();
         if r["projections"].as_object().is_some_and(|p| p.values().all(|p| p["position"] == head)) {
             // The engine may still append membership events; settle again if it did.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let again: Value = app
-                .client
-                .get(format!("{}/readyz", app.base))
-                .send()
-                .await
-                .expect("readyz")
-                .json()
-                .await
-                .expect("json");
-            if again["head"] == head {
+            if app.readyz().await.1["head"] == head {
                 return;
             }
         }
@@ -213,18 +203,9 @@ async fn replayed_read_models_equal_the_live_ones_and_switch_while_serving() {
         // After the switch the models go on from where the replay left them
         // and still equal a fresh rebuild.
         settle(&app).await;
-        let list: Value = app
-            .client
-            .get(format!("{}/list?page_size=1", app.customers()))
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
         assert_eq!(
-            list["page"]["item_total"],
-            json!(24 + created.load(Ordering::SeqCst)),
+            app.total_users().await,
+            24 + i64::from(created.load(Ordering::SeqCst)),
             "30 created, 6 archived, plus the load"
         );
         let head = app.head().await;

@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use userstream_domain::codec;
 use userstream_domain::group::{GroupEvent, GroupState};
 use userstream_domain::user::{self, UserState};
-use userstream_eventlog::{EventLog, FeedFilter, RecordedEvent, SqlEventLog, Tenant};
+use userstream_eventlog::{format_time, EventLog, FeedFilter, RecordedEvent, SqlEventLog, Tenant};
 use userstream_projections::read_models::groups::GroupRow;
 
 /// Largest page of the JSON feed.
@@ -170,8 +170,8 @@ impl GroupAsOf {
             total_users: self.members.len() as i64,
             error_count: self.unmatched,
             version: self.version,
-            created_at: codec_time(g.created_at),
-            updated_at: codec_time(self.updated_at.unwrap_or(g.updated_at)),
+            created_at: format_time(g.created_at),
+            updated_at: format_time(self.updated_at.unwrap_or(g.updated_at)),
         })
     }
 }
@@ -186,9 +186,8 @@ pub async fn group_as_of(
     let Some(events) = stream_of(state.commands.log(), tenant, &format!("group-{group_id}"), Some(as_of)).await? else {
         return Ok(None);
     };
-    let folded: GroupState = fold_events(&events, codec::decode_group, userstream_domain::group::evolve)?;
     let mut group = GroupAsOf {
-        state: folded,
+        state: GroupState::NotCreated,
         members: BTreeSet::new(),
         evaluated_version: 0,
         unmatched: 0,
@@ -198,7 +197,7 @@ pub async fn group_as_of(
     for e in &events {
         let decoded = codec::decode_group(&e.event_type, e.schema as u32, &e.data)
             .map_err(|err| ApiError::internal(format!("event at position {}: {err}", e.position)))?;
-        match decoded {
+        match &decoded {
             GroupEvent::MembershipChanged(m) => {
                 group.members.extend(m.joined.iter().cloned());
                 for u in &m.left {
@@ -217,6 +216,7 @@ pub async fn group_as_of(
                 group.updated_at = Some(d.at);
             }
         }
+        group.state = userstream_domain::group::evolve(group.state, &decoded);
     }
     if matches!(group.state, GroupState::NotCreated) {
         return Ok(None);
@@ -359,17 +359,13 @@ fn entry(e: &RecordedEvent, changes: Vec<Value>) -> Value {
         "position": e.position,
         "version": e.version,
         "type": e.event_type,
-        "occurred_at": codec_time(e.occurred_at),
-        "recorded_at": codec_time(e.recorded_at),
+        "occurred_at": format_time(e.occurred_at),
+        "recorded_at": format_time(e.recorded_at),
         "actor": e.actor,
         "correlation_id": e.correlation_id,
         "causation_id": e.causation_id,
         "changes": changes,
     })
-}
-
-fn codec_time(t: OffsetDateTime) -> String {
-    userstream_eventlog::format_time(t)
 }
 
 /// A user's events with what each changed. `None`: unknown in this tenant.
@@ -457,7 +453,7 @@ pub async fn customer_timeline(
     let delete_on = match current {
         UserState::Archived { archived_at, .. } => {
             let (config, _) = state.commands.config(&tenant).await?;
-            codec_time(archived_at + time::Duration::days(i64::from(config.config.delete_account_day)))
+            format_time(archived_at + time::Duration::days(i64::from(config.config.delete_account_day)))
         }
         _ => String::new(),
     };

@@ -40,10 +40,6 @@ impl Lease {
         Lease { db: db.clone(), name: name.into(), conn: None, held: false, checked: Instant::now(), tried: None }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Whether this process holds the lease now; takes it when it is free.
     pub async fn hold(&mut self) -> bool {
         if self.db.dialect == Dialect::Sqlite {
@@ -90,11 +86,5 @@ impl Lease {
             self.checked = Instant::now();
         }
         Ok(taken)
-    }
-
-    /// Gives the lease up (closing its connection frees the lock).
-    pub fn release(&mut self) {
-        self.conn = None;
-        self.held = false;
     }
 }
