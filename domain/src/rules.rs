@@ -243,6 +243,87 @@ impl Compiled {
     }
 }
 
+/// The typed copies of a value that read models index: a number, or text
+/// (booleans as `true`/`false`). Lists and JSON objects get neither.
+pub fn index_keys(value: &Value) -> (Option<f64>, Option<String>) {
+    match value {
+        Value::Number(n) => (n.as_f64(), None),
+        Value::String(s) => (None, Some(s.clone())),
+        Value::Bool(b) => (None, Some(b.to_string())),
+        _ => (None, None),
+    }
+}
+
+/// What an index over [`index_keys`] can answer of a condition: a superset
+/// of the users it holds for, among those with a value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe {
+    /// Every user with a value of the definition.
+    Exists,
+    /// The number key within the bounds (value, inclusive).
+    Range { low: Option<(f64, bool)>, high: Option<(f64, bool)> },
+    /// The number key among these.
+    Numbers(Vec<f64>),
+    /// The text key among these.
+    Texts(Vec<String>),
+}
+
+impl Probe {
+    /// Whether a value with these index keys is within the probe.
+    pub fn admits(&self, number: Option<f64>, text: Option<&str>) -> bool {
+        let within = |n: f64, bound: Option<(f64, bool)>, above: bool| match bound {
+            None => true,
+            Some((b, inclusive)) => (inclusive && n == b) || if above { n > b } else { n < b },
+        };
+        match self {
+            Probe::Exists => true,
+            Probe::Range { low, high } => number.is_some_and(|n| within(n, *low, true) && within(n, *high, false)),
+            Probe::Numbers(list) => number.is_some_and(|n| list.contains(&n)),
+            Probe::Texts(list) => text.is_some_and(|t| list.iter().any(|l| l == t)),
+        }
+    }
+}
+
+impl Compiled {
+    /// The index probe that finds every user this condition holds for, or
+    /// `None` when it also holds for users without a value (`neq`, `nin`,
+    /// `not_exists`), which no index over values can list.
+    pub fn probe(&self) -> Option<Probe> {
+        if matches!(self.op, Op::Neq | Op::Nin | Op::NotExists) {
+            return None;
+        }
+        if self.multi_value {
+            return Some(Probe::Exists);
+        }
+        let numbers: Vec<f64> =
+            self.operands.iter().filter_map(|o| if let Operand::Number(n) = o { Some(*n) } else { None }).collect();
+        let all_numbers = !self.operands.is_empty() && numbers.len() == self.operands.len();
+        let texts = || {
+            self.operands
+                .iter()
+                .map(|o| match o {
+                    Operand::Text(t) => Some(t.clone()),
+                    Operand::Bool(b) => Some(b.to_string()),
+                    Operand::Number(_) => None,
+                })
+                .collect::<Option<Vec<String>>>()
+        };
+        let first = numbers.first().copied();
+        Some(match (self.op, all_numbers) {
+            (Op::Eq | Op::In, true) => Probe::Numbers(numbers),
+            (Op::Eq | Op::In, false) => texts().map(Probe::Texts).unwrap_or(Probe::Exists),
+            (Op::Gt, true) => Probe::Range { low: first.map(|n| (n, false)), high: None },
+            (Op::Gte, true) => Probe::Range { low: first.map(|n| (n, true)), high: None },
+            (Op::Lt, true) => Probe::Range { low: None, high: first.map(|n| (n, false)) },
+            (Op::Lte, true) => Probe::Range { low: None, high: first.map(|n| (n, true)) },
+            (Op::Between, true) if numbers.len() == 2 => {
+                Probe::Range { low: Some((numbers[0], true)), high: Some((numbers[1], true)) }
+            }
+            _ => Probe::Exists,
+        })
+    }
+}
+
 /// Whether every condition holds for a user whose values are given by `value_of`.
 pub fn matches<'a>(rule: &[Compiled], value_of: impl Fn(&str) -> Option<&'a Value>) -> bool {
     rule.iter().all(|c| c.holds(value_of(&c.definition_id)))

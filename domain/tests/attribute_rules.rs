@@ -9,7 +9,7 @@ use userstream_domain::attribute::{
     DefinitionCommand, DefinitionState, NewValue, Validation, ValuesCommand, ValuesEvent, ValuesState,
 };
 use userstream_domain::group::{self, Cause, GroupCommand, GroupDetails, GroupError, GroupEvent, GroupState};
-use userstream_domain::rules::{compile, matches, Condition, Op, RuleError};
+use userstream_domain::rules::{compile, index_keys, matches, Condition, Op, RuleError};
 
 const T0: OffsetDateTime = datetime!(2026-01-01 10:00 UTC);
 
@@ -205,4 +205,40 @@ fn a_rule_group_refuses_manual_members_and_new_conditions_start_a_new_generation
     let events = group::decide(&state, GroupCommand::Update(renamed), T0).expect("ok");
     let [GroupEvent::Updated(u)] = events.as_slice() else { panic!("{events:?}") };
     assert_eq!(u.rule_version, 1, "a rename is not a new rule");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+    /// Index probes may over-select but never miss: whenever a condition
+    /// holds for a value, its probe admits that value's index keys; and the
+    /// conditions without a probe are exactly those that hold without a value.
+    #[test]
+    fn an_index_probe_admits_every_value_its_condition_holds_for(
+        op in proptest::sample::select(vec![Op::Eq, Op::Neq, Op::Gt, Op::Gte, Op::Lt, Op::Lte, Op::In, Op::Nin, Op::Exists, Op::NotExists, Op::Between, Op::Contains]),
+        kind in proptest::sample::select(vec![AttrType::Number, AttrType::String, AttrType::Boolean]),
+        a in -2i32..2, b in -2i32..2, v in -3i32..3, multi in proptest::bool::ANY,
+    ) {
+        let mut d = definition("d", kind, vec![]);
+        d.multi_value = multi;
+        let (operand, value) = match kind {
+            AttrType::Number => (format!("{a},{b}"), json!(v)),
+            AttrType::Boolean => ((a > 0).to_string(), json!(v > 0)),
+            _ => (format!("k{a},k{b}"), json!(format!("k{v}"))),
+        };
+        let operand = if matches!(op, Op::In | Op::Nin | Op::Between) { operand } else { operand.split(',').next().unwrap_or_default().to_string() };
+        let value = if multi { json!([value]) } else { value };
+        let Ok(rule) = compile(&[cond("d", op, &operand)], |id| (id == "d").then_some(&d)) else { return Ok(()) };
+        let c = &rule[0];
+        match c.probe() {
+            None => proptest::prop_assert!(c.holds(None), "{op:?} has no probe but needs a value"),
+            Some(probe) => {
+                proptest::prop_assert!(!c.holds(None), "{op:?} holds without a value but has a probe");
+                if c.holds(Some(&value)) {
+                    let (n, t) = index_keys(&value);
+                    proptest::prop_assert!(multi || probe.admits(n, t.as_deref()), "{op:?} {operand} holds for {value} but {probe:?} misses it");
+                    proptest::prop_assert!(!multi || probe == userstream_domain::rules::Probe::Exists);
+                }
+            }
+        }
+    }
 }
