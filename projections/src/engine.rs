@@ -23,6 +23,7 @@
 //!   with the events-out issue): the same range gives the same idempotency
 //!   key, and the members read model applies joins and leaves idempotently.
 
+use crate::probe;
 use crate::runner::{report_position, STANDBY_POLL};
 use crate::ProjectionError;
 use serde_json::Value;
@@ -92,7 +93,34 @@ const DDL: &str = "
     );
     CREATE INDEX IF NOT EXISTS engine_members_user ON engine_members (user_id);";
 
-pub const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: DDL, postgres: DDL }];
+/// Typed copies of each value (as the attributes read model has them) with
+/// indexes, so a new rule is evaluated from an index range instead of every
+/// stored value; filled in for the values already there.
+const TYPED_SQLITE: &str = "
+    ALTER TABLE engine_values ADD COLUMN num_value REAL;
+    ALTER TABLE engine_values ADD COLUMN text_value TEXT;
+    UPDATE engine_values SET
+        num_value = CASE WHEN json_type(value) IN ('integer', 'real') THEN json_extract(value, '$') END,
+        text_value = CASE json_type(value) WHEN 'text' THEN json_extract(value, '$') WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' END;
+    DROP INDEX IF EXISTS engine_values_definition;
+    CREATE INDEX engine_values_definition ON engine_values (application_id, definition_id, user_id);
+    CREATE INDEX engine_values_num ON engine_values (application_id, definition_id, num_value, user_id);
+    CREATE INDEX engine_values_text ON engine_values (application_id, definition_id, text_value, user_id);";
+const TYPED_POSTGRES: &str = "
+    ALTER TABLE engine_values ADD COLUMN num_value DOUBLE PRECISION;
+    ALTER TABLE engine_values ADD COLUMN text_value TEXT;
+    UPDATE engine_values SET
+        num_value = CASE WHEN jsonb_typeof(value::jsonb) = 'number' THEN (value::jsonb #>> '{}')::double precision END,
+        text_value = CASE WHEN jsonb_typeof(value::jsonb) IN ('string', 'boolean') THEN value::jsonb #>> '{}' END;
+    DROP INDEX IF EXISTS engine_values_definition;
+    CREATE INDEX engine_values_definition ON engine_values (application_id, definition_id, user_id);
+    CREATE INDEX engine_values_num ON engine_values (application_id, definition_id, num_value, user_id);
+    CREATE INDEX engine_values_text ON engine_values (application_id, definition_id, text_value, user_id);";
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, sqlite: DDL, postgres: DDL },
+    Migration { version: 2, sqlite: TYPED_SQLITE, postgres: TYPED_POSTGRES },
+];
 
 /// The engine's tables, for rebuilds and comparisons.
 pub const TABLES: &[&str] = &[
@@ -889,23 +917,73 @@ impl Engine {
         }
         let definitions: BTreeSet<&str> = rule.iter().map(|c| c.definition_id.as_str()).collect();
         let mut values: HashMap<String, HashMap<String, Value>> = HashMap::new();
-        for d in &definitions {
-            if overlay.deleted_definitions.iter().any(|(a, id)| a == app && id == d) {
-                continue;
+        let deleted = |d: &str| overlay.deleted_definitions.iter().any(|(a, id)| a == app && id == d);
+        // A rule an empty user cannot satisfy needs a value its probe finds:
+        // only those users (and the batch's) are candidates.
+        let driver = rule
+            .iter()
+            .filter(|c| !deleted(&c.definition_id))
+            .filter_map(|c| c.probe().map(|p| (c, p)))
+            .min_by_key(|(_, p)| probe::rank(p));
+        match driver {
+            Some((c, p)) if !rules::matches(rule, |_| None) => {
+                let mut next = 3;
+                let mut binds = Vec::new();
+                let condition = probe::sql(&p, "v", false, &mut next, &mut binds);
+                let sql = format!("SELECT v.user_id FROM engine_values v WHERE v.application_id = $1 AND v.definition_id = $2{condition}");
+                let query = probe::bind(sqlx::query(&sql).bind(app).bind(&c.definition_id), &binds);
+                let mut candidates = BTreeSet::new();
+                for r in query.fetch_all(&self.db.pool).await? {
+                    candidates.insert(r.try_get::<String, _>("user_id")?);
+                }
+                // The batch's changes may make others match: read theirs too.
+                candidates.extend(
+                    overlay.values.keys().filter(|(a, _, d)| a == app && definitions.contains(d.as_str())).map(|(_, u, _)| u.clone()),
+                );
+                let candidates: Vec<String> = candidates.into_iter().collect();
+                let defs: Vec<&str> = definitions.iter().copied().filter(|d| !deleted(d)).collect();
+                for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
+                    let sql = format!(
+                        "SELECT user_id, definition_id, value FROM engine_values WHERE application_id = $1 AND user_id IN ({}) AND definition_id IN ({})",
+                        placeholders(2, chunk.len()),
+                        placeholders(2 + chunk.len(), defs.len())
+                    );
+                    let mut q = sqlx::query(&sql).bind(app);
+                    for u in chunk {
+                        q = q.bind(u.as_str());
+                    }
+                    for d in &defs {
+                        q = q.bind(*d);
+                    }
+                    for r in q.fetch_all(&self.db.pool).await? {
+                        let text: String = r.try_get("value")?;
+                        values
+                            .entry(r.try_get("user_id")?)
+                            .or_default()
+                            .insert(r.try_get("definition_id")?, serde_json::from_str(&text).unwrap_or(Value::Null));
+                    }
+                }
             }
-            let rows = sqlx::query(
-                "SELECT user_id, value FROM engine_values WHERE application_id = $1 AND definition_id = $2",
-            )
-            .bind(app)
-            .bind(*d)
-            .fetch_all(&self.db.pool)
-            .await?;
-            for r in rows {
-                let text: String = r.try_get("value")?;
-                values
-                    .entry(r.try_get("user_id")?)
-                    .or_default()
-                    .insert(d.to_string(), serde_json::from_str(&text).unwrap_or(Value::Null));
+            _ => {
+                for d in &definitions {
+                    if deleted(d) {
+                        continue;
+                    }
+                    let rows = sqlx::query(
+                        "SELECT user_id, value FROM engine_values WHERE application_id = $1 AND definition_id = $2",
+                    )
+                    .bind(app)
+                    .bind(*d)
+                    .fetch_all(&self.db.pool)
+                    .await?;
+                    for r in rows {
+                        let text: String = r.try_get("value")?;
+                        values
+                            .entry(r.try_get("user_id")?)
+                            .or_default()
+                            .insert(d.to_string(), serde_json::from_str(&text).unwrap_or(Value::Null));
+                    }
+                }
             }
         }
         for ((a, u, d), v) in &overlay.values {
@@ -1022,13 +1100,14 @@ async fn write_overlay(conn: &mut AnyConnection, o: &Overlay, from: i64, last: i
             .execute(&mut *conn)
             .await?;
     }
-    let upserts: Vec<_> = o.values.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v.to_string()))).collect();
+    let upserts: Vec<_> = o.values.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))).collect();
     for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
-        let rows: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(4 * i + 1, 4))).collect();
-        let sql = format!("INSERT INTO engine_values (application_id, user_id, definition_id, value) VALUES {} ON CONFLICT (application_id, user_id, definition_id) DO UPDATE SET value = excluded.value", rows.join(", "));
+        let rows: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(6 * i + 1, 6))).collect();
+        let sql = format!("INSERT INTO engine_values (application_id, user_id, definition_id, value, num_value, text_value) VALUES {} ON CONFLICT (application_id, user_id, definition_id) DO UPDATE SET value = excluded.value, num_value = excluded.num_value, text_value = excluded.text_value", rows.join(", "));
         let mut q = sqlx::query(&sql);
-        for ((app, user, def), text) in chunk {
-            q = q.bind(app).bind(user).bind(def).bind(text.as_str());
+        for ((app, user, def), value) in chunk {
+            let (num, text) = rules::index_keys(value);
+            q = q.bind(app).bind(user).bind(def).bind(value.to_string()).bind(num).bind(text);
         }
         q.execute(&mut *conn).await?;
     }

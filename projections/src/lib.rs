@@ -6,6 +6,7 @@
 //! has to be deterministic.
 
 pub mod engine;
+pub mod probe;
 pub mod read_models;
 pub mod relay;
 pub mod replay;

@@ -7,6 +7,8 @@ use serde_json::Value;
 use sqlx::{AnyConnection, Row};
 use userstream_domain::attribute::{Definition, DefinitionEvent, ValuesEvent};
 use userstream_domain::codec;
+use userstream_domain::rules::{self, Probe};
+use crate::probe::{self, Bind};
 use userstream_eventlog::{format_time, Db, Migration, RecordedEvent, Tenant};
 
 pub const NAME: &str = "attributes_v1";
@@ -54,18 +56,18 @@ macro_rules! ddl {
     };
 }
 
-const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: ddl!("REAL"), postgres: ddl!("DOUBLE PRECISION") }];
+/// The filter's driving scan reads the (definition, user) index with the
+/// typed values in it, and checks the other conditions in the same index:
+/// no table row is read until a user matches. (Both spellings of the old
+/// index go: a SQLite replay alternates names.)
+const COVERING: &str = "DROP INDEX IF EXISTS attribute_values_v1_definition;
+    DROP INDEX IF EXISTS attribute_values_v1_definition__r;
+    CREATE INDEX IF NOT EXISTS attribute_values_v1_by_definition ON attribute_values_v1 (application_id, definition_id, user_id, num_value, text_value);";
 
-/// Typed copies of a value for the filter: a number, or normalised text
-/// (booleans as `true`/`false`). Lists and JSON get neither.
-fn typed(value: &Value) -> (Option<f64>, Option<String>) {
-    match value {
-        Value::Number(n) => (n.as_f64(), None),
-        Value::String(s) => (None, Some(s.clone())),
-        Value::Bool(b) => (None, Some(b.to_string())),
-        _ => (None, None),
-    }
-}
+const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, sqlite: ddl!("REAL"), postgres: ddl!("DOUBLE PRECISION") },
+    Migration { version: 2, sqlite: COVERING, postgres: COVERING },
+];
 
 pub const TABLES: &[&str] = &["attribute_definitions_v1", "attribute_values_v1"];
 
@@ -139,7 +141,7 @@ impl Projection for AttributesProjection {
             match decoded {
                 ValuesEvent::Upserted(e) => {
                     let at = format_time(e.at);
-                    let (num, text) = typed(&e.value);
+                    let (num, text) = rules::index_keys(&e.value);
                     sqlx::query(
                         "INSERT INTO attribute_values_v1 (company_id, application_id, user_id, definition_id, attribute_id, value, customer_overridden, created_at, updated_at, num_value, text_value)
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10)
@@ -373,103 +375,62 @@ impl AttributesQuery {
     }
 }
 
-/// A condition the values index can answer: what the driving scan of an
-/// attribute filter reads.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Driver {
-    /// Every user with a value for the definition.
-    Exists,
-    /// `num_value` compared: (low, low inclusive, high, high inclusive).
-    Range(Option<f64>, bool, Option<f64>, bool),
-    /// `text_value` among these.
-    Text(Vec<String>),
-    /// `num_value` among these.
-    Numbers(Vec<f64>),
-}
-
 impl AttributesQuery {
     /// One step of a filter: up to `limit` live users of the tenant, in id
-    /// order after `after`, whose value of `definition_id` satisfies `driver`
-    /// (read through the `(definition, user)` index so no sort is needed),
-    /// with their values of `definition_ids`. Returns the candidate ids in
-    /// order and their values.
+    /// order after `after`, whose value of the driving definition is within
+    /// its probe and whose values of the `others` are within theirs (read
+    /// through the (definition, user) index, so no sort is needed), with
+    /// their values of `definition_ids`. The probes over-select at most: the
+    /// caller checks the rule itself. Returns the candidate ids in order and
+    /// their values.
     pub async fn scan(
         &self,
         tenant: &Tenant,
-        definition_id: &str,
-        driver: &Driver,
+        driver: (&str, &Probe),
+        others: &[(&str, Probe)],
         after: Option<&str>,
         limit: i64,
         definition_ids: &[String],
     ) -> Result<(Vec<String>, Vec<ValueRow>), sqlx::Error> {
+        let mut binds = vec![
+            Bind::Text(tenant.application_id.clone()),
+            Bind::Text(driver.0.to_string()),
+            Bind::Text(tenant.company_id.clone()),
+        ];
+        let mut next = 4;
         let mut inner = String::from(
             "SELECT a.user_id FROM attribute_values_v1 a JOIN users_v1 u ON u.application_id = a.application_id AND u.user_id = a.user_id AND u.archived = 0 \
              WHERE a.application_id = $1 AND a.definition_id = $2 AND a.company_id = $3",
         );
-        let mut texts: Vec<String> = Vec::new();
-        let mut numbers: Vec<f64> = Vec::new();
-        let mut next = 4;
-        let mut placeholder = || {
-            let p = format!("${next}");
+        inner.push_str(&probe::sql(driver.1, "a", true, &mut next, &mut binds));
+        for (i, (definition_id, p)) in others.iter().enumerate() {
+            binds.push(Bind::Text(definition_id.to_string()));
             next += 1;
-            p
-        };
-        // `+ 0` and `|| ''` keep the planner on the (definition, user) index.
-        match driver {
-            Driver::Exists => {}
-            Driver::Range(low, low_inclusive, high, high_inclusive) => {
-                if let Some(l) = low {
-                    inner.push_str(&format!(
-                        " AND (a.num_value + 0) {} {}",
-                        if *low_inclusive { ">=" } else { ">" },
-                        placeholder()
-                    ));
-                    numbers.push(*l);
-                }
-                if let Some(h) = high {
-                    inner.push_str(&format!(
-                        " AND (a.num_value + 0) {} {}",
-                        if *high_inclusive { "<=" } else { "<" },
-                        placeholder()
-                    ));
-                    numbers.push(*h);
-                }
-                if low.is_none() && high.is_none() {
-                    inner.push_str(" AND a.num_value IS NOT NULL");
-                }
-            }
-            Driver::Text(values) => {
-                let list: Vec<String> = values.iter().map(|_| placeholder()).collect();
-                inner.push_str(&format!(" AND (a.text_value || '') IN ({})", list.join(", ")));
-                texts.extend(values.iter().cloned());
-            }
-            Driver::Numbers(values) => {
-                let list: Vec<String> = values.iter().map(|_| placeholder()).collect();
-                inner.push_str(&format!(" AND (a.num_value + 0) IN ({})", list.join(", ")));
-                numbers.extend(values.iter().copied());
-            }
+            let alias = format!("b{i}");
+            inner.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM attribute_values_v1 {alias} WHERE {alias}.application_id = a.application_id AND {alias}.user_id = a.user_id AND {alias}.definition_id = ${}{})",
+                next - 1,
+                probe::sql(p, &alias, true, &mut next, &mut binds)
+            ));
         }
-        let after_placeholder = placeholder();
-        inner.push_str(&format!(" AND a.user_id > {after_placeholder} ORDER BY a.user_id LIMIT {limit}"));
-        let defs: Vec<String> = definition_ids.iter().map(|_| placeholder()).collect();
+        binds.push(Bind::Text(after.unwrap_or("").to_string()));
+        inner.push_str(&format!(" AND a.user_id > ${next} ORDER BY a.user_id LIMIT {limit}"));
+        next += 1;
+        let defs: Vec<String> = definition_ids
+            .iter()
+            .map(|d| {
+                binds.push(Bind::Text(d.clone()));
+                next += 1;
+                format!("${}", next - 1)
+            })
+            .collect();
         let sql = format!(
             "SELECT c.user_id AS candidate, v.user_id, v.definition_id, v.attribute_id, v.value, v.customer_overridden, v.created_at, v.updated_at, v.company_id \
              FROM ({inner}) c LEFT JOIN attribute_values_v1 v ON v.application_id = $1 AND v.user_id = c.user_id AND v.definition_id IN ({}) \
              ORDER BY c.user_id",
             defs.join(", ")
         );
-        let mut query = sqlx::query(&sql).bind(&tenant.application_id).bind(definition_id).bind(&tenant.company_id);
-        for n in &numbers {
-            query = query.bind(*n);
-        }
-        for t in &texts {
-            query = query.bind(t.as_str());
-        }
-        query = query.bind(after.unwrap_or(""));
-        for d in definition_ids {
-            query = query.bind(d.as_str());
-        }
-        let rows = query.fetch_all(&self.db.pool).await?;
+        let rows = probe::bind(sqlx::query(&sql), &binds).fetch_all(&self.db.pool).await?;
         let mut candidates: Vec<String> = Vec::new();
         let mut values = Vec::new();
         for r in &rows {

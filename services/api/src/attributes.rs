@@ -34,7 +34,6 @@ use userstream_domain::codec;
 use userstream_domain::rules;
 use userstream_domain::UserId;
 use userstream_eventlog::{EventLog, ExpectedVersion, Reservation, Tenant};
-use userstream_projections::read_models::attributes as attr_read;
 use userstream_projections::read_models::attributes::{DefinitionFilter, DefinitionRow, ValueRow};
 use userstream_projections::read_models::users::MAX_PAGE_SIZE;
 
@@ -697,62 +696,6 @@ pub struct FilterBody {
 /// Users scanned per step of a filter.
 const SCAN_BATCH: i64 = 1000;
 
-/// The index scan that drives a filter: the first condition the values
-/// index can answer. `None` when every condition is negative (`neq`,
-/// `nin`, `not_exists`): then every user is a candidate.
-fn driver(conditions: &[rules::Condition], defs: &[Definition]) -> Option<(String, attr_read::Driver)> {
-    use attr_read::Driver;
-    for c in conditions {
-        let Some(d) = defs.iter().find(|d| d.id == c.user_attribute_definition_id) else { continue };
-        let items =
-            || -> Vec<String> { c.value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect() };
-        let numbers = || items().iter().filter_map(|v| v.parse::<f64>().ok()).collect::<Vec<_>>();
-        let text = || {
-            items()
-                .iter()
-                .map(|v| match d.validate_scalar(&Value::String(v.clone())) {
-                    Ok(Value::String(s)) => s,
-                    _ => v.clone(),
-                })
-                .collect::<Vec<_>>()
-        };
-        let found = match (c.op, d.kind, d.multi_value) {
-            (rules::Op::Neq | rules::Op::Nin | rules::Op::NotExists, _, _) => None,
-            (_, _, true) | (rules::Op::Exists | rules::Op::Contains, _, _) => Some(Driver::Exists),
-            (rules::Op::Eq | rules::Op::In, AttrType::Number, _) => Some(Driver::Numbers(numbers())),
-            (rules::Op::Eq, AttrType::Boolean, _) => Some(Driver::Text(vec![c.value.trim().to_string()])),
-            (rules::Op::Eq, _, _) => {
-                Some(Driver::Text(vec![match d.validate_scalar(&Value::String(c.value.trim().to_string())) {
-                    Ok(Value::String(s)) => s,
-                    _ => c.value.trim().to_string(),
-                }]))
-            }
-            (rules::Op::In, _, _) => Some(Driver::Text(text())),
-            (rules::Op::Gt, AttrType::Number, _) => {
-                numbers().first().map(|n| Driver::Range(Some(*n), false, None, false))
-            }
-            (rules::Op::Gte, AttrType::Number, _) => {
-                numbers().first().map(|n| Driver::Range(Some(*n), true, None, false))
-            }
-            (rules::Op::Lt, AttrType::Number, _) => {
-                numbers().first().map(|n| Driver::Range(None, false, Some(*n), false))
-            }
-            (rules::Op::Lte, AttrType::Number, _) => {
-                numbers().first().map(|n| Driver::Range(None, false, Some(*n), true))
-            }
-            (rules::Op::Between, AttrType::Number, _) => {
-                let n = numbers();
-                (n.len() == 2).then(|| Driver::Range(Some(n[0]), true, Some(n[1]), true))
-            }
-            _ => Some(Driver::Exists),
-        };
-        if let Some(found) = found {
-            return Some((d.id.clone(), found));
-        }
-    }
-    None
-}
-
 pub async fn filter_users(
     State(state): State<AppState>,
     path: TenantPath,
@@ -818,7 +761,13 @@ pub async fn filter_users(
     };
     let wanted = (q.page * q.limit + 1) as usize;
     let skip = ((q.page - 1) * q.limit) as usize;
-    let scan = driver(&conditions, &definitions);
+    // The scan is driven by the most selective-looking probe; the other
+    // probes are checked in the same index. Without any (every condition
+    // holds for users without a value) every live user is a candidate.
+    let mut probes: Vec<(&str, rules::Probe)> =
+        rule.iter().filter_map(|c| c.probe().map(|p| (c.definition_id.as_str(), p))).collect();
+    probes.sort_by_key(|(_, p)| userstream_projections::probe::rank(p));
+    let scan = (!probes.is_empty()).then(|| probes.remove(0));
     let mut matched: Vec<(String, Vec<ValueRow>)> = Vec::new();
     let mut after: Option<String> = None;
     // Start with a few candidates per wanted user and grow while matches are sparse.
@@ -833,8 +782,8 @@ pub async fn filter_users(
                     (ids.clone(), values)
                 }
             }
-            (None, Some((def, drv))) => {
-                state.attribute_queries.scan(&tenant, def, drv, after.as_deref(), step, &def_ids).await?
+            (None, Some((def, probe))) => {
+                state.attribute_queries.scan(&tenant, (def, probe), &probes, after.as_deref(), step, &def_ids).await?
             }
             (None, None) => {
                 let ids = state.queries.ids_after(&tenant, after.as_deref(), step).await?;
