@@ -33,6 +33,13 @@ pub trait Projection: Send + Sync + 'static {
         event: &RecordedEvent,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
 
+    /// Whether `apply` writes anything for this event (a cheap check on its
+    /// stream or type). A batch of events none of which it handles needs no
+    /// write transaction.
+    fn handles(&self, _event: &RecordedEvent) -> bool {
+        true
+    }
+
     /// Writes a batch of events, in order. The default applies them one by
     /// one; a projection may override it to write runs of events with
     /// multi-row statements, as long as the tables end up the same.

@@ -18,6 +18,7 @@
 
 use crate::Projection;
 use sqlx::{Acquire, Executor};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -74,7 +75,17 @@ pub struct Runner<P> {
     batch_size: i64,
     position: watch::Sender<i64>,
     failure: Arc<Mutex<Option<String>>>,
+    /// SQLite only (no standby follows the stored checkpoint): how far past it
+    /// the events were all ones this projection does not handle. Such
+    /// batches move the position in memory without a write transaction; the
+    /// checkpoint catches up with the next batch that writes, or after
+    /// [`SKIP_LIMIT`] events. A restart reads the skipped events again and
+    /// skips them again.
+    skipped_to: Option<AtomicI64>,
 }
+
+/// Events a runner skips without storing its checkpoint.
+const SKIP_LIMIT: i64 = 10_000;
 
 /// A handle on a running projection: its checkpoint and its health.
 #[derive(Clone)]
@@ -108,7 +119,11 @@ impl<P: Projection> Runner<P> {
     /// Migrates the checkpoint table and the projection's own tables.
     pub async fn new(log: SqlEventLog, projection: P) -> Result<Self, sqlx::Error> {
         let target = log.db().clone();
-        Self::with_target(log, target, projection).await
+        let mut runner = Self::with_target(log, target, projection).await?;
+        if runner.target.dialect == Dialect::Sqlite {
+            runner.skipped_to = Some(AtomicI64::new(0));
+        }
+        Ok(runner)
     }
 
     /// A runner that reads `log` and writes the read model (and its
@@ -129,6 +144,7 @@ impl<P: Projection> Runner<P> {
             batch_size: 2000,
             position: watch::channel(position).0,
             failure: Arc::new(Mutex::new(None)),
+            skipped_to: None,
         })
     }
 
@@ -210,8 +226,22 @@ impl<P: Projection> Runner<P> {
     /// Applies one batch of the events up to position `until`.
     pub async fn step_until(&self, until: i64) -> Result<usize, ProjectionError> {
         let from = read_checkpoint(&self.target, self.projection.name()).await?;
-        let mut events = self.log.read_all(from, self.batch_size).await?;
+        let skipped = self.skipped_to.as_ref().map_or(0, |s| s.load(Ordering::Relaxed));
+        let mut events = self.log.read_all(from.max(skipped), self.batch_size).await?;
         events.retain(|e| e.position <= until);
+        if let (Some(skip), Some(last)) = (&self.skipped_to, events.last().map(|e| e.position)) {
+            if last - from < SKIP_LIMIT && !events.iter().any(|e| self.projection.handles(e)) {
+                skip.store(last, Ordering::Relaxed);
+                self.position.send_replace(last);
+                return Ok(events.len());
+            }
+        }
+        if events.is_empty() {
+            report_position(&self.position, from.max(skipped));
+            return Ok(0);
+        }
+        // Events skipped before `events` need nothing written: the
+        // checkpoint moves over them with this batch.
         self.apply_from(from, &events).await
     }
 

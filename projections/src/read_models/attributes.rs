@@ -87,6 +87,10 @@ impl Projection for AttributesProjection {
         &["attribute_definitions_v1", "attribute_values_v1"]
     }
 
+    fn handles(&self, event: &RecordedEvent) -> bool {
+        event.stream.starts_with("attrs-") || event.stream.starts_with("attrdef-")
+    }
+
     fn migrations(&self) -> &'static [Migration] {
         MIGRATIONS
     }

@@ -88,6 +88,10 @@ impl Projection for GroupsProjection {
         &["groups_v1", "group_members_v1"]
     }
 
+    fn handles(&self, event: &RecordedEvent) -> bool {
+        event.stream.starts_with("group-")
+    }
+
     fn migrations(&self) -> &'static [Migration] {
         MIGRATIONS
     }

@@ -236,6 +236,10 @@ impl Projection for UsersProjection {
         &["users_v1", "user_contacts_v1", "user_counts_v1", "user_sessions_v1"]
     }
 
+    fn handles(&self, event: &RecordedEvent) -> bool {
+        event.stream.starts_with("user-")
+    }
+
     fn migrations(&self) -> &'static [Migration] {
         MIGRATIONS
     }

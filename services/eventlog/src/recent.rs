@@ -62,12 +62,12 @@ impl Recent {
         let first = events.front()?.0.position;
         let start = usize::try_from(after + 1 - first).ok()?;
         // Positions here are increasing; a gap makes the index math land
-        // elsewhere, so check the position itself.
+        // elsewhere, so check the position itself (and search if it is off).
         let at = events
             .get(start)
             .filter(|(e, _)| e.position == after + 1)
             .map(|_| start)
-            .or_else(|| events.iter().position(|(e, _)| e.position == after + 1))?;
+            .or_else(|| events.binary_search_by_key(&(after + 1), |(e, _)| e.position).ok())?;
         let out = (after + 1..)
             .zip(events.range(at..))
             .take_while(|(expected, (e, _))| e.position == *expected)
