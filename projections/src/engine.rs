@@ -457,7 +457,14 @@ impl Engine {
         let mut by_app: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         for e in events {
             let user = match e.stream.strip_prefix("user-") {
-                Some(u) if matches!(e.event_type.as_str(), codec::USER_CREATED | codec::USER_ARCHIVED | codec::USER_RESTORED) => u,
+                Some(u)
+                    if matches!(
+                        e.event_type.as_str(),
+                        codec::USER_CREATED | codec::USER_ARCHIVED | codec::USER_RESTORED
+                    ) =>
+                {
+                    u
+                }
                 Some(_) => continue,
                 None => match e.stream.strip_prefix("attrs-") {
                     Some(u) => u,
@@ -483,15 +490,21 @@ impl Engine {
                         .or_default()
                         .insert(r.try_get("definition_id")?, serde_json::from_str(&text).unwrap_or(Value::Null));
                 }
-                let sql = format!("SELECT user_id, archived FROM engine_users WHERE application_id = $1 AND user_id IN ({list})");
+                let sql = format!(
+                    "SELECT user_id, archived FROM engine_users WHERE application_id = $1 AND user_id IN ({list})"
+                );
                 let mut q = sqlx::query(&sql).bind(app);
                 for u in chunk {
                     q = q.bind(*u);
                 }
                 for r in q.fetch_all(&self.db.pool).await? {
-                    out.archived.insert((app.to_string(), r.try_get("user_id")?), r.try_get::<i64, _>("archived")? != 0);
+                    out.archived
+                        .insert((app.to_string(), r.try_get("user_id")?), r.try_get::<i64, _>("archived")? != 0);
                 }
-                let sql = format!("SELECT user_id, group_id FROM engine_members WHERE user_id IN ({})", placeholders(1, chunk.len()));
+                let sql = format!(
+                    "SELECT user_id, group_id FROM engine_members WHERE user_id IN ({})",
+                    placeholders(1, chunk.len())
+                );
                 let mut q = sqlx::query(&sql);
                 for u in chunk {
                     q = q.bind(*u);
@@ -966,7 +979,11 @@ impl Engine {
                 }
                 // The batch's changes may make others match: read theirs too.
                 candidates.extend(
-                    overlay.values.keys().filter(|(a, _, d)| a == app && definitions.contains(d.as_str())).map(|(_, u, _)| u.clone()),
+                    overlay
+                        .values
+                        .keys()
+                        .filter(|(a, _, d)| a == app && definitions.contains(d.as_str()))
+                        .map(|(_, u, _)| u.clone()),
                 );
                 let candidates: Vec<String> = candidates.into_iter().collect();
                 let defs: Vec<&str> = definitions.iter().copied().filter(|d| !deleted(d)).collect();

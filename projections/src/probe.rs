@@ -31,10 +31,18 @@ pub fn sql(probe: &Probe, alias: &str, opaque: bool, next: &mut usize, binds: &m
         Probe::Range { low, high } => {
             let mut out = format!(" AND {alias}.num_value IS NOT NULL");
             if let Some((n, inclusive)) = low {
-                out.push_str(&format!(" AND {num} {} {}", if *inclusive { ">=" } else { ">" }, placeholder(Bind::Number(*n))));
+                out.push_str(&format!(
+                    " AND {num} {} {}",
+                    if *inclusive { ">=" } else { ">" },
+                    placeholder(Bind::Number(*n))
+                ));
             }
             if let Some((n, inclusive)) = high {
-                out.push_str(&format!(" AND {num} {} {}", if *inclusive { "<=" } else { "<" }, placeholder(Bind::Number(*n))));
+                out.push_str(&format!(
+                    " AND {num} {} {}",
+                    if *inclusive { "<=" } else { "<" },
+                    placeholder(Bind::Number(*n))
+                ));
             }
             out
         }

@@ -616,9 +616,11 @@ async fn filters_and_new_rule_groups_agree_with_the_rule_evaluated_directly() {
                 .iter()
                 .map(|c| json!({"definition_id": c.user_attribute_definition_id, "type": c.op.as_str(), "value": c.value}))
                 .collect();
-            let (status, found) = call(app.client.post(format!("{}/user_attribute/users", api.p)).json(
-                &json!({"query": {"type": "and", "limit": 100, "page": 1, "conditions": query}}),
-            ))
+            let (status, found) = call(
+                app.client
+                    .post(format!("{}/user_attribute/users", api.p))
+                    .json(&json!({"query": {"type": "and", "limit": 100, "page": 1, "conditions": query}})),
+            )
             .await;
             assert_eq!(status, 200, "{found}");
             let mut got: Vec<String> = found["items"]
@@ -630,9 +632,8 @@ async fn filters_and_new_rule_groups_agree_with_the_rule_evaluated_directly() {
             got.sort();
             assert_eq!(got, expected, "{backend}: filter {conditions:?}");
 
-            let (status, g) = api
-                .group(json!({"name": format!("R{checked}"), "description": "d", "conditions": conditions}))
-                .await;
+            let (status, g) =
+                api.group(json!({"name": format!("R{checked}"), "description": "d", "conditions": conditions})).await;
             assert_eq!(status, 201, "{g}");
             let id = g["_id"].as_str().expect("id").to_string();
             api.settled(&id, expected.len() as i64).await;

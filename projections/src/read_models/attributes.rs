@@ -2,13 +2,13 @@
 //! flagged) and every user's values. Built from `attribute.*` events only.
 //! Encrypted values are stored as the log has them: ciphertext.
 
+use crate::probe::{self, Bind};
 use crate::{Projection, ProjectionError};
 use serde_json::Value;
 use sqlx::{AnyConnection, Row};
 use userstream_domain::attribute::{Definition, DefinitionEvent, ValuesEvent};
 use userstream_domain::codec;
 use userstream_domain::rules::{self, Probe};
-use crate::probe::{self, Bind};
 use userstream_eventlog::{format_time, Db, Migration, RecordedEvent, Tenant};
 
 pub const NAME: &str = "attributes_v1";

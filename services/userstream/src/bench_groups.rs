@@ -318,9 +318,8 @@ pub async fn run(
         // users), not the evaluation of one new group.
         eprintln!("deleting the {} rule groups …", groups.len());
         for (group_id, _, _) in &groups {
-            let (status, body) = bench
-                .call(Request::delete(format!("{P}/user_group/{group_id}")).body(Body::empty())?)
-                .await?;
+            let (status, body) =
+                bench.call(Request::delete(format!("{P}/user_group/{group_id}")).body(Body::empty())?).await?;
             if status != StatusCode::OK {
                 bail!("delete group: {status} {body}");
             }
