@@ -1145,14 +1145,30 @@ async fn write_overlay(conn: &mut AnyConnection, o: &Overlay, from: i64, last: i
             .execute(&mut *conn)
             .await?;
     }
-    let upserts: Vec<_> = o.values.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))).collect();
-    for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
-        let rows: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(6 * i + 1, 6))).collect();
-        let sql = format!("INSERT INTO engine_values (application_id, user_id, definition_id, value, num_value, text_value) VALUES {} ON CONFLICT (application_id, user_id, definition_id) DO UPDATE SET value = excluded.value, num_value = excluded.num_value, text_value = excluded.text_value", rows.join(", "));
+    // Rows with a number key and rows without go in separate statements, so
+    // the SQL depends only on the row count (see `probe::number_slot`).
+    let (numbers, others): (Vec<_>, Vec<_>) = o
+        .values
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k, v, rules::index_keys(v))))
+        .partition(|(_, _, (num, _))| num.is_some());
+    for chunk in numbers.chunks(ROWS_PER_STATEMENT).chain(others.chunks(ROWS_PER_STATEMENT)) {
+        let mut next = 1;
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|(_, _, (num, _))| {
+                let row = placeholders(next, 5);
+                next += 5;
+                format!("({row}, {})", probe::number_slot(*num, &mut next))
+            })
+            .collect();
+        let sql = format!("INSERT INTO engine_values (application_id, user_id, definition_id, value, text_value, num_value) VALUES {} ON CONFLICT (application_id, user_id, definition_id) DO UPDATE SET value = excluded.value, num_value = excluded.num_value, text_value = excluded.text_value", rows.join(", "));
         let mut q = sqlx::query(&sql);
-        for ((app, user, def), value) in chunk {
-            let (num, text) = rules::index_keys(value);
-            q = q.bind(app).bind(user).bind(def).bind(value.to_string()).bind(num).bind(text);
+        for ((app, user, def), value, (num, text)) in chunk {
+            q = q.bind(app).bind(user).bind(def).bind(value.to_string()).bind(text.as_deref());
+            if let Some(n) = num {
+                q = q.bind(*n);
+            }
         }
         q.execute(&mut *conn).await?;
     }

@@ -57,6 +57,21 @@ pub fn sql(probe: &Probe, alias: &str, opaque: bool, next: &mut usize, binds: &m
     }
 }
 
+/// The SQL for a row's `num_value`: the next placeholder for a number,
+/// `NULL` for none; bind the number only when there is one. sqlx's Any
+/// driver sends a missing `f64` to PostgreSQL as a `float4` NULL, and a
+/// statement a connection prepared that way then refuses every `f64`
+/// ("incorrect binary data format"), so a missing number is never bound.
+pub fn number_slot(number: Option<f64>, next: &mut usize) -> String {
+    match number {
+        Some(_) => {
+            *next += 1;
+            format!("${}", *next - 1)
+        }
+        None => "NULL".to_string(),
+    }
+}
+
 /// Binds `binds` in order.
 pub fn bind<'q>(mut query: Query<'q, Any, AnyArguments<'q>>, binds: &'q [Bind]) -> Query<'q, Any, AnyArguments<'q>> {
     for b in binds {

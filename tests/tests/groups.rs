@@ -641,3 +641,57 @@ async fn filters_and_new_rule_groups_agree_with_the_rule_evaluated_directly() {
         }
     }
 }
+
+/// A value without a number key (text) and then one with (a number), user
+/// after user: every connection of the pool prepares the value writers with
+/// a missing number first and must still take numbers after it (sqlx's Any
+/// driver once made PostgreSQL refuse them; CI caught it at random).
+#[tokio::test]
+async fn numbers_after_text_values_reach_the_filter_and_the_groups() {
+    for db in fresh_databases().await {
+        let backend = db.backend;
+        let app = TestApp::spawn_on(db, &[]).await;
+        let api = Api::new(&app);
+        let label = api.definition(json!({"name": "label", "slug": "label", "type": "string"})).await;
+        let score = api.definition(json!({"name": "score", "slug": "score", "type": "number"})).await;
+        let (status, g) = api
+            .group(json!({"name": "high", "description": "d", "conditions": [
+                {"user_attribute_definition_id": score, "type": "gte", "value": "5"}]}))
+            .await;
+        assert_eq!(status, 201, "{g}");
+        let group = g["_id"].as_str().expect("id").to_string();
+        let mut users = Vec::new();
+        for n in 0..40 {
+            let id = api.user(n, &format!("n{n}@example.com")).await;
+            assert_eq!(api.set(&label, &id, json!(format!("l{n}"))).await.0, 200);
+            users.push(id);
+        }
+        // Every label is in the read model before the first number.
+        let labels = json!({"query": {"type": "and", "limit": 100, "page": 1,
+            "conditions": [{"definition_id": label, "type": "exists", "value": ""}]}});
+        let (status, found) = call(app.client.post(format!("{}/user_attribute/users", api.p)).json(&labels)).await;
+        assert_eq!((status, found["items"].as_array().map(Vec::len)), (200, Some(40)), "{backend}: {found}");
+        let mut expected = Vec::new();
+        for (n, id) in users.into_iter().enumerate() {
+            assert_eq!(api.set(&score, &id, json!(n % 10)).await.0, 200);
+            if n % 10 >= 5 {
+                expected.push(id);
+            }
+        }
+        expected.sort();
+        api.settled_members(&group, expected.clone()).await;
+        let (status, found) = call(app.client.post(format!("{}/user_attribute/users", api.p)).json(&json!({"query": {
+            "type": "and", "limit": 100, "page": 1,
+            "conditions": [{"definition_id": score, "type": "gte", "value": "5"}]}})))
+        .await;
+        assert_eq!(status, 200, "{backend}: {found}");
+        let mut got: Vec<String> = found["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|u| u["_id"].as_str().expect("id").to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, expected, "{backend}");
+    }
+}

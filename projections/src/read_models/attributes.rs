@@ -146,23 +146,26 @@ impl Projection for AttributesProjection {
                 ValuesEvent::Upserted(e) => {
                     let at = format_time(e.at);
                     let (num, text) = rules::index_keys(&e.value);
-                    sqlx::query(
-                        "INSERT INTO attribute_values_v1 (company_id, application_id, user_id, definition_id, attribute_id, value, customer_overridden, created_at, updated_at, num_value, text_value)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10)
-                         ON CONFLICT (application_id, user_id, definition_id) DO UPDATE SET attribute_id = $5, value = $6, customer_overridden = $7, updated_at = $8, num_value = $9, text_value = $10",
-                    )
-                    .bind(&event.company_id)
-                    .bind(app)
-                    .bind(user_id)
-                    .bind(&e.definition_id)
-                    .bind(&e.attribute_id)
-                    .bind(e.value.to_string())
-                    .bind(i64::from(e.customer_overridden))
-                    .bind(at)
-                    .bind(num)
-                    .bind(text)
-                    .execute(&mut *conn)
-                    .await?;
+                    let num_slot = probe::number_slot(num, &mut 10);
+                    let sql = format!(
+                        "INSERT INTO attribute_values_v1 (company_id, application_id, user_id, definition_id, attribute_id, value, customer_overridden, created_at, updated_at, text_value, num_value)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, {num_slot})
+                         ON CONFLICT (application_id, user_id, definition_id) DO UPDATE SET attribute_id = $5, value = $6, customer_overridden = $7, updated_at = $8, text_value = $9, num_value = excluded.num_value"
+                    );
+                    let mut q = sqlx::query(&sql)
+                        .bind(&event.company_id)
+                        .bind(app)
+                        .bind(user_id)
+                        .bind(&e.definition_id)
+                        .bind(&e.attribute_id)
+                        .bind(e.value.to_string())
+                        .bind(i64::from(e.customer_overridden))
+                        .bind(at)
+                        .bind(text);
+                    if let Some(n) = num {
+                        q = q.bind(n);
+                    }
+                    q.execute(&mut *conn).await?;
                 }
                 ValuesEvent::Deleted(e) => {
                     sqlx::query("DELETE FROM attribute_values_v1 WHERE application_id = $1 AND user_id = $2 AND definition_id = $3")

@@ -99,6 +99,8 @@ async fn conditions(state: &AppState, tenant: &Tenant, body: Vec<ConditionBody>)
             value,
         });
     }
+    // A definition created just before is known (read your own writes).
+    caught_up(state, &[&state.attributes]).await?;
     let definitions = state.attribute_queries.definitions(tenant).await?;
     rules::compile(&out, |id| definitions.iter().find(|d| d.definition.id == id).map(|d| &d.definition))
         .map_err(|e| ApiError::invalid(e.to_string()))?;
