@@ -112,6 +112,8 @@ pub struct Compiled {
     op: Op,
     operands: Vec<Operand>,
     multi_value: bool,
+    /// Values are booleans (their text key is `true`/`false`).
+    boolean: bool,
 }
 
 pub const MAX_CONDITIONS: usize = 20;
@@ -192,7 +194,13 @@ pub fn compile<'a>(
                 }
                 _ => vec![parse_operand(def, &c.value, index)?],
             };
-            Ok(Compiled { definition_id: def.id.clone(), op: c.op, operands, multi_value: def.multi_value })
+            Ok(Compiled {
+                definition_id: def.id.clone(),
+                op: c.op,
+                operands,
+                multi_value: def.multi_value,
+                boolean: def.kind == AttrType::Boolean,
+            })
         })
         .collect()
 }
@@ -216,6 +224,30 @@ impl Compiled {
             }
             (op, Some(v)) => Operand::of(v).is_some_and(|s| self.one(op, &s)),
         }
+    }
+
+    /// [`Compiled::holds`] for a value known only by its [`index_keys`]
+    /// (`None`: the user has no value), which carry all of a single value
+    /// of the definition's type; `None` for multi-value definitions, whose
+    /// lists the keys do not carry.
+    pub fn holds_keys(&self, keys: Option<(Option<f64>, Option<&str>)>) -> Option<bool> {
+        if self.multi_value {
+            return None;
+        }
+        let Some((number, text)) = keys else { return Some(self.holds(None)) };
+        let operand = match (number, text) {
+            (Some(n), _) => Some(Operand::Number(n)),
+            (None, Some("true")) if self.boolean => Some(Operand::Bool(true)),
+            (None, Some("false")) if self.boolean => Some(Operand::Bool(false)),
+            (None, Some(t)) => Some(Operand::Text(t.to_string())),
+            (None, None) => None,
+        };
+        Some(match (self.op, operand) {
+            (Op::Exists, _) => true,
+            (Op::NotExists, _) => false,
+            (op, Some(o)) => self.one(op, &o),
+            (_, None) => false,
+        })
     }
 
     fn one(&self, op: Op, value: &Operand) -> bool {

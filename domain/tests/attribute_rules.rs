@@ -212,23 +212,32 @@ proptest::proptest! {
     /// Index probes may over-select but never miss: whenever a condition
     /// holds for a value, its probe admits that value's index keys; and the
     /// conditions without a probe are exactly those that hold without a value.
+    /// A single value's index keys decide its conditions as the value does.
     #[test]
     fn an_index_probe_admits_every_value_its_condition_holds_for(
         op in proptest::sample::select(vec![Op::Eq, Op::Neq, Op::Gt, Op::Gte, Op::Lt, Op::Lte, Op::In, Op::Nin, Op::Exists, Op::NotExists, Op::Between, Op::Contains]),
         kind in proptest::sample::select(vec![AttrType::Number, AttrType::String, AttrType::Boolean]),
-        a in -2i32..2, b in -2i32..2, v in -3i32..3, multi in proptest::bool::ANY,
+        a in -2i32..2, b in -2i32..2, v in -3i32..3, multi in proptest::bool::ANY, half in proptest::bool::ANY,
     ) {
         let mut d = definition("d", kind, vec![]);
         d.multi_value = multi;
         let (operand, value) = match kind {
+            AttrType::Number if half => (format!("{a},{b}"), json!(f64::from(v) / 2.0)),
             AttrType::Number => (format!("{a},{b}"), json!(v)),
             AttrType::Boolean => ((a > 0).to_string(), json!(v > 0)),
+            // Text that reads like a boolean stays text.
+            _ if half => (format!("k{a},true"), json!(if v > 0 { "true" } else { "false" })),
             _ => (format!("k{a},k{b}"), json!(format!("k{v}"))),
         };
         let operand = if matches!(op, Op::In | Op::Nin | Op::Between) { operand } else { operand.split(',').next().unwrap_or_default().to_string() };
         let value = if multi { json!([value]) } else { value };
         let Ok(rule) = compile(&[cond("d", op, &operand)], |id| (id == "d").then_some(&d)) else { return Ok(()) };
         let c = &rule[0];
+        // The index keys alone decide a single value's conditions.
+        let (n, t) = index_keys(&value);
+        let expected = |held: bool| (!multi).then_some(held);
+        proptest::prop_assert_eq!(c.holds_keys(Some((n, t.as_deref()))), expected(c.holds(Some(&value))), "{:?} {} on {}", op, operand, value);
+        proptest::prop_assert_eq!(c.holds_keys(None), expected(c.holds(None)), "{:?} {} without a value", op, operand);
         match c.probe() {
             None => proptest::prop_assert!(c.holds(None), "{op:?} has no probe but needs a value"),
             Some(probe) => {

@@ -118,9 +118,17 @@ const TYPED_POSTGRES: &str = "
     CREATE INDEX engine_values_num ON engine_values (application_id, definition_id, num_value, user_id);
     CREATE INDEX engine_values_text ON engine_values (application_id, definition_id, text_value, user_id);";
 
+/// The typed values beside each (definition, user), so a new rule reads
+/// its users' index keys without a table row; archived users by index.
+const COVERING: &str = "
+    DROP INDEX IF EXISTS engine_values_definition;
+    CREATE INDEX IF NOT EXISTS engine_values_by_definition ON engine_values (application_id, definition_id, user_id, num_value, text_value);
+    CREATE INDEX IF NOT EXISTS engine_users_archived ON engine_users (application_id, archived);";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sqlite: DDL, postgres: DDL },
     Migration { version: 2, sqlite: TYPED_SQLITE, postgres: TYPED_POSTGRES },
+    Migration { version: 3, sqlite: COVERING, postgres: COVERING },
 ];
 
 /// The engine's tables, for rebuilds and comparisons.
@@ -966,27 +974,34 @@ impl Engine {
             .filter(|c| !deleted(&c.definition_id))
             .filter_map(|c| c.probe().map(|p| (c, p)))
             .min_by_key(|(_, p)| probe::rank(p));
+        // Users matched from the index keys alone (archived ones still to drop).
+        let mut keyed: Vec<String> = Vec::new();
         match driver {
             Some((c, p)) if !rules::matches(rule, |_| None) => {
-                let mut next = 3;
-                let mut binds = Vec::new();
-                let condition = probe::sql(&p, "v", false, &mut next, &mut binds);
-                let sql = format!("SELECT v.user_id FROM engine_values v WHERE v.application_id = $1 AND v.definition_id = $2{condition}");
-                let query = probe::bind(sqlx::query(&sql).bind(app).bind(&c.definition_id), &binds);
-                let mut candidates = BTreeSet::new();
-                for r in query.fetch_all(&self.db.pool).await? {
-                    candidates.insert(r.try_get::<String, _>("user_id")?);
-                }
-                // The batch's changes may make others match: read theirs too.
-                candidates.extend(
-                    overlay
-                        .values
-                        .keys()
-                        .filter(|(a, _, d)| a == app && definitions.contains(d.as_str()))
-                        .map(|(_, u, _)| u.clone()),
-                );
-                let candidates: Vec<String> = candidates.into_iter().collect();
                 let defs: Vec<&str> = definitions.iter().copied().filter(|d| !deleted(d)).collect();
+                // The batch's changes may make others match: read theirs in full.
+                let touched: BTreeSet<String> = overlay
+                    .values
+                    .keys()
+                    .filter(|(a, _, d)| a == app && definitions.contains(d.as_str()))
+                    .map(|(_, u, _)| u.clone())
+                    .collect();
+                let mut candidates = BTreeSet::new();
+                if rule.iter().all(|c| c.holds_keys(None).is_some()) {
+                    keyed = self.matching_by_keys(app, rule, (c, &p), &defs).await?;
+                    keyed.retain(|u| !touched.contains(u));
+                } else {
+                    let mut next = 3;
+                    let mut binds = Vec::new();
+                    let condition = probe::sql(&p, "v", false, &mut next, &mut binds);
+                    let sql = format!("SELECT v.user_id FROM engine_values v WHERE v.application_id = $1 AND v.definition_id = $2{condition}");
+                    let query = probe::bind(sqlx::query(&sql).bind(app).bind(&c.definition_id), &binds);
+                    for r in query.fetch_all(&self.db.pool).await? {
+                        candidates.insert(r.try_get::<String, _>("user_id")?);
+                    }
+                }
+                candidates.extend(touched);
+                let candidates: Vec<String> = candidates.into_iter().collect();
                 for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
                     let sql = format!(
                         "SELECT user_id, definition_id, value FROM engine_values WHERE application_id = $1 AND user_id IN ({}) AND definition_id IN ({})",
@@ -1065,7 +1080,9 @@ impl Engine {
         };
         if !rules::matches(rule, |_| None) {
             // Only users with values can match: no need to list every user.
-            return Ok(values.keys().filter(|u| matches(u)).cloned().collect());
+            let mut found: BTreeSet<String> = values.keys().filter(|u| matches(u)).cloned().collect();
+            found.extend(keyed.into_iter().filter(|u| !archived.contains(u)));
+            return Ok(found);
         }
         let mut all: BTreeSet<String> =
             sqlx::query_scalar::<_, String>("SELECT user_id FROM engine_users WHERE application_id = $1")
@@ -1076,6 +1093,85 @@ impl Engine {
                 .collect();
         all.extend(overlay.users.keys().filter(|(a, _)| a == app).map(|(_, u)| u.clone()));
         Ok(all.into_iter().filter(|u| matches(u)).collect())
+    }
+
+    /// The users with a value the driver's probe finds for whom every
+    /// condition holds, decided from the typed index keys of their values
+    /// (`holds_keys`: the rule has no multi-value definition), read in one
+    /// query over covering indexes: no value is parsed and no table row read.
+    /// `defs` are the rule's live definitions.
+    async fn matching_by_keys(
+        &self,
+        app: &str,
+        rule: &[Compiled],
+        driver: (&Compiled, &rules::Probe),
+        defs: &[&str],
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let (c, p) = driver;
+        // The driver's probe admits numbers only or text only: read just
+        // that key, so the (definition, number|text, user) index covers it.
+        let (n0, t0) = match p {
+            rules::Probe::Range { .. } | rules::Probe::Numbers(_) => ("v0.num_value", "NULL"),
+            rules::Probe::Texts(_) => ("NULL", "v0.text_value"),
+            rules::Probe::Exists => ("v0.num_value", "v0.text_value"),
+        };
+        let others: Vec<&str> = defs.iter().copied().filter(|d| *d != c.definition_id).collect();
+        let mut columns = format!("v0.user_id, {n0}, {t0}");
+        let mut joins = String::new();
+        for (i, _) in others.iter().enumerate() {
+            let a = format!("v{}", i + 1);
+            columns.push_str(&format!(", {a}.user_id, {a}.num_value, {a}.text_value"));
+            // A one-point range keeps SQLite on the covering index (see
+            // `AttributesQuery::scan`).
+            joins.push_str(&format!(
+                " LEFT JOIN engine_values {a} ON {a}.application_id = v0.application_id AND {a}.definition_id = ${} AND {a}.user_id >= v0.user_id AND {a}.user_id <= v0.user_id",
+                i + 3
+            ));
+        }
+        let mut next = others.len() + 3;
+        let mut binds = Vec::new();
+        let condition = probe::sql(p, "v0", false, &mut next, &mut binds);
+        let sql = format!(
+            "SELECT {columns} FROM engine_values v0{joins} WHERE v0.application_id = $1 AND v0.definition_id = $2{condition}"
+        );
+        let mut query = sqlx::query(&sql).bind(app).bind(&c.definition_id);
+        for d in &others {
+            query = query.bind(*d);
+        }
+        let rows = probe::bind(query, &binds).fetch_all(&self.db.pool).await?;
+        // Each definition's (user id, number, text) columns: the user id is
+        // NULL when the left join found no value (a JSON value has no keys).
+        let column = |d: &str| {
+            if d == c.definition_id {
+                Some(0)
+            } else {
+                others.iter().position(|o| *o == d).map(|i| 3 + 3 * i)
+            }
+        };
+        let mut found = Vec::new();
+        for r in &rows {
+            let mut holds = true;
+            for condition in rule {
+                let keys = match column(&condition.definition_id) {
+                    Some(i) => {
+                        let present: Option<String> = r.try_get(i)?;
+                        let number: Option<f64> = r.try_get(i + 1)?;
+                        let text: Option<String> = r.try_get(i + 2)?;
+                        present.map(|_| (number, text))
+                    }
+                    None => None,
+                };
+                let keys = keys.as_ref().map(|(n, t)| (*n, t.as_deref()));
+                if condition.holds_keys(keys) != Some(true) {
+                    holds = false;
+                    break;
+                }
+            }
+            if holds {
+                found.push(r.try_get::<String, _>(0)?);
+            }
+        }
+        Ok(found)
     }
 
     // -- writing state with the checkpoint -----------------------------------

@@ -390,6 +390,13 @@ impl AttributesQuery {
     /// their values of `definition_ids`. The probes over-select at most: the
     /// caller checks the rule itself. Returns the candidate ids in order and
     /// their values.
+    ///
+    /// The others are looked up with `user_id` as a one-point range: with
+    /// an equality SQLite takes the unique (application, user, definition)
+    /// key and reads every table row; with the range it stays on the
+    /// covering (application, definition, user, values) index (a third of
+    /// the time over 1,000,000 users). The tenant's company is checked on
+    /// the user row, which is read anyway.
     pub async fn scan(
         &self,
         tenant: &Tenant,
@@ -406,8 +413,8 @@ impl AttributesQuery {
         ];
         let mut next = 4;
         let mut inner = String::from(
-            "SELECT a.user_id FROM attribute_values_v1 a JOIN users_v1 u ON u.application_id = a.application_id AND u.user_id = a.user_id AND u.archived = 0 \
-             WHERE a.application_id = $1 AND a.definition_id = $2 AND a.company_id = $3",
+            "SELECT a.user_id FROM attribute_values_v1 a JOIN users_v1 u ON u.application_id = a.application_id AND u.user_id = a.user_id AND u.archived = 0 AND u.company_id = $3 \
+             WHERE a.application_id = $1 AND a.definition_id = $2",
         );
         inner.push_str(&probe::sql(driver.1, "a", true, &mut next, &mut binds));
         for (i, (definition_id, p)) in others.iter().enumerate() {
@@ -415,7 +422,7 @@ impl AttributesQuery {
             next += 1;
             let alias = format!("b{i}");
             inner.push_str(&format!(
-                " AND EXISTS (SELECT 1 FROM attribute_values_v1 {alias} WHERE {alias}.application_id = a.application_id AND {alias}.user_id = a.user_id AND {alias}.definition_id = ${}{})",
+                " AND EXISTS (SELECT 1 FROM attribute_values_v1 {alias} WHERE {alias}.application_id = a.application_id AND {alias}.definition_id = ${} AND {alias}.user_id >= a.user_id AND {alias}.user_id <= a.user_id{})",
                 next - 1,
                 probe::sql(p, &alias, true, &mut next, &mut binds)
             ));
