@@ -385,11 +385,16 @@ impl Engine {
         self.evaluate_new_generations(&mut overlay, &mut output, last).await?;
         let appends = output.values().any(|streams| !streams.is_empty());
         if appends {
-            sqlx::query("UPDATE engine_state SET inflight_from = $1, inflight_to = $2 WHERE name = 'membership'")
-                .bind(first)
-                .bind(last)
-                .execute(&self.db.pool)
-                .await?;
+            {
+                // In turn with the other writers: SQLite's own wait for a
+                // busy write lock sleeps for milliseconds.
+                let _turn = self.db.write_turn().await;
+                sqlx::query("UPDATE engine_state SET inflight_from = $1, inflight_to = $2 WHERE name = 'membership'")
+                    .bind(first)
+                    .bind(last)
+                    .execute(&self.db.pool)
+                    .await?;
+            }
             self.append(output, first, last).await?;
         }
         self.prefetched = Prefetched::default();
@@ -1319,30 +1324,31 @@ async fn write_overlay(conn: &mut AnyConnection, o: &Overlay, from: i64, last: i
     for group_id in &o.cleared {
         sqlx::query("DELETE FROM engine_members WHERE group_id = $1").bind(group_id).execute(&mut *conn).await?;
     }
-    for (group_id, members) in &o.members {
-        let joined: Vec<&String> = members.iter().filter(|(_, m)| **m).map(|(u, _)| u).collect();
-        let left: Vec<&String> = members.iter().filter(|(_, m)| !**m).map(|(u, _)| u).collect();
-        for chunk in joined.chunks(ROWS_PER_STATEMENT) {
-            let values: Vec<String> = (0..chunk.len()).map(|i| format!("($1, ${})", i + 2)).collect();
-            let sql = format!(
-                "INSERT INTO engine_members (group_id, user_id) VALUES {} ON CONFLICT DO NOTHING",
-                values.join(", ")
-            );
-            let mut q = sqlx::query(&sql).bind(group_id);
-            for u in chunk {
-                q = q.bind(u.as_str());
-            }
-            q.execute(&mut *conn).await?;
+    // Every group's joins, then every group's leaves, many rows per statement.
+    let pairs = |joined: bool| -> Vec<(&String, &String)> {
+        o.members
+            .iter()
+            .flat_map(|(g, members)| members.iter().filter(move |(_, m)| **m == joined).map(move |(u, _)| (g, u)))
+            .collect()
+    };
+    for chunk in pairs(true).chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(2 * i + 1, 2))).collect();
+        let sql =
+            format!("INSERT INTO engine_members (group_id, user_id) VALUES {} ON CONFLICT DO NOTHING", rows.join(", "));
+        let mut q = sqlx::query(&sql);
+        for (g, u) in chunk {
+            q = q.bind(g.as_str()).bind(u.as_str());
         }
-        for chunk in left.chunks(ROWS_PER_STATEMENT) {
-            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
-            let sql = format!("DELETE FROM engine_members WHERE group_id = $1 AND user_id IN ({})", list.join(", "));
-            let mut q = sqlx::query(&sql).bind(group_id);
-            for u in chunk {
-                q = q.bind(u.as_str());
-            }
-            q.execute(&mut *conn).await?;
+        q.execute(&mut *conn).await?;
+    }
+    for chunk in pairs(false).chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(2 * i + 1, 2))).collect();
+        let sql = format!("DELETE FROM engine_members WHERE (group_id, user_id) IN (VALUES {})", rows.join(", "));
+        let mut q = sqlx::query(&sql);
+        for (g, u) in chunk {
+            q = q.bind(g.as_str()).bind(u.as_str());
         }
+        q.execute(&mut *conn).await?;
     }
     let moved =
         sqlx::query("UPDATE engine_state SET position = $1, inflight_from = NULL, inflight_to = NULL WHERE name = $2 AND position = $3")

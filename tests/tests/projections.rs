@@ -167,8 +167,12 @@ async fn a_poison_event_stops_the_projection_and_is_reported() {
 }
 
 async fn dump(db: &Db) -> Vec<String> {
+    dump_tables(db, TABLES).await
+}
+
+async fn dump_tables(db: &Db, tables: &[&str]) -> Vec<String> {
     let mut rows = Vec::new();
-    for table in TABLES {
+    for table in tables {
         let sql = format!("SELECT * FROM {table}");
         for row in sqlx::query(&sql).fetch_all(&db.pool).await.expect("dump") {
             use sqlx::Row;
@@ -268,5 +272,82 @@ async fn rebuilding_the_users_read_model_from_zero_equals_the_live_one() {
         let runner = Runner::new(log.clone(), OneByOne(UsersProjection)).await.expect("runner");
         while runner.step().await.expect("step") > 0 {}
         assert_eq!(dump(&db).await, live, "{backend}: event-by-event rows differ from the batched ones");
+    }
+}
+
+/// Runs of membership events are written as their net effect; random runs
+/// with leaves, rejoins, repeats and unmatched rows leave the same rows and
+/// totals as writing them one event at a time, and every total is the
+/// number of member rows.
+#[tokio::test]
+async fn membership_runs_written_at_once_equal_one_event_at_a_time() {
+    use rand::{Rng, SeedableRng};
+    use userstream_domain::codec;
+    use userstream_domain::group::{Cause, GroupDetails, GroupEvent, GroupWritten, MembershipChanged};
+    use userstream_projections::read_models::groups::{GroupsProjection, NAME, TABLES as GROUP_TABLES};
+
+    for test_db in fresh_databases().await {
+        let backend = test_db.backend;
+        let db = Db::connect(&test_db.url).await.expect("connect");
+        let log = SqlEventLog::open(db.clone()).await.expect("open");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let groups: Vec<String> = (0..3).map(|i| format!("01a2000000000000000000{i:02}")).collect();
+        let append = |group: &str, event: GroupEvent| {
+            let encoded = codec::encode_group(&event);
+            one_event(&format!("group-{group}"), encoded.event_type, encoded.data)
+        };
+        for (i, g) in groups.iter().enumerate() {
+            let details = GroupDetails { name: format!("g{i}"), ..Default::default() };
+            let created = GroupWritten {
+                group_id: g.clone(),
+                uid: i as i64 + 1,
+                details,
+                rule_version: 0,
+                at: OffsetDateTime::now_utc(),
+            };
+            log.append(append(g, GroupEvent::Created(created))).await.expect("append");
+        }
+        let users: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
+        for _ in 0..300 {
+            let g = &groups[rng.gen_range(0..groups.len())];
+            let pick = |rng: &mut rand::rngs::StdRng| -> Vec<String> {
+                users.iter().filter(|_| rng.gen_bool(0.3)).cloned().collect()
+            };
+            let change = MembershipChanged {
+                group_id: g.clone(),
+                joined: pick(&mut rng),
+                left: pick(&mut rng),
+                unmatched: rng.gen_range(0..2),
+                cause: Cause::Manual,
+                at: OffsetDateTime::now_utc(),
+            };
+            log.append(append(g, GroupEvent::MembershipChanged(change))).await.expect("append");
+        }
+
+        let runner = Runner::new(log.clone(), GroupsProjection).await.expect("runner").with_batch_size(37);
+        while runner.step().await.expect("step") > 0 {}
+        let batched = dump_tables(&db, GROUP_TABLES).await;
+        let totals: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT total_users, (SELECT COUNT(*) FROM group_members_v1 m WHERE m.group_id = g.group_id) FROM groups_v1 g",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .expect("totals");
+        assert_eq!(totals.len(), 3, "{backend}");
+        for (total, rows) in totals {
+            assert_eq!(total, rows, "{backend}: total_users is not the number of members");
+        }
+
+        for table in GROUP_TABLES {
+            sqlx::query(&format!("DELETE FROM {table}")).execute(&db.pool).await.expect("clear");
+        }
+        sqlx::query("UPDATE checkpoints SET position = 0 WHERE name = $1")
+            .bind(NAME)
+            .execute(&db.pool)
+            .await
+            .expect("reset");
+        let runner = Runner::new(log.clone(), OneByOne(GroupsProjection)).await.expect("runner");
+        while runner.step().await.expect("step") > 0 {}
+        assert_eq!(dump_tables(&db, GROUP_TABLES).await, batched, "{backend}: one event at a time differs from runs");
     }
 }

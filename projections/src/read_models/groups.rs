@@ -5,9 +5,10 @@
 use crate::{Projection, ProjectionError};
 use serde_json::Value;
 use sqlx::{AnyConnection, Row};
+use std::collections::BTreeMap;
 use userstream_domain::codec;
-use userstream_domain::group::{GroupEvent, GroupWritten};
-use userstream_eventlog::{format_time, Db, Migration, RecordedEvent, Tenant};
+use userstream_domain::group::{GroupEvent, GroupWritten, MembershipChanged};
+use userstream_eventlog::{format_time, Db, Dialect, Migration, RecordedEvent, Tenant};
 
 pub const NAME: &str = "groups_v1";
 
@@ -97,72 +98,156 @@ impl Projection for GroupsProjection {
     }
 
     async fn apply(&self, conn: &mut AnyConnection, event: &RecordedEvent) -> Result<(), ProjectionError> {
-        if !event.stream.starts_with("group-") {
-            return Ok(());
-        }
-        let decoded = codec::decode_group(&event.event_type, event.schema as u32, &event.data)
-            .map_err(|e| ProjectionError::Poison { position: event.position, reason: e.to_string() })?;
-        let app = event.application_id.as_str();
-        match decoded {
-            GroupEvent::Created(e) | GroupEvent::Updated(e) => write_details(conn, event, &e).await?,
-            GroupEvent::Deleted(e) => {
-                sqlx::query("UPDATE groups_v1 SET deleted = 1, total_users = 0, updated_at = $1 WHERE application_id = $2 AND group_id = $3")
-                    .bind(format_time(e.at))
-                    .bind(app)
-                    .bind(&e.group_id)
-                    .execute(&mut *conn)
-                    .await?;
-                sqlx::query("DELETE FROM group_members_v1 WHERE group_id = $1")
-                    .bind(&e.group_id)
-                    .execute(&mut *conn)
-                    .await?;
+        self.apply_batch(conn, Dialect::Sqlite, std::slice::from_ref(event)).await
+    }
+
+    /// Runs of membership events are written as their net effect, a few
+    /// multi-row statements per run; other events one by one, in order.
+    async fn apply_batch(
+        &self,
+        conn: &mut AnyConnection,
+        _dialect: Dialect,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut run: Vec<(&RecordedEvent, MembershipChanged)> = Vec::new();
+        for event in events.iter().filter(|e| e.stream.starts_with("group-")) {
+            let decoded = codec::decode_group(&event.event_type, event.schema as u32, &event.data)
+                .map_err(|e| ProjectionError::Poison { position: event.position, reason: e.to_string() })?;
+            if let GroupEvent::MembershipChanged(e) = decoded {
+                run.push((event, e));
+                continue;
             }
-            GroupEvent::MembershipChanged(e) => {
-                let mut delta = 0i64;
-                for chunk in e.joined.chunks(ROWS_PER_STATEMENT) {
-                    let values: Vec<String> = (0..chunk.len()).map(|i| format!("($1, $2, ${})", i + 3)).collect();
-                    let sql = format!(
-                        "INSERT INTO group_members_v1 (group_id, joined_at_position, user_id) VALUES {} ON CONFLICT DO NOTHING",
-                        values.join(", ")
-                    );
-                    let mut query = sqlx::query(&sql).bind(&e.group_id).bind(event.position);
-                    for user in chunk {
-                        query = query.bind(user.as_str());
-                    }
-                    delta += query.execute(&mut *conn).await?.rows_affected() as i64;
+            write_memberships(conn, &run).await?;
+            run.clear();
+            let app = event.application_id.as_str();
+            match decoded {
+                GroupEvent::MembershipChanged(e) => write_memberships(conn, &[(event, e)]).await?,
+                GroupEvent::Created(e) | GroupEvent::Updated(e) => write_details(conn, event, &e).await?,
+                GroupEvent::Deleted(e) => {
+                    sqlx::query("UPDATE groups_v1 SET deleted = 1, total_users = 0, updated_at = $1 WHERE application_id = $2 AND group_id = $3")
+                        .bind(format_time(e.at))
+                        .bind(app)
+                        .bind(&e.group_id)
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("DELETE FROM group_members_v1 WHERE group_id = $1")
+                        .bind(&e.group_id)
+                        .execute(&mut *conn)
+                        .await?;
                 }
-                for chunk in e.left.chunks(ROWS_PER_STATEMENT) {
-                    let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
-                    let sql = format!(
-                        "DELETE FROM group_members_v1 WHERE group_id = $1 AND user_id IN ({})",
-                        list.join(", ")
-                    );
-                    let mut query = sqlx::query(&sql).bind(&e.group_id);
-                    for user in chunk {
-                        query = query.bind(user.as_str());
-                    }
-                    delta -= query.execute(&mut *conn).await?.rows_affected() as i64;
+                GroupEvent::Evaluated(e) => {
+                    sqlx::query("UPDATE groups_v1 SET evaluated_version = $1 WHERE application_id = $2 AND group_id = $3 AND evaluated_version < $1")
+                        .bind(e.rule_version)
+                        .bind(app)
+                        .bind(&e.group_id)
+                        .execute(&mut *conn)
+                        .await?;
                 }
-                sqlx::query("UPDATE groups_v1 SET total_users = total_users + $1, error_count = error_count + $2, updated_at = $3 WHERE application_id = $4 AND group_id = $5")
-                    .bind(delta)
-                    .bind(e.unmatched)
-                    .bind(format_time(e.at))
-                    .bind(app)
-                    .bind(&e.group_id)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            GroupEvent::Evaluated(e) => {
-                sqlx::query("UPDATE groups_v1 SET evaluated_version = $1 WHERE application_id = $2 AND group_id = $3 AND evaluated_version < $1")
-                    .bind(e.rule_version)
-                    .bind(app)
-                    .bind(&e.group_id)
-                    .execute(&mut *conn)
-                    .await?;
             }
         }
+        write_memberships(conn, &run).await?;
         Ok(())
     }
+}
+
+/// What a run of membership events leaves of one (group, user).
+#[derive(Debug, Clone, Copy)]
+enum Fate {
+    /// Joined (at this position) and never left in the run: a member from
+    /// before keeps their row.
+    Join(i64),
+    Leave,
+    /// Left, then joined again (at this position): a new row.
+    Rejoin(i64),
+}
+
+/// Writes a run of membership events (in log order; within an event joins
+/// before leaves) as the one-by-one writes would leave the tables: the
+/// rows that go are deleted, then the new ones inserted, counting through
+/// `RETURNING` what really changed, then every group's totals at once.
+async fn write_memberships(
+    conn: &mut AnyConnection,
+    run: &[(&RecordedEvent, MembershipChanged)],
+) -> Result<(), sqlx::Error> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let mut fates: BTreeMap<(&str, &str), Fate> = BTreeMap::new();
+    // group → (application, net change, unmatched rows, last change time)
+    let mut groups: BTreeMap<&str, (&str, i64, i64, String)> = BTreeMap::new();
+    for (event, e) in run {
+        for user in &e.joined {
+            let fate = fates.entry((e.group_id.as_str(), user.as_str())).or_insert(Fate::Join(event.position));
+            if let Fate::Leave = fate {
+                *fate = Fate::Rejoin(event.position);
+            }
+        }
+        for user in &e.left {
+            fates.insert((e.group_id.as_str(), user.as_str()), Fate::Leave);
+        }
+        let totals = groups.entry(e.group_id.as_str()).or_insert((event.application_id.as_str(), 0, 0, String::new()));
+        totals.2 += e.unmatched;
+        totals.3 = format_time(e.at);
+    }
+    let gone: Vec<(&str, &str)> =
+        fates.iter().filter(|(_, f)| !matches!(f, Fate::Join(_))).map(|(key, _)| *key).collect();
+    for chunk in gone.chunks(ROWS_PER_STATEMENT) {
+        let pairs: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+        let sql = format!(
+            "DELETE FROM group_members_v1 WHERE (group_id, user_id) IN (VALUES {}) RETURNING group_id",
+            pairs.join(", ")
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for (group, user) in chunk {
+            query = query.bind(*group).bind(*user);
+        }
+        for group in query.fetch_all(&mut *conn).await? {
+            if let Some(totals) = groups.get_mut(group.as_str()) {
+                totals.1 -= 1;
+            }
+        }
+    }
+    let new: Vec<(&str, &str, i64)> = fates
+        .iter()
+        .filter_map(|((g, u), f)| match f {
+            Fate::Join(p) | Fate::Rejoin(p) => Some((*g, *u, *p)),
+            Fate::Leave => None,
+        })
+        .collect();
+    for chunk in new.chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<String> =
+            (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
+        let sql = format!(
+            "INSERT INTO group_members_v1 (group_id, user_id, joined_at_position) VALUES {} ON CONFLICT DO NOTHING RETURNING group_id",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for (group, user, position) in chunk {
+            query = query.bind(*group).bind(*user).bind(*position);
+        }
+        for group in query.fetch_all(&mut *conn).await? {
+            if let Some(totals) = groups.get_mut(group.as_str()) {
+                totals.1 += 1;
+            }
+        }
+    }
+    let groups: Vec<_> = groups.into_iter().collect();
+    for chunk in groups.chunks(ROWS_PER_STATEMENT / 5) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, ${}, ${}, ${}, ${})", 5 * i + 1, 5 * i + 2, 5 * i + 3, 5 * i + 4, 5 * i + 5))
+            .collect();
+        let sql = format!(
+            "UPDATE groups_v1 SET total_users = groups_v1.total_users + d.column3, error_count = groups_v1.error_count + d.column4, updated_at = d.column5 \
+             FROM (VALUES {}) AS d WHERE groups_v1.application_id = d.column1 AND groups_v1.group_id = d.column2",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for (group, (app, delta, unmatched, at)) in chunk {
+            query = query.bind(*app).bind(*group).bind(*delta).bind(*unmatched).bind(at.as_str());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -110,7 +110,19 @@ impl Service {
         let engine = Engine::new(log.clone()).await?;
         let (users, attrs, groups) = (users_runner.handle(), attributes_runner.handle(), groups_runner.handle());
         let engine_handle = engine.handle();
+        let checkpointer = {
+            let (db, cancel) = (db.clone(), cancel.clone());
+            async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    Err(e) = db.checkpoints(Duration::from_millis(200)) => {
+                        tracing::error!(error = %e, "WAL checkpointer stopped; commits checkpoint by themselves");
+                    }
+                }
+            }
+        };
         let mut tasks = vec![
+            tokio::spawn(checkpointer),
             tokio::spawn(users_runner.run(cancel.clone(), poll)),
             tokio::spawn(attributes_runner.run(cancel.clone(), poll)),
             tokio::spawn(groups_runner.run(cancel.clone(), poll)),

@@ -32,9 +32,12 @@ pub struct Migration {
     pub postgres: &'static str,
 }
 
-/// Every SQLite connection: WAL, waits for locks, LIKE as case-sensitive as on PostgreSQL.
-const SQLITE_PRAGMAS: &str =
-    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; PRAGMA case_sensitive_like = ON;";
+/// Every SQLite connection: WAL, waits for locks, LIKE as case-sensitive as
+/// on PostgreSQL. A commit checkpoints the WAL itself only past 16,000
+/// pages: [`Db::checkpoints`] does it in the background long before, so no
+/// command or projection commit pays for copying the WAL back (which made
+/// the slowest 2% of them several times slower).
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; PRAGMA case_sensitive_like = ON; PRAGMA wal_autocheckpoint = 16000;";
 
 /// Pooled connections write only what can be rebuilt from the log (read
 /// models with their checkpoints, in one transaction), so their commits
@@ -121,6 +124,25 @@ impl Db {
         match self.dialect {
             Dialect::Sqlite => "BEGIN IMMEDIATE",
             Dialect::Postgres => "BEGIN",
+        }
+    }
+
+    /// On SQLite, copies the WAL back into the database file every `every`,
+    /// on a connection of its own (a passive checkpoint: it waits for no
+    /// reader or writer, and none waits for it). Runs until dropped; returns
+    /// at once on PostgreSQL.
+    pub async fn checkpoints(&self, every: Duration) -> Result<(), sqlx::Error> {
+        if self.dialect != Dialect::Sqlite {
+            return Ok(());
+        }
+        let mut conn = self.dedicated_connection().await?;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
+                tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+            }
         }
     }
 
