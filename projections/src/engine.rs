@@ -230,6 +230,10 @@ pub struct Engine {
     prefetched: Prefetched,
     /// How far past the stored checkpoint the events needed nothing written.
     skipped_to: i64,
+    /// The stored `engine_state` row (position, batch in flight) as this
+    /// process last read or wrote it; `None`: read it again (at start, after
+    /// a failure). Only the lease's owner writes that row.
+    stored: Option<(i64, Option<(i64, i64)>)>,
 }
 
 /// A handle on the engine: its checkpoint, to wait for.
@@ -274,6 +278,7 @@ impl Engine {
             groups: BTreeMap::new(),
             prefetched: Prefetched::default(),
             skipped_to: 0,
+            stored: None,
         };
         engine.reload().await?;
         Ok(engine)
@@ -300,6 +305,7 @@ impl Engine {
         }
         self.groups = groups;
         self.skipped_to = 0;
+        self.stored = None;
         self.compiled.clear();
         self.empty_matching.clear();
         self.position.send_replace(position);
@@ -359,14 +365,30 @@ impl Engine {
 
     /// Processes one batch. Returns whether there was anything to do.
     pub async fn step(&mut self) -> Result<bool, ProjectionError> {
-        let row =
-            sqlx::query("SELECT position, inflight_from, inflight_to FROM engine_state WHERE name = 'membership'")
+        let outcome = self.try_step().await;
+        if outcome.is_err() {
+            self.stored = None;
+        }
+        outcome
+    }
+
+    async fn try_step(&mut self) -> Result<bool, ProjectionError> {
+        let (position, inflight) = match self.stored {
+            Some(stored) => stored,
+            None => {
+                let row = sqlx::query(
+                    "SELECT position, inflight_from, inflight_to FROM engine_state WHERE name = 'membership'",
+                )
                 .fetch_one(&self.db.pool)
                 .await?;
-        let position: i64 = row.try_get("position")?;
-        let inflight: (Option<i64>, Option<i64>) = (row.try_get("inflight_from")?, row.try_get("inflight_to")?);
+                let inflight: (Option<i64>, Option<i64>) = (row.try_get("inflight_from")?, row.try_get("inflight_to")?);
+                let stored = (row.try_get("position")?, inflight.0.zip(inflight.1));
+                self.stored = Some(stored);
+                stored
+            }
+        };
         let events = match inflight {
-            (Some(from), Some(to)) => {
+            Some((from, to)) => {
                 let mut e = self.log.read_all(from - 1, to - from + 1).await?;
                 e.retain(|e| e.position <= to);
                 e
@@ -394,11 +416,17 @@ impl Engine {
                     .bind(last)
                     .execute(&self.db.pool)
                     .await?;
+                self.stored = Some((position, Some((first, last))));
             }
             self.append(output, first, last).await?;
         }
         self.prefetched = Prefetched::default();
-        if self.db.dialect == Dialect::Sqlite && !appends && overlay.is_empty() && last - position < SKIP_LIMIT {
+        if self.db.dialect == Dialect::Sqlite
+            && inflight.is_none()
+            && !appends
+            && overlay.is_empty()
+            && last - position < SKIP_LIMIT
+        {
             // Nothing to write (its own membership events, say): move on in
             // memory; the checkpoint follows with the next batch that writes.
             self.skipped_to = last;
@@ -408,6 +436,7 @@ impl Engine {
         let changed: Vec<((String, String), RuleGroup)> =
             overlay.groups.iter().map(|(k, g)| (k.clone(), g.clone())).collect();
         self.commit(overlay, position, last).await?;
+        self.stored = Some((last, None));
         for (key, g) in changed {
             if g.deleted || g.conditions.is_empty() {
                 self.groups.remove(&key);
