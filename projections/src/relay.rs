@@ -1,8 +1,8 @@
 //! The NATS JetStream relay: a projection whose "read model" is a JetStream
 //! stream. Every event of the log is published, in position order, to
 //! `{prefix}.{company_id}.{application_id}.{event_type}` with `Nats-Msg-Id`
-//! set to the event id; the checkpoint moves only over events JetStream
-//! acked.
+//! set to the event id; the checkpoint moves only after JetStream acked the
+//! whole batch.
 //!
 //! - **Nothing lost**: a batch whose acks did not all arrive is published
 //!   again (NATS down, a crash, a lost lease). Where to go on from is the
@@ -12,18 +12,17 @@
 //! - **Nothing duplicated**: the stream drops a message whose id it saw in
 //!   its duplicate window, so republished events are stored once.
 //! - **Order per stream kept**: one publisher (the lease's owner) sends in
-//!   position order on one connection; the acks of a few batches may be
-//!   outstanding while the next is sent (JetStream stores in arrival order),
-//!   and the position moves only over acked batches, in order.
+//!   position order on one connection and awaits the acks before the next
+//!   batch.
 //! - Event data is published as stored: encrypted attribute values are
 //!   sealed before they reach the log, so they are sealed on NATS too.
 //! - Replay never touches this checkpoint, so it never republishes.
 
 use crate::runner::{follow_checkpoint, read_checkpoint, report_position, RunnerHandle, STANDBY_POLL};
-use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream};
+use async_nats::jetstream::{self, message::PublishMessage, stream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use userstream_eventlog::lease::Lease;
@@ -31,15 +30,6 @@ use userstream_eventlog::{EventLog, RecordedEvent, SqlEventLog};
 
 /// The relay's checkpoint name (also its lease's).
 pub const NAME: &str = "nats-relay";
-
-/// Batches published but not yet acked, at most.
-const WINDOW: usize = 8;
-
-/// A published batch: its last position and every event's ack.
-struct Batch {
-    last: i64,
-    acks: Vec<(i64, PublishAckFuture)>,
-}
 
 /// How often a busy relay saves its checkpoint. In between, the stream
 /// itself records how far it got: its last message carries its position.
@@ -147,113 +137,59 @@ impl Relay {
         let mut head = self.log.watch_head();
         let mut lease = Lease::new(self.log.db(), NAME);
         let mut backoff = Duration::from_millis(100);
+        // Where publishing goes on from; `None` until read again (at start,
+        // after losing the lease, after a failure).
+        let mut cursor: Option<i64> = None;
+        let mut saved = Instant::now();
         loop {
             if cancel.is_cancelled() {
+                if let Some(p) = cursor {
+                    let _ = self.save(p).await;
+                }
                 return;
             }
             if !lease.hold().await {
+                cursor = None;
                 follow_checkpoint(self.log.db(), NAME, &self.position).await;
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(STANDBY_POLL) => continue,
                 }
             }
-            let before = *self.position.borrow();
-            let outcome = match self.resume_point(&js).await {
-                Ok(from) => {
-                    report_position(&self.position, from);
-                    self.session(&js, from, &mut lease, &mut head, &cancel, poll).await
-                }
-                Err(e) => Err(e),
+            let outcome = match cursor {
+                Some(from) => self.step(&js, from).await,
+                None => self.resume_point(&js).await.map(|from| (from, 0)),
             };
-            if let Err(e) = outcome {
-                if *self.position.borrow() > before {
+            match outcome {
+                Ok((to, published)) => {
+                    cursor = Some(to);
+                    self.report(None);
                     backoff = Duration::from_millis(100);
+                    if published == 0 || saved.elapsed() >= SAVE_EVERY {
+                        if let Err(e) = self.save(to).await {
+                            tracing::warn!(error = %e, "could not save the relay checkpoint");
+                        }
+                        saved = Instant::now();
+                    }
+                    if published == 0 {
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            _ = head.changed() => {}
+                            _ = tokio::time::sleep(poll) => {}
+                        }
+                    }
                 }
-                self.report(Some(e.to_string()));
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                Err(e) => {
+                    cursor = None;
+                    self.report(Some(e.to_string()));
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-    }
-
-    /// Publishes from `from` until cancelled, the lease is lost or a publish
-    /// fails. The publisher sends batch after batch in position order while
-    /// the acks of up to [`WINDOW`] earlier batches are outstanding; the
-    /// acker awaits them in the same order, moves the position, and saves
-    /// the checkpoint every [`SAVE_EVERY`], when the publisher goes idle and
-    /// at the end. A failure ends both: the caller starts again from what
-    /// the stream holds (republished events are dropped as duplicates).
-    async fn session(
-        &self,
-        js: &jetstream::Context,
-        from: i64,
-        lease: &mut Lease,
-        head: &mut watch::Receiver<i64>,
-        cancel: &CancellationToken,
-        poll: Duration,
-    ) -> Result<(), RelayError> {
-        // `None`: the publisher caught up with the log (save now).
-        let (tx, mut rx) = mpsc::channel::<Option<Batch>>(WINDOW);
-        let publisher = async move {
-            let mut from = from;
-            let mut idle = false;
-            loop {
-                if cancel.is_cancelled() || !lease.hold().await {
-                    return Ok(());
-                }
-                let events = self.log.read_all(from, self.config.batch).await?;
-                let Some(last) = events.last().map(|e| e.position) else {
-                    if !idle && tx.send(None).await.is_err() {
-                        return Ok(());
-                    }
-                    idle = true;
-                    tokio::select! {
-                        _ = cancel.cancelled() => {}
-                        _ = head.changed() => {}
-                        _ = tokio::time::sleep(poll) => {}
-                    }
-                    continue;
-                };
-                idle = false;
-                let acks = self.publish(js, &events).await?;
-                from = last;
-                if tx.send(Some(Batch { last, acks })).await.is_err() {
-                    // The acker failed; `try_join!` reports why.
-                    return Ok(());
-                }
-            }
-        };
-        let acker = async {
-            let mut saved = Instant::now();
-            let mut unsaved = None;
-            while let Some(batch) = rx.recv().await {
-                let caught_up = batch.is_none();
-                if let Some(Batch { last, acks }) = batch {
-                    for (position, ack) in acks {
-                        ack.await.map_err(|e| RelayError::Publish { position, reason: e.to_string() })?;
-                    }
-                    self.position.send_replace(last);
-                    self.report(None);
-                    unsaved = Some(last);
-                }
-                if let (Some(p), true) = (unsaved, caught_up || saved.elapsed() >= SAVE_EVERY) {
-                    if let Err(e) = self.save(p).await {
-                        tracing::warn!(error = %e, "could not save the relay checkpoint");
-                    }
-                    saved = Instant::now();
-                    unsaved = None;
-                }
-            }
-            if let Some(p) = unsaved {
-                let _ = self.save(p).await;
-            }
-            Ok::<(), RelayError>(())
-        };
-        tokio::try_join!(publisher, acker).map(|_| ())
     }
 
     /// Where to publish from: the saved checkpoint, or further when the
@@ -319,16 +255,20 @@ impl Relay {
         Ok(js)
     }
 
-    /// Sends `events` in order; returns each one's ack to await.
-    async fn publish(
-        &self,
-        js: &jetstream::Context,
-        events: &[RecordedEvent],
-    ) -> Result<Vec<(i64, PublishAckFuture)>, RelayError> {
-        let span = tracing::debug_span!("nats.publish", events = events.len());
+    /// Publishes the events after `from` (one batch) and waits for their
+    /// acks. Returns the position it got to and how many it published.
+    pub async fn step(&self, js: &jetstream::Context, from: i64) -> Result<(i64, usize), RelayError> {
+        let started = Instant::now();
+        let events = self.log.read_all(from, self.config.batch).await?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            report_position(&self.position, from);
+            return Ok((from, 0));
+        };
+        let read = started.elapsed();
+        let span = tracing::debug_span!("nats.publish", from, to = last, events = events.len());
         async {
             let mut acks = Vec::with_capacity(events.len());
-            for event in events {
+            for event in &events {
                 let failed =
                     |e: &dyn std::fmt::Display| RelayError::Publish { position: event.position, reason: e.to_string() };
                 let payload = serde_json::to_vec(event).map_err(|e| failed(&e))?;
@@ -341,7 +281,13 @@ impl Relay {
                     .map_err(|e| failed(&e))?;
                 acks.push((event.position, ack));
             }
-            Ok(acks)
+            let sent = started.elapsed();
+            for (position, ack) in acks {
+                ack.await.map_err(|e| RelayError::Publish { position, reason: e.to_string() })?;
+            }
+            self.position.send_replace(last);
+            tracing::debug!(events = events.len(), ?read, ?sent, acked = ?started.elapsed(), "relay batch");
+            Ok((last, events.len()))
         }
         .instrument(span)
         .await
