@@ -35,8 +35,8 @@ pub struct Migration {
 /// Every SQLite connection: WAL, waits for locks, LIKE as case-sensitive as
 /// on PostgreSQL. A commit checkpoints the WAL itself only past 16,000
 /// pages: [`Db::checkpoints`] does it in the background long before, so no
-/// command or projection commit pays for copying the WAL back (which made
-/// the slowest 2% of them several times slower).
+/// command or projection commit pays for copying the WAL back into the
+/// database file and syncing it.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; PRAGMA case_sensitive_like = ON; PRAGMA wal_autocheckpoint = 16000;";
 
 /// Pooled connections write only what can be rebuilt from the log (read
