@@ -1,28 +1,32 @@
 //! The NATS JetStream relay: a projection whose "read model" is a JetStream
 //! stream. Every event of the log is published, in position order, to
 //! `{prefix}.{company_id}.{application_id}.{event_type}` with `Nats-Msg-Id`
-//! set to the event id; the checkpoint moves only after JetStream acked the
-//! whole batch.
+//! set to the event id; the checkpoint moves only over events JetStream
+//! acked.
 //!
-//! - **Nothing lost**: a batch whose acks did not all arrive is published
-//!   again (NATS down, a crash, a lost lease). Where to go on from is the
-//!   later of the saved checkpoint (saved at most every second, so the
-//!   database is not written once per batch) and the position in the
-//!   stream's last message.
-//! - **Nothing duplicated**: the stream drops a message whose id it saw in
-//!   its duplicate window, so republished events are stored once.
-//! - **Order per stream kept**: one publisher (the lease's owner) sends in
-//!   position order on one connection and awaits the acks before the next
-//!   batch.
+//! - **In order, without gaps**: every message is published on the
+//!   condition that the stream's last sequence is the one before it
+//!   (`Nats-Expected-Last-Sequence`), so JetStream stores an event only
+//!   right after the one before it: the stream is always a gap-free prefix
+//!   of the log, even when a connection drops with messages in flight and
+//!   the client resends its buffer after reconnecting. This lets the acks
+//!   of a few batches be outstanding while the next is sent.
+//! - **Nothing lost**: after a failed publish (NATS down, a crash, a lost
+//!   lease) the relay goes on from the later of the stream's last message
+//!   and the saved checkpoint (saved at most every second, so the database
+//!   is not written once per batch).
+//! - **Nothing duplicated**: it goes on after what the stream holds; the
+//!   stream's duplicate window (`Nats-Msg-Id` = event id) drops anything
+//!   sent twice on top.
 //! - Event data is published as stored: encrypted attribute values are
 //!   sealed before they reach the log, so they are sealed on NATS too.
 //! - Replay never touches this checkpoint, so it never republishes.
 
 use crate::runner::{follow_checkpoint, read_checkpoint, report_position, RunnerHandle, STANDBY_POLL};
-use async_nats::jetstream::{self, message::PublishMessage, stream};
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use userstream_eventlog::lease::Lease;
@@ -30,6 +34,15 @@ use userstream_eventlog::{EventLog, RecordedEvent, SqlEventLog};
 
 /// The relay's checkpoint name (also its lease's).
 pub const NAME: &str = "nats-relay";
+
+/// Batches published but not yet acked, at most.
+const WINDOW: usize = 8;
+
+/// A published batch: its last position and every event's ack.
+struct Batch {
+    last: i64,
+    acks: Vec<(i64, PublishAckFuture)>,
+}
 
 /// How often a busy relay saves its checkpoint. In between, the stream
 /// itself records how far it got: its last message carries its position.
@@ -137,64 +150,128 @@ impl Relay {
         let mut head = self.log.watch_head();
         let mut lease = Lease::new(self.log.db(), NAME);
         let mut backoff = Duration::from_millis(100);
-        // Where publishing goes on from; `None` until read again (at start,
-        // after losing the lease, after a failure).
-        let mut cursor: Option<i64> = None;
-        let mut saved = Instant::now();
         loop {
             if cancel.is_cancelled() {
-                if let Some(p) = cursor {
-                    let _ = self.save(p).await;
-                }
                 return;
             }
             if !lease.hold().await {
-                cursor = None;
                 follow_checkpoint(self.log.db(), NAME, &self.position).await;
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(STANDBY_POLL) => continue,
                 }
             }
-            let outcome = match cursor {
-                Some(from) => self.step(&js, from).await,
-                None => self.resume_point(&js).await.map(|from| (from, 0)),
+            let before = *self.position.borrow();
+            let outcome = match self.resume_point(&js).await {
+                Ok((from, sequence)) => {
+                    report_position(&self.position, from);
+                    self.session(&js, (from, sequence), &mut lease, &mut head, &cancel, poll).await
+                }
+                Err(e) => Err(e),
             };
-            match outcome {
-                Ok((to, published)) => {
-                    cursor = Some(to);
-                    self.report(None);
+            if let Err(e) = outcome {
+                if *self.position.borrow() > before {
                     backoff = Duration::from_millis(100);
-                    if published == 0 || saved.elapsed() >= SAVE_EVERY {
-                        if let Err(e) = self.save(to).await {
-                            tracing::warn!(error = %e, "could not save the relay checkpoint");
-                        }
-                        saved = Instant::now();
-                    }
-                    if published == 0 {
-                        tokio::select! {
-                            _ = cancel.cancelled() => {}
-                            _ = head.changed() => {}
-                            _ = tokio::time::sleep(poll) => {}
-                        }
-                    }
                 }
-                Err(e) => {
-                    cursor = None;
-                    self.report(Some(e.to_string()));
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                self.report(Some(e.to_string()));
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
                 }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
 
-    /// Where to publish from: the saved checkpoint, or further when the
-    /// stream already holds later events (published after the last save).
-    async fn resume_point(&self, js: &jetstream::Context) -> Result<i64, RelayError> {
+    /// Publishes from `from` (the stream's last sequence being `sequence`)
+    /// until cancelled, the lease is lost or a publish fails. The publisher
+    /// sends batch after batch in position order while the acks of up to
+    /// [`WINDOW`] earlier batches are outstanding, each message on the
+    /// condition that the stream's last sequence is the one before it; the
+    /// acker awaits the acks in the same order, moves the position, and
+    /// saves the checkpoint every [`SAVE_EVERY`], when the publisher goes
+    /// idle and at the end. A failure ends both, and the caller goes on
+    /// from what the stream holds. A message lost on the way (a dropped
+    /// connection) makes every later one fail its condition, so nothing is
+    /// stored out of order, even what the client resends after reconnecting.
+    async fn session(
+        &self,
+        js: &jetstream::Context,
+        (from, sequence): (i64, u64),
+        lease: &mut Lease,
+        head: &mut watch::Receiver<i64>,
+        cancel: &CancellationToken,
+        poll: Duration,
+    ) -> Result<(), RelayError> {
+        // `None`: the publisher caught up with the log (save now).
+        let (tx, mut rx) = mpsc::channel::<Option<Batch>>(WINDOW);
+        let publisher = async move {
+            let mut from = from;
+            let mut sequence = sequence;
+            let mut idle = false;
+            loop {
+                if cancel.is_cancelled() || !lease.hold().await {
+                    return Ok(());
+                }
+                let events = self.log.read_all(from, self.config.batch).await?;
+                let Some(last) = events.last().map(|e| e.position) else {
+                    if !idle && tx.send(None).await.is_err() {
+                        return Ok(());
+                    }
+                    idle = true;
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = head.changed() => {}
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                    continue;
+                };
+                idle = false;
+                let acks = self.publish(js, &events, &mut sequence).await?;
+                from = last;
+                if tx.send(Some(Batch { last, acks })).await.is_err() {
+                    // The acker failed; `try_join!` reports why.
+                    return Ok(());
+                }
+            }
+        };
+        let acker = async {
+            let mut saved = Instant::now();
+            // The resume point may be ahead of the stored checkpoint.
+            let mut unsaved = Some(from);
+            while let Some(batch) = rx.recv().await {
+                let caught_up = batch.is_none();
+                if let Some(Batch { last, acks }) = batch {
+                    for (position, ack) in acks {
+                        ack.await.map_err(|e| RelayError::Publish { position, reason: e.to_string() })?;
+                    }
+                    self.position.send_replace(last);
+                    self.report(None);
+                    unsaved = Some(last);
+                }
+                if let (Some(p), true) = (unsaved, caught_up || saved.elapsed() >= SAVE_EVERY) {
+                    if let Err(e) = self.save(p).await {
+                        tracing::warn!(error = %e, "could not save the relay checkpoint");
+                    }
+                    saved = Instant::now();
+                    unsaved = None;
+                }
+            }
+            if let Some(p) = unsaved {
+                let _ = self.save(p).await;
+            }
+            Ok::<(), RelayError>(())
+        };
+        tokio::try_join!(publisher, acker).map(|_| ())
+    }
+
+    /// Where to publish from, and the stream's last sequence (which the next
+    /// message must find). Every message is published on the condition that
+    /// the stream's last sequence is the one before it, so the stream is
+    /// always a gap-free prefix of the log and its last message tells how
+    /// far it got; the saved checkpoint counts when the stream holds less
+    /// (new, or its messages aged out).
+    async fn resume_point(&self, js: &jetstream::Context) -> Result<(i64, u64), RelayError> {
         let saved = read_checkpoint(self.log.db(), NAME).await?;
         let stream_error = |e: &dyn std::fmt::Display| RelayError::Stream {
             stream: self.config.stream.clone(),
@@ -203,7 +280,7 @@ impl Relay {
         let mut stream = js.get_stream(&self.config.stream).await.map_err(|e| stream_error(&e))?;
         let last = stream.info().await.map_err(|e| stream_error(&e))?.state.last_sequence;
         if last == 0 {
-            return Ok(saved);
+            return Ok((saved, 0));
         }
         let published = match stream.get_raw_message(last).await {
             Ok(message) => serde_json::from_slice::<serde_json::Value>(&message.payload)
@@ -213,7 +290,7 @@ impl Relay {
             // Purged meanwhile (retention): the saved checkpoint it is.
             Err(_) => 0,
         };
-        Ok(saved.max(published))
+        Ok((saved.max(published), last))
     }
 
     /// Saves the checkpoint (only ever forward).
@@ -255,39 +332,35 @@ impl Relay {
         Ok(js)
     }
 
-    /// Publishes the events after `from` (one batch) and waits for their
-    /// acks. Returns the position it got to and how many it published.
-    pub async fn step(&self, js: &jetstream::Context, from: i64) -> Result<(i64, usize), RelayError> {
-        let started = Instant::now();
-        let events = self.log.read_all(from, self.config.batch).await?;
-        let Some(last) = events.last().map(|e| e.position) else {
-            report_position(&self.position, from);
-            return Ok((from, 0));
-        };
-        let read = started.elapsed();
-        let span = tracing::debug_span!("nats.publish", from, to = last, events = events.len());
+    /// Sends `events` in order, each expecting the stream's last sequence
+    /// to be `sequence` (counted on); returns each one's ack to await.
+    async fn publish(
+        &self,
+        js: &jetstream::Context,
+        events: &[RecordedEvent],
+        sequence: &mut u64,
+    ) -> Result<Vec<(i64, PublishAckFuture)>, RelayError> {
+        let span = tracing::debug_span!("nats.publish", events = events.len());
         async {
             let mut acks = Vec::with_capacity(events.len());
-            for event in &events {
+            for event in events {
                 let failed =
                     |e: &dyn std::fmt::Display| RelayError::Publish { position: event.position, reason: e.to_string() };
                 let payload = serde_json::to_vec(event).map_err(|e| failed(&e))?;
                 let ack = js
                     .send_publish(
                         subject(&self.config.subject_prefix, event),
-                        PublishMessage::build().payload(payload.into()).message_id(event.event_id.as_str()),
+                        PublishMessage::build()
+                            .payload(payload.into())
+                            .message_id(event.event_id.as_str())
+                            .expected_last_sequence(*sequence),
                     )
                     .await
                     .map_err(|e| failed(&e))?;
+                *sequence += 1;
                 acks.push((event.position, ack));
             }
-            let sent = started.elapsed();
-            for (position, ack) in acks {
-                ack.await.map_err(|e| RelayError::Publish { position, reason: e.to_string() })?;
-            }
-            self.position.send_replace(last);
-            tracing::debug!(events = events.len(), ?read, ?sent, acked = ?started.elapsed(), "relay batch");
-            Ok((last, events.len()))
+            Ok(acks)
         }
         .instrument(span)
         .await

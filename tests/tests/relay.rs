@@ -104,6 +104,9 @@ async fn relay_publishes_every_event_once_in_order_through_a_nats_outage() {
         for w in writers {
             w.await.expect("writer");
         }
+        // At least one event to publish while NATS is down, however fast
+        // the writers were.
+        app.create_user(user_body(999)).await;
         wait_readyz(&app, "NATS outage noticed", |s, b| s == 503 && b["reasons"].to_string().contains("nats")).await;
         nats.start(&bin);
         let head = app.head().await;
