@@ -79,6 +79,21 @@ impl<'a> Api<'a> {
         panic!("group {id} did not settle at {expected:?}: {}", self.members(id, "page_size=500").await);
     }
 
+    /// The ids (sorted) of the first 100 users the attribute filter finds.
+    async fn filter(&self, conditions: Value) -> Vec<String> {
+        let body = json!({"query": {"type": "and", "limit": 100, "page": 1, "conditions": conditions}});
+        let (status, found) = call(self.app.client.post(format!("{}/user_attribute/users", self.p)).json(&body)).await;
+        assert_eq!(status, 200, "{found}");
+        let mut ids: Vec<String> = found["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|u| u["_id"].as_str().expect("id").to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     async fn members(&self, id: &str, query: &str) -> Value {
         let (status, v) = call(self.app.client.get(format!("{}/user_group/{id}/users?{query}", self.p))).await;
         assert_eq!(status, 200, "{v}");
@@ -616,21 +631,7 @@ async fn filters_and_new_rule_groups_agree_with_the_rule_evaluated_directly() {
                 .iter()
                 .map(|c| json!({"definition_id": c.user_attribute_definition_id, "type": c.op.as_str(), "value": c.value}))
                 .collect();
-            let (status, found) = call(
-                app.client
-                    .post(format!("{}/user_attribute/users", api.p))
-                    .json(&json!({"query": {"type": "and", "limit": 100, "page": 1, "conditions": query}})),
-            )
-            .await;
-            assert_eq!(status, 200, "{found}");
-            let mut got: Vec<String> = found["items"]
-                .as_array()
-                .expect("items")
-                .iter()
-                .map(|u| u["_id"].as_str().expect("id").to_string())
-                .collect();
-            got.sort();
-            assert_eq!(got, expected, "{backend}: filter {conditions:?}");
+            assert_eq!(api.filter(json!(query)).await, expected, "{backend}: filter {conditions:?}");
 
             let (status, g) =
                 api.group(json!({"name": format!("R{checked}"), "description": "d", "conditions": conditions})).await;
@@ -667,10 +668,8 @@ async fn numbers_after_text_values_reach_the_filter_and_the_groups() {
             users.push(id);
         }
         // Every label is in the read model before the first number.
-        let labels = json!({"query": {"type": "and", "limit": 100, "page": 1,
-            "conditions": [{"definition_id": label, "type": "exists", "value": ""}]}});
-        let (status, found) = call(app.client.post(format!("{}/user_attribute/users", api.p)).json(&labels)).await;
-        assert_eq!((status, found["items"].as_array().map(Vec::len)), (200, Some(40)), "{backend}: {found}");
+        let labelled = api.filter(json!([{"definition_id": label, "type": "exists", "value": ""}])).await;
+        assert_eq!(labelled.len(), 40, "{backend}");
         let mut expected = Vec::new();
         for (n, id) in users.into_iter().enumerate() {
             assert_eq!(api.set(&score, &id, json!(n % 10)).await.0, 200);
@@ -680,18 +679,7 @@ async fn numbers_after_text_values_reach_the_filter_and_the_groups() {
         }
         expected.sort();
         api.settled_members(&group, expected.clone()).await;
-        let (status, found) = call(app.client.post(format!("{}/user_attribute/users", api.p)).json(&json!({"query": {
-            "type": "and", "limit": 100, "page": 1,
-            "conditions": [{"definition_id": score, "type": "gte", "value": "5"}]}})))
-        .await;
-        assert_eq!(status, 200, "{backend}: {found}");
-        let mut got: Vec<String> = found["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .map(|u| u["_id"].as_str().expect("id").to_string())
-            .collect();
-        got.sort();
-        assert_eq!(got, expected, "{backend}");
+        let high = api.filter(json!([{"definition_id": score, "type": "gte", "value": "5"}])).await;
+        assert_eq!(high, expected, "{backend}");
     }
 }

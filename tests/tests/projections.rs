@@ -194,10 +194,19 @@ async fn dump_tables(db: &Db, tables: &[&str]) -> Vec<String> {
 
 /// Empties the users read model and moves its checkpoint back to 0.
 async fn reset_users_model(db: &Db) {
-    for table in TABLES {
+    reset_model(db, TABLES, "users_v1").await;
+}
+
+/// Empties a read model's `tables` and moves its checkpoint `name` back to 0.
+async fn reset_model(db: &Db, tables: &[&str], name: &str) {
+    for table in tables {
         sqlx::query(&format!("DELETE FROM {table}")).execute(&db.pool).await.expect("clear");
     }
-    sqlx::query("UPDATE checkpoints SET position = 0 WHERE name = 'users_v1'").execute(&db.pool).await.expect("reset");
+    sqlx::query("UPDATE checkpoints SET position = 0 WHERE name = $1")
+        .bind(name)
+        .execute(&db.pool)
+        .await
+        .expect("reset");
 }
 
 /// Live changes, then a rebuild from position 0: the same rows.
@@ -338,14 +347,7 @@ async fn membership_runs_written_at_once_equal_one_event_at_a_time() {
             assert_eq!(total, rows, "{backend}: total_users is not the number of members");
         }
 
-        for table in GROUP_TABLES {
-            sqlx::query(&format!("DELETE FROM {table}")).execute(&db.pool).await.expect("clear");
-        }
-        sqlx::query("UPDATE checkpoints SET position = 0 WHERE name = $1")
-            .bind(NAME)
-            .execute(&db.pool)
-            .await
-            .expect("reset");
+        reset_model(&db, GROUP_TABLES, NAME).await;
         let runner = Runner::new(log.clone(), OneByOne(GroupsProjection)).await.expect("runner");
         while runner.step().await.expect("step") > 0 {}
         assert_eq!(dump_tables(&db, GROUP_TABLES).await, batched, "{backend}: one event at a time differs from runs");

@@ -8,7 +8,7 @@ use sqlx::{AnyConnection, Row};
 use std::collections::BTreeMap;
 use userstream_domain::codec;
 use userstream_domain::group::{GroupEvent, GroupWritten, MembershipChanged};
-use userstream_eventlog::{format_time, Db, Dialect, Migration, RecordedEvent, Tenant};
+use userstream_eventlog::{format_time, placeholders, Db, Dialect, Migration, RecordedEvent, Tenant};
 
 pub const NAME: &str = "groups_v1";
 
@@ -98,7 +98,8 @@ impl Projection for GroupsProjection {
     }
 
     async fn apply(&self, conn: &mut AnyConnection, event: &RecordedEvent) -> Result<(), ProjectionError> {
-        self.apply_batch(conn, Dialect::Sqlite, std::slice::from_ref(event)).await
+        let dialect = Dialect::of(conn);
+        self.apply_batch(conn, dialect, std::slice::from_ref(event)).await
     }
 
     /// Runs of membership events are written as their net effect, a few
@@ -106,7 +107,7 @@ impl Projection for GroupsProjection {
     async fn apply_batch(
         &self,
         conn: &mut AnyConnection,
-        _dialect: Dialect,
+        dialect: Dialect,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
         let mut run: Vec<(&RecordedEvent, MembershipChanged)> = Vec::new();
@@ -117,11 +118,11 @@ impl Projection for GroupsProjection {
                 run.push((event, e));
                 continue;
             }
-            write_memberships(conn, &run).await?;
+            write_memberships(conn, dialect, &run).await?;
             run.clear();
             let app = event.application_id.as_str();
             match decoded {
-                GroupEvent::MembershipChanged(e) => write_memberships(conn, &[(event, e)]).await?,
+                GroupEvent::MembershipChanged(e) => write_memberships(conn, dialect, &[(event, e)]).await?,
                 GroupEvent::Created(e) | GroupEvent::Updated(e) => write_details(conn, event, &e).await?,
                 GroupEvent::Deleted(e) => {
                     sqlx::query("UPDATE groups_v1 SET deleted = 1, total_users = 0, updated_at = $1 WHERE application_id = $2 AND group_id = $3")
@@ -145,7 +146,7 @@ impl Projection for GroupsProjection {
                 }
             }
         }
-        write_memberships(conn, &run).await?;
+        write_memberships(conn, dialect, &run).await?;
         Ok(())
     }
 }
@@ -167,6 +168,7 @@ enum Fate {
 /// `RETURNING` what really changed, then every group's totals at once.
 async fn write_memberships(
     conn: &mut AnyConnection,
+    dialect: Dialect,
     run: &[(&RecordedEvent, MembershipChanged)],
 ) -> Result<(), sqlx::Error> {
     if run.is_empty() {
@@ -192,10 +194,9 @@ async fn write_memberships(
     let gone: Vec<(&str, &str)> =
         fates.iter().filter(|(_, f)| !matches!(f, Fate::Join(_))).map(|(key, _)| *key).collect();
     for chunk in gone.chunks(ROWS_PER_STATEMENT) {
-        let pairs: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
         let sql = format!(
             "DELETE FROM group_members_v1 WHERE (group_id, user_id) IN (VALUES {}) RETURNING group_id",
-            pairs.join(", ")
+            placeholders(dialect, chunk.len(), 2, 0)
         );
         let mut query = sqlx::query_scalar::<_, String>(&sql);
         for (group, user) in chunk {
@@ -215,11 +216,9 @@ async fn write_memberships(
         })
         .collect();
     for chunk in new.chunks(ROWS_PER_STATEMENT) {
-        let rows: Vec<String> =
-            (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
         let sql = format!(
             "INSERT INTO group_members_v1 (group_id, user_id, joined_at_position) VALUES {} ON CONFLICT DO NOTHING RETURNING group_id",
-            rows.join(", ")
+            placeholders(dialect, chunk.len(), 3, 0)
         );
         let mut query = sqlx::query_scalar::<_, String>(&sql);
         for (group, user, position) in chunk {
@@ -233,13 +232,10 @@ async fn write_memberships(
     }
     let groups: Vec<_> = groups.into_iter().collect();
     for chunk in groups.chunks(ROWS_PER_STATEMENT / 5) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| format!("(${}, ${}, ${}, ${}, ${})", 5 * i + 1, 5 * i + 2, 5 * i + 3, 5 * i + 4, 5 * i + 5))
-            .collect();
         let sql = format!(
             "UPDATE groups_v1 SET total_users = groups_v1.total_users + d.column3, error_count = groups_v1.error_count + d.column4, updated_at = d.column5 \
              FROM (VALUES {}) AS d WHERE groups_v1.application_id = d.column1 AND groups_v1.group_id = d.column2",
-            rows.join(", ")
+            placeholders(dialect, chunk.len(), 5, 0)
         );
         let mut query = sqlx::query(&sql);
         for (group, (app, delta, unmatched, at)) in chunk {

@@ -16,6 +16,17 @@ pub enum Dialect {
     Postgres,
 }
 
+impl Dialect {
+    /// The dialect of an open connection.
+    pub fn of(conn: &AnyConnection) -> Dialect {
+        if conn.backend_name() == <sqlx::Postgres as sqlx::Database>::NAME {
+            Dialect::Postgres
+        } else {
+            Dialect::Sqlite
+        }
+    }
+}
+
 /// A connected database: the pool plus what kind of database it is.
 #[derive(Clone, Debug)]
 pub struct Db {
