@@ -296,7 +296,11 @@ pub fn encode(event: &ConfigUpdated) -> EncodedEvent {
     }
 }
 
-pub fn decode(event_type: &str, schema: u32, data: &Value) -> Result<ConfigUpdated, DecodeError> {
+pub fn decode(
+    event_type: &str,
+    schema: u32,
+    data: &(impl crate::codec::Payload + ?Sized),
+) -> Result<ConfigUpdated, DecodeError> {
     match (event_type, schema) {
         (PLATFORM_CONFIG_UPDATED, 1) => shape(event_type, schema, data),
         _ => Err(DecodeError::UnknownType { event_type: event_type.to_string(), schema }),

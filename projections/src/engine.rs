@@ -808,8 +808,8 @@ impl Engine {
         let poison =
             |e: codec::DecodeError| ProjectionError::Poison { position: event.position, reason: e.to_string() };
         if let Some(user) = event.stream.strip_prefix("user-") {
-            let decoded =
-                userstream_domain::decode(&event.event_type, event.schema as u32, &event.data).map_err(poison)?;
+            let decoded = userstream_domain::decode(&event.event_type, event.schema as u32, event.data.as_str())
+                .map_err(poison)?;
             let key = (app.clone(), user.to_string());
             match decoded {
                 UserEvent::Created(_) => {
@@ -826,7 +826,8 @@ impl Engine {
                 _ => {}
             }
         } else if let Some(user) = event.stream.strip_prefix("attrs-") {
-            let decoded = codec::decode_values(&event.event_type, event.schema as u32, &event.data).map_err(poison)?;
+            let decoded =
+                codec::decode_values(&event.event_type, event.schema as u32, event.data.as_str()).map_err(poison)?;
             let (definition_id, value) = match decoded {
                 ValuesEvent::Upserted(e) => (e.definition_id, Some(e.value)),
                 ValuesEvent::Deleted(e) => (e.definition_id, None),
@@ -835,7 +836,9 @@ impl Engine {
             let groups = self.groups_using(overlay, &app, &definition_id).await?;
             self.reevaluate(overlay, output, event, user, &groups).await?;
         } else if event.stream.starts_with("attrdef-") {
-            match codec::decode_definition(&event.event_type, event.schema as u32, &event.data).map_err(poison)? {
+            match codec::decode_definition(&event.event_type, event.schema as u32, event.data.as_str())
+                .map_err(poison)?
+            {
                 DefinitionEvent::Created(e) | DefinitionEvent::Updated(e) => {
                     self.compiled.clear();
                     self.empty_matching.clear();
@@ -849,7 +852,8 @@ impl Engine {
                 }
             }
         } else if let Some(group_id) = event.stream.strip_prefix("group-") {
-            let decoded = codec::decode_group(&event.event_type, event.schema as u32, &event.data).map_err(poison)?;
+            let decoded =
+                codec::decode_group(&event.event_type, event.schema as u32, event.data.as_str()).map_err(poison)?;
             if !matches!(decoded, GroupEvent::MembershipChanged(_) | GroupEvent::Evaluated(_)) {
                 self.empty_matching.remove(&app);
             }

@@ -74,7 +74,7 @@ async fn appended_events_read_back_with_their_envelope() {
             "{backend}"
         );
         assert_eq!((all[0].company_id.as_str(), all[0].application_id.as_str()), ("1", "app"), "{backend}");
-        assert_eq!(all[0].data, json!({"n": 1}), "{backend}");
+        assert_eq!(all[0].data.value(), json!({"n": 1}), "{backend}");
         assert_eq!(log.read_stream("s-1").await.expect("stream"), all, "{backend}");
         assert_eq!(log.head().await.expect("head"), result.last_position, "{backend}");
     }

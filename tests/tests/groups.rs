@@ -500,7 +500,7 @@ async fn re_running_the_engine_over_the_whole_log_gives_the_same_memberships() {
                         event_type: e.event_type.clone(),
                         schema: e.schema,
                         occurred_at: e.occurred_at,
-                        data: e.data.clone(),
+                        data: e.data.value(),
                     }],
                 }],
                 reserve: vec![],

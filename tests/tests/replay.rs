@@ -46,6 +46,26 @@ async fn dumps(db: &Db, tables: &[&str]) -> Vec<Vec<String>> {
     out
 }
 
+/// The secondary indexes on `tables` (SQLite names a swapped-in index
+/// `name__r` when `name` was taken; both count as `name`).
+async fn indexes(db: &Db, tables: &[&str]) -> Vec<String> {
+    let sql = match db.dialect {
+        userstream_eventlog::Dialect::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = $1 AND sql IS NOT NULL"
+        }
+        userstream_eventlog::Dialect::Postgres => {
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() AND tablename = $1 AND indexname NOT LIKE '%_pkey'"
+        }
+    };
+    let mut names = Vec::new();
+    for table in tables {
+        let found: Vec<String> = sqlx::query_scalar(sql).bind(table).fetch_all(&db.pool).await.expect("indexes");
+        names.extend(found.into_iter().map(|n| n.trim_end_matches("__r").to_string()));
+    }
+    names.sort();
+    names
+}
+
 async fn settle(app: &TestApp) {
     for _ in 0..400 {
         let (_, r) = app.readyz().await;
@@ -146,9 +166,14 @@ async fn replayed_read_models_equal_the_live_ones_and_switch_while_serving() {
         settle(&app).await;
         let main = Db::connect(&db.url).await.expect("connect");
         let head = app.head().await;
+        let mut live_indexes = Vec::new();
+        for (_, tables) in MODELS {
+            live_indexes.push(indexes(&main, tables).await);
+        }
 
-        // Rebuilt beside the live models, not switched: equal row for row.
-        for (projection, tables) in MODELS {
+        // Rebuilt beside the live models, not switched: equal row for row,
+        // with every index (a rebuild builds its query indexes last).
+        for ((projection, tables), live_indexes) in MODELS.into_iter().zip(&live_indexes) {
             let out = replay(&db, &["--projection", projection, "--to", &head.to_string()]);
             assert!(out.contains(&format!("rebuilt to position {head}")), "{out}");
             let fresh = shadow(&db, projection).await;
@@ -158,6 +183,7 @@ async fn replayed_read_models_equal_the_live_ones_and_switch_while_serving() {
                 "{}: {projection} rebuilt == live",
                 db.backend
             );
+            assert_eq!(&indexes(&fresh, tables).await, live_indexes, "{}: {projection} indexes", db.backend);
             fresh.pool.close().await;
         }
 
@@ -209,7 +235,8 @@ async fn replayed_read_models_equal_the_live_ones_and_switch_while_serving() {
             "30 created, 6 archived, plus the load"
         );
         let head = app.head().await;
-        for (projection, tables) in MODELS {
+        for ((projection, tables), live_indexes) in MODELS.into_iter().zip(&live_indexes) {
+            assert_eq!(&indexes(&main, tables).await, live_indexes, "{}: {projection} indexes switched in", db.backend);
             replay(&db, &["--projection", projection, "--to", &head.to_string()]);
             let fresh = shadow(&db, projection).await;
             assert_eq!(

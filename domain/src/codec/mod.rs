@@ -90,13 +90,35 @@ pub fn encode(event: &UserEvent) -> EncodedEvent {
     EncodedEvent { event_type, schema: 1, data: data.unwrap_or(Value::Null) }
 }
 
+/// A stored payload: the JSON text the log holds, or a tree of it.
+pub trait Payload {
+    fn read<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error>;
+}
+
+impl Payload for Value {
+    fn read<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(self)
+    }
+}
+
+/// Decoding from the text directly builds no intermediate tree.
+impl Payload for str {
+    fn read<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self)
+    }
+}
+
 /// Reads `data` as the frozen shape `T`.
-pub(crate) fn shape<T: DeserializeOwned>(event_type: &str, schema: u32, data: &Value) -> Result<T, DecodeError> {
-    T::deserialize(data).map_err(|source| DecodeError::Shape { event_type: event_type.to_string(), schema, source })
+pub(crate) fn shape<T: DeserializeOwned>(
+    event_type: &str,
+    schema: u32,
+    data: &(impl Payload + ?Sized),
+) -> Result<T, DecodeError> {
+    data.read().map_err(|source| DecodeError::Shape { event_type: event_type.to_string(), schema, source })
 }
 
 /// Decodes a stored event, upcasting older schema versions to the current shape.
-pub fn decode(event_type: &str, schema: u32, data: &Value) -> Result<UserEvent, DecodeError> {
+pub fn decode(event_type: &str, schema: u32, data: &(impl Payload + ?Sized)) -> Result<UserEvent, DecodeError> {
     match (event_type, schema) {
         (USER_CREATED, 1) => shape(event_type, schema, data).map(UserEvent::Created),
         (USER_UPDATED, 1) => shape(event_type, schema, data).map(UserEvent::Updated),
@@ -123,7 +145,11 @@ pub fn encode_definition(event: &DefinitionEvent) -> EncodedEvent {
     }
 }
 
-pub fn decode_definition(event_type: &str, schema: u32, data: &Value) -> Result<DefinitionEvent, DecodeError> {
+pub fn decode_definition(
+    event_type: &str,
+    schema: u32,
+    data: &(impl Payload + ?Sized),
+) -> Result<DefinitionEvent, DecodeError> {
     match (event_type, schema) {
         (DEFINITION_CREATED, 1) => shape(event_type, schema, data).map(DefinitionEvent::Created),
         (DEFINITION_UPDATED, 1) => shape(event_type, schema, data).map(DefinitionEvent::Updated),
@@ -139,7 +165,11 @@ pub fn encode_values(event: &ValuesEvent) -> EncodedEvent {
     }
 }
 
-pub fn decode_values(event_type: &str, schema: u32, data: &Value) -> Result<ValuesEvent, DecodeError> {
+pub fn decode_values(
+    event_type: &str,
+    schema: u32,
+    data: &(impl Payload + ?Sized),
+) -> Result<ValuesEvent, DecodeError> {
     match (event_type, schema) {
         (ATTRIBUTE_UPSERTED, 1) => shape(event_type, schema, data).map(ValuesEvent::Upserted),
         (ATTRIBUTE_DELETED, 1) => shape(event_type, schema, data).map(ValuesEvent::Deleted),
@@ -157,7 +187,7 @@ pub fn encode_group(event: &GroupEvent) -> EncodedEvent {
     }
 }
 
-pub fn decode_group(event_type: &str, schema: u32, data: &Value) -> Result<GroupEvent, DecodeError> {
+pub fn decode_group(event_type: &str, schema: u32, data: &(impl Payload + ?Sized)) -> Result<GroupEvent, DecodeError> {
     match (event_type, schema) {
         (GROUP_CREATED, 1) => shape(event_type, schema, data).map(GroupEvent::Created),
         (GROUP_UPDATED, 1) => shape(event_type, schema, data).map(GroupEvent::Updated),

@@ -98,7 +98,7 @@ impl Projection for AttributesProjection {
     async fn apply(&self, conn: &mut AnyConnection, event: &RecordedEvent) -> Result<(), ProjectionError> {
         let app = event.application_id.as_str();
         if let Some(definition_id) = event.stream.strip_prefix("attrdef-") {
-            let decoded = codec::decode_definition(&event.event_type, event.schema as u32, &event.data)
+            let decoded = codec::decode_definition(&event.event_type, event.schema as u32, event.data.as_str())
                 .map_err(|e| poison(event, e))?;
             match decoded {
                 DefinitionEvent::Created(e) | DefinitionEvent::Updated(e) => {
@@ -140,7 +140,7 @@ impl Projection for AttributesProjection {
                 }
             }
         } else if let Some(user_id) = event.stream.strip_prefix("attrs-") {
-            let decoded = codec::decode_values(&event.event_type, event.schema as u32, &event.data)
+            let decoded = codec::decode_values(&event.event_type, event.schema as u32, event.data.as_str())
                 .map_err(|e| poison(event, e))?;
             match decoded {
                 ValuesEvent::Upserted(e) => {

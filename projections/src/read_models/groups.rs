@@ -112,7 +112,7 @@ impl Projection for GroupsProjection {
     ) -> Result<(), ProjectionError> {
         let mut run: Vec<(&RecordedEvent, MembershipChanged)> = Vec::new();
         for event in events.iter().filter(|e| e.stream.starts_with("group-")) {
-            let decoded = codec::decode_group(&event.event_type, event.schema as u32, &event.data)
+            let decoded = codec::decode_group(&event.event_type, event.schema as u32, event.data.as_str())
                 .map_err(|e| ProjectionError::Poison { position: event.position, reason: e.to_string() })?;
             if let GroupEvent::MembershipChanged(e) = decoded {
                 run.push((event, e));

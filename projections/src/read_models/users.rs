@@ -4,10 +4,11 @@
 
 use super::filter::{Field, Filter, SqlBuilder};
 use crate::{Projection, ProjectionError};
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sqlx::{AnyConnection, Row};
 use std::collections::BTreeMap;
-use userstream_domain::codec::v1;
+use userstream_domain::codec::{self, v1};
 use userstream_domain::user::{EmailEntry, PhoneEntry, UserEvent};
 use userstream_eventlog::{format_time, placeholders, Db, Dialect, Migration, RecordedEvent, Tenant};
 
@@ -165,63 +166,123 @@ pub(crate) fn decode_row(row: &sqlx::any::AnyRow) -> Result<UserRow, sqlx::Error
     })
 }
 
-/// The primary (else first) email and phone of the stored lists, with their
-/// verified flags: `(email, email_verified, phone, phone_verified)`.
-fn primary_contacts(emails: &Value, phones: &Value) -> (String, bool, String, bool) {
-    fn pick(list: &Value) -> Option<&Value> {
-        let items = list.as_array()?;
-        items.iter().find(|e| e.get("primary").and_then(Value::as_bool) == Some(true)).or(items.first())
+/// One email as the `emails` column holds it (the Fynd wire shape; fields
+/// in the order a JSON object of them is written).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StoredEmail {
+    #[serde(default)]
+    active: bool,
+    email: String,
+    #[serde(default)]
+    primary: bool,
+    #[serde(default)]
+    verified: bool,
+}
+
+/// One phone as the `phone_numbers` column holds it (`country_code` is a number).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StoredPhone {
+    #[serde(default)]
+    active: bool,
+    country_code: u64,
+    phone: String,
+    #[serde(default)]
+    primary: bool,
+    #[serde(default)]
+    verified: bool,
+}
+
+/// A user's contact lists as stored, and what the model derives from them:
+/// the lookup keys and the primary contacts.
+#[derive(Debug, Clone, Default)]
+struct Contacts {
+    emails: Vec<StoredEmail>,
+    phones: Vec<StoredPhone>,
+}
+
+impl Contacts {
+    fn of_emails(list: &[EmailEntry]) -> Vec<StoredEmail> {
+        list.iter()
+            .map(|e| StoredEmail {
+                active: e.active,
+                email: e.email.as_str().to_string(),
+                primary: e.primary,
+                verified: e.verified,
+            })
+            .collect()
     }
-    let verified = |v: Option<&Value>| v.and_then(|e| e.get("verified")).and_then(Value::as_bool).unwrap_or(false);
-    let email = pick(emails);
-    let phone = pick(phones);
-    let email_text = email.and_then(|e| e.get("email")).and_then(Value::as_str).unwrap_or("").to_string();
-    let phone_text = match phone {
-        Some(p) => match (p.get("phone").and_then(Value::as_str), p.get("country_code").and_then(Value::as_u64)) {
-            (Some(number), Some(cc)) => format!("+{cc}{number}"),
-            _ => String::new(),
-        },
-        None => String::new(),
-    };
-    (email_text, verified(email), phone_text, verified(phone))
+
+    fn of_phones(list: &[PhoneEntry]) -> Vec<StoredPhone> {
+        list.iter()
+            .map(|p| StoredPhone {
+                active: p.active,
+                country_code: u64::from(p.phone.country_code),
+                phone: p.phone.number.clone(),
+                primary: p.primary,
+                verified: p.verified,
+            })
+            .collect()
+    }
+
+    fn of(emails: &[EmailEntry], phones: &[PhoneEntry]) -> Contacts {
+        Contacts { emails: Self::of_emails(emails), phones: Self::of_phones(phones) }
+    }
+
+    /// The lists of a stored row.
+    fn parse(emails: &str, phones: &str) -> Result<Contacts, sqlx::Error> {
+        let decode = |column: &str, e: serde_json::Error| sqlx::Error::ColumnDecode {
+            index: column.to_string(),
+            source: Box::new(e),
+        };
+        Ok(Contacts {
+            emails: serde_json::from_str(emails).map_err(|e| decode("emails", e))?,
+            phones: serde_json::from_str(phones).map_err(|e| decode("phone_numbers", e))?,
+        })
+    }
+
+    fn emails_text(&self) -> String {
+        serde_json::to_string(&self.emails).unwrap_or_else(|_| "[]".into())
+    }
+
+    fn phones_text(&self) -> String {
+        serde_json::to_string(&self.phones).unwrap_or_else(|_| "[]".into())
+    }
+
+    /// Lookup keys, each once: lower-case emails, `+cc number` phones.
+    fn keys(&self) -> Vec<(&'static str, String)> {
+        let mut keys: Vec<(&'static str, String)> = Vec::with_capacity(self.emails.len() + self.phones.len());
+        let emails = self.emails.iter().map(|e| ("email", e.email.clone()));
+        let phones = self.phones.iter().map(|p| ("phone", format!("+{}{}", p.country_code, p.phone)));
+        for key in emails.chain(phones) {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
+    /// The primary (else first) email and phone with their verified flags:
+    /// `(email, email_verified, phone, phone_verified)`; `""` when none.
+    fn primary(&self) -> (String, bool, String, bool) {
+        let email = self.emails.iter().find(|e| e.primary).or(self.emails.first());
+        let phone = self.phones.iter().find(|p| p.primary).or(self.phones.first());
+        (
+            email.map(|e| e.email.clone()).unwrap_or_default(),
+            email.is_some_and(|e| e.verified),
+            phone.map(|p| format!("+{}{}", p.country_code, p.phone)).unwrap_or_default(),
+            phone.is_some_and(|p| p.verified),
+        )
+    }
 }
 
 /// The Fynd wire shape of an email list.
 pub fn emails_json(list: &[EmailEntry]) -> Value {
-    Value::Array(
-        list.iter()
-            .map(|e| json!({"email": e.email.as_str(), "primary": e.primary, "verified": e.verified, "active": e.active}))
-            .collect(),
-    )
+    serde_json::to_value(Contacts::of_emails(list)).unwrap_or(Value::Array(Vec::new()))
 }
 
 /// The Fynd wire shape of a phone list (`country_code` is a number).
 pub fn phones_json(list: &[PhoneEntry]) -> Value {
-    Value::Array(
-        list.iter()
-            .map(|p| {
-                json!({"phone": p.phone.number, "country_code": p.phone.country_code, "primary": p.primary, "verified": p.verified, "active": p.active})
-            })
-            .collect(),
-    )
-}
-
-/// Lookup keys of a stored contact list: lower-case emails, `+cc number` phones.
-fn contact_keys(emails: &Value, phones: &Value) -> Vec<(&'static str, String)> {
-    let mut keys = Vec::new();
-    for e in emails.as_array().into_iter().flatten() {
-        if let Some(email) = e.get("email").and_then(Value::as_str) {
-            keys.push(("email", email.to_string()));
-        }
-    }
-    for p in phones.as_array().into_iter().flatten() {
-        if let (Some(phone), Some(cc)) =
-            (p.get("phone").and_then(Value::as_str), p.get("country_code").and_then(Value::as_u64))
-        {
-            keys.push(("phone", format!("+{cc}{phone}")));
-        }
-    }
-    keys
+    serde_json::to_value(Contacts::of_phones(list)).unwrap_or(Value::Array(Vec::new()))
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -252,36 +313,33 @@ impl Projection for UsersProjection {
         dialect: Dialect,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        let mut run: Vec<(&RecordedEvent, v1::UserCreated)> = Vec::new();
-        for event in events {
-            if event.event_type == userstream_domain::codec::USER_CREATED && event.stream.starts_with("user-") {
-                match userstream_domain::decode(&event.event_type, event.schema as u32, &event.data) {
-                    Ok(UserEvent::Created(created)) => {
-                        run.push((event, created));
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(ProjectionError::Poison { position: event.position, reason: e.to_string() }),
-                }
+        let created = |e: &RecordedEvent| e.event_type == codec::USER_CREATED && e.stream.starts_with("user-");
+        let mut rest = events;
+        while !rest.is_empty() {
+            let run = rest.iter().take_while(|e| created(e)).count();
+            if run > 0 {
+                insert_created(conn, dialect, &rest[..run]).await?;
+                rest = &rest[run..];
+            } else {
+                self.apply(conn, &rest[0]).await?;
+                rest = &rest[1..];
             }
-            insert_created(conn, dialect, &std::mem::take(&mut run)).await?;
-            self.apply(conn, event).await?;
         }
-        insert_created(conn, dialect, &run).await
+        Ok(())
     }
 
     async fn apply(&self, conn: &mut AnyConnection, event: &RecordedEvent) -> Result<(), ProjectionError> {
         let Some(user_id) = event.stream.strip_prefix("user-") else {
             return Ok(());
         };
-        let decoded = userstream_domain::decode(&event.event_type, event.schema as u32, &event.data)
+        let decoded = userstream_domain::decode(&event.event_type, event.schema as u32, event.data.as_str())
             .map_err(|e| ProjectionError::Poison { position: event.position, reason: e.to_string() })?;
         let app = event.application_id.as_str();
         let at = |t| format_time(t);
         match decoded {
-            UserEvent::Created(e) => {
+            UserEvent::Created(_) => {
                 // Numbered placeholders work on both backends for a single row.
-                insert_created(conn, Dialect::Postgres, &[(event, e)]).await?;
+                insert_created(conn, Dialect::Postgres, std::slice::from_ref(event)).await?;
             }
             UserEvent::Updated(e) => apply_update(conn, event, user_id, &e).await?,
             UserEvent::Blocked(v1::UserBlocked { at: t, .. }) => {
@@ -316,8 +374,8 @@ impl Projection for UsersProjection {
                     .bind(user_id)
                     .fetch_one(&mut *conn)
                     .await?;
-                    let keys = contact_keys(&json_column(&row, "emails")?, &json_column(&row, "phone_numbers")?);
-                    insert_contacts(conn, app, user_id, &keys).await?;
+                    let stored = Contacts::parse(&row.try_get::<String, _>(0)?, &row.try_get::<String, _>(1)?)?;
+                    insert_contacts(conn, app, user_id, &stored.keys()).await?;
                     let blocked = blocked_flag(conn, app, user_id).await?;
                     bump_counts(conn, &event.company_id, app, 1, blocked).await?;
                 }
@@ -397,75 +455,131 @@ async fn bump_version(conn: &mut AnyConnection, event: &RecordedEvent, user_id: 
 /// Rows per multi-row statement.
 const ROWS_PER_STATEMENT: usize = 200;
 
+/// One `user.created` as the values of the rows it writes.
+struct CreatedRow<'a> {
+    event: &'a RecordedEvent,
+    user_id: &'a str,
+    created: v1::UserCreated,
+    emails: String,
+    phones: String,
+    meta: String,
+    at: String,
+    primary: (String, bool, String, bool),
+    keys: Vec<(&'static str, String)>,
+}
+
+impl<'a> CreatedRow<'a> {
+    fn of(event: &'a RecordedEvent) -> Result<CreatedRow<'a>, ProjectionError> {
+        let poison = |reason: String| ProjectionError::Poison { position: event.position, reason };
+        let created = match userstream_domain::decode(&event.event_type, event.schema as u32, event.data.as_str()) {
+            Ok(UserEvent::Created(created)) => created,
+            Ok(_) => return Err(poison(format!("{} is not a user.created", event.event_type))),
+            Err(e) => return Err(poison(e.to_string())),
+        };
+        let contacts = Contacts::of(&created.emails, &created.phone_numbers);
+        Ok(CreatedRow {
+            event,
+            user_id: &event.stream["user-".len()..],
+            emails: contacts.emails_text(),
+            phones: contacts.phones_text(),
+            meta: created.meta.to_string(),
+            at: format_time(created.at),
+            primary: contacts.primary(),
+            keys: contacts.keys(),
+            created,
+        })
+    }
+
+    fn all(chunk: &'a [RecordedEvent]) -> Result<Vec<CreatedRow<'a>>, ProjectionError> {
+        chunk.iter().map(CreatedRow::of).collect()
+    }
+}
+
 /// Inserts the users of a run of `user.created` events, their contacts and
-/// their counts, with a few multi-row statements.
+/// their counts, with multi-row statements of [`ROWS_PER_STATEMENT`] users.
+/// The rows of the next statement are decoded and built while the database
+/// writes the current one, so neither side waits for the other.
 async fn insert_created(
     conn: &mut AnyConnection,
     dialect: Dialect,
-    run: &[(&RecordedEvent, v1::UserCreated)],
+    run: &[RecordedEvent],
 ) -> Result<(), ProjectionError> {
-    if run.is_empty() {
+    let mut chunks = run.chunks(ROWS_PER_STATEMENT);
+    let Some(first) = chunks.next() else {
         return Ok(());
-    }
-    let mut contacts: Vec<(&str, &str, &'static str, String)> = Vec::new();
+    };
+    let mut rows = CreatedRow::all(first)?;
     let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
-    for chunk in run.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO users_v1 (company_id, application_id, user_id, seq, version, username, username_key, first_name, last_name, gender, emails, phone_numbers, meta, external_id, rr_id, account_type, created_at, updated_at, email, email_verified, phone, phone_verified, blocked, archived, login_count) VALUES {}",
-            placeholders(dialect, chunk.len(), 22, 0).replace(')', ", 0, 0, 0)")
-        );
-        let mut query = sqlx::query(&sql);
-        for (event, e) in chunk {
-            let user_id = &event.stream["user-".len()..];
-            let emails = emails_json(&e.emails);
-            let phones = phones_json(&e.phone_numbers);
-            for (kind, value) in contact_keys(&emails, &phones) {
-                contacts.push((event.application_id.as_str(), user_id, kind, value));
-            }
-            *counts.entry((event.company_id.as_str(), event.application_id.as_str())).or_default() += 1;
-            let at = format_time(e.at);
-            let (email, email_verified, phone, phone_verified) = primary_contacts(&emails, &phones);
-            query = query
-                .bind(&event.company_id)
-                .bind(&event.application_id)
-                .bind(user_id)
-                .bind(event.position)
-                .bind(event.version)
-                .bind(e.username.as_str())
-                .bind(e.username.key())
-                .bind(e.first_name.as_ref().map(|n| n.as_str().to_string()))
-                .bind(e.last_name.as_ref().map(|n| n.as_str().to_string()))
-                .bind(e.gender.map(|g| g.as_str()))
-                .bind(emails.to_string())
-                .bind(phones.to_string())
-                .bind(e.meta.to_string())
-                .bind(e.external_id.clone())
-                .bind(e.rr_id.clone())
-                .bind(&e.account_type)
-                .bind(at.clone())
-                .bind(at)
-                .bind(email)
-                .bind(i64::from(email_verified))
-                .bind(phone)
-                .bind(i64::from(phone_verified));
+    loop {
+        for row in &rows {
+            *counts.entry((row.event.company_id.as_str(), row.event.application_id.as_str())).or_default() += 1;
         }
-        // A user row that exists already would mean a double apply, which the
-        // checkpoint transaction rules out; the insert fails loudly if it happens.
-        query.execute(&mut *conn).await?;
-    }
-    for chunk in contacts.chunks(ROWS_PER_STATEMENT * 2) {
-        let sql = format!(
-            "INSERT INTO user_contacts_v1 (application_id, user_id, kind, value) VALUES {} ON CONFLICT DO NOTHING",
-            placeholders(dialect, chunk.len(), 4, 0)
-        );
-        let mut query = sqlx::query(&sql);
-        for (app, user_id, kind, value) in chunk {
-            query = query.bind(*app).bind(*user_id).bind(*kind).bind(value.as_str());
+        let next = chunks.next();
+        let (written, built) = tokio::join!(write_created(conn, dialect, &rows), async { next.map(CreatedRow::all) });
+        written?;
+        match built {
+            Some(built) => rows = built?,
+            None => break,
         }
-        query.execute(&mut *conn).await?;
     }
     for ((company, app), n) in counts {
         bump_counts(conn, company, app, n, 0).await?;
+    }
+    Ok(())
+}
+
+/// The users rows of one statement and their contacts. A user row that
+/// exists already would mean a double apply, which the checkpoint
+/// transaction rules out; the insert fails loudly if it happens (and so do
+/// the contacts, whose keys are distinct per user).
+async fn write_created(conn: &mut AnyConnection, dialect: Dialect, rows: &[CreatedRow<'_>]) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO users_v1 (company_id, application_id, user_id, seq, version, username, username_key, first_name, last_name, gender, emails, phone_numbers, meta, external_id, rr_id, account_type, created_at, updated_at, email, email_verified, phone, phone_verified, blocked, archived, login_count) VALUES {}",
+        placeholders(dialect, rows.len(), 22, 0).replace(')', ", 0, 0, 0)")
+    );
+    let mut query = sqlx::query(&sql);
+    for row in rows {
+        let (event, e) = (row.event, &row.created);
+        let (email, email_verified, phone, phone_verified) = &row.primary;
+        query = query
+            .bind(event.company_id.as_str())
+            .bind(event.application_id.as_str())
+            .bind(row.user_id)
+            .bind(event.position)
+            .bind(event.version)
+            .bind(e.username.as_str())
+            .bind(e.username.key())
+            .bind(e.first_name.as_ref().map(|n| n.as_str()))
+            .bind(e.last_name.as_ref().map(|n| n.as_str()))
+            .bind(e.gender.map(|g| g.as_str()))
+            .bind(row.emails.as_str())
+            .bind(row.phones.as_str())
+            .bind(row.meta.as_str())
+            .bind(e.external_id.as_deref())
+            .bind(e.rr_id.as_deref())
+            .bind(e.account_type.as_str())
+            .bind(row.at.as_str())
+            .bind(row.at.as_str())
+            .bind(email.as_str())
+            .bind(i64::from(*email_verified))
+            .bind(phone.as_str())
+            .bind(i64::from(*phone_verified));
+    }
+    query.execute(&mut *conn).await?;
+    let contacts: Vec<(&RecordedEvent, &str, &str, &str)> = rows
+        .iter()
+        .flat_map(|row| row.keys.iter().map(move |(kind, value)| (row.event, row.user_id, *kind, value.as_str())))
+        .collect();
+    for chunk in contacts.chunks(ROWS_PER_STATEMENT * 2) {
+        let sql = format!(
+            "INSERT INTO user_contacts_v1 (application_id, user_id, kind, value) VALUES {}",
+            placeholders(dialect, chunk.len(), 4, 0)
+        );
+        let mut query = sqlx::query(&sql);
+        for (event, user_id, kind, value) in chunk {
+            query = query.bind(event.application_id.as_str()).bind(*user_id).bind(*kind).bind(*value);
+        }
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -519,13 +633,18 @@ async fn apply_update(
     if let Some(v) = &e.rr_id {
         sets.push(("rr_id", Some(v.clone())));
     }
-    let emails = e.emails.as_ref().map(|l| emails_json(l));
-    let phones = e.phone_numbers.as_ref().map(|l| phones_json(l));
-    if let Some(v) = &emails {
-        sets.push(("emails", Some(v.to_string())));
+    let changed = e.emails.is_some() || e.phone_numbers.is_some();
+    if let Some(list) = &e.emails {
+        sets.push((
+            "emails",
+            Some(Contacts { emails: Contacts::of_emails(list), ..Contacts::default() }.emails_text()),
+        ));
     }
-    if let Some(v) = &phones {
-        sets.push(("phone_numbers", Some(v.to_string())));
+    if let Some(list) = &e.phone_numbers {
+        sets.push((
+            "phone_numbers",
+            Some(Contacts { phones: Contacts::of_phones(list), ..Contacts::default() }.phones_text()),
+        ));
     }
     let assignments: Vec<String> = sets.iter().enumerate().map(|(i, (c, _))| format!("{c} = ${}", i + 1)).collect();
     let n = sets.len();
@@ -542,7 +661,7 @@ async fn apply_update(
         query = query.bind(v);
     }
     let done = query.bind(event.version).bind(&event.application_id).bind(user_id).execute(&mut *conn).await?;
-    if done.rows_affected() == 1 && (emails.is_some() || phones.is_some()) {
+    if done.rows_affected() == 1 && changed {
         let row = sqlx::query(
             "SELECT emails, phone_numbers, archived FROM users_v1 WHERE application_id = $1 AND user_id = $2",
         )
@@ -550,8 +669,9 @@ async fn apply_update(
         .bind(user_id)
         .fetch_one(&mut *conn)
         .await?;
-        let (emails, phones) = (json_column(&row, "emails")?, json_column(&row, "phone_numbers")?);
-        let (email, email_verified, phone, phone_verified) = primary_contacts(&emails, &phones);
+        let stored =
+            Contacts::parse(&row.try_get::<String, _>("emails")?, &row.try_get::<String, _>("phone_numbers")?)?;
+        let (email, email_verified, phone, phone_verified) = stored.primary();
         sqlx::query("UPDATE users_v1 SET email = $1, email_verified = $2, phone = $3, phone_verified = $4 WHERE application_id = $5 AND user_id = $6")
             .bind(email)
             .bind(i64::from(email_verified))
@@ -563,8 +683,7 @@ async fn apply_update(
             .await?;
         if row.try_get::<i64, _>("archived")? == 0 {
             delete_contacts(conn, &event.application_id, user_id).await?;
-            let keys = contact_keys(&emails, &phones);
-            insert_contacts(conn, &event.application_id, user_id, &keys).await?;
+            insert_contacts(conn, &event.application_id, user_id, &stored.keys()).await?;
         }
     }
     Ok(())

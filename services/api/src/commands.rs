@@ -238,7 +238,7 @@ impl Commands {
         &self,
         tenant: &Tenant,
         stream: &str,
-        decode: impl Fn(&str, u32, &serde_json::Value) -> Result<E, codec::DecodeError>,
+        decode: impl Fn(&str, u32, &str) -> Result<E, codec::DecodeError>,
         evolve: impl Fn(S, &E) -> S,
     ) -> Result<Option<(S, i64)>, CommandError> {
         let events = self.read_stream(stream).await?;
@@ -472,12 +472,12 @@ fn encoded_event(encoded: codec::EncodedEvent, now: OffsetDateTime) -> NewEvent 
 /// Folds recorded events into a state (every stream kind: user, group, values …).
 pub fn fold_events<S: Default, E>(
     events: &[RecordedEvent],
-    decode: impl Fn(&str, u32, &serde_json::Value) -> Result<E, codec::DecodeError>,
+    decode: impl Fn(&str, u32, &str) -> Result<E, codec::DecodeError>,
     evolve: impl Fn(S, &E) -> S,
 ) -> Result<S, CommandError> {
     let mut state = S::default();
     for e in events {
-        let decoded = decode(&e.event_type, e.schema as u32, &e.data)
+        let decoded = decode(&e.event_type, e.schema as u32, e.data.as_str())
             .map_err(|err| CommandError::Storage(format!("event at position {}: {err}", e.position)))?;
         state = evolve(state, &decoded);
     }
@@ -492,7 +492,7 @@ fn fold(tenant: &Tenant, id: UserId, events: &[RecordedEvent]) -> Result<Loaded,
     }
     let mut state = UserState::NotCreated;
     for e in events {
-        let decoded = codec::decode(&e.event_type, e.schema as u32, &e.data)
+        let decoded = codec::decode(&e.event_type, e.schema as u32, e.data.as_str())
             .map_err(|err| CommandError::Storage(format!("event at position {}: {err}", e.position)))?;
         state = user::evolve(state, &decoded);
     }

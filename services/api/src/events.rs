@@ -195,7 +195,7 @@ pub async fn group_as_of(
         version: 0,
     };
     for e in &events {
-        let decoded = codec::decode_group(&e.event_type, e.schema as u32, &e.data)
+        let decoded = codec::decode_group(&e.event_type, e.schema as u32, e.data.as_str())
             .map_err(|err| ApiError::internal(format!("event at position {}: {err}", e.position)))?;
         match &decoded {
             GroupEvent::MembershipChanged(m) => {
@@ -384,13 +384,13 @@ async fn user_history(
     let mut before = None;
     let mut entries = Vec::with_capacity(events.len());
     for e in &events {
-        let decoded = codec::decode(&e.event_type, e.schema as u32, &e.data)
+        let decoded = codec::decode(&e.event_type, e.schema as u32, e.data.as_str())
             .map_err(|err| ApiError::internal(format!("event at position {}: {err}", e.position)))?;
         current = user::evolve(current, &decoded);
         let after = user_view(&current, &tenant.application_id);
         let mut changes = diff(before.as_ref(), after.as_ref());
         if changes.is_empty() {
-            changes = session_changes(&e.event_type, &e.data);
+            changes = session_changes(&e.event_type, &e.data.value());
         }
         entries.push(entry(e, changes));
         before = after;
@@ -494,7 +494,7 @@ pub async fn group_history(
     let mut entries = Vec::with_capacity(events.len());
     let mut before: Option<Value> = None;
     for e in &events {
-        let decoded = codec::decode_group(&e.event_type, e.schema as u32, &e.data)
+        let decoded = codec::decode_group(&e.event_type, e.schema as u32, e.data.as_str())
             .map_err(|err| ApiError::internal(format!("event at position {}: {err}", e.position)))?;
         let item = match &decoded {
             GroupEvent::Created(d) | GroupEvent::Updated(d) => {

@@ -43,12 +43,15 @@ pub struct Migration {
     pub postgres: &'static str,
 }
 
-/// Every SQLite connection: WAL, waits for locks, LIKE as case-sensitive as
-/// on PostgreSQL. A commit checkpoints the WAL itself only past 16,000
-/// pages: [`Db::checkpoints`] does it in the background long before, so no
-/// command or projection commit pays for copying the WAL back into the
-/// database file and syncing it.
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; PRAGMA case_sensitive_like = ON; PRAGMA wal_autocheckpoint = 16000;";
+/// Every SQLite connection: waits for locks, LIKE as case-sensitive as on
+/// PostgreSQL.
+const SQLITE_SESSION: &str = "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; PRAGMA case_sensitive_like = ON;";
+
+/// Every connection to the service's own file: WAL. A commit checkpoints the
+/// WAL itself only past 16,000 pages: [`Db::checkpoints`] does it in the
+/// background long before, so no command or projection commit pays for
+/// copying the WAL back into the database file and syncing it.
+const SQLITE_WAL: &str = "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 16000;";
 
 /// Pooled connections write only what can be rebuilt from the log (read
 /// models with their checkpoints, in one transaction), so their commits
@@ -57,6 +60,13 @@ const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 1
 /// syncs the shared WAL anyway.
 const SQLITE_POOL_SYNC: &str = "PRAGMA synchronous = NORMAL;";
 
+/// Scratch files (a replay's fresh tables) are thrown away on any failure:
+/// no fsync, and a rollback journal in memory instead of a WAL, so each page
+/// is written once (a WAL writes it twice: into the log, then back). Their
+/// one writer and its readers take turns, never overlap.
+const SQLITE_SCRATCH: &str =
+    "PRAGMA journal_mode = MEMORY; PRAGMA synchronous = OFF; PRAGMA cache_size = -262144; PRAGMA temp_store = MEMORY;";
+
 /// The log's own connections fsync every commit: acknowledged = durable.
 const SQLITE_LOG_SYNC: &str = "PRAGMA synchronous = FULL;";
 
@@ -64,18 +74,17 @@ impl Db {
     /// Connects to `sqlite://…` (file created if missing; WAL, fsync on every
     /// commit) or `postgres://…`.
     pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
-        Self::connect_with(url, SQLITE_POOL_SYNC).await
+        Self::connect_with(url, &[SQLITE_SESSION, SQLITE_WAL, SQLITE_POOL_SYNC]).await
     }
 
     /// A database for data that is thrown away if anything fails (a replay's
     /// fresh tables before the switch): on SQLite no fsync and no WAL, a big
     /// page cache.
     pub async fn connect_scratch(url: &str) -> Result<Db, sqlx::Error> {
-        Self::connect_with(url, "PRAGMA synchronous = OFF; PRAGMA cache_size = -262144; PRAGMA temp_store = MEMORY;")
-            .await
+        Self::connect_with(url, &[SQLITE_SESSION, SQLITE_SCRATCH]).await
     }
 
-    async fn connect_with(url: &str, sqlite_sync: &'static str) -> Result<Db, sqlx::Error> {
+    async fn connect_with(url: &str, sqlite_pragmas: &'static [&'static str]) -> Result<Db, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let (dialect, url) = normalise_url(url)?;
         let max = match dialect {
@@ -89,8 +98,9 @@ impl Db {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
-                        conn.execute(SQLITE_PRAGMAS).await?;
-                        conn.execute(sqlite_sync).await?;
+                        for pragmas in sqlite_pragmas {
+                            conn.execute(*pragmas).await?;
+                        }
                     }
                     Ok(())
                 })
@@ -122,8 +132,9 @@ impl Db {
     pub async fn dedicated_connection(&self) -> Result<AnyConnection, sqlx::Error> {
         let mut conn = AnyConnectOptions::from_str(&self.url)?.disable_statement_logging().connect().await?;
         if self.dialect == Dialect::Sqlite {
-            conn.execute(SQLITE_PRAGMAS).await?;
-            conn.execute(SQLITE_LOG_SYNC).await?;
+            for pragmas in [SQLITE_SESSION, SQLITE_WAL, SQLITE_LOG_SYNC] {
+                conn.execute(pragmas).await?;
+            }
         }
         Ok(conn)
     }

@@ -135,7 +135,53 @@ pub struct RecordedEvent {
     pub actor: String,
     pub correlation_id: String,
     pub causation_id: Option<String>,
-    pub data: Value,
+    pub data: EventData,
+}
+
+/// An event's payload as the log stores it: JSON text, parsed only by the
+/// reader that needs it, into the shape it needs (a projection decodes its
+/// typed event straight from the text; the feed and NATS pass it on as is).
+#[derive(Clone, Serialize)]
+#[serde(transparent)]
+pub struct EventData(Box<serde_json::value::RawValue>);
+
+impl EventData {
+    /// The payload of `text`; fails if it is not JSON.
+    pub fn from_text(text: String) -> Result<EventData, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(EventData)
+    }
+
+    pub fn from_value(value: &Value) -> EventData {
+        // A Value always serialises, and its text is always JSON.
+        Self::from_text(value.to_string()).unwrap_or_else(|_| Self::null())
+    }
+
+    fn null() -> EventData {
+        EventData(serde_json::value::RawValue::NULL.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The payload as a JSON tree.
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.as_str()).unwrap_or(Value::Null)
+    }
+}
+
+/// Payloads are equal when their texts are: the log hands back exactly the
+/// text it stored.
+impl PartialEq for EventData {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl std::fmt::Debug for EventData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What every event-log backend offers. The contract tests in
@@ -467,7 +513,7 @@ fn decode_row(row: &sqlx::any::AnyRow) -> Result<RecordedEvent, sqlx::Error> {
         actor: row.try_get("actor")?,
         correlation_id: row.try_get("correlation_id")?,
         causation_id: row.try_get("causation_id")?,
-        data: serde_json::from_str(&data)
+        data: EventData::from_text(data)
             .map_err(|e| sqlx::Error::ColumnDecode { index: "data".into(), source: Box::new(e) })?,
     })
 }

@@ -97,7 +97,7 @@ mod tests {
             actor: "x".into(),
             correlation_id: "c".into(),
             causation_id: None,
-            data: serde_json::Value::Null,
+            data: crate::EventData::from_value(&serde_json::Value::Null),
         }
     }
 

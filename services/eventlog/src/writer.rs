@@ -13,7 +13,8 @@
 //! and nothing of it is visible.
 
 use crate::{
-    format_time, AppendError, AppendRequest, AppendResult, Db, Dialect, ExpectedVersion, RecordedEvent, POSITION_LOCK,
+    format_time, AppendError, AppendRequest, AppendResult, Db, Dialect, EventData, ExpectedVersion, RecordedEvent,
+    POSITION_LOCK,
 };
 use sqlx::{AnyConnection, Executor, Row};
 use std::collections::HashMap;
@@ -231,7 +232,7 @@ pub(crate) async fn write_batch(
         }
     }
     let mut positions: HashMap<String, i64> = HashMap::with_capacity(rows_to_insert.len());
-    let mut sizes: Vec<usize> = Vec::with_capacity(rows_to_insert.len());
+    let mut payloads: Vec<EventData> = Vec::with_capacity(rows_to_insert.len());
     for chunk in rows_to_insert.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO events (event_id, stream, version, event_type, schema_version, occurred_at, recorded_at, company_id, application_id, actor, correlation_id, causation_id, data) VALUES {} RETURNING position, event_id",
@@ -239,8 +240,9 @@ pub(crate) async fn write_batch(
         );
         let mut q = sqlx::query(&sql);
         for (req, stream, version, e) in chunk {
-            let data = e.data.to_string();
-            sizes.push(data.len());
+            let data = EventData::from_value(&e.data);
+            let text = data.as_str().to_string();
+            payloads.push(data);
             q = q
                 .bind(e.event_id.to_string())
                 .bind(*stream)
@@ -254,7 +256,7 @@ pub(crate) async fn write_batch(
                 .bind(&req.actor)
                 .bind(&req.correlation_id)
                 .bind(req.causation_id.as_deref())
-                .bind(data);
+                .bind(text);
         }
         for row in q.fetch_all(&mut *conn).await? {
             positions.insert(row.try_get("event_id")?, row.try_get("position")?);
@@ -263,8 +265,8 @@ pub(crate) async fn write_batch(
 
     let mut recorded: Vec<(RecordedEvent, usize)> = rows_to_insert
         .iter()
-        .zip(sizes)
-        .filter_map(|((req, stream, version, e), size)| {
+        .zip(payloads)
+        .filter_map(|((req, stream, version, e), data)| {
             let position = *positions.get(&e.event_id.to_string())?;
             let event = RecordedEvent {
                 position,
@@ -280,8 +282,9 @@ pub(crate) async fn write_batch(
                 actor: req.actor.clone(),
                 correlation_id: req.correlation_id.clone(),
                 causation_id: req.causation_id.clone(),
-                data: e.data.clone(),
+                data,
             };
+            let size = event.data.as_str().len();
             Some((event, size))
         })
         .collect();
