@@ -73,7 +73,13 @@ impl Shadow {
                 sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&main.pool).await?;
                 sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&main.pool).await?;
                 let separator = if main.url().contains('?') { '&' } else { '?' };
-                let url = format!("{}{separator}options=-c%20search_path%3D{schema}%2Cpublic", main.url());
+                // Commits of fresh tables need not wait for the WAL flush: a
+                // crash discards the rebuild anyway, and the switch's own
+                // commit flushes everything before it.
+                let url = format!(
+                    "{}{separator}options=-c%20search_path%3D{schema}%2Cpublic%20-c%20synchronous_commit%3Doff",
+                    main.url()
+                );
                 let db = Db::connect(&url).await?;
                 Ok(Shadow { db, location: format!("schema {schema}") })
             }

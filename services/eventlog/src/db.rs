@@ -62,8 +62,8 @@ const SQLITE_POOL_SYNC: &str = "PRAGMA synchronous = NORMAL;";
 
 /// Scratch files (a replay's fresh tables) are thrown away on any failure:
 /// no fsync, and a rollback journal in memory instead of a WAL, so each page
-/// is written once (a WAL writes it twice: into the log, then back). Their
-/// one writer and its readers take turns, never overlap.
+/// is written once (a WAL writes it twice: into the log, then back). Only
+/// the rebuild's runner writes them, and nothing reads them meanwhile.
 const SQLITE_SCRATCH: &str =
     "PRAGMA journal_mode = MEMORY; PRAGMA synchronous = OFF; PRAGMA cache_size = -262144; PRAGMA temp_store = MEMORY;";
 
