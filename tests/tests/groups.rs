@@ -11,6 +11,14 @@ async fn call(r: reqwest::RequestBuilder) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// The user ids (sorted) of a filter answer's items.
+fn sorted_ids(found: &Value) -> Vec<String> {
+    let mut ids: Vec<String> =
+        found["items"].as_array().expect("items").iter().map(|u| u["_id"].as_str().expect("id").to_string()).collect();
+    ids.sort();
+    ids
+}
+
 struct Api<'a> {
     app: &'a TestApp,
     p: String,
@@ -84,14 +92,7 @@ impl<'a> Api<'a> {
         let body = json!({"query": {"type": "and", "limit": 100, "page": 1, "conditions": conditions}});
         let (status, found) = call(self.app.client.post(format!("{}/user_attribute/users", self.p)).json(&body)).await;
         assert_eq!(status, 200, "{found}");
-        let mut ids: Vec<String> = found["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .map(|u| u["_id"].as_str().expect("id").to_string())
-            .collect();
-        ids.sort();
-        ids
+        sorted_ids(&found)
     }
 
     async fn members(&self, id: &str, query: &str) -> Value {
@@ -304,13 +305,7 @@ async fn rule_groups_follow_attribute_changes_and_record_why() {
         ]}))
         .await;
         assert_eq!(status, 200, "{found}");
-        let mut got: Vec<String> = found["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .map(|u| u["_id"].as_str().expect("id").to_string())
-            .collect();
-        got.sort();
+        let got = sorted_ids(&found);
         let mut want = vec![users[3].clone(), users[4].clone(), users[5].clone()]; // 30 goa, 35 goa (moved), 40 goa
         want.sort();
         assert_eq!(got, want, "{backend}: {found}");

@@ -247,14 +247,6 @@ impl Contacts {
         })
     }
 
-    fn emails_text(&self) -> String {
-        serde_json::to_string(&self.emails).unwrap_or_else(|_| "[]".into())
-    }
-
-    fn phones_text(&self) -> String {
-        serde_json::to_string(&self.phones).unwrap_or_else(|_| "[]".into())
-    }
-
     /// Lookup keys, each once: lower-case emails, `+cc number` phones.
     fn keys(&self) -> Vec<(&'static str, String)> {
         let mut keys: Vec<(&'static str, String)> = Vec::with_capacity(self.emails.len() + self.phones.len());
@@ -280,6 +272,11 @@ impl Contacts {
             phone.is_some_and(|p| p.verified),
         )
     }
+}
+
+/// The column text of a stored contact list.
+fn list_text<T: Serialize>(list: &[T]) -> String {
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
 }
 
 /// The Fynd wire shape of an email list.
@@ -487,8 +484,8 @@ impl<'a> CreatedRow<'a> {
         Ok(CreatedRow {
             event,
             user_id: &event.stream["user-".len()..],
-            emails: contacts.emails_text(),
-            phones: contacts.phones_text(),
+            emails: list_text(&contacts.emails),
+            phones: list_text(&contacts.phones),
             meta: created.meta.to_string(),
             at: format_time(created.at),
             primary: contacts.primary(),
@@ -642,16 +639,10 @@ async fn apply_update(
     }
     let changed = e.emails.is_some() || e.phone_numbers.is_some();
     if let Some(list) = &e.emails {
-        sets.push((
-            "emails",
-            Some(Contacts { emails: Contacts::of_emails(list), ..Contacts::default() }.emails_text()),
-        ));
+        sets.push(("emails", Some(list_text(&Contacts::of_emails(list)))));
     }
     if let Some(list) = &e.phone_numbers {
-        sets.push((
-            "phone_numbers",
-            Some(Contacts { phones: Contacts::of_phones(list), ..Contacts::default() }.phones_text()),
-        ));
+        sets.push(("phone_numbers", Some(list_text(&Contacts::of_phones(list)))));
     }
     let assignments: Vec<String> = sets.iter().enumerate().map(|(i, (c, _))| format!("{c} = ${}", i + 1)).collect();
     let n = sets.len();
