@@ -299,8 +299,7 @@ async fn readers_at_the_head_get_exactly_what_the_database_holds() {
     for (backend, log) in logs().await {
         for n in 0..6 {
             let mut e = event(n);
-            e.data =
-                json!({"n": n, "f": 0.1 + n as f64, "text": "ünïcødé \" \\ ✓", "nested": {"list": [1, null, true]}});
+            e.data = json!({"n": n, "f": 0.1 + n as f64, "text": "ünïcødé \" \\ ✓ line\nbreak\ttab", "big": 1e300, "nested": {"list": [1, null, true]}});
             let mut req = request(vec![
                 StreamAppend { stream: format!("a-{n}"), expected: ExpectedVersion::NoStream, events: vec![e] },
                 StreamAppend { stream: "shared".into(), expected: ExpectedVersion::Any, events: vec![event(100 + n)] },
