@@ -249,3 +249,36 @@ async fn replayed_read_models_equal_the_live_ones_and_switch_while_serving() {
         }
     }
 }
+
+/// `deploy/replay-ceiling.sh` (the database alone writing what a replay of
+/// `user.created` writes) fills the migrated schema with what it says.
+#[tokio::test]
+async fn the_replay_ceiling_script_writes_users_and_their_contacts() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/replay-ceiling.sh");
+    for db in fresh_databases().await {
+        let out = Command::new("bash")
+            .arg(script)
+            .args([db.url.as_str(), "300"])
+            .env("USERSTREAM_BIN", binary())
+            .output()
+            .expect("run deploy/replay-ceiling.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{}: {stdout}{}", db.backend, String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.starts_with("300 users (900 rows) in "), "{}: {stdout}", db.backend);
+        let conn = Db::connect(&db.url).await.expect("connect");
+        let count = |sql: &'static str| {
+            let pool = conn.pool.clone();
+            async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.expect(sql) }
+        };
+        assert_eq!(count("SELECT COUNT(DISTINCT user_id) FROM users_v1").await, 300, "{}", db.backend);
+        assert_eq!(count("SELECT COUNT(*) FROM user_contacts_v1 WHERE kind = 'email'").await, 300, "{}", db.backend);
+        assert_eq!(count("SELECT COUNT(*) FROM user_contacts_v1 WHERE kind = 'phone'").await, 300, "{}", db.backend);
+        assert_eq!(
+            count("SELECT COUNT(*) FROM users_v1 u JOIN user_contacts_v1 c ON c.user_id = u.user_id AND c.value = u.email")
+                .await,
+            300,
+            "{}",
+            db.backend
+        );
+    }
+}
