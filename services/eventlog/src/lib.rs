@@ -521,23 +521,20 @@ impl SqlEventLog {
             sql.push_str(&format!(" AND ({})", clauses.join(" OR ")));
         }
         sql.push_str(" ORDER BY position LIMIT $4");
-        let mut args = AnyArguments::default();
-        bind(&mut args, tenant.company_id.clone())?;
-        bind(&mut args, tenant.application_id.clone())?;
-        bind(&mut args, after)?;
-        bind(&mut args, limit)?;
-        for b in binds {
-            bind(&mut args, b)?;
-        }
-        self.read_events(&sql, Order::Position, args).await
+        let mut args = vec![
+            Bind::Text(&tenant.company_id),
+            Bind::Text(&tenant.application_id),
+            Bind::Int(after),
+            Bind::Int(limit),
+        ];
+        args.extend(binds.iter().map(|b| Bind::Text(b)));
+        self.read_events(&sql, Order::Position, &args).await
     }
 
     /// A stream's events up to `position` (inclusive), in version order.
     pub async fn read_stream_until(&self, stream: &str, position: i64) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        let mut args = AnyArguments::default();
-        bind(&mut args, stream.to_string())?;
-        bind(&mut args, position)?;
-        self.read_events("WHERE stream = $1 AND position <= $2 ORDER BY version", Order::Version, args).await
+        let args = [Bind::Text(stream), Bind::Int(position)];
+        self.read_events("WHERE stream = $1 AND position <= $2 ORDER BY version", Order::Version, &args).await
     }
 
     /// The events `rest` selects (what follows `FROM events`: filter, order,
@@ -546,28 +543,45 @@ impl SqlEventLog {
         &self,
         rest: &str,
         order: Order,
-        args: AnyArguments<'_>,
+        binds: &[Bind<'_>],
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        match self.db.dialect {
-            Dialect::Sqlite => {
-                let text: String =
-                    sqlx::query_scalar_with(&sqlite_events_query(rest), args).fetch_one(&self.db.pool).await?;
-                decode_events(&text, order)
-            }
-            Dialect::Postgres => {
-                let sql = format!("SELECT {EVENT_COLUMNS} FROM events {rest}");
-                let rows = sqlx::query_with(&sql, args).fetch_all(&self.db.pool).await?;
-                rows.iter().map(decode_row).collect()
+        if self.db.dialect == Dialect::Sqlite {
+            let text = sqlx::query_scalar_with::<_, String, _>(&sqlite_events_query(rest), arguments(binds)?)
+                .fetch_one(&self.db.pool)
+                .await;
+            match text {
+                Ok(text) => return decode_events(&text, order),
+                // Over SQLite's longest string (1 GB): only a read of many
+                // huge payloads gets there, and rows read it.
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(SQLITE_TOOBIG) => {}
+                Err(e) => return Err(e),
             }
         }
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events {rest}");
+        let rows = sqlx::query_with(&sql, arguments(binds)?).fetch_all(&self.db.pool).await?;
+        rows.iter().map(decode_row).collect()
     }
 }
 
-fn bind<'q, T>(args: &mut AnyArguments<'q>, value: T) -> Result<(), sqlx::Error>
-where
-    T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
-{
-    args.add(value).map_err(sqlx::Error::Encode)
+/// SQLite's result code for a string or blob over its length limit.
+const SQLITE_TOOBIG: &str = "18";
+
+/// A value bound to a read's placeholders.
+enum Bind<'a> {
+    Int(i64),
+    Text(&'a str),
+}
+
+fn arguments<'q>(binds: &[Bind<'q>]) -> Result<AnyArguments<'q>, sqlx::Error> {
+    let mut args = AnyArguments::default();
+    for b in binds {
+        match b {
+            Bind::Int(v) => args.add(*v),
+            Bind::Text(v) => args.add(*v),
+        }
+        .map_err(sqlx::Error::Encode)?;
+    }
+    Ok(args)
 }
 
 async fn head_position(db: &Db) -> Result<i64, sqlx::Error> {
@@ -586,16 +600,12 @@ impl EventLog for SqlEventLog {
         if let Some(events) = self.recent.after(after, limit) {
             return Ok(events);
         }
-        let mut args = AnyArguments::default();
-        bind(&mut args, after)?;
-        bind(&mut args, limit)?;
-        self.read_events("WHERE position > $1 ORDER BY position LIMIT $2", Order::Position, args).await
+        let args = [Bind::Int(after), Bind::Int(limit)];
+        self.read_events("WHERE position > $1 ORDER BY position LIMIT $2", Order::Position, &args).await
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        let mut args = AnyArguments::default();
-        bind(&mut args, stream.to_string())?;
-        self.read_events("WHERE stream = $1 ORDER BY version", Order::Version, args).await
+        self.read_events("WHERE stream = $1 ORDER BY version", Order::Version, &[Bind::Text(stream)]).await
     }
 
     async fn head(&self) -> Result<i64, sqlx::Error> {
@@ -643,4 +653,26 @@ pub fn format_time(t: OffsetDateTime) -> String {
         t.second(),
         micros
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads fall back to rows on the code sqlx reports when SQLite refuses
+    /// a string over its length limit; this is that code.
+    #[tokio::test]
+    async fn sqlite_reports_an_over_long_string_with_the_code_reads_fall_back_on() {
+        let file = std::env::temp_dir().join(format!("userstream-toobig-{}.db", uuid::Uuid::now_v7().simple()));
+        let db = Db::connect(&format!("sqlite://{}", file.display())).await.expect("connect");
+        let failed = sqlx::query("SELECT zeroblob(2000000000)").execute(&db.pool).await;
+        db.pool.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+        }
+        match failed {
+            Err(sqlx::Error::Database(e)) => assert_eq!(e.code().as_deref(), Some(SQLITE_TOOBIG), "{e}"),
+            other => panic!("expected SQLite's too-big error, got {other:?}"),
+        }
+    }
 }
