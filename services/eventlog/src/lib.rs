@@ -618,6 +618,22 @@ fn parse_time(column: &str, raw: &str) -> Result<OffsetDateTime, sqlx::Error> {
         .map_err(|e| sqlx::Error::ColumnDecode { index: column.to_string(), source: Box::new(e) })
 }
 
+/// Formats a time the way the log stores it: RFC 3339, UTC, microseconds.
+pub fn format_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let micros = t.microsecond();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        micros
+    )
+}
+
 fn decode_row(row: &sqlx::any::AnyRow) -> Result<RecordedEvent, sqlx::Error> {
     let data: String = row.try_get("data")?;
     Ok(RecordedEvent {
@@ -637,22 +653,6 @@ fn decode_row(row: &sqlx::any::AnyRow) -> Result<RecordedEvent, sqlx::Error> {
         data: EventData::from_text(data)
             .map_err(|e| sqlx::Error::ColumnDecode { index: "data".into(), source: Box::new(e) })?,
     })
-}
-
-/// Formats a time the way the log stores it: RFC 3339, UTC, microseconds.
-pub fn format_time(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    let micros = t.microsecond();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        micros
-    )
 }
 
 #[cfg(test)]
