@@ -27,10 +27,24 @@ use userstream_eventlog::{Db, Dialect, EventLog, RecordedEvent, SqlEventLog};
 /// Events per read (and per transaction) of a rebuild.
 const READ_BATCH: i64 = 5000;
 
+/// How long a PostgreSQL switch waits for the live tables per attempt …
+const LOCK_WAIT: Duration = Duration::from_millis(100);
+/// … and how long it keeps trying before it gives up.
+const SWITCH_PATIENCE: Duration = Duration::from_secs(600);
+
+/// PostgreSQL's `lock_not_available` (a `lock_timeout` ran out).
+fn lock_not_available(e: &sqlx::Error) -> bool {
+    e.as_database_error().and_then(|d| d.code()).as_deref() == Some("55P03")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("cannot replay into {0}: only file databases can be replayed")]
     NotAFile(String),
+    #[error(
+        "could not switch {projection}: its live tables were never free for {waited:?} (a long transaction holds them)"
+    )]
+    Busy { projection: String, waited: Duration },
     #[error(transparent)]
     Projection(#[from] ProjectionError),
     #[error("storage failure: {0}")]
@@ -196,21 +210,51 @@ impl<P: Projection + Clone> Rebuild<P> {
         let name = self.projection.name();
         let (fresh, old) = (format!("replay_{name}"), format!("replaced_{name}"));
         conn.execute(format!("DROP SCHEMA IF EXISTS {old} CASCADE; CREATE SCHEMA {old}").as_str()).await?;
-        conn.execute("BEGIN").await?;
-        let locked = Instant::now();
-        let live: i64 = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .fetch_one(&mut *conn)
-            .await?;
-        // The live runner waits now; bring the fresh tables at least as far.
-        let position = self.run_to(live, progress).await?;
         let schema: String = sqlx::query_scalar("SELECT current_schema()::text").fetch_one(&mut *conn).await?;
+        let live_tables: Vec<String> = self.projection.tables().iter().map(|t| format!("{schema}.{t}")).collect();
+        let lock_tables = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", live_tables.join(", "));
+        let trying = Instant::now();
+        // Writes wait while the checkpoint row is held: summed over attempts.
+        let mut held = Duration::ZERO;
+        let position = loop {
+            conn.execute("BEGIN").await?;
+            let attempt = Instant::now();
+            let live: i64 = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1 FOR UPDATE")
+                .bind(name)
+                .fetch_one(&mut *conn)
+                .await?;
+            // The live runner waits now; bring the fresh tables at least as far.
+            let position = self.run_to(live, progress).await?;
+            // Moving the tables needs them to itself. A lock request that
+            // waits makes every later reader wait behind it, so it may wait
+            // only briefly: behind a long reader (or autovacuum, which
+            // PostgreSQL cancels only after deadlock_timeout), give up,
+            // let the queue drain, and try again.
+            conn.execute(format!("SET LOCAL lock_timeout = '{}ms'", LOCK_WAIT.as_millis()).as_str()).await?;
+            match conn.execute(lock_tables.as_str()).await {
+                Ok(_) => {
+                    conn.execute("SET LOCAL lock_timeout = 0").await?;
+                    held += attempt.elapsed();
+                    break position;
+                }
+                Err(e) if lock_not_available(&e) && trying.elapsed() < SWITCH_PATIENCE => {
+                    conn.execute("ROLLBACK").await?;
+                    held += attempt.elapsed();
+                    tokio::time::sleep(LOCK_WAIT * 2).await;
+                }
+                Err(e) if lock_not_available(&e) => {
+                    return Err(ReplayError::Busy { projection: name.to_string(), waited: SWITCH_PATIENCE });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let locked = Instant::now();
         for table in self.projection.tables() {
             conn.execute(format!("ALTER TABLE {schema}.{table} SET SCHEMA {old}").as_str()).await?;
             conn.execute(format!("ALTER TABLE {fresh}.{table} SET SCHEMA {schema}").as_str()).await?;
         }
         commit_switch(conn, name, position).await?;
-        let locked = locked.elapsed();
+        let locked = held + locked.elapsed();
         conn.execute(format!("DROP SCHEMA IF EXISTS {old} CASCADE").as_str()).await?;
         Ok((position, locked))
     }

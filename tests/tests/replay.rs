@@ -3,6 +3,7 @@
 //! them keeps the service answering reads and writes.
 
 use serde_json::{json, Value};
+use sqlx::Executor;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -248,6 +249,62 @@ async fn replayed_read_models_equal_the_live_ones_and_switch_while_serving() {
             fresh.pool.close().await;
         }
     }
+}
+
+/// PostgreSQL: a switch that cannot have the live tables at once (a long
+/// reader holds them) must not make every other reader queue behind its
+/// lock request; it keeps trying and switches once they are free.
+#[tokio::test]
+async fn a_switch_behind_a_long_reader_lets_other_readers_through() {
+    let Some(db) = userstream_tests::fresh_postgres().await else { return };
+    let app = TestApp::spawn_on(db.clone(), &[]).await;
+    for n in 0..20u32 {
+        app.create_user(json!({"phone_number": format!("94678{n:05}"), "email": format!("lr{n}@example.com"), "username": format!("lr{n}")}))
+            .await;
+    }
+    settle(&app).await;
+    let main = Db::connect(&db.url).await.expect("connect");
+    let mut holder = main.dedicated_connection().await.expect("connection");
+    holder.execute("BEGIN").await.expect("begin");
+    sqlx::query("SELECT COUNT(*) FROM users_v1").execute(&mut holder).await.expect("long reader");
+    let replay = Command::new(binary())
+        .args(["replay", "--database", &db.url, "--projection", "users_v1"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start userstream replay");
+    // Until the switch asks for the tables …
+    let asking = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                  AND (query LIKE 'LOCK TABLE%' OR query LIKE 'ALTER TABLE%')";
+    let mut asked = false;
+    for _ in 0..3000 {
+        if sqlx::query_scalar::<_, i64>(asking).fetch_one(&main.pool).await.expect("activity") > 0 {
+            asked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(asked, "the replay never asked for the live tables");
+    // … other readers still get through (a reader stuck behind the switch's
+    // lock request would wait for the long reader: 5 s, then an error).
+    for _ in 0..10 {
+        let mut reader = main.dedicated_connection().await.expect("connection");
+        reader.execute("SET statement_timeout = '5s'").await.expect("timeout");
+        sqlx::query("SELECT COUNT(*) FROM users_v1")
+            .execute(&mut reader)
+            .await
+            .expect("a reader while the switch waits");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut replay = replay;
+    assert!(replay.try_wait().expect("replay").is_none(), "the switch went ahead under a reader");
+    holder.execute("COMMIT").await.expect("commit");
+    let out = replay.wait_with_output().expect("replay ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("switched"), "{stdout}");
+    assert_eq!(app.total_users().await, 20);
 }
 
 /// `deploy/replay-ceiling.sh` (the database alone writing what a replay of
