@@ -246,9 +246,13 @@ impl Relay {
                         ack.await.map_err(|e| RelayError::Publish { position, reason: e.to_string() })?;
                     }
                     self.position.send_replace(last);
-                    self.report(None);
                     unsaved = Some(last);
                 }
+                // Everything sent is acked, or the stream already held all
+                // of the log (a reconnecting client resends what it had
+                // buffered, so a retry may find nothing left to publish):
+                // either way the relay works again.
+                self.report(None);
                 if let (Some(p), true) = (unsaved, caught_up || saved.elapsed() >= SAVE_EVERY) {
                     if let Err(e) = self.save(p).await {
                         tracing::warn!(error = %e, "could not save the relay checkpoint");
