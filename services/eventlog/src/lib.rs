@@ -117,8 +117,10 @@ pub enum AppendError {
     Storage(#[from] sqlx::Error),
 }
 
-/// An event as stored, with its envelope.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// An event as stored, with its envelope. The fields are in the order of
+/// the log's columns: a SQLite read deserialises each event from a JSON
+/// array of them (see `sqlite_events_query`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedEvent {
     pub position: i64,
     pub event_id: String,
@@ -142,7 +144,7 @@ pub struct RecordedEvent {
 /// An event's payload as the log stores it: JSON text, parsed only by the
 /// reader that needs it, into the shape it needs (a projection decodes its
 /// typed event straight from the text; the feed and NATS pass it on as is).
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct EventData(Box<serde_json::value::RawValue>);
 
@@ -294,21 +296,23 @@ pub const POSITION_LOCK: i64 = 7_320_002;
 
 const EVENT_COLUMNS: &str = "position, event_id, stream, version, event_type, schema_version, occurred_at, recorded_at, company_id, application_id, actor, correlation_id, causation_id, data";
 
-/// On SQLite, events are read as one JSON array per query,
-/// `[[data, position, event_id, …], …]`, built by the database. A read of
-/// thousands of events is then one value to fetch, not thousands of rows of
-/// fourteen values each: the SQLite driver copies every value and hands
-/// every row across threads, and that was most of a replay's read time. The
-/// payload is spliced in as the stored text (it is JSON), so SQLite neither
-/// parses nor quotes it and it comes back byte for byte. `rest` follows
-/// `FROM events`; the array's order is not guaranteed, so [`decode_events`]
-/// restores it. (On PostgreSQL rows are cheap to read and building the text
-/// costs the server three times a plain select, so it reads rows.)
+/// On SQLite, events are read as one JSON array per query, each event an
+/// array of [`EVENT_COLUMNS`] in order (a [`RecordedEvent`] deserialises from
+/// it), built by the database. A read of thousands of events is then one
+/// value to fetch, not thousands of rows of fourteen values each: the SQLite
+/// driver copies every value and hands every row across threads, and that
+/// was most of a replay's read time. The payload is spliced in as the stored
+/// text (it is JSON) after `json_array` of the other columns, whose closing
+/// bracket `rtrim` drops (its last element is a string or null), so SQLite
+/// neither parses nor quotes it and it comes back byte for byte. `rest`
+/// follows `FROM events`; the array's order is not guaranteed, so
+/// [`decode_events`] restores it. (On PostgreSQL rows are cheap to read and
+/// building the text costs the server three times a plain select, so it
+/// reads rows.)
 fn sqlite_events_query(rest: &str) -> String {
-    const COLUMNS: &str = "position, event_id, stream, version, event_type, schema_version, occurred_at, recorded_at, \
-                           company_id, application_id, actor, correlation_id, causation_id";
+    let columns = EVENT_COLUMNS.strip_suffix(", data").unwrap_or(EVENT_COLUMNS);
     format!(
-        "SELECT '[' || coalesce(group_concat('[' || data || ',' || substr(json_array({COLUMNS}), 2), ','), '') || ']' \
+        "SELECT '[' || coalesce(group_concat(rtrim(json_array({columns}), ']') || ',' || data || ']', ','), '') || ']' \
          FROM (SELECT * FROM events {rest})"
     )
 }
@@ -320,66 +324,9 @@ enum Order {
     Version,
 }
 
-/// One element of a [`sqlite_events_query`] answer, in its column order.
-#[derive(Deserialize)]
-struct EventTuple(
-    Box<serde_json::value::RawValue>,
-    i64,
-    String,
-    String,
-    i64,
-    String,
-    i64,
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-);
-
 fn decode_events(text: &str, order: Order) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-    let tuples: Vec<EventTuple> = serde_json::from_str(text)
+    let mut events: Vec<RecordedEvent> = serde_json::from_str(text)
         .map_err(|e| sqlx::Error::ColumnDecode { index: "events".into(), source: Box::new(e) })?;
-    let mut events = tuples
-        .into_iter()
-        .map(
-            |EventTuple(
-                data,
-                position,
-                event_id,
-                stream,
-                version,
-                event_type,
-                schema,
-                occurred,
-                recorded,
-                company_id,
-                application_id,
-                actor,
-                correlation_id,
-                causation_id,
-            )| {
-                Ok(RecordedEvent {
-                    position,
-                    event_id,
-                    stream,
-                    version,
-                    event_type,
-                    schema,
-                    occurred_at: parse_time("occurred_at", &occurred)?,
-                    recorded_at: parse_time("recorded_at", &recorded)?,
-                    company_id,
-                    application_id,
-                    actor,
-                    correlation_id,
-                    causation_id,
-                    data: EventData(data),
-                })
-            },
-        )
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
     // Already in order in practice; a stable sort of a sorted list is one pass.
     match order {
         Order::Position => events.sort_by_key(|e| e.position),
