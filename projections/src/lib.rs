@@ -40,6 +40,14 @@ pub trait Projection: Send + Sync + 'static {
         true
     }
 
+    /// Indexes that only queries use, never `apply`. A rebuild on
+    /// PostgreSQL drops them from its fresh tables and builds each once,
+    /// sorted, after the rows, instead of inserting (and logging) one entry
+    /// per row into each.
+    fn read_indexes(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Writes a batch of events, in order. The default applies them one by
     /// one; a projection may override it to write runs of events with
     /// multi-row statements, as long as the tables end up the same.

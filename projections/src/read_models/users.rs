@@ -6,7 +6,8 @@ use super::filter::{Field, Filter, SqlBuilder};
 use crate::{Projection, ProjectionError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{AnyConnection, Row};
+use sqlx::any::AnyArguments;
+use sqlx::{AnyConnection, Arguments, Row};
 use std::collections::BTreeMap;
 use userstream_domain::codec::{self, v1};
 use userstream_domain::user::{EmailEntry, PhoneEntry, UserEvent};
@@ -309,6 +310,12 @@ impl Projection for UsersProjection {
         MIGRATIONS
     }
 
+    /// Lists, username and external-id lookups; `apply` finds users by
+    /// primary key and contacts by (application, user, value).
+    fn read_indexes(&self) -> &'static [&'static str] {
+        &["users_v1_list", "users_v1_created", "users_v1_username", "users_v1_external"]
+    }
+
     /// Runs of `user.created` (the bulk of any busy log) are written with
     /// multi-row statements; every other event goes through [`Self::apply`].
     async fn apply_batch(
@@ -501,28 +508,28 @@ impl<'a> CreatedRow<'a> {
 
 /// Inserts the users of a run of `user.created` events, their contacts and
 /// their counts, with multi-row statements of [`ROWS_PER_STATEMENT`] users.
-/// The rows of the next statement are decoded and built while the database
-/// writes the current one, so neither side waits for the other.
+/// The statements of the next chunk are decoded and bound while the
+/// database runs the current ones, so neither side waits for the other.
 async fn insert_created(
     conn: &mut AnyConnection,
     dialect: Dialect,
     run: &[RecordedEvent],
 ) -> Result<(), ProjectionError> {
+    let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     let mut chunks = run.chunks(ROWS_PER_STATEMENT);
     let Some(first) = chunks.next() else {
         return Ok(());
     };
-    let mut rows = CreatedRow::all(first)?;
-    let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    let mut statements = created_statements(dialect, first, &mut counts)?;
     loop {
-        for row in &rows {
-            *counts.entry((row.event.company_id.as_str(), row.event.application_id.as_str())).or_default() += 1;
-        }
         let next = chunks.next();
-        let (written, built) = tokio::join!(write_created(conn, dialect, &rows), async { next.map(CreatedRow::all) });
+        let counts = &mut counts;
+        let (written, built) = tokio::join!(run_statements(conn, statements), async move {
+            next.map(|chunk| created_statements(dialect, chunk, counts))
+        });
         written?;
         match built {
-            Some(built) => rows = built?,
+            Some(built) => statements = built?,
             None => break,
         }
     }
@@ -532,60 +539,95 @@ async fn insert_created(
     Ok(())
 }
 
-/// The users rows of one statement and their contacts. A user row that
-/// exists already would mean a double apply, which the checkpoint
-/// transaction rules out; the insert fails loudly if it happens (and so do
-/// the contacts, whose keys are distinct per user).
-async fn write_created(conn: &mut AnyConnection, dialect: Dialect, rows: &[CreatedRow<'_>]) -> Result<(), sqlx::Error> {
-    let sql = format!(
-        "INSERT INTO users_v1 (company_id, application_id, user_id, seq, version, username, username_key, first_name, last_name, gender, emails, phone_numbers, meta, external_id, rr_id, account_type, created_at, updated_at, email, email_verified, phone, phone_verified, blocked, archived, login_count) VALUES {}",
-        placeholders(dialect, rows.len(), 22, 0).replace(')', ", 0, 0, 0)")
+/// A statement ready to run: its SQL and its bound values.
+struct Statement<'a> {
+    sql: String,
+    arguments: AnyArguments<'a>,
+}
+
+impl<'a> Statement<'a> {
+    fn new(sql: String, values: usize) -> Self {
+        let mut arguments = AnyArguments::default();
+        arguments.reserve(values, 0);
+        Statement { sql, arguments }
+    }
+
+    fn bind<T: 'a + sqlx::Encode<'a, sqlx::Any> + sqlx::Type<sqlx::Any>>(&mut self, value: T) -> &mut Self {
+        // Encoding into the Any driver's buffer only stores the value.
+        let _ = self.arguments.add(value);
+        self
+    }
+}
+
+async fn run_statements(conn: &mut AnyConnection, statements: Vec<Statement<'_>>) -> Result<(), sqlx::Error> {
+    for Statement { sql, arguments } in statements {
+        sqlx::query_with(&sql, arguments).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// The users rows of one chunk and their contacts, as statements, counting
+/// the users per (company, application). A user row that exists already
+/// would mean a double apply, which the checkpoint transaction rules out;
+/// the insert fails loudly if it happens (and so do the contacts, whose
+/// keys are distinct per user).
+fn created_statements<'a>(
+    dialect: Dialect,
+    chunk: &'a [RecordedEvent],
+    counts: &mut BTreeMap<(&'a str, &'a str), i64>,
+) -> Result<Vec<Statement<'a>>, ProjectionError> {
+    const USER_VALUES: usize = 22;
+    let rows = CreatedRow::all(chunk)?;
+    let mut users = Statement::new(
+        format!(
+            "INSERT INTO users_v1 (company_id, application_id, user_id, seq, version, username, username_key, first_name, last_name, gender, emails, phone_numbers, meta, external_id, rr_id, account_type, created_at, updated_at, email, email_verified, phone, phone_verified, blocked, archived, login_count) VALUES {}",
+            placeholders(dialect, rows.len(), USER_VALUES, 0).replace(')', ", 0, 0, 0)")
+        ),
+        rows.len() * USER_VALUES,
     );
-    let mut query = sqlx::query(&sql);
+    let mut contacts: Vec<(&'a RecordedEvent, &'a str, &'static str, String)> = Vec::with_capacity(rows.len() * 2);
     for row in rows {
-        let (event, e) = (row.event, &row.created);
-        let (email, email_verified, phone, phone_verified) = &row.primary;
-        query = query
+        let CreatedRow { event, user_id, created: e, emails, phones, meta, at, primary, keys } = row;
+        let (email, email_verified, phone, phone_verified) = primary;
+        *counts.entry((event.company_id.as_str(), event.application_id.as_str())).or_default() += 1;
+        users
             .bind(event.company_id.as_str())
             .bind(event.application_id.as_str())
-            .bind(row.user_id)
+            .bind(user_id)
             .bind(event.position)
             .bind(event.version)
-            .bind(e.username.as_str())
+            .bind(e.username.as_str().to_string())
             .bind(e.username.key())
-            .bind(e.first_name.as_ref().map(|n| n.as_str()))
-            .bind(e.last_name.as_ref().map(|n| n.as_str()))
+            .bind(e.first_name.map(|n| n.as_str().to_string()))
+            .bind(e.last_name.map(|n| n.as_str().to_string()))
             .bind(e.gender.map(|g| g.as_str()))
-            .bind(row.emails.as_str())
-            .bind(row.phones.as_str())
-            .bind(row.meta.as_str())
-            .bind(e.external_id.as_deref())
-            .bind(e.rr_id.as_deref())
-            .bind(e.account_type.as_str())
-            .bind(row.at.as_str())
-            .bind(row.at.as_str())
-            .bind(email.as_str())
-            .bind(i64::from(*email_verified))
-            .bind(phone.as_str())
-            .bind(i64::from(*phone_verified));
+            .bind(emails)
+            .bind(phones)
+            .bind(meta)
+            .bind(e.external_id)
+            .bind(e.rr_id)
+            .bind(e.account_type)
+            .bind(at.clone())
+            .bind(at)
+            .bind(email)
+            .bind(i64::from(email_verified))
+            .bind(phone)
+            .bind(i64::from(phone_verified));
+        contacts.extend(keys.into_iter().map(|(kind, value)| (event, user_id, kind, value)));
     }
-    query.execute(&mut *conn).await?;
-    let contacts: Vec<(&RecordedEvent, &str, &str, &str)> = rows
-        .iter()
-        .flat_map(|row| row.keys.iter().map(move |(kind, value)| (row.event, row.user_id, *kind, value.as_str())))
-        .collect();
+    let mut statements = vec![users];
     for chunk in contacts.chunks(ROWS_PER_STATEMENT * 2) {
         let sql = format!(
             "INSERT INTO user_contacts_v1 (application_id, user_id, kind, value) VALUES {}",
             placeholders(dialect, chunk.len(), 4, 0)
         );
-        let mut query = sqlx::query(&sql);
+        let mut statement = Statement::new(sql, chunk.len() * 4);
         for (event, user_id, kind, value) in chunk {
-            query = query.bind(event.application_id.as_str()).bind(*user_id).bind(*kind).bind(*value);
+            statement.bind(event.application_id.as_str()).bind(*user_id).bind(*kind).bind(value.clone());
         }
-        query.execute(&mut *conn).await?;
+        statements.push(statement);
     }
-    Ok(())
+    Ok(statements)
 }
 
 /// Sets a 0/1 column if the row is older than the event. Returns whether the

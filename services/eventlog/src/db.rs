@@ -65,7 +65,7 @@ const SQLITE_POOL_SYNC: &str = "PRAGMA synchronous = NORMAL;";
 /// is written once (a WAL writes it twice: into the log, then back). Only
 /// the rebuild's runner writes them, and nothing reads them meanwhile.
 const SQLITE_SCRATCH: &str =
-    "PRAGMA journal_mode = MEMORY; PRAGMA synchronous = OFF; PRAGMA cache_size = -262144; PRAGMA temp_store = MEMORY;";
+    "PRAGMA page_size = 65536; PRAGMA journal_mode = MEMORY; PRAGMA synchronous = OFF; PRAGMA cache_size = -262144; PRAGMA temp_store = MEMORY;";
 
 /// The log's own connections fsync every commit: acknowledged = durable.
 const SQLITE_LOG_SYNC: &str = "PRAGMA synchronous = FULL;";

@@ -194,9 +194,11 @@ async fn rebuild<P: Projection + Clone>(
     rows: &mut Vec<(String, String)>,
 ) -> anyhow::Result<()> {
     let name = projection.name();
-    let rebuild = Rebuild::start(log, projection).await?;
+    let mut rebuild = Rebuild::start(log, projection).await?;
     let started = Instant::now();
     let reached = rebuild.run_to(head, &mut |_| {}).await?;
+    // A PostgreSQL rebuild is not done until its read indexes exist.
+    rebuild.build_indexes().await?;
     let secs = started.elapsed().as_secs_f64();
     let switch_started = Instant::now();
     let switched = rebuild.switch(&mut |_| {}).await?;

@@ -52,7 +52,7 @@ async fn replay<P: Projection + Clone>(log: &SqlEventLog, projection: P, to: Opt
     let name = projection.name();
     let head = log.head().await?;
     let target = to.unwrap_or(head);
-    let rebuild = Rebuild::start(log, projection).await?;
+    let mut rebuild = Rebuild::start(log, projection).await?;
     let bar = ProgressBar::new(target.max(1) as u64);
     bar.set_style(
         ProgressStyle::with_template("{prefix:>14} [{bar:40}] {pos}/{len} events  {per_sec}  ETA {eta}")?
@@ -65,6 +65,7 @@ async fn replay<P: Projection + Clone>(log: &SqlEventLog, projection: P, to: Opt
     let location = rebuild.shadow.location.clone();
     let position = match to {
         Some(_) => {
+            rebuild.build_indexes().await?;
             bar.finish();
             println!("{name}: rebuilt to position {position}, kept in {location} (not switched)");
             position
