@@ -101,8 +101,9 @@ impl Shadow {
     }
 }
 
-/// What a switch did: the position the swapped-in model is at, and how long
-/// the live model's writer (SQLite: every writer) was held up.
+/// What a switch did: the position the swapped-in model is at, and the
+/// longest time the live model's writer (SQLite: every writer) was held up
+/// at once (a PostgreSQL switch that has to try again frees it in between).
 #[derive(Debug, Clone, Copy)]
 pub struct Switched {
     pub position: i64,
@@ -239,10 +240,16 @@ impl<P: Projection + Clone> Rebuild<P> {
         let schema: String = sqlx::query_scalar("SELECT current_schema()::text").fetch_one(&mut *conn).await?;
         let live_tables: Vec<String> = self.projection.tables().iter().map(|t| format!("{schema}.{t}")).collect();
         let lock_tables = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", live_tables.join(", "));
+        let deadlock_timeout: i64 =
+            sqlx::query_scalar("SELECT setting::bigint FROM pg_settings WHERE name = 'deadlock_timeout'")
+                .fetch_one(&mut *conn)
+                .await?;
+        let outwait_autovacuum = Duration::from_millis(deadlock_timeout.max(0) as u64) + LOCK_WAIT;
         let trying = Instant::now();
-        // Writes wait while the checkpoint row is held: summed over attempts.
+        // Writes wait while the checkpoint row is held: the longest of the attempts.
         let mut held = Duration::ZERO;
-        let position = loop {
+        let mut wait = LOCK_WAIT;
+        let (position, attempt) = loop {
             conn.execute("BEGIN").await?;
             let attempt = Instant::now();
             let live: i64 = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1 FOR UPDATE")
@@ -253,19 +260,20 @@ impl<P: Projection + Clone> Rebuild<P> {
             let position = self.run_to(live, progress).await?;
             // Moving the tables needs them to itself. A lock request that
             // waits makes every later reader wait behind it, so it may wait
-            // only briefly: behind a long reader (or autovacuum, which
-            // PostgreSQL cancels only after deadlock_timeout), give up,
-            // let the queue drain, and try again.
-            conn.execute(format!("SET LOCAL lock_timeout = '{}ms'", LOCK_WAIT.as_millis()).as_str()).await?;
+            // only briefly: behind a long reader, give up, let the queue
+            // drain, and try again. Autovacuum is the exception: PostgreSQL
+            // cancels it for a lock request only after `deadlock_timeout`,
+            // so when it is in the way the request waits that long.
+            conn.execute(format!("SET LOCAL lock_timeout = '{}ms'", wait.as_millis()).as_str()).await?;
             match conn.execute(lock_tables.as_str()).await {
                 Ok(_) => {
                     conn.execute("SET LOCAL lock_timeout = 0").await?;
-                    held += attempt.elapsed();
-                    break position;
+                    break (position, attempt);
                 }
                 Err(e) if lock_not_available(&e) && trying.elapsed() < SWITCH_PATIENCE => {
                     conn.execute("ROLLBACK").await?;
-                    held += attempt.elapsed();
+                    held = held.max(attempt.elapsed());
+                    wait = if autovacuum_holds(conn, &live_tables).await? { outwait_autovacuum } else { LOCK_WAIT };
                     tokio::time::sleep(LOCK_WAIT * 2).await;
                 }
                 Err(e) if lock_not_available(&e) => {
@@ -274,13 +282,12 @@ impl<P: Projection + Clone> Rebuild<P> {
                 Err(e) => return Err(e.into()),
             }
         };
-        let locked = Instant::now();
         for table in self.projection.tables() {
             conn.execute(format!("ALTER TABLE {schema}.{table} SET SCHEMA {old}").as_str()).await?;
             conn.execute(format!("ALTER TABLE {fresh}.{table} SET SCHEMA {schema}").as_str()).await?;
         }
         commit_switch(conn, name, position).await?;
-        let locked = held + locked.elapsed();
+        let locked = held.max(attempt.elapsed());
         conn.execute(format!("DROP SCHEMA IF EXISTS {old} CASCADE").as_str()).await?;
         Ok((position, locked))
     }
@@ -329,6 +336,19 @@ impl<P: Projection + Clone> Rebuild<P> {
         }
         Ok((position, locked))
     }
+}
+
+/// Whether an autovacuum worker holds a lock on any of `tables` (names as
+/// `schema.table`). `pg_locks` and the backend type are visible to every role.
+async fn autovacuum_holds(conn: &mut sqlx::AnyConnection, tables: &[String]) -> Result<bool, sqlx::Error> {
+    let relations: Vec<String> = tables.iter().map(|t| format!("'{t}'::regclass")).collect();
+    sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE a.backend_type = 'autovacuum worker' AND l.granted AND l.relation IN ({}))",
+        relations.join(", ")
+    ))
+    .fetch_one(conn)
+    .await
 }
 
 /// `maintenance_work_mem` of each deferred index build (they run at once).

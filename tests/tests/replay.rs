@@ -307,6 +307,79 @@ async fn a_switch_behind_a_long_reader_lets_other_readers_through() {
     assert_eq!(app.total_users().await, 20);
 }
 
+/// PostgreSQL: autovacuum on a live table does not give way to a lock
+/// request that waits less than `deadlock_timeout`, so a switch that only
+/// ever waited briefly would sit behind a long (here: throttled) autovacuum
+/// for as long as it runs. The switch must notice it and wait long enough
+/// for PostgreSQL to cancel it.
+#[tokio::test]
+async fn a_switch_is_not_held_off_by_autovacuum() {
+    let Some(db) = userstream_tests::fresh_postgres().await else { return };
+    let admin = std::env::var("DATABASE_URL_TEST").expect("admin url");
+    let cluster = Db::connect(&admin).await.expect("connect");
+    let set_naptime = |value: &'static str| {
+        let pool = cluster.pool.clone();
+        async move {
+            pool.execute(format!("ALTER SYSTEM SET autovacuum_naptime = {value}").as_str()).await.expect("naptime");
+            pool.execute("SELECT pg_reload_conf()").await.expect("reload");
+        }
+    };
+    set_naptime("1").await;
+    let app = TestApp::spawn_on(db.clone(), &[]).await;
+    for n in 0..5u32 {
+        app.create_user(json!({"phone_number": format!("93678{n:05}"), "username": format!("av{n}")})).await;
+    }
+    settle(&app).await;
+    let main = Db::connect(&db.url).await.expect("connect");
+    // Dead rows in a live table of users_v1, and an autovacuum on it that
+    // sleeps after every page (it would run for minutes).
+    main.pool
+        .execute(
+            "INSERT INTO user_sessions_v1 SELECT 'junk', 'u' || n, 's' || n, 'd', 'ua', 'ip', '2000-01-01', '2000-01-01' \
+             FROM generate_series(1, 50000) AS n; \
+             DELETE FROM user_sessions_v1 WHERE application_id = 'junk'; \
+             ALTER TABLE user_sessions_v1 SET (autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1, \
+             autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0)",
+        )
+        .await
+        .expect("dead rows");
+    let vacuuming = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND backend_type = 'autovacuum worker' AND query LIKE '%user_sessions_v1%'";
+    let mut seen = false;
+    for _ in 0..600 {
+        if sqlx::query_scalar::<_, i64>(vacuuming).fetch_one(&main.pool).await.expect("activity") > 0 {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    set_naptime("DEFAULT").await;
+    assert!(seen, "autovacuum never started on user_sessions_v1");
+    let mut replay = Command::new(binary())
+        .args(["replay", "--database", &db.url, "--projection", "users_v1"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start userstream replay");
+    // A liveness bound, not a speed figure: the throttled vacuum alone
+    // would take minutes.
+    let mut waited = Duration::ZERO;
+    while replay.try_wait().expect("replay").is_none() {
+        if waited > Duration::from_secs(60) {
+            let _ = replay.kill();
+            panic!("the switch is still waiting behind autovacuum after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+    let out = replay.wait_with_output().expect("replay ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("switched"), "{stdout}");
+    assert_eq!(app.total_users().await, 5);
+}
+
 /// `deploy/replay-ceiling.sh` (the database alone writing what a replay of
 /// `user.created` writes) fills the migrated schema with what it says.
 #[tokio::test]
