@@ -349,8 +349,8 @@ impl Projection for UsersProjection {
         let at = |t| format_time(t);
         match decoded {
             UserEvent::Created(_) => {
-                // Numbered placeholders work on both backends for a single row.
-                insert_created(conn, Dialect::Postgres, std::slice::from_ref(event)).await?;
+                let dialect = Dialect::of(conn);
+                insert_created(conn, dialect, std::slice::from_ref(event)).await?;
             }
             UserEvent::Updated(e) => apply_update(conn, event, user_id, &e).await?,
             UserEvent::Blocked(v1::UserBlocked { at: t, .. }) => {
@@ -615,18 +615,32 @@ fn created_statements<'a>(
             .bind(i64::from(phone_verified));
         contacts.extend(keys.into_iter().map(|(kind, value)| (event, user_id, kind, value)));
     }
-    let mut statements = vec![users];
+    // The first contacts go in the users' statement: one round trip (one
+    // command to SQLite's worker thread) per chunk. Numbered placeholders
+    // continue after the users' (SQLite's are anonymous and bind in order).
+    let users_values = users.arguments.len();
+    let mut users = Some(users);
+    let mut statements = Vec::with_capacity(1);
     for chunk in contacts.chunks(ROWS_PER_STATEMENT * 2) {
-        let sql = format!(
+        let (mut statement, offset) = match users.take() {
+            Some(users) => (users, users_values),
+            None => (Statement::new(String::new(), chunk.len() * 4), 0),
+        };
+        let insert = format!(
             "INSERT INTO user_contacts_v1 (application_id, user_id, kind, value) VALUES {}",
-            placeholders(dialect, chunk.len(), 4, 0)
+            placeholders(dialect, chunk.len(), 4, offset)
         );
-        let mut statement = Statement::new(sql, chunk.len() * 4);
+        statement.sql = match (offset, dialect) {
+            (0, _) => insert,
+            (_, Dialect::Sqlite) => format!("{}; {insert}", statement.sql),
+            (_, Dialect::Postgres) => format!("WITH users AS ({}) {insert}", statement.sql),
+        };
         for (event, user_id, kind, value) in chunk {
             statement.bind(event.application_id.as_str()).bind(*user_id).bind(*kind).bind(value.clone());
         }
         statements.push(statement);
     }
+    statements.extend(users);
     Ok(statements)
 }
 
