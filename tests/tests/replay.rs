@@ -410,5 +410,15 @@ async fn the_replay_ceiling_script_writes_users_and_their_contacts() {
             "{}",
             db.backend
         );
+        // PostgreSQL builds the query indexes after the rows; all are there.
+        let migrated = match db.backend {
+            "sqlite" => userstream_tests::fresh_sqlite(),
+            _ => userstream_tests::fresh_postgres().await.expect("a PostgreSQL test cluster"),
+        };
+        let out = Command::new(binary()).args(["migrate", "--database", &migrated.url]).output().expect("migrate");
+        assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+        let migrated = Db::connect(&migrated.url).await.expect("connect");
+        let tables = ["users_v1", "user_contacts_v1"];
+        assert_eq!(indexes(&conn, &tables).await, indexes(&migrated, &tables).await, "{}", db.backend);
     }
 }
