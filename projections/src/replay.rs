@@ -248,7 +248,6 @@ impl<P: Projection + Clone> Rebuild<P> {
         let trying = Instant::now();
         // Writes wait while the checkpoint row is held: the longest of the attempts.
         let mut held = Duration::ZERO;
-        let mut wait = LOCK_WAIT;
         let (position, attempt) = loop {
             conn.execute("BEGIN").await?;
             let attempt = Instant::now();
@@ -261,10 +260,8 @@ impl<P: Projection + Clone> Rebuild<P> {
             // Moving the tables needs them to itself. A lock request that
             // waits makes every later reader wait behind it, so it may wait
             // only briefly: behind a long reader, give up, let the queue
-            // drain, and try again. Autovacuum is the exception: PostgreSQL
-            // cancels it for a lock request only after `deadlock_timeout`,
-            // so when it is in the way the request waits that long.
-            conn.execute(format!("SET LOCAL lock_timeout = '{}ms'", wait.as_millis()).as_str()).await?;
+            // drain, and try again.
+            conn.execute(format!("SET LOCAL lock_timeout = '{}ms'", LOCK_WAIT.as_millis()).as_str()).await?;
             match conn.execute(lock_tables.as_str()).await {
                 Ok(_) => {
                     conn.execute("SET LOCAL lock_timeout = 0").await?;
@@ -273,8 +270,11 @@ impl<P: Projection + Clone> Rebuild<P> {
                 Err(e) if lock_not_available(&e) && trying.elapsed() < SWITCH_PATIENCE => {
                     conn.execute("ROLLBACK").await?;
                     held = held.max(attempt.elapsed());
-                    wait = if autovacuum_holds(conn, &live_tables).await? { outwait_autovacuum } else { LOCK_WAIT };
-                    tokio::time::sleep(LOCK_WAIT * 2).await;
+                    if autovacuum_holds(conn, &live_tables).await? {
+                        outwait_autovacuum_on(conn, &live_tables, outwait_autovacuum).await?;
+                    } else {
+                        tokio::time::sleep(LOCK_WAIT * 2).await;
+                    }
                 }
                 Err(e) if lock_not_available(&e) => {
                     return Err(ReplayError::Busy { projection: name.to_string(), waited: SWITCH_PATIENCE });
@@ -349,6 +349,28 @@ async fn autovacuum_holds(conn: &mut sqlx::AnyConnection, tables: &[String]) -> 
     ))
     .fetch_one(conn)
     .await
+}
+
+/// Gets autovacuum off `tables` without stalling anyone: PostgreSQL cancels
+/// an autovacuum worker that has blocked a lock request for
+/// `deadlock_timeout` (a wait of [`LOCK_WAIT`] never lasts that long). The
+/// request here is for the mode autovacuum itself holds, which readers and
+/// writers do not conflict with, so nobody queues behind it while it waits.
+/// The next attempt at the switch then finds the tables free.
+async fn outwait_autovacuum_on(
+    conn: &mut sqlx::AnyConnection,
+    tables: &[String],
+    wait: Duration,
+) -> Result<(), sqlx::Error> {
+    conn.execute("BEGIN").await?;
+    conn.execute(format!("SET LOCAL lock_timeout = '{}ms'", wait.as_millis()).as_str()).await?;
+    let locked =
+        conn.execute(format!("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE", tables.join(", ")).as_str()).await;
+    conn.execute("ROLLBACK").await?;
+    match locked {
+        Err(e) if !lock_not_available(&e) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// `maintenance_work_mem` of each deferred index build (they run at once).

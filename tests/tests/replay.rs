@@ -311,7 +311,8 @@ async fn a_switch_behind_a_long_reader_lets_other_readers_through() {
 /// request that waits less than `deadlock_timeout`, so a switch that only
 /// ever waited briefly would sit behind a long (here: throttled) autovacuum
 /// for as long as it runs. The switch must notice it and wait long enough
-/// for PostgreSQL to cancel it.
+/// for PostgreSQL to cancel it, without holding the live model's
+/// checkpoint (and so its writer) meanwhile.
 #[tokio::test]
 async fn a_switch_is_not_held_off_by_autovacuum() {
     let Some(db) = userstream_tests::fresh_postgres().await else { return };
@@ -377,6 +378,15 @@ async fn a_switch_is_not_held_off_by_autovacuum() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("switched"), "{stdout}");
+    let held: u64 = stdout
+        .split("writes held up ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no 'writes held up' in {stdout}"));
+    // Waiting out autovacuum under the checkpoint lock would hold the
+    // writer for at least deadlock_timeout (1 s).
+    assert!(held < 1000, "the switch held the live writer for {held} ms");
     assert_eq!(app.total_users().await, 5);
 }
 
