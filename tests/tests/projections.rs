@@ -284,6 +284,71 @@ async fn rebuilding_the_users_read_model_from_zero_equals_the_live_one() {
     }
 }
 
+/// A run of `user.created` longer than one statement (200 users), with more
+/// contacts per user than ride along in the users' statement (the first
+/// 400; the rest get statements of their own), builds the same rows as one
+/// event at a time.
+#[tokio::test]
+async fn long_runs_of_created_users_with_many_contacts_equal_one_at_a_time() {
+    use userstream_domain::user::{EmailEntry, PhoneEntry};
+    for test_db in fresh_databases().await {
+        let backend = test_db.backend;
+        let db = Db::connect(&test_db.url).await.expect("connect");
+        let log = SqlEventLog::open(db.clone()).await.expect("open");
+        let now = OffsetDateTime::now_utc();
+        let mut streams = Vec::new();
+        for i in 0..450 {
+            let id = new_user_id(now);
+            let email = |k: usize| EmailEntry {
+                email: Email::parse("e", &format!("u{i}-{k}@example.com")).expect("email"),
+                primary: k == 0,
+                verified: k == 1,
+                active: true,
+            };
+            let created = userstream_domain::codec::v1::UserCreated {
+                user_id: id.clone(),
+                username: Username::parse("u", &format!("many{i}")).expect("username"),
+                first_name: None,
+                last_name: None,
+                gender: None,
+                emails: (0..3).map(email).collect(),
+                phone_numbers: vec![PhoneEntry {
+                    phone: Phone::parse("p", &format!("97{i:08}")).expect("phone"),
+                    primary: true,
+                    verified: false,
+                    active: true,
+                }],
+                meta: json!({"i": i}),
+                external_id: None,
+                rr_id: None,
+                account_type: "user".into(),
+                at: now,
+            };
+            let mut request = one_event(
+                &format!("user-{}", id.as_str()),
+                "user.created",
+                serde_json::to_value(&created).expect("json"),
+            );
+            streams.append(&mut request.streams);
+        }
+        let mut request = one_event("unused", "unused", json!({}));
+        request.streams = streams;
+        log.append(request).await.expect("append 450 users at once");
+
+        let runner = Runner::new(log.clone(), UsersProjection).await.expect("runner").with_batch_size(1000);
+        while runner.step().await.expect("step") > 0 {}
+        let contacts: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM user_contacts_v1").fetch_one(&db.pool).await.expect("count");
+        assert_eq!(contacts, 450 * 4, "{backend}");
+        let batched = dump(&db).await;
+
+        reset_users_model(&db).await;
+        let runner = Runner::new(log.clone(), OneByOne(UsersProjection)).await.expect("runner");
+        while runner.step().await.expect("step") > 0 {}
+        assert_eq!(dump(&db).await, batched, "{backend}: event-by-event rows differ from the batched ones");
+    }
+}
+
 /// Runs of membership events are written as their net effect; random runs
 /// with leaves, rejoins, repeats and unmatched rows leave the same rows and
 /// totals as writing them one event at a time, and every total is the
