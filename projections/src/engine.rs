@@ -40,7 +40,7 @@ use userstream_domain::group::{Cause, GroupEvaluated, GroupEvent, MembershipChan
 use userstream_domain::rules::{self, Compiled, Condition};
 use userstream_domain::user::UserEvent;
 use userstream_eventlog::lease::Lease;
-use userstream_eventlog::Dialect;
+use userstream_eventlog::{delete_pairs, Dialect};
 use userstream_eventlog::{
     AppendRequest, Db, EventLog, ExpectedVersion, Migration, NewEvent, RecordedEvent, SqlEventLog, StreamAppend, Tenant,
 };
@@ -1374,9 +1374,9 @@ async fn write_overlay(conn: &mut AnyConnection, o: &Overlay, from: i64, last: i
         }
         q.execute(&mut *conn).await?;
     }
+    let dialect = Dialect::of(conn);
     for chunk in pairs(false).chunks(ROWS_PER_STATEMENT) {
-        let rows: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(2 * i + 1, 2))).collect();
-        let sql = format!("DELETE FROM engine_members WHERE (group_id, user_id) IN (VALUES {})", rows.join(", "));
+        let sql = delete_pairs(dialect, "engine_members", ("group_id", "user_id"), chunk.len(), "");
         let mut q = sqlx::query(&sql);
         for (g, u) in chunk {
             q = q.bind(g.as_str()).bind(u.as_str());

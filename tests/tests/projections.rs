@@ -349,6 +349,57 @@ async fn long_runs_of_created_users_with_many_contacts_equal_one_at_a_time() {
     }
 }
 
+/// Deleting many (group, user) pairs probes the primary key once per pair
+/// and never scans the table, on every backend (PostgreSQL planned the
+/// plain `(a, b) IN (VALUES …)` as a hash join over a sequential scan).
+#[tokio::test]
+async fn deleting_pairs_probes_the_key_and_never_scans_the_table() {
+    use sqlx::Executor;
+    for test_db in fresh_databases().await {
+        let backend = test_db.backend;
+        let db = Db::connect(&test_db.url).await.expect("connect");
+        db.pool
+            .execute("CREATE TABLE pairs (g TEXT NOT NULL, u TEXT NOT NULL, PRIMARY KEY (g, u))")
+            .await
+            .expect("table");
+        db.pool
+            .execute(
+                "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 20000) \
+                 INSERT INTO pairs SELECT 'g1', 'u' || n FROM s",
+            )
+            .await
+            .expect("rows");
+        db.pool.execute("ANALYZE pairs").await.expect("analyze");
+        let n = 1000;
+        let sql = userstream_eventlog::delete_pairs(db.dialect, "pairs", ("g", "u"), n, "");
+        let bind = |sql: String| {
+            let pool = db.pool.clone();
+            async move {
+                let mut query = sqlx::query(&sql);
+                for i in 0..n {
+                    query = query.bind("g1").bind(format!("u{}", i * 7 + 1));
+                }
+                query.fetch_all(&pool).await.expect("run")
+            }
+        };
+        let plan: Vec<String> = match db.dialect {
+            userstream_eventlog::Dialect::Sqlite => bind(format!("EXPLAIN QUERY PLAN {sql}"))
+                .await
+                .iter()
+                .map(|row| sqlx::Row::get::<String, _>(row, 3))
+                .collect(),
+            userstream_eventlog::Dialect::Postgres => {
+                bind(format!("EXPLAIN {sql}")).await.iter().map(|row| sqlx::Row::get::<String, _>(row, 0)).collect()
+            }
+        };
+        let plan = plan.join("\n");
+        assert!(!plan.contains("SCAN pairs") && !plan.contains("Seq Scan on pairs"), "{backend}: {plan}");
+        bind(sql).await;
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pairs").fetch_one(&db.pool).await.expect("count");
+        assert_eq!(left, 20000 - n as i64, "{backend}");
+    }
+}
+
 /// Runs of membership events are written as their net effect; random runs
 /// with leaves, rejoins, repeats and unmatched rows leave the same rows and
 /// totals as writing them one event at a time, and every total is the

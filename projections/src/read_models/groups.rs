@@ -8,7 +8,7 @@ use sqlx::{AnyConnection, Row};
 use std::collections::BTreeMap;
 use userstream_domain::codec;
 use userstream_domain::group::{GroupEvent, GroupWritten, MembershipChanged};
-use userstream_eventlog::{format_time, placeholders, Db, Dialect, Migration, RecordedEvent, Tenant};
+use userstream_eventlog::{delete_pairs, format_time, placeholders, Db, Dialect, Migration, RecordedEvent, Tenant};
 
 pub const NAME: &str = "groups_v1";
 
@@ -194,10 +194,8 @@ async fn write_memberships(
     let gone: Vec<(&str, &str)> =
         fates.iter().filter(|(_, f)| !matches!(f, Fate::Join(_))).map(|(key, _)| *key).collect();
     for chunk in gone.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "DELETE FROM group_members_v1 WHERE (group_id, user_id) IN (VALUES {}) RETURNING group_id",
-            placeholders(dialect, chunk.len(), 2, 0)
-        );
+        let sql =
+            delete_pairs(dialect, "group_members_v1", ("group_id", "user_id"), chunk.len(), " RETURNING group_id");
         let mut query = sqlx::query_scalar::<_, String>(&sql);
         for (group, user) in chunk {
             query = query.bind(*group).bind(*user);

@@ -21,7 +21,7 @@ mod recent;
 mod writer;
 
 pub use db::{Db, Dialect, Migration};
-pub use writer::{tuples as placeholders, Stats};
+pub use writer::{delete_pairs, tuples as placeholders, Stats};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

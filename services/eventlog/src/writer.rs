@@ -528,6 +528,29 @@ pub fn tuples(dialect: Dialect, n: usize, width: usize, offset: usize) -> String
         .join(", ")
 }
 
+/// `DELETE FROM {table}` the rows whose `({a}, {b})` is one of `n` bound
+/// pairs, followed by `tail` (a `RETURNING` clause, or empty), as one index
+/// probe per pair whatever the statistics say.
+///
+/// PostgreSQL plans `(a, b) IN (VALUES …)` with a long list as a hash join
+/// over a sequential scan of the whole table (measured: 5,000 pairs in
+/// 1,000,000 rows, 168–182 ms, growing with the table; even right after
+/// `ANALYZE`). Here each pair's row is found by a correlated probe of the
+/// primary key and deleted by its `ctid` (15 ms). A `ctid` is only stable
+/// while nobody updates the row, so this is for tables with one writer at
+/// a time (a projection's, under its lease). SQLite probes its index for
+/// the plain form.
+pub fn delete_pairs(dialect: Dialect, table: &str, (a, b): (&str, &str), n: usize, tail: &str) -> String {
+    let pairs = tuples(dialect, n, 2, 0);
+    match dialect {
+        Dialect::Sqlite => format!("DELETE FROM {table} WHERE ({a}, {b}) IN (VALUES {pairs}){tail}"),
+        Dialect::Postgres => format!(
+            "DELETE FROM {table} WHERE ctid = ANY (ARRAY(SELECT (SELECT t.ctid FROM {table} t WHERE t.{a} = v.x AND t.{b} = v.y) \
+             FROM (VALUES {pairs}) AS v (x, y))){tail}"
+        ),
+    }
+}
+
 /// The VALUES list of a multi-row insert.
 fn rows(dialect: Dialect, n: usize, width: usize) -> String {
     tuples(dialect, n, width, 0)
