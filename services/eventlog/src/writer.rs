@@ -536,10 +536,10 @@ pub fn tuples(dialect: Dialect, n: usize, width: usize, offset: usize) -> String
 /// over a sequential scan of the whole table (measured: 5,000 pairs in
 /// 1,000,000 rows, 168–182 ms, growing with the table; even right after
 /// `ANALYZE`). Here each pair's row is found by a correlated probe of the
-/// primary key and deleted by its `ctid` (15 ms). A `ctid` is only stable
-/// while nobody updates the row, so this is for tables with one writer at
-/// a time (a projection's, under its lease). SQLite probes its index for
-/// the plain form.
+/// primary key and deleted by its `ctid` (15 ms). An update gives a row a
+/// new `ctid`, which a concurrent delete here would miss, so this is only
+/// for tables whose rows are inserted and deleted, never updated (the
+/// member tables). SQLite probes its index for the plain form.
 pub fn delete_pairs(dialect: Dialect, table: &str, (a, b): (&str, &str), n: usize, tail: &str) -> String {
     let pairs = tuples(dialect, n, 2, 0);
     match dialect {
