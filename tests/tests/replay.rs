@@ -67,6 +67,29 @@ async fn indexes(db: &Db, tables: &[&str]) -> Vec<String> {
     names
 }
 
+/// `userstream replay --projection users_v1` on `db`, running, its output piped.
+fn start_users_replay(db: &TestDb) -> std::process::Child {
+    Command::new(binary())
+        .args(["replay", "--database", &db.url, "--projection", "users_v1"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start userstream replay")
+}
+
+/// Asks `count_sql` up to `tries` times, `every_ms` apart, until it counts
+/// more than 0. Returns whether it did.
+async fn counts_some(db: &Db, count_sql: &str, tries: u32, every_ms: u64) -> bool {
+    for _ in 0..tries {
+        if sqlx::query_scalar::<_, i64>(count_sql).fetch_one(&db.pool).await.expect("count") > 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(every_ms)).await;
+    }
+    false
+}
+
 async fn settle(app: &TestApp) {
     for _ in 0..400 {
         let (_, r) = app.readyz().await;
@@ -267,25 +290,11 @@ async fn a_switch_behind_a_long_reader_lets_other_readers_through() {
     let mut holder = main.dedicated_connection().await.expect("connection");
     holder.execute("BEGIN").await.expect("begin");
     sqlx::query("SELECT COUNT(*) FROM users_v1").execute(&mut holder).await.expect("long reader");
-    let replay = Command::new(binary())
-        .args(["replay", "--database", &db.url, "--projection", "users_v1"])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start userstream replay");
+    let mut replay = start_users_replay(&db);
     // Until the switch asks for the tables …
     let asking = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
                   AND (query LIKE 'LOCK TABLE%' OR query LIKE 'ALTER TABLE%')";
-    let mut asked = false;
-    for _ in 0..3000 {
-        if sqlx::query_scalar::<_, i64>(asking).fetch_one(&main.pool).await.expect("activity") > 0 {
-            asked = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(asked, "the replay never asked for the live tables");
+    assert!(counts_some(&main, asking, 3000, 20).await, "the replay never asked for the live tables");
     // … other readers still get through (a reader stuck behind the switch's
     // lock request would wait for the long reader: 5 s, then an error).
     for _ in 0..10 {
@@ -297,7 +306,6 @@ async fn a_switch_behind_a_long_reader_lets_other_readers_through() {
             .expect("a reader while the switch waits");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut replay = replay;
     assert!(replay.try_wait().expect("replay").is_none(), "the switch went ahead under a reader");
     holder.execute("COMMIT").await.expect("commit");
     let out = replay.wait_with_output().expect("replay ends");
@@ -346,23 +354,10 @@ async fn a_switch_is_not_held_off_by_autovacuum() {
         .expect("dead rows");
     let vacuuming = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
                      AND backend_type = 'autovacuum worker' AND query LIKE '%user_sessions_v1%'";
-    let mut seen = false;
-    for _ in 0..600 {
-        if sqlx::query_scalar::<_, i64>(vacuuming).fetch_one(&main.pool).await.expect("activity") > 0 {
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seen = counts_some(&main, vacuuming, 600, 100).await;
     set_naptime("DEFAULT").await;
     assert!(seen, "autovacuum never started on user_sessions_v1");
-    let mut replay = Command::new(binary())
-        .args(["replay", "--database", &db.url, "--projection", "users_v1"])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start userstream replay");
+    let mut replay = start_users_replay(&db);
     // A liveness bound, not a speed figure: the throttled vacuum alone
     // would take minutes.
     let mut waited = Duration::ZERO;
