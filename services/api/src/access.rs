@@ -44,11 +44,18 @@ pub struct Credential {
 }
 
 /// A freshly created key; the secret is shown once and never stored in clear.
-#[derive(Debug, Clone, Serialize)]
+/// `Debug` shows the key id only.
+#[derive(Clone, Serialize)]
 pub struct NewKey {
     pub api_key: String,
     pub api_secret: String,
     pub bearer: String,
+}
+
+impl std::fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewKey").field("api_key", &self.api_key).finish_non_exhaustive()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -61,7 +68,7 @@ struct TokenPayload {
 
 pub struct Access {
     keys: KeyStore,
-    signing_key: Vec<u8>,
+    signing_key: secrecy::SecretSlice<u8>,
     bearers: Mutex<HashMap<[u8; 32], Credential>>,
 }
 
@@ -77,7 +84,7 @@ impl Access {
         let keys = KeyStore::open(db).await?;
         let stored = keys.shared_secret("signing", &random_b64(32)).await?;
         let signing_key = B64.decode(stored).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        Ok(Access { keys, signing_key, bearers: Mutex::new(HashMap::new()) })
+        Ok(Access { keys, signing_key: signing_key.into(), bearers: Mutex::new(HashMap::new()) })
     }
 
     /// Creates an API key for a company (optionally bound to one application).
@@ -150,13 +157,15 @@ impl Access {
 
     /// HMAC-SHA256 of `data` under the server key.
     pub fn sign(&self, data: &[u8]) -> Vec<u8> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.signing_key).expect("HMAC takes keys of any length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(secrecy::ExposeSecret::expose_secret(&self.signing_key))
+            .expect("HMAC takes keys of any length");
         mac.update(data);
         mac.finalize().into_bytes().to_vec()
     }
 
     fn verify_mac(&self, data: &[u8], tag: &[u8]) -> bool {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.signing_key).expect("HMAC takes keys of any length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(secrecy::ExposeSecret::expose_secret(&self.signing_key))
+            .expect("HMAC takes keys of any length");
         mac.update(data);
         mac.verify_slice(tag).is_ok()
     }

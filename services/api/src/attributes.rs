@@ -12,11 +12,11 @@
 //!   for encrypted definitions, sealed before they reach the log.
 
 use crate::commands::{fold_events, new_user_id, CommandError, Meta};
-use crate::crypto::Sealer;
-use crate::error::ApiError;
 use crate::events::AsOf;
-use crate::extract::{tenant, JsonBody, QueryPairs};
-use crate::fynd::{caught_up, meta, parse_user_id, with_position as position_header, TenantPath};
+use crate::http::consistency::latest;
+use crate::http::ApiError;
+use crate::http::{meta, parse_user_id, with_position as position_header, TenantPath};
+use crate::http::{tenant, JsonBody, QueryPairs};
 use crate::{auth::Principal, AppState};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -219,7 +219,7 @@ fn slug_key(slug: &str) -> String {
 }
 
 async fn consistent(state: &AppState) -> Result<(), ApiError> {
-    caught_up(state, &[&state.attributes, &state.groups]).await
+    latest(state, &[&state.attributes, &state.groups]).await
 }
 
 pub async fn create_definition(
@@ -649,18 +649,6 @@ pub async fn value_by_id(State(state): State<AppState>, Path((c, a, raw)): DefPa
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("attribute {raw} not found")))?;
     let definition = state.attribute_queries.definition(&tenant, &row.definition_id).await?.map(|r| r.definition);
     Ok(Json(value_json(&state, &tenant, definition.as_ref(), &row)?))
-}
-
-/// The sealer the service uses: the configured key, or one kept in the database.
-pub async fn sealer(configured: Option<&str>, keys: &userstream_eventlog::keys::KeyStore) -> anyhow::Result<Sealer> {
-    let key = match configured {
-        Some(k) => k.to_string(),
-        None => {
-            tracing::warn!("USERSTREAM_ATTRIBUTE_KEY is not set: encrypted attributes use a key kept in the database");
-            keys.shared_secret("attribute-key", &Sealer::new_key()).await?
-        }
-    };
-    Ok(Sealer::from_base64(&key)?)
 }
 
 // ---------------------------------------------------------------------------

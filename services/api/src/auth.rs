@@ -14,7 +14,7 @@
 //!   checks HTTP Basic credentials itself.
 
 use crate::access::Credential;
-use crate::error::{ApiError, PassageError};
+use crate::http::error::{ApiError, PassageError};
 use crate::AppState;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};

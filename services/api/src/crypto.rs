@@ -5,12 +5,18 @@
 //! `USERSTREAM_ATTRIBUTE_KEY` (32 bytes, base64); without it a key is made
 //! once and kept in the database, which protects nothing against someone
 //! holding the database: set the variable in production.
+//!
+//! The database also keeps a check value sealed with the key of the first
+//! start. A server started with another key refuses to start, naming the
+//! mismatch, instead of answering 500 (or worse) on every encrypted read.
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
+use userstream_eventlog::keys::KeyStore;
 
 pub struct Sealer {
     cipher: Aes256Gcm,
@@ -22,6 +28,37 @@ pub enum CryptoError {
     BadKey,
     #[error("a sealed value could not be opened (wrong key or damaged data)")]
     Open,
+    #[error(
+        "the attribute key is not the one this database's encrypted attributes were sealed with \
+         (USERSTREAM_ATTRIBUTE_KEY / --attribute-key differs from the first start's, or was set or unset since)"
+    )]
+    WrongKey,
+    #[error("reading the attribute key check: {0}")]
+    Storage(#[from] sqlx::Error),
+}
+
+/// The plaintext of the check value kept beside the data.
+const CHECK_PLAINTEXT: &str = "userstream attribute key check v1";
+
+/// The sealer the service uses: the configured key, or one kept in the
+/// database; fails with [`CryptoError::WrongKey`] when the key does not open
+/// the check value sealed at the first start.
+pub async fn sealer(configured: Option<&SecretString>, keys: &KeyStore) -> Result<Sealer, CryptoError> {
+    let sealer = match configured {
+        Some(key) => Sealer::from_base64(key.expose_secret())?,
+        None => {
+            tracing::warn!("USERSTREAM_ATTRIBUTE_KEY is not set: encrypted attributes use a key kept in the database");
+            let stored = SecretString::from(keys.shared_secret("attribute-key", &Sealer::new_key()).await?);
+            Sealer::from_base64(stored.expose_secret())?
+        }
+    };
+    let candidate = sealer.seal(&json!(CHECK_PLAINTEXT)).to_string();
+    let check: Value = serde_json::from_str(&keys.shared_secret("attribute-key-check", &candidate).await?)
+        .map_err(|_| CryptoError::WrongKey)?;
+    match sealer.open(&check) {
+        Ok(v) if v == json!(CHECK_PLAINTEXT) => Ok(sealer),
+        _ => Err(CryptoError::WrongKey),
+    }
 }
 
 impl Sealer {

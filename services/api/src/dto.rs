@@ -3,7 +3,7 @@
 //! outcomes. No `null` is ever written: absent fields are omitted, because
 //! the official SDK's strict response check rejects nulls.
 
-use crate::error::ApiError;
+use crate::http::ApiError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use userstream_domain::platform::RequiredFields;

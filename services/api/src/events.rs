@@ -6,9 +6,9 @@
 
 use crate::commands::fold_events;
 use crate::dto::UserDto;
-use crate::error::ApiError;
-use crate::extract::{tenant, QueryPairs};
-use crate::fynd::TenantPath;
+use crate::http::ApiError;
+use crate::http::TenantPath;
+use crate::http::{tenant, QueryPairs};
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -420,7 +420,7 @@ pub async fn customer_history(
     Path((c, a, raw)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant(c, a)?;
-    let id = crate::fynd::parse_user_id(&raw)?;
+    let id = crate::http::parse_user_id(&raw)?;
     let (entries, _) = user_history(&state, &tenant, id.as_str()).await?.ok_or_else(|| user_not_found(&raw))?;
     Ok(Json(json!({ "user_id": id.as_str(), "history": entries })))
 }
@@ -448,7 +448,7 @@ pub async fn customer_timeline(
     Path((c, a, raw)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant(c, a)?;
-    let id = crate::fynd::parse_user_id(&raw)?;
+    let id = crate::http::parse_user_id(&raw)?;
     let (entries, current) = user_history(&state, &tenant, id.as_str()).await?.ok_or_else(|| user_not_found(&raw))?;
     let delete_on = match current {
         UserState::Archived { archived_at, .. } => {

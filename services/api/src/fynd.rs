@@ -1,10 +1,11 @@
 //! The Fynd platform "User" surface: customers, sessions, platform config.
 
-use crate::commands::{new_user_id, Commands, Meta, Outcome};
+use crate::commands::{new_user_id, Commands};
 use crate::dto::{ArchiveBody, BlockBody, CreateUserBody, Page, UndeleteBody, UpdateUserBody, UserDto};
-use crate::error::ApiError;
 use crate::events::AsOf;
-use crate::extract::{tenant, JsonBody, QueryPairs};
+use crate::http::{
+    command_response, if_match, meta, parse_user_id, tenant, ApiError, Consistency, JsonBody, QueryPairs, TenantPath,
+};
 use crate::{auth::Principal, AppState};
 use axum::extract::{Path, State};
 use axum::http::Method;
@@ -15,10 +16,9 @@ use axum::{Extension, Json};
 use serde_json::json;
 use userstream_domain::user::UserCommand;
 use userstream_domain::UserId;
-use userstream_eventlog::{EventLog, Tenant};
+use userstream_eventlog::Tenant;
 use userstream_projections::read_models::filter::Filter;
 use userstream_projections::read_models::users::MAX_PAGE_SIZE;
-use userstream_projections::RunnerHandle;
 
 pub const PREFIX: &str = "/service/platform/user/v1.0/company/{company_id}/application/{application_id}";
 
@@ -74,76 +74,11 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     ]
 }
 
-pub type TenantPath = Path<(String, String)>;
-
-/// Envelope metadata for a command from this request.
-pub fn meta(tenant: Tenant, principal: &Principal, headers: &HeaderMap) -> Result<Meta, ApiError> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
-    let idempotency_key = header("idempotency-key").map(str::to_string);
-    if idempotency_key.as_ref().is_some_and(|k| k.len() > 255) {
-        return Err(ApiError::invalid("Idempotency-Key is longer than 255 characters"));
-    }
-    Ok(Meta {
-        tenant,
-        actor: principal.actor(),
-        correlation_id: header("x-correlation-id")
-            .map(|c| c.chars().take(128).collect())
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-        idempotency_key,
-    })
-}
-
 /// `{"user": …}` (`CreateUserResponseSchema`), serialised straight from the DTO.
 #[derive(serde::Serialize)]
 struct UserEnvelope {
     #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<UserDto>,
-}
-
-/// Adds `X-Event-Position` to a response.
-pub fn with_position(mut response: Response, position: i64) -> Response {
-    if let Ok(v) = HeaderValue::from_str(&position.to_string()) {
-        response.headers_mut().insert("x-event-position", v);
-    }
-    response
-}
-
-/// Waits until each of `models` has every event committed before this call
-/// (read your own writes without a position), or fails with 503.
-pub async fn caught_up(state: &AppState, models: &[&RunnerHandle]) -> Result<(), ApiError> {
-    let head = state.commands.log().head().await?;
-    for model in models {
-        if !model.wait_for(head, state.config.min_position_wait).await {
-            return Err(ApiError::behind(head));
-        }
-    }
-    Ok(())
-}
-
-/// Adds `X-Event-Position` (and the user's `ETag`) to a command response.
-pub fn command_response(outcome: &Outcome, body: impl serde::Serialize) -> Response {
-    let mut response = with_position(Json(body).into_response(), outcome.position);
-    if let Some((_, version)) = outcome.user() {
-        if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
-            response.headers_mut().insert(header::ETAG, v);
-        }
-    }
-    response
-}
-
-pub fn parse_user_id(raw: &str) -> Result<UserId, ApiError> {
-    UserId::parse("user_id", raw)
-        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {raw} not found")))
-}
-
-/// `If-Match: "3"` (or `3`, or `W/"3"`) → 3.
-fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
-    let Some(raw) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let text = raw.to_str().unwrap_or("").trim();
-    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
-    text.parse::<i64>().map(Some).map_err(|_| ApiError::invalid("If-Match must be a version number like \"3\""))
 }
 
 async fn create_user(
@@ -251,25 +186,10 @@ async fn one_user_command(
     Ok(command_response(&outcome, json!({ "success": true })))
 }
 
-/// Waits until the users read model has reached the position the caller
-/// asks for (`X-Min-Position` or `?min_position=`), or fails with 503.
-async fn read_your_writes(state: &AppState, headers: &HeaderMap, query: &QueryPairs) -> Result<(), ApiError> {
-    let raw = headers.get("x-min-position").and_then(|v| v.to_str().ok()).or_else(|| query.get("min_position"));
-    let Some(raw) = raw else {
-        return Ok(());
-    };
-    let position: i64 = raw.trim().parse().map_err(|_| ApiError::invalid("min_position must be an integer"))?;
-    if state.users.wait_for(position, state.config.min_position_wait).await {
-        Ok(())
-    } else {
-        Err(ApiError::behind(position))
-    }
-}
-
 async fn get_user(
     State(state): State<AppState>,
     Path((company_id, application_id, user_id)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    consistency: Consistency,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(company_id, application_id)?;
@@ -277,7 +197,7 @@ async fn get_user(
     if let Some(as_of) = AsOf::from_query(&state, &query).await? {
         return crate::events::user_as_of(&state, &tenant, id.as_str(), as_of).await;
     }
-    read_your_writes(&state, &headers, &query).await?;
+    consistency.wait(&state, &[&state.users]).await?;
     let row =
         state.queries.get(&tenant, id.as_str()).await?.ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {user_id} not found"))
@@ -293,7 +213,7 @@ async fn get_user(
 async fn list_customers(
     State(state): State<AppState>,
     Path((company_id, application_id)): TenantPath,
-    headers: HeaderMap,
+    consistency: Consistency,
     query: QueryPairs,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = tenant(company_id, application_id)?;
@@ -306,7 +226,7 @@ async fn list_customers(
         }
         Some(q) => Some(Filter::email_or_phone(q)),
     };
-    read_your_writes(&state, &headers, &query).await?;
+    consistency.wait(&state, &[&state.users]).await?;
     let (rows, total) = state.queries.list(&tenant, filter.as_ref(), page_no, page_size).await?;
     let items: Vec<UserDto> = rows.into_iter().map(UserDto::from).collect();
     let page = Page {
@@ -322,7 +242,7 @@ async fn list_customers(
 async fn search_customers(
     State(state): State<AppState>,
     Path((company_id, application_id)): TenantPath,
-    headers: HeaderMap,
+    consistency: Consistency,
     query: QueryPairs,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = tenant(company_id, application_id)?;
@@ -337,7 +257,7 @@ async fn search_customers(
     if terms.len() > 100 {
         return Err(ApiError::invalid("query may hold at most 100 values"));
     }
-    read_your_writes(&state, &headers, &query).await?;
+    consistency.wait(&state, &[&state.users]).await?;
     let rows = state.queries.search(&tenant, &terms).await?;
     let users: Vec<UserDto> = rows.into_iter().map(UserDto::from).collect();
     Ok(Json(json!({ "users": users })))

@@ -12,10 +12,11 @@
 //!   in the group's `error.count`.
 
 use crate::commands::{new_user_id, CommandError, Meta};
-use crate::error::ApiError;
 use crate::events::{self, AsOf};
-use crate::extract::{tenant, JsonBody, QueryPairs};
-use crate::fynd::{caught_up, meta, with_position, TenantPath};
+use crate::http::consistency::latest;
+use crate::http::ApiError;
+use crate::http::{meta, with_position, TenantPath};
+use crate::http::{tenant, JsonBody, QueryPairs};
 use crate::{auth::Principal, AppState};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -100,7 +101,7 @@ async fn conditions(state: &AppState, tenant: &Tenant, body: Vec<ConditionBody>)
         });
     }
     // A definition created just before is known (read your own writes).
-    caught_up(state, &[&state.attributes]).await?;
+    latest(state, &[&state.attributes]).await?;
     let definitions = state.attribute_queries.definitions(tenant).await?;
     rules::compile(&out, |id| definitions.iter().find(|d| d.definition.id == id).map(|d| &d.definition))
         .map_err(|e| ApiError::invalid(e.to_string()))?;
@@ -204,7 +205,7 @@ async fn run(state: &AppState, meta: &Meta, id: &str, command: GroupCommand) -> 
 
 /// Waits until the groups read model has every event committed so far.
 async fn consistent(state: &AppState) -> Result<(), ApiError> {
-    caught_up(state, &[&state.groups]).await
+    latest(state, &[&state.groups]).await
 }
 
 /// A keyset page of a sorted member set, in the order the members read model answers.

@@ -6,11 +6,10 @@ pub mod auth;
 pub mod commands;
 pub mod crypto;
 pub mod dto;
-pub mod error;
 pub mod events;
-pub mod extract;
 pub mod fynd;
 pub mod groups;
+pub mod http;
 pub mod members_file;
 pub mod oauth;
 pub mod ops;
@@ -23,6 +22,7 @@ use axum::http::Method;
 use axum::routing::MethodRouter;
 use axum::Router;
 use commands::Commands;
+use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
@@ -35,10 +35,12 @@ use userstream_projections::read_models::users::{UsersProjection, UsersQuery};
 use userstream_projections::relay::{Relay, RelayConfig};
 use userstream_projections::{Runner, RunnerHandle};
 
-/// Settings of a running service, built once at start-up.
+/// Settings of a running service, built once at start-up. Secrets are
+/// [`SecretString`]s: `Debug` prints them redacted.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub database_url: String,
+    /// May hold a password (`postgres://user:pass@…`).
+    pub database_url: SecretString,
     /// Longest a query waits for `X-Min-Position` before answering 503.
     pub min_position_wait: Duration,
     /// Largest projection lag (in events) at which `/readyz` still says ready.
@@ -47,8 +49,9 @@ pub struct Config {
     pub body_limit: usize,
     /// How often projections poll for appends by other processes.
     pub poll_interval: Duration,
-    /// AES-256 key (base64) for encrypted attributes; `None` keeps one in the database.
-    pub attribute_key: Option<String>,
+    /// AES-256 key (base64) for encrypted attributes (`--attribute-key` /
+    /// `USERSTREAM_ATTRIBUTE_KEY`); `None` keeps one in the database.
+    pub attribute_key: Option<SecretString>,
     /// Publish every event to NATS JetStream (off on the embedded default).
     pub nats: Option<RelayConfig>,
 }
@@ -56,7 +59,7 @@ pub struct Config {
 impl Config {
     pub fn new(database_url: impl Into<String>) -> Self {
         Config {
-            database_url: database_url.into(),
+            database_url: SecretString::from(database_url.into()),
             min_position_wait: Duration::from_secs(5),
             ready_lag: 10_000,
             body_limit: 1024 * 1024,
@@ -98,10 +101,10 @@ pub struct Service {
 impl Service {
     /// Connects, migrates, and starts the log writer and the projection runners.
     pub async fn start(config: Config) -> anyhow::Result<Service> {
-        let db = Db::connect(&config.database_url).await?;
+        let db = Db::connect(config.database_url.expose_secret()).await?;
         let log = SqlEventLog::open(db.clone()).await?;
         let access = access::Access::open(db.clone()).await?;
-        let sealer = attributes::sealer(config.attribute_key.as_deref(), &KeyStore::open(db.clone()).await?).await?;
+        let sealer = crypto::sealer(config.attribute_key.as_ref(), &KeyStore::open(db.clone()).await?).await?;
         let cancel = CancellationToken::new();
         let poll = config.poll_interval;
         let users_runner = Runner::new(log.clone(), UsersProjection).await?;
@@ -180,7 +183,7 @@ async fn reject_oversized(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return error::ApiError::new(
+        return http::ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!("the request body is too large (limit {limit} bytes)"),

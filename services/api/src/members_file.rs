@@ -4,8 +4,8 @@
 //! bad file (unsupported scheme, unreachable host, missing `action` column,
 //! unknown action, too many rows) changes nothing.
 
-use crate::error::ApiError;
 use crate::groups::{MemberRow, MAX_MEMBER_ROWS};
+use crate::http::ApiError;
 use std::time::Duration;
 
 /// Largest file read.

@@ -12,9 +12,9 @@
 //!   position, so what a command returns is what a GET returns.
 
 use crate::commands::{new_user_id, Outcome};
-use crate::error::{ApiError, PassageError};
-use crate::extract::{tenant, JsonBody, QueryPairs};
-use crate::fynd::{caught_up, meta};
+use crate::http::error::{ApiError, PassageError};
+use crate::http::{meta, Consistency};
+use crate::http::{tenant, JsonBody, QueryPairs};
 use crate::{auth::Principal, AppState};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -172,10 +172,13 @@ async fn get_user(
     State(state): State<AppState>,
     Path((app_id, raw)): Path<(String, String)>,
     Extension(principal): Extension<Principal>,
+    consistency: Consistency,
 ) -> Result<Response, PassageError> {
     let tenant = passage_tenant(&principal, app_id)?;
     let id = user_id(&raw)?;
-    let row = read_current(&state, &tenant, id.as_str()).await?;
+    consistency.wait(&state, &[&state.users]).await?;
+    let row =
+        state.queries.get(&tenant, id.as_str()).await?.ok_or_else(|| PassageError::user_not_found(id.as_str()))?;
     Ok(Json(json!({ "user": passage_user(&row) })).into_response())
 }
 
@@ -278,11 +281,12 @@ async fn list_users(
     State(state): State<AppState>,
     Path(app_id): Path<String>,
     Extension(principal): Extension<Principal>,
+    consistency: Consistency,
     QueryPairs(pairs): QueryPairs,
 ) -> Result<Response, PassageError> {
     let tenant = passage_tenant(&principal, app_id)?;
     let query = ListQuery::parse(&pairs, OffsetDateTime::now_utc()).map_err(PassageError::invalid)?;
-    caught_up(&state, &[&state.users]).await?;
+    consistency.wait(&state, &[&state.users]).await?;
     let (rows, total) = user_list::list(&state.db, &tenant, &query).await?;
     let last = ((total + query.limit - 1) / query.limit).max(1);
     let path = format!("/v1/apps/{}/users", tenant.application_id);

@@ -8,9 +8,9 @@
 //! as a SHA-256 digest and answered as `********` when set; sending the mask
 //! back keeps the stored secret.
 
-use crate::error::ApiError;
-use crate::extract::{tenant, JsonBody};
-use crate::fynd::{meta, with_position, TenantPath};
+use crate::http::ApiError;
+use crate::http::{meta, with_position, TenantPath};
+use crate::http::{tenant, JsonBody};
 use crate::{auth::Principal, AppState};
 use axum::extract::State;
 use axum::http::HeaderMap;

@@ -12,9 +12,10 @@
 //!   session, and extends a rolling one once less than half its life is left.
 
 use crate::commands::Commands;
-use crate::error::ApiError;
-use crate::extract::{tenant, JsonBody, QueryPairs};
-use crate::fynd::{caught_up, command_response, meta, parse_user_id, TenantPath};
+use crate::http::consistency::latest;
+use crate::http::ApiError;
+use crate::http::{command_response, meta, parse_user_id, TenantPath};
+use crate::http::{tenant, JsonBody, QueryPairs};
 use crate::{auth::Principal, AppState};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -106,7 +107,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Waits until the users read model has every event committed before this
 /// request, so a list right after a login or logout shows it.
 async fn consistent(state: &AppState) -> Result<(), ApiError> {
-    caught_up(state, &[&state.users]).await
+    latest(state, &[&state.users]).await
 }
 
 fn required<'a>(query: &'a QueryPairs, key: &str) -> Result<&'a str, ApiError> {

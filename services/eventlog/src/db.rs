@@ -28,7 +28,8 @@ impl Dialect {
 }
 
 /// A connected database: the pool plus what kind of database it is.
-#[derive(Clone, Debug)]
+/// `Debug` leaves out the URL (it may hold a password).
+#[derive(Clone)]
 pub struct Db {
     pub pool: AnyPool,
     pub dialect: Dialect,
@@ -72,6 +73,12 @@ const SQLITE_SCRATCH: &str =
 
 /// The log's own connections fsync every commit: acknowledged = durable.
 const SQLITE_LOG_SYNC: &str = "PRAGMA synchronous = FULL;";
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("dialect", &self.dialect).finish_non_exhaustive()
+    }
+}
 
 impl Db {
     /// Connects to `sqlite://…` (file created if missing; WAL, fsync on every

@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 use userstream_api::access::Access;
 use userstream_api::{Config, Service};
@@ -80,9 +81,14 @@ enum Command {
         /// Address to listen on; port 0 picks a free port (printed on start).
         #[arg(long, env = "USERSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
         listen: String,
-        /// Longest a query waits for `X-Min-Position`, in milliseconds.
+        /// Longest a query waits for the writes it must see (the log's head,
+        /// or `X-Min-Position`) before answering 503, in milliseconds.
         #[arg(long, env = "USERSTREAM_MIN_POSITION_WAIT_MS", default_value_t = 5000)]
         min_position_wait_ms: u64,
+        /// The AES-256-GCM key of encrypted attributes: 32 bytes, base64.
+        /// Without it a key is kept in the database (development only).
+        #[arg(long = "attribute-key", env = "USERSTREAM_ATTRIBUTE_KEY", hide_env_values = true)]
+        attribute_key: Option<SecretString>,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -131,9 +137,10 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { database, listen, min_position_wait_ms, nats } => {
+        Command::Serve { database, listen, min_position_wait_ms, attribute_key, nats } => {
             let mut config = Config::new(database.url);
             config.min_position_wait = Duration::from_millis(min_position_wait_ms);
+            config.attribute_key = attribute_key.filter(|k| !k.expose_secret().trim().is_empty());
             config.nats = nats.relay();
             serve(config, &listen).await
         }
@@ -153,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
             let log = SqlEventLog::open(db.clone()).await?;
             Runner::new(log, UsersProjection).await?;
             Access::open(db).await?;
-            println!("migrated {}", database.url);
+            println!("migrated {}", redact(&database.url));
             Ok(())
         }
         Command::Bench(args) => bench::run(args).await,
@@ -163,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, listen: &str) -> anyhow::Result<()> {
-    let database = config.database_url.clone();
+    let database = config.database_url.expose_secret().to_string();
     let service = Service::start(config).await.with_context(|| format!("starting on {database}"))?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;

@@ -1,6 +1,6 @@
 //! Extractors that turn every kind of bad input into an [`ApiError`].
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
