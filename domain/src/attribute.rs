@@ -522,3 +522,88 @@ pub fn evolve_values(mut state: ValuesState, event: &ValuesEvent) -> ValuesState
     }
     state
 }
+
+/// The attribute definition stream kind (`attrdef-{id}`). A live
+/// definition holds its slug.
+pub struct DefinitionStream;
+
+impl crate::stream::Stream for DefinitionStream {
+    const KIND: &'static str = "attribute_definition";
+    type State = DefinitionState;
+    type Command = DefinitionCommand;
+    type Event = DefinitionEvent;
+    type Rejection = AttrError;
+
+    fn decide(
+        state: &DefinitionState,
+        command: DefinitionCommand,
+        ctx: &crate::stream::Context,
+    ) -> Result<Vec<DefinitionEvent>, AttrError> {
+        decide_definition(state, command, ctx.now)
+    }
+
+    fn evolve(state: DefinitionState, event: &DefinitionEvent) -> DefinitionState {
+        evolve_definition(state, event)
+    }
+
+    fn encode(event: &DefinitionEvent) -> crate::codec::EncodedEvent {
+        crate::codec::encode_definition(event)
+    }
+
+    fn decode(event_type: &str, schema: u32, data: &str) -> Result<DefinitionEvent, crate::codec::DecodeError> {
+        crate::codec::decode_definition(event_type, schema, data)
+    }
+
+    fn command_name(command: &DefinitionCommand) -> &'static str {
+        match command {
+            DefinitionCommand::Create(_) => "CreateAttributeDefinition",
+            DefinitionCommand::Update(_) => "UpdateAttributeDefinition",
+            DefinitionCommand::Delete => "DeleteAttributeDefinition",
+        }
+    }
+
+    fn unique_keys(state: &DefinitionState) -> Vec<String> {
+        match state {
+            DefinitionState::Live { definition, .. } => vec![format!("slug:{}", definition.slug)],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The stream kind of one user's attribute values (`attrs-{user_id}`).
+pub struct ValuesStream;
+
+impl crate::stream::Stream for ValuesStream {
+    const KIND: &'static str = "attribute_values";
+    type State = ValuesState;
+    type Command = ValuesCommand;
+    type Event = ValuesEvent;
+    type Rejection = AttrError;
+
+    fn decide(
+        state: &ValuesState,
+        command: ValuesCommand,
+        ctx: &crate::stream::Context,
+    ) -> Result<Vec<ValuesEvent>, AttrError> {
+        decide_values(state, command, ctx.now)
+    }
+
+    fn evolve(state: ValuesState, event: &ValuesEvent) -> ValuesState {
+        evolve_values(state, event)
+    }
+
+    fn encode(event: &ValuesEvent) -> crate::codec::EncodedEvent {
+        crate::codec::encode_values(event)
+    }
+
+    fn decode(event_type: &str, schema: u32, data: &str) -> Result<ValuesEvent, crate::codec::DecodeError> {
+        crate::codec::decode_values(event_type, schema, data)
+    }
+
+    fn command_name(command: &ValuesCommand) -> &'static str {
+        match command {
+            ValuesCommand::Upsert(_) => "UpsertAttributes",
+            ValuesCommand::Delete { .. } => "DeleteAttributes",
+        }
+    }
+}

@@ -286,3 +286,51 @@ pub fn evolve(state: GroupState, event: &GroupEvent) -> GroupState {
         (state, _) => state,
     }
 }
+
+/// The group stream kind (`group-{id}`). A live group holds its `uid`.
+pub struct GroupStream;
+
+impl crate::stream::Stream for GroupStream {
+    const KIND: &'static str = "group";
+    type State = GroupState;
+    type Command = GroupCommand;
+    type Event = GroupEvent;
+    type Rejection = GroupError;
+
+    fn decide(
+        state: &GroupState,
+        command: GroupCommand,
+        ctx: &crate::stream::Context,
+    ) -> Result<Vec<GroupEvent>, GroupError> {
+        decide(state, command, ctx.now)
+    }
+
+    fn evolve(state: GroupState, event: &GroupEvent) -> GroupState {
+        evolve(state, event)
+    }
+
+    fn encode(event: &GroupEvent) -> crate::codec::EncodedEvent {
+        crate::codec::encode_group(event)
+    }
+
+    fn decode(event_type: &str, schema: u32, data: &str) -> Result<GroupEvent, crate::codec::DecodeError> {
+        crate::codec::decode_group(event_type, schema, data)
+    }
+
+    fn command_name(command: &GroupCommand) -> &'static str {
+        match command {
+            GroupCommand::Create { .. } => "CreateGroup",
+            GroupCommand::Update(_) => "UpdateGroup",
+            GroupCommand::Delete => "DeleteGroup",
+            GroupCommand::Refresh => "RefreshGroup",
+            GroupCommand::PatchMembers { .. } => "PatchGroupMembers",
+        }
+    }
+
+    fn unique_keys(state: &GroupState) -> Vec<String> {
+        match state {
+            GroupState::Live(g) => vec![format!("group_uid:{}", g.uid)],
+            _ => Vec::new(),
+        }
+    }
+}

@@ -186,7 +186,7 @@ impl Default for PlatformConfig {
             register: true,
             mobile_image: String::new(),
             desktop_image: String::new(),
-            delete_account_day: crate::user::Context::DEFAULT_DELETE_ACCOUNT_DAY,
+            delete_account_day: crate::stream::Context::DEFAULT_DELETE_ACCOUNT_DAY,
             delete_account_reasons: Vec::new(),
             delete_account_consent: DeleteAccountConsent::default(),
             session_config: SessionConfig::default(),
@@ -304,5 +304,40 @@ pub fn decode(
     match (event_type, schema) {
         (PLATFORM_CONFIG_UPDATED, 1) => shape(event_type, schema, data),
         _ => Err(DecodeError::UnknownType { event_type: event_type.to_string(), schema }),
+    }
+}
+
+/// The platform config stream kind (`config-{company}-{application}`).
+pub struct ConfigStream;
+
+impl crate::stream::Stream for ConfigStream {
+    const KIND: &'static str = "platform_config";
+    type State = ConfigState;
+    type Command = PlatformConfig;
+    type Event = ConfigUpdated;
+    type Rejection = ConfigError;
+
+    fn decide(
+        state: &ConfigState,
+        command: PlatformConfig,
+        ctx: &crate::stream::Context,
+    ) -> Result<Vec<ConfigUpdated>, ConfigError> {
+        decide(state, command, ctx.now)
+    }
+
+    fn evolve(state: ConfigState, event: &ConfigUpdated) -> ConfigState {
+        evolve(state, event)
+    }
+
+    fn encode(event: &ConfigUpdated) -> EncodedEvent {
+        encode(event)
+    }
+
+    fn decode(event_type: &str, schema: u32, data: &str) -> Result<ConfigUpdated, DecodeError> {
+        decode(event_type, schema, data)
+    }
+
+    fn command_name(_: &PlatformConfig) -> &'static str {
+        "UpdatePlatformConfig"
     }
 }

@@ -8,21 +8,7 @@ use time::{Duration, OffsetDateTime};
 
 pub use v1::{EmailEntry, PhoneEntry};
 
-/// Everything a decision may depend on besides the state and the command.
-#[derive(Debug, Clone)]
-pub struct Context {
-    pub now: OffsetDateTime,
-    /// Days after archiving during which a user may still be restored.
-    pub delete_account_day: u32,
-}
-
-impl Context {
-    pub const DEFAULT_DELETE_ACCOUNT_DAY: u32 = 30;
-
-    pub fn at(now: OffsetDateTime) -> Self {
-        Context { now, delete_account_day: Self::DEFAULT_DELETE_ACCOUNT_DAY }
-    }
-}
+pub use crate::stream::Context;
 
 /// A user's profile as the events have built it.
 #[derive(Debug, Clone, PartialEq)]
@@ -521,4 +507,49 @@ impl v1::UserUpdated {
 /// Folds a whole history into a state.
 pub fn replay<'a>(events: impl IntoIterator<Item = &'a UserEvent>) -> UserState {
     events.into_iter().fold(UserState::NotCreated, evolve)
+}
+
+/// The user stream kind (`user-{id}`).
+pub struct UserStream;
+
+impl crate::stream::Stream for UserStream {
+    const KIND: &'static str = "user";
+    type State = UserState;
+    type Command = UserCommand;
+    type Event = UserEvent;
+    type Rejection = UserError;
+
+    fn decide(state: &UserState, command: UserCommand, ctx: &Context) -> Result<Vec<UserEvent>, UserError> {
+        decide(state, command, ctx)
+    }
+
+    fn evolve(state: UserState, event: &UserEvent) -> UserState {
+        evolve(state, event)
+    }
+
+    fn encode(event: &UserEvent) -> crate::codec::EncodedEvent {
+        crate::codec::encode(event)
+    }
+
+    fn decode(event_type: &str, schema: u32, data: &str) -> Result<UserEvent, crate::codec::DecodeError> {
+        crate::codec::decode(event_type, schema, data)
+    }
+
+    fn command_name(command: &UserCommand) -> &'static str {
+        match command {
+            UserCommand::Create(_) => "CreateUser",
+            UserCommand::Update(_) => "UpdateUser",
+            UserCommand::Block { .. } => "BlockUser",
+            UserCommand::Unblock { .. } => "UnblockUser",
+            UserCommand::Archive => "ArchiveUser",
+            UserCommand::Restore { .. } => "RestoreUser",
+            UserCommand::StartSession(_) => "StartSession",
+            UserCommand::TouchSession { .. } => "TouchSession",
+            UserCommand::RevokeSessions { .. } => "RevokeSessions",
+        }
+    }
+
+    fn unique_keys(state: &UserState) -> Vec<String> {
+        state.unique_keys().into_iter().map(|(kind, value)| format!("{}:{value}", kind.as_str())).collect()
+    }
 }

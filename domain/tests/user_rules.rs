@@ -301,7 +301,7 @@ fn restoring_after_the_window_is_refused() {
 #[test]
 fn the_restore_window_follows_delete_account_day() {
     let state = given(vec![(create(), T0), (UserCommand::Archive, T0)]);
-    let ctx = Context { now: T0 + Duration::days(3), delete_account_day: 2 };
+    let ctx = Context { delete_account_day: 2, ..Context::at(T0 + Duration::days(3)) };
     assert_eq!(
         decide(&state, UserCommand::Restore { reason: String::new() }, &ctx),
         Err(UserError::RestoreWindowPassed { days: 2 })

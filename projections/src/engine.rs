@@ -24,7 +24,7 @@
 //!   key, and the members read model applies joins and leaves idempotently.
 
 use crate::probe;
-use crate::runner::{report_position, STANDBY_POLL};
+use crate::runner::{report_position, RunnerHandle, STANDBY_POLL};
 use crate::ProjectionError;
 use serde_json::Value;
 use sqlx::{AnyConnection, Executor, Row};
@@ -218,6 +218,8 @@ pub struct Engine {
     log: SqlEventLog,
     db: Db,
     position: watch::Sender<i64>,
+    /// Set when a poison event stopped the engine.
+    failure: Arc<std::sync::Mutex<Option<String>>>,
     /// Compiled rules by group id, with the generation they belong to.
     compiled: HashMap<String, (i64, Arc<CompiledRule>)>,
     /// Per application, the rule groups an empty user satisfies; cleared by
@@ -234,23 +236,6 @@ pub struct Engine {
     /// process last read or wrote it; `None`: read it again (at start, after
     /// a failure). Only the lease's owner writes that row.
     stored: Option<(i64, Option<(i64, i64)>)>,
-}
-
-/// A handle on the engine: its checkpoint, to wait for.
-#[derive(Clone)]
-pub struct EngineHandle {
-    position: watch::Receiver<i64>,
-}
-
-impl EngineHandle {
-    pub fn position(&self) -> i64 {
-        *self.position.borrow()
-    }
-
-    pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {
-        let mut rx = self.position.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position)).await.is_ok_and(|r| r.is_ok())
-    }
 }
 
 fn storage(e: sqlx::Error) -> ProjectionError {
@@ -273,6 +258,7 @@ impl Engine {
             log,
             db,
             position: watch::channel(0).0,
+            failure: Arc::default(),
             compiled: HashMap::new(),
             empty_matching: HashMap::new(),
             groups: BTreeMap::new(),
@@ -316,8 +302,9 @@ impl Engine {
         sqlx::query_scalar("SELECT position FROM engine_state WHERE name = 'membership'").fetch_one(&self.db.pool).await
     }
 
-    pub fn handle(&self) -> EngineHandle {
-        EngineHandle { position: self.position.subscribe() }
+    /// Its checkpoint, to wait for, and its health, as any projection's.
+    pub fn handle(&self) -> RunnerHandle {
+        RunnerHandle::new(NAME, self.position.subscribe(), self.failure.clone())
     }
 
     /// Runs until cancelled while this process holds the engine's lease
@@ -348,6 +335,16 @@ impl Engine {
             match self.step().await {
                 Ok(true) => continue,
                 Ok(false) => {}
+                Err(ProjectionError::Poison { position, reason }) => {
+                    // As a projection does: stop, record, never skip.
+                    tracing::error!(position, %reason, "membership engine stopped");
+                    let message = format!("stopped at poison event {position}: {reason}");
+                    if let Ok(mut f) = self.failure.lock() {
+                        *f = Some(message.clone());
+                    }
+                    crate::runner::record_failure(&self.db, NAME, &message).await;
+                    return;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "membership engine batch failed; retrying");
                     // Its in-memory state may be ahead of what was committed.
@@ -483,10 +480,7 @@ impl Engine {
                 release: vec![],
                 idempotency_key: Some(format!("engine:{first}:{last}")),
             };
-            self.log
-                .append(request)
-                .await
-                .map_err(|e| ProjectionError::Storage(sqlx::Error::Protocol(e.to_string())))?;
+            self.log.append(request).await.map_err(ProjectionError::Append)?;
         }
         Ok(())
     }
@@ -1392,9 +1386,9 @@ async fn write_overlay(conn: &mut AnyConnection, o: &Overlay, from: i64, last: i
             .await?;
     if moved.rows_affected() != 1 {
         // Another instance committed this range (this one lost its lease).
-        return Err(ProjectionError::Storage(sqlx::Error::Protocol(format!(
+        return Err(ProjectionError::LostLease(format!(
             "membership engine checkpoint moved from {from}: batch discarded"
-        ))));
+        )));
     }
     Ok(())
 }

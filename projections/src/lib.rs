@@ -1,5 +1,12 @@
 //! Read models of userstream and the machinery that builds them from the log.
 //!
+//! Modules: [`runner`] (batch → apply → checkpoint in one transaction,
+//! leases, poison events), [`read_models`] (users, attributes, groups and
+//! their queries), [`engine`] (the membership reactor), [`relay`] (NATS
+//! JetStream), [`replay`] (rebuild beside, then swap), [`probe`] (index
+//! probes for rule conditions). Everything here depends on the event log
+//! and the domain, never on the API.
+//!
 //! A projection is a name, the migrations of its tables, and an `apply` that
 //! writes one event into those tables inside the runner's transaction. The
 //! runner owns ordering, checkpoints, leases and retries; a projection only

@@ -57,6 +57,13 @@ pub enum ProjectionError {
     /// The database failed; the batch is retried.
     #[error("storage failure: {0}")]
     Storage(#[from] sqlx::Error),
+    /// An append of the worker's output failed; the batch is retried.
+    #[error("appending output: {0}")]
+    Append(#[from] userstream_eventlog::AppendError),
+    /// Another instance committed this batch first (it took over the
+    /// lease); the batch is discarded and read again.
+    #[error("{0}")]
+    LostLease(String),
 }
 
 /// What a runner reports about itself.
@@ -194,7 +201,7 @@ impl<P: Projection> Runner<P> {
                     self.record_failure(&message).await;
                     return;
                 }
-                Err(ProjectionError::Storage(e)) => {
+                Err(e @ (ProjectionError::Storage(_) | ProjectionError::Append(_) | ProjectionError::LostLease(_))) => {
                     tracing::warn!(projection = self.projection.name(), error = %e, "projection batch failed; retrying");
                     tokio::select! {
                         _ = cancel.cancelled() => return,
@@ -210,11 +217,7 @@ impl<P: Projection> Runner<P> {
         if let Ok(mut f) = self.failure.lock() {
             *f = Some(message.to_string());
         }
-        let _ = sqlx::query("UPDATE checkpoints SET failure = $1 WHERE name = $2")
-            .bind(message)
-            .bind(self.projection.name())
-            .execute(&self.target.pool)
-            .await;
+        record_failure(&self.target, self.projection.name(), message).await;
     }
 
     /// Applies one batch. Returns how many events it applied (0: nothing new,
@@ -298,6 +301,22 @@ impl<P: Projection> Runner<P> {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// Stores why the worker `name` stopped in its checkpoint row (creating
+/// the row if the worker keeps its position elsewhere).
+pub(crate) async fn record_failure(db: &Db, name: &str, message: &str) {
+    let stored = sqlx::query(
+        "INSERT INTO checkpoints (name, position, failure) VALUES ($1, 0, $2) \
+         ON CONFLICT (name) DO UPDATE SET failure = excluded.failure",
+    )
+    .bind(name)
+    .bind(message)
+    .execute(&db.pool)
+    .await;
+    if let Err(e) = stored {
+        tracing::error!(worker = name, error = %e, "could not record the failure");
     }
 }
 

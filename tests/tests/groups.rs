@@ -678,3 +678,52 @@ async fn numbers_after_text_values_reach_the_filter_and_the_groups() {
         assert_eq!(high, expected, "{backend}");
     }
 }
+
+/// The engine treats an event it cannot decode as a projection does: it
+/// stops there, records why, and `/readyz` says so (it used to retry
+/// forever, invisibly).
+#[tokio::test]
+async fn a_poison_event_stops_the_membership_engine_and_readyz_names_it() {
+    use userstream_eventlog::{AppendRequest, EventLog, ExpectedVersion, NewEvent, SqlEventLog, StreamAppend, Tenant};
+    let app = TestApp::spawn().await;
+    let db = userstream_eventlog::Db::connect(&app.db.url).await.expect("db");
+    let log = SqlEventLog::open(db.clone()).await.expect("log");
+    let request = AppendRequest {
+        tenant: Tenant { company_id: COMPANY.into(), application_id: APP.into() },
+        actor: "test".into(),
+        correlation_id: "poison".into(),
+        causation_id: None,
+        streams: vec![StreamAppend {
+            stream: "attrs-61f02c3dcc701256044ed6c0".into(),
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent {
+                event_id: uuid::Uuid::now_v7(),
+                event_type: "attribute.upserted".into(),
+                schema: 1,
+                occurred_at: time::OffsetDateTime::now_utc(),
+                data: json!({"not": "a value"}),
+            }],
+        }],
+        reserve: vec![],
+        release: vec![],
+        idempotency_key: None,
+    };
+    let position = log.append(request).await.expect("append").last_position;
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let (status, body) = app.readyz().await;
+        last = body;
+        let reasons = last["reasons"].to_string();
+        if status == 503 && reasons.contains(&format!("membership: stopped at poison event {position}")) {
+            let stored: Option<String> =
+                sqlx::query_scalar("SELECT failure FROM checkpoints WHERE name = 'membership'")
+                    .fetch_one(&db.pool)
+                    .await
+                    .expect("checkpoint row");
+            assert!(stored.is_some_and(|f| f.contains("poison")), "the failure is recorded");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the engine did not report the poison event: {last}");
+}

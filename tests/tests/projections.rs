@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-use userstream_api::commands::{new_user_id, Commands, Meta};
+use userstream_api::commands::{Commands, Meta};
 use userstream_domain::user::{Context, CreateUser, UpdateUser, UserCommand};
 use userstream_domain::{Email, Phone, Username};
 use userstream_eventlog::{
@@ -235,7 +235,7 @@ async fn rebuilding_the_users_read_model_from_zero_equals_the_live_one() {
         let ctx = Context::at(OffsetDateTime::now_utc());
         let mut ids = Vec::new();
         for i in 0..12 {
-            let id = new_user_id(ctx.now);
+            let id = Commands::context_of(&Default::default()).id(0);
             let create = CreateUser {
                 user_id: id.clone(),
                 username: Username::parse("u", &format!("user{i}")).expect("u"),
@@ -260,13 +260,46 @@ async fn rebuilding_the_users_read_model_from_zero_equals_the_live_one() {
             }]),
             ..Default::default()
         };
-        commands.handle(&meta, &ids[0], UserCommand::Update(update), None, &ctx).await.expect("update");
+        commands
+            .handle::<userstream_domain::user::UserStream>(
+                &meta,
+                userstream_domain::StreamId::user(&ids[0]),
+                UserCommand::Update(update),
+                None,
+                &ctx,
+            )
+            .await
+            .expect("update");
         commands.set_blocked(&meta, &ids[1..4], true, "r", &ctx).await.expect("block");
         commands.set_blocked(&meta, &ids[2..3], false, "r", &ctx).await.expect("unblock");
-        commands.handle(&meta, &ids[5], UserCommand::Archive, None, &ctx).await.expect("archive");
-        commands.handle(&meta, &ids[6], UserCommand::Archive, None, &ctx).await.expect("archive");
+        commands
+            .handle::<userstream_domain::user::UserStream>(
+                &meta,
+                userstream_domain::StreamId::user(&ids[5]),
+                UserCommand::Archive,
+                None,
+                &ctx,
+            )
+            .await
+            .expect("archive");
+        commands
+            .handle::<userstream_domain::user::UserStream>(
+                &meta,
+                userstream_domain::StreamId::user(&ids[6]),
+                UserCommand::Archive,
+                None,
+                &ctx,
+            )
+            .await
+            .expect("archive");
         let last = commands
-            .handle(&meta, &ids[6], UserCommand::Restore { reason: "r".into() }, None, &ctx)
+            .handle::<userstream_domain::user::UserStream>(
+                &meta,
+                userstream_domain::StreamId::user(&ids[6]),
+                UserCommand::Restore { reason: "r".into() },
+                None,
+                &ctx,
+            )
             .await
             .expect("restore")
             .position;
@@ -308,7 +341,7 @@ async fn long_runs_of_created_users_with_many_contacts_equal_one_at_a_time() {
         let now = OffsetDateTime::now_utc();
         let mut streams = Vec::new();
         for i in 0..450 {
-            let id = new_user_id(now);
+            let id = userstream_domain::Context::at(now).id(i);
             let email = |k: usize| EmailEntry {
                 email: Email::parse("e", &format!("u{i}-{k}@example.com")).expect("email"),
                 primary: k == 0,

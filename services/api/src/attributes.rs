@@ -11,7 +11,7 @@
 //! - Values are validated against the definition (400 naming the rule) and,
 //!   for encrypted definitions, sealed before they reach the log.
 
-use crate::commands::{fold_events, new_user_id, CommandError, Meta};
+use crate::commands::{fold_events, CommandError, Meta, Rejection};
 use crate::events::AsOf;
 use crate::http::consistency::latest;
 use crate::http::ApiError;
@@ -25,28 +25,18 @@ use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use time::OffsetDateTime;
 use userstream_domain::attribute::{
-    self, AttrError, AttrType, Definition, DefinitionCommand, DefinitionState, NewValue, Validation, ValuesCommand,
-    ValuesState,
+    AttrError, AttrType, Definition, DefinitionCommand, DefinitionState, DefinitionStream, NewValue, Validation,
+    ValuesCommand, ValuesState, ValuesStream,
 };
-use userstream_domain::codec;
 use userstream_domain::rules;
-use userstream_domain::UserId;
-use userstream_eventlog::{EventLog, ExpectedVersion, Reservation, Tenant};
+use userstream_domain::{Context, Stream, StreamId, UserId};
+use userstream_eventlog::Tenant;
 use userstream_projections::read_models::attributes::{DefinitionFilter, DefinitionRow, ValueRow};
 use userstream_projections::read_models::users::MAX_PAGE_SIZE;
 
 type DefPath = Path<(String, String, String)>;
 type DefUserPath = Path<(String, String, String, String)>;
-
-pub fn definition_stream(id: &str) -> String {
-    format!("attrdef-{id}")
-}
-
-pub fn values_stream(user_id: &str) -> String {
-    format!("attrs-{user_id}")
-}
 
 /// The wire body of create and update. Both spellings of multi-value are accepted.
 #[derive(Debug, Deserialize, Default)]
@@ -153,12 +143,7 @@ impl DefinitionBody {
 }
 
 fn attr_error(e: AttrError) -> ApiError {
-    match e {
-        AttrError::NotFound | AttrError::NoValue(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
-        AttrError::AlreadyExists => ApiError::new(StatusCode::CONFLICT, "duplicate", e.to_string()),
-        AttrError::Locked(_) => ApiError::new(StatusCode::CONFLICT, "locked", e.to_string()),
-        AttrError::Rule { .. } | AttrError::Invalid { .. } => ApiError::invalid(e.to_string()),
-    }
+    Rejection::from(e).into()
 }
 
 /// The wire shape of a definition (`UserAttributeDefinition`), no nulls.
@@ -207,15 +192,8 @@ fn row_json(tenant: &Tenant, r: &DefinitionRow) -> Value {
 
 /// Loads a definition stream of the tenant.
 async fn load_definition(state: &AppState, tenant: &Tenant, id: &str) -> Result<(DefinitionState, i64), ApiError> {
-    let folded = state
-        .commands
-        .fold(tenant, &definition_stream(id), codec::decode_definition, attribute::evolve_definition)
-        .await?;
-    Ok(folded.unwrap_or_default())
-}
-
-fn slug_key(slug: &str) -> String {
-    format!("slug:{slug}")
+    let folded = state.commands.state::<DefinitionStream>(tenant, &StreamId::definition(id)).await;
+    Ok(folded.map_err(CommandError::from)?.unwrap_or_default())
 }
 
 async fn consistent(state: &AppState) -> Result<(), ApiError> {
@@ -231,23 +209,18 @@ pub async fn create_definition(
 ) -> Result<Response, ApiError> {
     let (company_id, application_id) = path.0;
     let tenant = tenant(company_id, application_id)?;
-    let now = OffsetDateTime::now_utc();
     let kind = body.kind.ok_or_else(|| {
         ApiError::invalid("type is required (string, number, boolean, date, datetime, email, phone, enum, json)")
     })?;
-    let id = new_user_id(now).to_string();
-    let base = Definition::new(id.clone(), kind);
-    let definition = body.apply(base);
-    let events =
-        attribute::decide_definition(&DefinitionState::NotCreated, DefinitionCommand::Create(definition.clone()), now)
-            .map_err(attr_error)?;
-    let stream = definition_stream(&id);
-    let reserve = vec![Reservation { key: slug_key(&definition.slug), stream: stream.clone() }];
     let meta = meta(tenant, &principal, &headers)?;
-    let encoded = events.iter().map(codec::encode_definition).collect();
-    let position =
-        state.commands.append_encoded(&meta, stream, ExpectedVersion::NoStream, encoded, reserve, vec![]).await?;
-    let at = userstream_eventlog::format_time(now);
+    let ctx = state.commands.context(&meta.tenant).await?;
+    let id = ctx.id(0).to_string();
+    let definition = body.apply(Definition::new(id.clone(), kind));
+    let command = DefinitionCommand::Create(definition.clone());
+    let handled =
+        state.commands.handle::<DefinitionStream>(&meta, StreamId::definition(&id), command, None, &ctx).await?;
+    let position = handled.position;
+    let at = userstream_eventlog::format_time(ctx.now);
     let body = definition_json(&meta.tenant, &definition, &at, &at, 1);
     Ok(position_header((StatusCode::CREATED, Json(body)).into_response(), position))
 }
@@ -354,14 +327,12 @@ pub async fn update_definition(
 ) -> Result<Response, ApiError> {
     let tenant = tenant(c, a)?;
     let (current, version) = live_definition(&state, &tenant, &raw).await?;
-    let now = OffsetDateTime::now_utc();
+    let ctx = state.commands.context(&tenant).await?;
     let new = body.apply(current.clone());
-    let events = attribute::decide_definition(
-        &DefinitionState::Live { definition: Box::new(current.clone()), created_at: now, updated_at: now },
-        DefinitionCommand::Update(new.clone()),
-        now,
-    )
-    .map_err(attr_error)?;
+    // The rules first: a refused change reads no values.
+    let live =
+        DefinitionState::Live { definition: Box::new(current.clone()), created_at: ctx.now, updated_at: ctx.now };
+    DefinitionStream::decide(&live, DefinitionCommand::Update(new.clone()), &ctx).map_err(attr_error)?;
     let delete_invalid = match query.get("invalid_values") {
         None | Some("") | Some("refuse") => false,
         Some("delete") => true,
@@ -386,24 +357,15 @@ pub async fn update_definition(
             ),
         ));
     }
-    let stream = definition_stream(&current.id);
-    let (reserve, release) = if new.slug != current.slug {
-        (
-            vec![Reservation { key: slug_key(&new.slug), stream: stream.clone() }],
-            vec![Reservation { key: slug_key(&current.slug), stream: stream.clone() }],
-        )
-    } else {
-        (vec![], vec![])
-    };
     let meta = meta(tenant, &principal, &headers)?;
-    let encoded = events.iter().map(codec::encode_definition).collect();
-    let mut position = state
-        .commands
-        .append_encoded(&meta, stream, ExpectedVersion::Exact(version), encoded, reserve, release)
-        .await?;
+    // Pinned to the version the values were checked against.
+    let stream = StreamId::definition(&current.id);
+    let command = DefinitionCommand::Update(new.clone());
+    let mut position =
+        state.commands.handle::<DefinitionStream>(&meta, stream, command, Some(version), &ctx).await?.position;
     for row in bad {
         let command = ValuesCommand::Delete { definition_ids: vec![new.id.clone()], ignore_missing: true };
-        position = position.max(run_values(&state, &meta, &row.user_id, command).await?);
+        position = position.max(run_values(&state, &meta, &row.user_id, command, &ctx).await?);
     }
     consistent(&state).await?;
     let row = state
@@ -442,19 +404,15 @@ pub async fn delete_definition(
             ),
         ));
     }
-    let now = OffsetDateTime::now_utc();
-    let events = attribute::decide_definition(
-        &DefinitionState::Live { definition: Box::new(current.clone()), created_at: now, updated_at: now },
-        DefinitionCommand::Delete,
-        now,
-    )
-    .map_err(attr_error)?;
-    let stream = definition_stream(&current.id);
-    let release = vec![Reservation { key: slug_key(&current.slug), stream: stream.clone() }];
     let meta = meta(tenant, &principal, &headers)?;
-    let encoded = events.iter().map(codec::encode_definition).collect();
-    let position =
-        state.commands.append_encoded(&meta, stream, ExpectedVersion::Exact(version), encoded, vec![], release).await?;
+    let ctx = state.commands.context(&meta.tenant).await?;
+    // Pinned to the version the groups were checked against.
+    let stream = StreamId::definition(&current.id);
+    let handled = state
+        .commands
+        .handle::<DefinitionStream>(&meta, stream, DefinitionCommand::Delete, Some(version), &ctx)
+        .await?;
+    let position = handled.position;
     Ok(position_header(
         Json(json!({ "success": format!("attribute definition {} deleted", current.id) })).into_response(),
         position,
@@ -464,32 +422,16 @@ pub async fn delete_definition(
 // ---------------------------------------------------------------------------
 // Values.
 
-/// Loads the values stream of a user in the tenant.
-async fn load_values(state: &AppState, tenant: &Tenant, user_id: &str) -> Result<(ValuesState, i64), ApiError> {
-    state
-        .commands
-        .fold(tenant, &values_stream(user_id), codec::decode_values, attribute::evolve_values)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {user_id} not found")))
-}
-
-/// Runs a values command on a user, retrying on a concurrent change.
-async fn run_values(state: &AppState, meta: &Meta, user_id: &str, command: ValuesCommand) -> Result<i64, ApiError> {
-    for _ in 0..5 {
-        let (values, version) = load_values(state, &meta.tenant, user_id).await?;
-        let events =
-            attribute::decide_values(&values, command.clone(), OffsetDateTime::now_utc()).map_err(attr_error)?;
-        if events.is_empty() {
-            return Ok(state.commands.log().head().await?);
-        }
-        let expected = if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) };
-        let encoded = events.iter().map(codec::encode_values).collect();
-        match state.commands.append_encoded(meta, values_stream(user_id), expected, encoded, vec![], vec![]).await {
-            Err(CommandError::VersionConflict { .. }) => continue,
-            other => return Ok(other?),
-        }
-    }
-    Err(ApiError::internal("too many concurrent changes to this user's attributes"))
+/// Runs a values command on a user of the tenant; returns the position.
+async fn run_values(
+    state: &AppState,
+    meta: &Meta,
+    user_id: &str,
+    command: ValuesCommand,
+    ctx: &Context,
+) -> Result<i64, ApiError> {
+    let stream = StreamId::values(user_id);
+    Ok(state.commands.handle::<ValuesStream>(meta, stream, command, None, ctx).await?.position)
 }
 
 async fn live_user(state: &AppState, tenant: &Tenant, raw: &str) -> Result<UserId, ApiError> {
@@ -538,14 +480,15 @@ pub async fn upsert_value(
     let raw = body.attribute.get("value").cloned().ok_or_else(|| ApiError::invalid("attribute.value is required"))?;
     let value = definition.validate(&raw).map_err(attr_error)?;
     let value = if definition.encrypted { state.sealer.seal(&value) } else { value };
+    let meta = meta(tenant, &principal, &headers)?;
+    let ctx = state.commands.context(&meta.tenant).await?;
     let command = ValuesCommand::Upsert(vec![NewValue {
         definition_id: definition.id.clone(),
-        new_attribute_id: new_user_id(OffsetDateTime::now_utc()).to_string(),
+        new_attribute_id: ctx.id(0).to_string(),
         value,
         customer_overridden: body.customer_overridden.unwrap_or(false),
     }]);
-    let meta = meta(tenant, &principal, &headers)?;
-    let position = run_values(&state, &meta, user.as_str(), command).await?;
+    let position = run_values(&state, &meta, user.as_str(), command, &ctx).await?;
     consistent(&state).await?;
     let row = state
         .attribute_queries
@@ -583,11 +526,11 @@ async fn value_as_of(
     as_of: AsOf,
 ) -> Result<Option<ValueRow>, ApiError> {
     let Some(events) =
-        crate::events::stream_of(state.commands.log(), tenant, &values_stream(user_id), Some(as_of)).await?
+        crate::events::stream_of(state.commands.log(), tenant, &StreamId::values(user_id), Some(as_of)).await?
     else {
         return Ok(None);
     };
-    let values: ValuesState = fold_events(&events, codec::decode_values, attribute::evolve_values)?;
+    let values: ValuesState = fold_events::<ValuesStream>(&events).map_err(CommandError::from)?;
     Ok(values.values.get(def_id).map(|v| ValueRow {
         user_id: user_id.to_string(),
         definition_id: def_id.to_string(),
@@ -609,8 +552,9 @@ pub async fn delete_value(
     let def_id = definition_id(&raw_def)?;
     let user = live_user(&state, &tenant, &raw_user).await?;
     let meta = meta(tenant, &principal, &headers)?;
+    let ctx = state.commands.context(&meta.tenant).await?;
     let command = ValuesCommand::Delete { definition_ids: vec![def_id.clone()], ignore_missing: false };
-    let position = run_values(&state, &meta, user.as_str(), command).await?;
+    let position = run_values(&state, &meta, user.as_str(), command, &ctx).await?;
     Ok(position_header(
         Json(json!({ "success": format!("attribute {def_id} of user {user} deleted") })).into_response(),
         position,

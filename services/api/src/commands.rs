@@ -1,18 +1,35 @@
-//! Command handling: load → evolve → decide → append, retried on a version
-//! conflict unless the caller pinned a version (`If-Match`).
+//! The one command handler: load → evolve → decide → reserve → append →
+//! retry, for every stream kind ([`Stream`]) of both surfaces.
 //!
-//! Uniqueness of email, phone and username is the log's job: each command
-//! claims the unique values its user holds after the change and releases the
-//! ones it no longer holds, in the same transaction as the events.
+//! - **Load**: a stream's events folded with the kind's `evolve`. A stream
+//!   of another tenant reads as empty at version 0, so its ids answer "not
+//!   found" and any append to it fails its version check.
+//! - **Decide** with a [`Context`] built here (time, fresh ids, the
+//!   application's settings); handlers never read the clock or mint ids.
+//! - **Reserve**: the unique values a state holds ([`Stream::unique_keys`])
+//!   are claimed when a change adds them and released when it drops them,
+//!   in the same transaction as the events: a failed append leaves no
+//!   reservation behind.
+//! - **Append** with the version the decision saw; on a version conflict
+//!   the whole cycle runs again, at most [`MAX_ATTEMPTS`] times, unless the
+//!   caller pinned the version (`If-Match`). Then it answers 409.
+//! - Errors are a [`Rejection`] (a domain "no": 400/404/409) or a
+//!   [`Failure`] (IO broke: 5xx, logged once where it becomes the HTTP
+//!   answer), never one carried inside the other.
+//!
+//! Every command runs inside a `command` span naming its kind, command and
+//! first stream; no personal data goes into the span.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use time::OffsetDateTime;
-use userstream_domain::codec;
-use userstream_domain::platform::{self, ConfigError, ConfigState, PlatformConfig};
-use userstream_domain::user::{self, Context, UniqueKind, User, UserCommand, UserError, UserEvent, UserState};
-use userstream_domain::UserId;
+use tracing::Instrument;
+use userstream_domain::attribute::AttrError;
+use userstream_domain::codec::{DecodeError, EncodedEvent};
+use userstream_domain::group::GroupError;
+use userstream_domain::platform::{ConfigError, ConfigState, ConfigStream, PlatformConfig};
+use userstream_domain::user::{User, UserCommand, UserError, UserEvent, UserStream};
+use userstream_domain::{Context, IdSeed, Stream, StreamId, UserId};
 use userstream_eventlog::{
     AppendError, AppendRequest, EventLog, ExpectedVersion, NewEvent, RecordedEvent, Reservation, SqlEventLog,
     StreamAppend, Tenant,
@@ -28,56 +45,94 @@ pub struct Meta {
     pub idempotency_key: Option<String>,
 }
 
+/// A business rule, a uniqueness claim or a version check said no. Nothing
+/// was appended.
 #[derive(Debug, thiserror::Error)]
-pub enum CommandError {
+pub enum Rejection {
     #[error(transparent)]
-    Rejected(#[from] UserError),
+    User(#[from] UserError),
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    #[error(transparent)]
+    Attribute(#[from] AttrError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("unknown user ids: {}", .0.join(", "))]
     UnknownUsers(Vec<String>),
     #[error("{kind} {value} is already taken")]
     Taken { kind: String, value: String },
-    #[error("version conflict: the user is at version {actual}, the request expected {expected}")]
+    #[error("version conflict: the stream is at version {actual}, the request expected {expected}")]
     VersionConflict { expected: i64, actual: i64 },
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("event log failure: {0}")]
-    Storage(String),
+    #[error("too many concurrent changes to {stream}; try again")]
+    Contended { stream: String },
 }
 
-/// A refused append in the words of a command: version conflicts and taken
-/// unique values are the caller's business, the rest is a storage failure.
-impl From<AppendError> for CommandError {
-    fn from(e: AppendError) -> Self {
-        match e {
-            AppendError::Conflict { expected, actual, .. } => CommandError::VersionConflict {
-                expected: match expected {
-                    ExpectedVersion::Exact(v) => v,
-                    _ => 0,
-                },
-                actual,
-            },
-            AppendError::Reserved { key } => {
-                let (kind, value) = key.split_once(':').unwrap_or(("value", key.as_str()));
-                CommandError::Taken { kind: kind.to_string(), value: value.to_string() }
-            }
-            e => CommandError::Storage(e.to_string()),
-        }
+/// The log could not be read or written, or holds what cannot be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("appending to the event log: {0}")]
+    Append(AppendError),
+    #[error("reading the event log: {0}")]
+    Read(#[from] sqlx::Error),
+    #[error("event at position {position} cannot be decoded: {source}")]
+    Undecodable { position: i64, source: DecodeError },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error(transparent)]
+    Failed(#[from] Failure),
+}
+
+impl From<sqlx::Error> for CommandError {
+    fn from(e: sqlx::Error) -> Self {
+        CommandError::Failed(Failure::Read(e))
     }
 }
 
-/// What a command did.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The log position that makes the change visible (the stream's last event
-    /// when nothing was appended).
-    pub position: i64,
-    pub states: Vec<(UserState, i64)>,
-    /// The events this command appended (none when it changed nothing or
-    /// was an idempotent replay).
-    pub events: Vec<UserEvent>,
+macro_rules! rejected_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CommandError {
+            fn from(e: $t) -> Self {
+                CommandError::Rejected(Rejection::from(e))
+            }
+        }
+    )*};
+}
+rejected_from!(UserError, GroupError, AttrError, ConfigError);
+
+/// An append refused by the log: a conflict or a taken value is the
+/// caller's business, anything else a failure.
+fn refused(e: AppendError, expected: i64) -> CommandError {
+    match e {
+        AppendError::Conflict { actual, .. } => Rejection::VersionConflict { expected, actual }.into(),
+        AppendError::Reserved { key } => {
+            let (kind, value) = key.split_once(':').unwrap_or(("value", key.as_str()));
+            Rejection::Taken { kind: kind.to_string(), value: value.to_string() }.into()
+        }
+        e => Failure::Append(e).into(),
+    }
 }
 
-impl Outcome {
+/// What a command did to its streams.
+#[derive(Debug, Clone)]
+pub struct Handled<S: Stream> {
+    /// The log position that makes the change visible (the streams' last
+    /// event when nothing was appended).
+    pub position: i64,
+    /// Each target's state and version after the command, in target order.
+    pub states: Vec<(S::State, i64)>,
+    /// The events appended (none when nothing changed or the idempotency
+    /// key was seen before).
+    pub events: Vec<S::Event>,
+}
+
+/// What a user command did.
+pub type Outcome = Handled<UserStream>;
+
+impl Handled<UserStream> {
     /// The first stream's user, if it is live.
     pub fn user(&self) -> Option<(&User, i64)> {
         self.states.first().and_then(|(s, v)| s.live().map(|u| (u, *v)))
@@ -96,38 +151,51 @@ impl Outcome {
     }
 }
 
+/// A stream as loaded: its state, version and last position.
+struct Loaded<S: Stream> {
+    state: S::State,
+    version: i64,
+    position: i64,
+}
+
+/// How many times a command is decided again after a version conflict.
+pub const MAX_ATTEMPTS: usize = 5;
+
+/// How long a cached platform config is used before it is read again.
+pub const CONFIG_TTL: Duration = Duration::from_secs(1);
+
+/// When a config was read, what it was, and its stream version.
+type CachedConfig = (Instant, ConfigState, i64);
+
 #[derive(Clone)]
 pub struct Commands {
     log: SqlEventLog,
     /// Platform configs read recently, by stream: every CreateUser needs one,
     /// and they change rarely. An update through this process replaces its
     /// entry at once; updates by other instances are seen within [`CONFIG_TTL`].
-    configs: Arc<Mutex<HashMap<String, CachedConfig>>>,
+    configs: Arc<Mutex<HashMap<StreamId, CachedConfig>>>,
 }
 
-/// When a config was read, what it was, and its stream version.
-type CachedConfig = (Instant, ConfigState, i64);
-
-/// How long a cached platform config is used before it is read again.
-pub const CONFIG_TTL: Duration = Duration::from_secs(1);
-
-const MAX_ATTEMPTS: usize = 5;
-
-/// A loaded stream: its state, version and last position.
-struct Loaded {
-    id: UserId,
-    state: UserState,
-    version: i64,
-    position: i64,
+/// Folds recorded events of one stream into its state. An undecodable
+/// event fails rather than being skipped: deciding on a partial history is wrong.
+pub fn fold_events<S: Stream>(events: &[RecordedEvent]) -> Result<S::State, Failure> {
+    let mut state = S::State::default();
+    for e in events {
+        let decoded = S::decode(&e.event_type, e.schema as u32, e.data.as_str())
+            .map_err(|source| Failure::Undecodable { position: e.position, source })?;
+        state = S::evolve(state, &decoded);
+    }
+    Ok(state)
 }
 
-pub fn stream_of(id: &UserId) -> String {
-    format!("user-{id}")
+/// Whether a stream's events belong to another tenant.
+fn foreign(tenant: &Tenant, events: &[RecordedEvent]) -> bool {
+    events.first().is_some_and(|e| e.company_id != tenant.company_id || e.application_id != tenant.application_id)
 }
 
-/// The platform config stream of one application.
-pub fn config_stream(tenant: &Tenant) -> String {
-    format!("config-{}-{}", tenant.company_id, tenant.application_id)
+/// The config stream of the tenant's application.
+pub fn config_stream(tenant: &Tenant) -> StreamId {
+    StreamId::config(&tenant.company_id, &tenant.application_id)
 }
 
 impl Commands {
@@ -139,208 +207,193 @@ impl Commands {
         &self.log
     }
 
-    /// Folds a stream into a user state. A stream of another tenant reads as
-    /// not created, so foreign ids answer "not found", never the record.
-    async fn load(&self, tenant: &Tenant, id: &UserId) -> Result<Loaded, CommandError> {
-        let events = self.log.read_stream(&stream_of(id)).await.map_err(|e| CommandError::Storage(e.to_string()))?;
-        fold(tenant, id.clone(), &events)
-    }
-
-    /// The platform config of the tenant's application: its defaults until
-    /// the first update. Returns the state and the stream's version.
-    pub async fn config(&self, tenant: &Tenant) -> Result<(ConfigState, i64), CommandError> {
-        let stream = config_stream(tenant);
-        let cached = self.configs.lock().ok().and_then(|c| c.get(&stream).cloned());
-        if let Some((at, state, version)) = cached {
-            if at.elapsed() < CONFIG_TTL {
-                return Ok((state, version));
-            }
+    async fn load<S: Stream>(&self, tenant: &Tenant, stream: &StreamId) -> Result<Loaded<S>, Failure> {
+        let events = self.log.read_stream(stream.as_str()).await?;
+        if foreign(tenant, &events) {
+            return Ok(Loaded { state: S::State::default(), version: 0, position: 0 });
         }
-        let loaded = self.load_config(tenant).await?;
-        self.remember(stream, &loaded);
-        Ok(loaded)
+        let state = fold_events::<S>(&events)?;
+        let (version, position) = events.last().map_or((0, 0), |e| (e.version, e.position));
+        Ok(Loaded { state, version, position })
     }
 
-    fn remember(&self, stream: String, (state, version): &(ConfigState, i64)) {
-        if let Ok(mut cache) = self.configs.lock() {
-            if cache.len() > 10_000 {
-                cache.clear();
-            }
-            cache.insert(stream, (Instant::now(), state.clone(), *version));
-        }
-    }
-
-    /// The platform config as the log has it now.
-    async fn load_config(&self, tenant: &Tenant) -> Result<(ConfigState, i64), CommandError> {
-        Ok(self.fold(tenant, &config_stream(tenant), platform::decode, platform::evolve).await?.unwrap_or_default())
-    }
-
-    /// Replaces the platform config; returns the new state and the position
-    /// that makes it visible.
-    pub async fn update_config(
-        &self,
-        meta: &Meta,
-        new: PlatformConfig,
-        now: OffsetDateTime,
-    ) -> Result<(ConfigState, i64), CommandError> {
-        for _ in 0..MAX_ATTEMPTS {
-            let (state, version) = self.load_config(&meta.tenant).await?;
-            let events = platform::decide(&state, new.clone(), now)?;
-            if events.is_empty() {
-                return Ok((state, 0));
-            }
-            let after = events.iter().fold(state, platform::evolve);
-            let request = AppendRequest {
-                tenant: meta.tenant.clone(),
-                actor: meta.actor.clone(),
-                correlation_id: meta.correlation_id.clone(),
-                causation_id: None,
-                streams: vec![StreamAppend {
-                    stream: config_stream(&meta.tenant),
-                    expected: if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) },
-                    events: events.iter().map(|e| encoded_event(platform::encode(e), now)).collect(),
-                }],
-                reserve: vec![],
-                release: vec![],
-                idempotency_key: meta.idempotency_key.clone(),
-            };
-            match self.log.append(request).await {
-                Ok(result) if result.replayed => {
-                    let loaded = self.load_config(&meta.tenant).await?;
-                    self.remember(config_stream(&meta.tenant), &loaded);
-                    return Ok((loaded.0, result.last_position));
-                }
-                Ok(result) => {
-                    self.remember(config_stream(&meta.tenant), &(after.clone(), version + 1));
-                    return Ok((after, result.last_position));
-                }
-                Err(AppendError::Conflict { .. }) => continue,
-                Err(e) => return Err(CommandError::Storage(e.to_string())),
-            }
-        }
-        Err(CommandError::Storage("too many concurrent changes to the platform config; try again".into()))
-    }
-
-    pub async fn create_user(
-        &self,
-        meta: &Meta,
-        command: user::CreateUser,
-        ctx: &Context,
-    ) -> Result<Outcome, CommandError> {
-        let id = command.user_id.clone();
-        let loaded = Loaded { id, state: UserState::NotCreated, version: 0, position: 0 };
-        self.execute(meta, vec![loaded], |_| UserCommand::Create(command.clone()), ctx, true).await
-    }
-
-    /// Folds a stream of the tenant into a state and its version. `None` when
-    /// the stream belongs to another tenant: its ids answer "not found".
-    pub async fn fold<S: Default, E>(
+    /// A stream of the tenant as the log has it now: its state and version
+    /// (`None` when the stream belongs to another tenant).
+    pub async fn state<S: Stream>(
         &self,
         tenant: &Tenant,
-        stream: &str,
-        decode: impl Fn(&str, u32, &str) -> Result<E, codec::DecodeError>,
-        evolve: impl Fn(S, &E) -> S,
-    ) -> Result<Option<(S, i64)>, CommandError> {
-        let events = self.read_stream(stream).await?;
-        if events
-            .first()
-            .is_some_and(|e| e.company_id != tenant.company_id || e.application_id != tenant.application_id)
-        {
+        stream: &StreamId,
+    ) -> Result<Option<(S::State, i64)>, Failure> {
+        let events = self.log.read_stream(stream.as_str()).await?;
+        if foreign(tenant, &events) {
             return Ok(None);
         }
-        let state = fold_events(&events, decode, evolve)?;
-        Ok(Some((state, events.last().map_or(0, |e| e.version))))
+        Ok(Some((fold_events::<S>(&events)?, events.last().map_or(0, |e| e.version))))
     }
 
-    /// A stream's events, or a storage failure.
-    pub async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, CommandError> {
-        self.log.read_stream(stream).await.map_err(|e| CommandError::Storage(e.to_string()))
+    /// The context of a command in this tenant: now, fresh ids, and the
+    /// application's config.
+    pub async fn context(&self, tenant: &Tenant) -> Result<Context, CommandError> {
+        Ok(Self::context_of(&self.config(tenant).await?.0.config))
     }
 
-    /// Whether the user exists, is live and belongs to the tenant (read from its stream).
-    pub async fn user_is_live(&self, tenant: &Tenant, id: &UserId) -> Result<bool, CommandError> {
-        Ok(self.load(tenant, id).await?.state.live().is_some())
+    /// The context for a config the caller has read already. The one place
+    /// the handler reads the clock and draws randomness for a decision.
+    pub fn context_of(config: &PlatformConfig) -> Context {
+        let now = time::OffsetDateTime::now_utc();
+        Context {
+            now,
+            delete_account_day: config.delete_account_day,
+            ids: IdSeed { millis: (now.unix_timestamp_nanos() / 1_000_000) as u64, random: rand::random() },
+        }
     }
 
-    /// Appends encoded events to one stream of the tenant; returns the last position.
-    pub async fn append_encoded(
+    /// Runs `command` on one stream; see [`Commands::handle_all`].
+    pub async fn handle<S: Stream>(
         &self,
         meta: &Meta,
-        stream: String,
-        expected: ExpectedVersion,
-        events: Vec<codec::EncodedEvent>,
-        reserve: Vec<Reservation>,
-        release: Vec<Reservation>,
-    ) -> Result<i64, CommandError> {
-        if events.is_empty() {
-            return Ok(0);
+        stream: StreamId,
+        command: S::Command,
+        pinned: Option<i64>,
+        ctx: &Context,
+    ) -> Result<Handled<S>, CommandError>
+    where
+        Rejection: From<S::Rejection>,
+    {
+        self.handle_all::<S>(meta, vec![(stream, command)], pinned, ctx).await
+    }
+
+    /// Runs each command on its stream and appends all their events in one
+    /// transaction, or none. `pinned` is the version the caller saw (one
+    /// target only): a different one is a 409, with no retry.
+    pub async fn handle_all<S: Stream>(
+        &self,
+        meta: &Meta,
+        targets: Vec<(StreamId, S::Command)>,
+        pinned: Option<i64>,
+        ctx: &Context,
+    ) -> Result<Handled<S>, CommandError>
+    where
+        Rejection: From<S::Rejection>,
+    {
+        let first = targets.first().map(|(s, c)| (s.to_string(), S::command_name(c))).unwrap_or_default();
+        let span = tracing::info_span!("command", kind = S::KIND, command = first.1, stream = %first.0, streams = targets.len());
+        async {
+            for _ in 0..MAX_ATTEMPTS {
+                match self.attempt::<S>(meta, &targets, pinned, ctx).await {
+                    Err(CommandError::Rejected(Rejection::VersionConflict { .. })) if pinned.is_none() => continue,
+                    other => return other,
+                }
+            }
+            Err(Rejection::Contended { stream: first.0.clone() }.into())
         }
-        let now = OffsetDateTime::now_utc();
+        .instrument(span)
+        .await
+    }
+
+    /// One load → decide → append cycle.
+    async fn attempt<S: Stream>(
+        &self,
+        meta: &Meta,
+        targets: &[(StreamId, S::Command)],
+        pinned: Option<i64>,
+        ctx: &Context,
+    ) -> Result<Handled<S>, CommandError>
+    where
+        Rejection: From<S::Rejection>,
+    {
+        let mut appends = Vec::new();
+        let (mut reserve, mut release) = (Vec::new(), Vec::new());
+        let mut states = Vec::with_capacity(targets.len());
+        let mut all_events = Vec::new();
+        let mut rejections = Vec::new();
+        let mut position = 0;
+        for (stream, command) in targets {
+            let loaded = self.load::<S>(&meta.tenant, stream).await?;
+            if let Some(expected) = pinned.filter(|v| *v != loaded.version) {
+                return Err(Rejection::VersionConflict { expected, actual: loaded.version }.into());
+            }
+            let events = match S::decide(&loaded.state, command.clone(), ctx) {
+                Ok(events) => events,
+                Err(e) => {
+                    rejections.push((stream, Rejection::from(e)));
+                    continue;
+                }
+            };
+            let after = events.iter().fold(loaded.state.clone(), S::evolve);
+            let before_keys: BTreeSet<String> = S::unique_keys(&loaded.state).into_iter().collect();
+            let after_keys: BTreeSet<String> = S::unique_keys(&after).into_iter().collect();
+            let claim = |key: &String| Reservation { key: key.clone(), stream: stream.to_string() };
+            reserve.extend(after_keys.difference(&before_keys).map(claim));
+            release.extend(before_keys.difference(&after_keys).map(claim));
+            position = position.max(loaded.position);
+            states.push((after, loaded.version + events.len() as i64));
+            if !events.is_empty() {
+                appends.push(StreamAppend {
+                    stream: stream.to_string(),
+                    expected: match loaded.version {
+                        0 => ExpectedVersion::NoStream,
+                        v => ExpectedVersion::Exact(v),
+                    },
+                    events: events.iter().map(|e| new_event(S::encode(e), ctx)).collect(),
+                });
+            }
+            all_events.extend(events);
+        }
+        if !rejections.is_empty() {
+            return Err(combine(rejections, targets.len()).into());
+        }
+        if appends.is_empty() {
+            return Ok(Handled { position, states, events: all_events });
+        }
+        let expected = pinned.unwrap_or(0);
         let request = AppendRequest {
             tenant: meta.tenant.clone(),
             actor: meta.actor.clone(),
             correlation_id: meta.correlation_id.clone(),
             causation_id: None,
-            streams: vec![StreamAppend {
-                stream,
-                expected,
-                events: events.into_iter().map(|e| encoded_event(e, now)).collect(),
-            }],
+            streams: appends,
             reserve,
             release,
             idempotency_key: meta.idempotency_key.clone(),
         };
-        Ok(self.log.append(request).await?.last_position)
+        let result = self.log.append(request).await.map_err(|e| refused(e, expected))?;
+        if !result.replayed {
+            return Ok(Handled { position: result.last_position, states, events: all_events });
+        }
+        // The same idempotency key was used before: answer with what it did
+        // then, on the streams it wrote then (a retried create named a new id).
+        let mut states = Vec::with_capacity(result.streams.len());
+        for (stream, _) in &result.streams {
+            let loaded = self.load::<S>(&meta.tenant, &StreamId::recorded(stream.as_str())).await?;
+            states.push((loaded.state, loaded.version));
+        }
+        Ok(Handled { position: result.last_position, states, events: Vec::new() })
     }
 
-    /// What a decision in this tenant depends on: now, and the application's config.
-    pub async fn context(&self, tenant: &Tenant) -> Result<Context, CommandError> {
-        Ok(Self::context_of(&self.config(tenant).await?.0.config))
+    // -- users -------------------------------------------------------------
+
+    /// Creates a user under the id its command carries.
+    pub async fn create_user(
+        &self,
+        meta: &Meta,
+        command: userstream_domain::user::CreateUser,
+        ctx: &Context,
+    ) -> Result<Outcome, CommandError> {
+        let stream = StreamId::user(&command.user_id);
+        self.handle::<UserStream>(meta, stream, UserCommand::Create(command), None, ctx).await
     }
 
-    /// The context for a config the caller has read already.
-    pub fn context_of(config: &PlatformConfig) -> Context {
-        Context { now: OffsetDateTime::now_utc(), delete_account_day: config.delete_account_day }
-    }
-
-    /// [`Commands::handle`] with the tenant's current [`Commands::context`].
+    /// [`Commands::handle`] on a user with the tenant's current context.
     pub async fn run(
         &self,
         meta: &Meta,
         id: &UserId,
         command: UserCommand,
-        expected_version: Option<i64>,
+        pinned: Option<i64>,
     ) -> Result<Outcome, CommandError> {
         let ctx = self.context(&meta.tenant).await?;
-        self.handle(meta, id, command, expected_version, &ctx).await
-    }
-
-    /// Applies `command` to one user, retrying on concurrent change unless
-    /// `expected_version` pins the version the caller saw.
-    pub async fn handle(
-        &self,
-        meta: &Meta,
-        id: &UserId,
-        command: UserCommand,
-        expected_version: Option<i64>,
-        ctx: &Context,
-    ) -> Result<Outcome, CommandError> {
-        for _ in 0..MAX_ATTEMPTS {
-            let loaded = self.load(&meta.tenant, id).await?;
-            if let Some(expected) = expected_version {
-                if expected != loaded.version {
-                    return Err(CommandError::VersionConflict { expected, actual: loaded.version });
-                }
-            }
-            match self.execute(meta, vec![loaded], |_| command.clone(), ctx, false).await {
-                Err(CommandError::VersionConflict { expected, actual }) if expected_version.is_some() => {
-                    return Err(CommandError::VersionConflict { expected, actual })
-                }
-                Err(CommandError::VersionConflict { .. }) => continue,
-                other => return other,
-            }
-        }
-        Err(CommandError::Storage("too many concurrent changes to this user; try again".into()))
+        self.handle::<UserStream>(meta, StreamId::user(id), command, pinned, &ctx).await
     }
 
     /// Blocks (`block = true`) or unblocks several users at once: all of them
@@ -354,159 +407,83 @@ impl Commands {
         ctx: &Context,
     ) -> Result<Outcome, CommandError> {
         let unique: BTreeSet<&UserId> = ids.iter().collect();
-        for _ in 0..MAX_ATTEMPTS {
-            let mut loaded = Vec::with_capacity(unique.len());
-            let mut unknown = Vec::new();
-            for id in &unique {
-                let l = self.load(&meta.tenant, id).await?;
-                if l.state.live().is_none() {
-                    unknown.push(id.to_string());
-                }
-                loaded.push(l);
-            }
-            if !unknown.is_empty() {
-                return Err(CommandError::UnknownUsers(unknown));
-            }
-            let reason = reason.to_string();
-            let command = |_: &UserState| {
-                if block {
-                    UserCommand::Block { reason: reason.clone() }
-                } else {
-                    UserCommand::Unblock { reason: reason.clone() }
-                }
-            };
-            match self.execute(meta, loaded, command, ctx, false).await {
-                Err(CommandError::VersionConflict { .. }) => continue,
-                other => return other,
-            }
-        }
-        Err(CommandError::Storage("too many concurrent changes to these users; try again".into()))
-    }
-
-    /// Decides for every loaded stream, then appends all events atomically.
-    async fn execute(
-        &self,
-        meta: &Meta,
-        loaded: Vec<Loaded>,
-        command: impl Fn(&UserState) -> UserCommand,
-        ctx: &Context,
-        new_stream: bool,
-    ) -> Result<Outcome, CommandError> {
-        let mut appends = Vec::new();
-        let mut reserve = Vec::new();
-        let mut release = Vec::new();
-        let mut states = Vec::new();
-        let mut all_events = Vec::new();
-        let mut position = 0;
-        for l in loaded {
-            let events = user::decide(&l.state, command(&l.state), ctx)?;
-            let stream = stream_of(&l.id);
-            let after = events.iter().fold(l.state.clone(), user::evolve);
-            let before_keys: BTreeSet<_> = l.state.unique_keys().into_iter().collect();
-            let after_keys: BTreeSet<_> = after.unique_keys().into_iter().collect();
-            reserve.extend(after_keys.difference(&before_keys).map(|k| reservation(k, &stream)));
-            release.extend(before_keys.difference(&after_keys).map(|k| reservation(k, &stream)));
-            position = position.max(l.position);
-            states.push((after, l.version + events.len() as i64));
-            if !events.is_empty() {
-                appends.push(StreamAppend {
-                    stream,
-                    expected: if new_stream { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(l.version) },
-                    events: events.iter().map(|e| new_event(e, ctx.now)).collect(),
-                });
-            }
-            all_events.extend(events);
-        }
-        if appends.is_empty() {
-            return Ok(Outcome { position, states, events: all_events });
-        }
-        let request = AppendRequest {
-            tenant: meta.tenant.clone(),
-            actor: meta.actor.clone(),
-            correlation_id: meta.correlation_id.clone(),
-            causation_id: None,
-            streams: appends,
-            reserve,
-            release,
-            idempotency_key: meta.idempotency_key.clone(),
+        let command = if block {
+            UserCommand::Block { reason: reason.to_string() }
+        } else {
+            UserCommand::Unblock { reason: reason.to_string() }
         };
-        match self.log.append(request).await {
-            Ok(result) if result.replayed => {
-                // The same idempotency key was used before: answer with what it did then.
-                let mut states = Vec::new();
-                for (stream, _) in &result.streams {
-                    let id = stream.strip_prefix("user-").and_then(|s| UserId::parse("user_id", s).ok());
-                    if let Some(id) = id {
-                        let l = self.load(&meta.tenant, &id).await?;
-                        states.push((l.state, l.version));
-                    }
-                }
-                Ok(Outcome { position: result.last_position, states, events: Vec::new() })
-            }
-            Ok(result) => Ok(Outcome { position: result.last_position, states, events: all_events }),
-            Err(e) => Err(e.into()),
+        let targets: Vec<_> = unique.into_iter().map(|id| (StreamId::user(id), command.clone())).collect();
+        let only = (targets.len() == 1).then(|| targets[0].0.clone());
+        match self.handle_all::<UserStream>(meta, targets, None, ctx).await {
+            Err(CommandError::Rejected(Rejection::User(UserError::NotFound))) => Err(Rejection::UnknownUsers(
+                only.and_then(|s| s.user_id()).map(|id| id.to_string()).into_iter().collect(),
+            )
+            .into()),
+            other => other,
         }
+    }
+
+    /// Whether the user exists, is live and belongs to the tenant (read from its stream).
+    pub async fn user_is_live(&self, tenant: &Tenant, id: &UserId) -> Result<bool, CommandError> {
+        let state = self.state::<UserStream>(tenant, &StreamId::user(id)).await?;
+        Ok(state.is_some_and(|(s, _)| s.live().is_some()))
+    }
+
+    // -- platform config -----------------------------------------------------
+
+    /// The platform config of the tenant's application: its defaults until
+    /// the first update. Returns the state and the stream's version.
+    pub async fn config(&self, tenant: &Tenant) -> Result<(ConfigState, i64), CommandError> {
+        let stream = config_stream(tenant);
+        let cached = self.configs.lock().ok().and_then(|c| c.get(&stream).cloned());
+        if let Some((at, state, version)) = cached {
+            if at.elapsed() < CONFIG_TTL {
+                return Ok((state, version));
+            }
+        }
+        let loaded = self.state::<ConfigStream>(tenant, &stream).await?.unwrap_or_default();
+        self.remember(stream, &loaded);
+        Ok(loaded)
+    }
+
+    fn remember(&self, stream: StreamId, (state, version): &(ConfigState, i64)) {
+        if let Ok(mut cache) = self.configs.lock() {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(stream, (Instant::now(), state.clone(), *version));
+        }
+    }
+
+    /// Replaces the platform config; returns the new state and the position
+    /// that makes it visible.
+    pub async fn update_config(&self, meta: &Meta, new: PlatformConfig) -> Result<(ConfigState, i64), CommandError> {
+        let ctx = Self::context_of(&new);
+        let stream = config_stream(&meta.tenant);
+        let mut handled = self.handle::<ConfigStream>(meta, stream.clone(), new, None, &ctx).await?;
+        let (state, version) = handled.states.pop().unwrap_or_default();
+        self.remember(stream, &(state.clone(), version));
+        Ok((state, handled.position))
     }
 }
 
-fn reservation((kind, value): &(UniqueKind, String), stream: &str) -> Reservation {
-    Reservation { key: format!("{}:{value}", kind.as_str()), stream: stream.to_string() }
+/// The rejections of a command on several streams as one: several unknown
+/// users are named together, anything else is the first rule that failed.
+fn combine(rejections: Vec<(&StreamId, Rejection)>, targets: usize) -> Rejection {
+    let all_unknown = rejections.iter().all(|(_, r)| matches!(r, Rejection::User(UserError::NotFound)));
+    if targets > 1 && all_unknown {
+        let ids = rejections.iter().filter_map(|(s, _)| s.user_id().map(|id| id.to_string())).collect();
+        return Rejection::UnknownUsers(ids);
+    }
+    rejections.into_iter().next().map_or(Rejection::Contended { stream: String::new() }, |(_, r)| r)
 }
 
-fn new_event(event: &UserEvent, now: OffsetDateTime) -> NewEvent {
-    encoded_event(codec::encode(event), now)
-}
-
-fn encoded_event(encoded: codec::EncodedEvent, now: OffsetDateTime) -> NewEvent {
+fn new_event(encoded: EncodedEvent, ctx: &Context) -> NewEvent {
     NewEvent {
         event_id: Uuid::now_v7(),
         event_type: encoded.event_type.to_string(),
         schema: i64::from(encoded.schema),
-        occurred_at: now,
+        occurred_at: ctx.now,
         data: encoded.data,
     }
-}
-
-/// Folds recorded events of one user stream. An undecodable event fails the
-/// command rather than being skipped: deciding on a partial history is wrong.
-/// Folds recorded events into a state (every stream kind: user, group, values …).
-pub fn fold_events<S: Default, E>(
-    events: &[RecordedEvent],
-    decode: impl Fn(&str, u32, &str) -> Result<E, codec::DecodeError>,
-    evolve: impl Fn(S, &E) -> S,
-) -> Result<S, CommandError> {
-    let mut state = S::default();
-    for e in events {
-        let decoded = decode(&e.event_type, e.schema as u32, e.data.as_str())
-            .map_err(|err| CommandError::Storage(format!("event at position {}: {err}", e.position)))?;
-        state = evolve(state, &decoded);
-    }
-    Ok(state)
-}
-
-fn fold(tenant: &Tenant, id: UserId, events: &[RecordedEvent]) -> Result<Loaded, CommandError> {
-    let foreign =
-        events.first().is_some_and(|e| e.company_id != tenant.company_id || e.application_id != tenant.application_id);
-    if foreign {
-        return Ok(Loaded { id, state: UserState::NotCreated, version: 0, position: 0 });
-    }
-    let mut state = UserState::NotCreated;
-    for e in events {
-        let decoded = codec::decode(&e.event_type, e.schema as u32, e.data.as_str())
-            .map_err(|err| CommandError::Storage(format!("event at position {}: {err}", e.position)))?;
-        state = user::evolve(state, &decoded);
-    }
-    let (version, position) = events.last().map(|e| (e.version, e.position)).unwrap_or((0, 0));
-    Ok(Loaded { id, state, version, position })
-}
-
-/// A fresh user id: 6 bytes of milliseconds since the epoch, then 6 random
-/// bytes (ids sort by creation time, like the seeds' Mongo ids).
-pub fn new_user_id(now: OffsetDateTime) -> UserId {
-    let millis = (now.unix_timestamp_nanos() / 1_000_000) as u64;
-    let mut bytes = [0u8; 12];
-    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
-    let random: [u8; 6] = rand::random();
-    bytes[6..].copy_from_slice(&random);
-    UserId::from_bytes(bytes)
 }

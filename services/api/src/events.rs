@@ -23,7 +23,8 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use userstream_domain::codec;
 use userstream_domain::group::{GroupEvent, GroupState};
-use userstream_domain::user::{self, UserState};
+use userstream_domain::user::{UserState, UserStream};
+use userstream_domain::{StreamId, UserId};
 use userstream_eventlog::{format_time, EventLog, FeedFilter, RecordedEvent, SqlEventLog, Tenant};
 use userstream_projections::read_models::groups::GroupRow;
 
@@ -81,12 +82,12 @@ impl AsOf {
 pub(crate) async fn stream_of(
     log: &SqlEventLog,
     tenant: &Tenant,
-    stream: &str,
+    stream: &StreamId,
     as_of: Option<AsOf>,
 ) -> Result<Option<Vec<RecordedEvent>>, ApiError> {
     let mut events = match as_of {
-        Some(AsOf::Position(p)) => log.read_stream_until(stream, p).await?,
-        _ => log.read_stream(stream).await?,
+        Some(AsOf::Position(p)) => log.read_stream_until(stream.as_str(), p).await?,
+        _ => log.read_stream(stream.as_str()).await?,
     };
     if events.first().is_some_and(|e| e.company_id != tenant.company_id || e.application_id != tenant.application_id) {
         return Ok(None);
@@ -95,10 +96,6 @@ pub(crate) async fn stream_of(
         events.retain(|e| as_of.includes(e));
     }
     Ok(Some(events))
-}
-
-fn user_stream(id: &str) -> String {
-    format!("user-{id}")
 }
 
 /// The user as the Fynd API shows it, or `None` before it was created.
@@ -114,12 +111,17 @@ fn user_view(state: &UserState, application_id: &str) -> Option<Value> {
 }
 
 /// GET user with `as_of`: the user folded from its events up to then.
-pub async fn user_as_of(state: &AppState, tenant: &Tenant, user_id: &str, as_of: AsOf) -> Result<Response, ApiError> {
+pub async fn user_as_of(
+    state: &AppState,
+    tenant: &Tenant,
+    user_id: &UserId,
+    as_of: AsOf,
+) -> Result<Response, ApiError> {
     let not_found =
         || ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {user_id} did not exist then"));
     let events =
-        stream_of(state.commands.log(), tenant, &user_stream(user_id), Some(as_of)).await?.ok_or_else(not_found)?;
-    let folded: UserState = fold_events(&events, codec::decode, user::evolve)?;
+        stream_of(state.commands.log(), tenant, &StreamId::user(user_id), Some(as_of)).await?.ok_or_else(not_found)?;
+    let folded: UserState = fold_events::<UserStream>(&events).map_err(crate::commands::CommandError::from)?;
     let view = user_view(&folded, &tenant.application_id).ok_or_else(not_found)?;
     Ok(as_of_response(json!({ "user": view }), &events))
 }
@@ -183,7 +185,7 @@ pub async fn group_as_of(
     group_id: &str,
     as_of: AsOf,
 ) -> Result<Option<GroupAsOf>, ApiError> {
-    let Some(events) = stream_of(state.commands.log(), tenant, &format!("group-{group_id}"), Some(as_of)).await? else {
+    let Some(events) = stream_of(state.commands.log(), tenant, &StreamId::group(group_id), Some(as_of)).await? else {
         return Ok(None);
     };
     let mut group = GroupAsOf {
@@ -372,9 +374,9 @@ fn entry(e: &RecordedEvent, changes: Vec<Value>) -> Value {
 async fn user_history(
     state: &AppState,
     tenant: &Tenant,
-    user_id: &str,
+    user_id: &UserId,
 ) -> Result<Option<(Vec<Value>, UserState)>, ApiError> {
-    let Some(events) = stream_of(state.commands.log(), tenant, &user_stream(user_id), None).await? else {
+    let Some(events) = stream_of(state.commands.log(), tenant, &StreamId::user(user_id), None).await? else {
         return Ok(None);
     };
     if events.is_empty() {
@@ -386,7 +388,7 @@ async fn user_history(
     for e in &events {
         let decoded = codec::decode(&e.event_type, e.schema as u32, e.data.as_str())
             .map_err(|err| ApiError::internal(format!("event at position {}: {err}", e.position)))?;
-        current = user::evolve(current, &decoded);
+        current = userstream_domain::user::evolve(current, &decoded);
         let after = user_view(&current, &tenant.application_id);
         let mut changes = diff(before.as_ref(), after.as_ref());
         if changes.is_empty() {
@@ -421,7 +423,7 @@ pub async fn customer_history(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant(c, a)?;
     let id = crate::http::parse_user_id(&raw)?;
-    let (entries, _) = user_history(&state, &tenant, id.as_str()).await?.ok_or_else(|| user_not_found(&raw))?;
+    let (entries, _) = user_history(&state, &tenant, &id).await?.ok_or_else(|| user_not_found(&raw))?;
     Ok(Json(json!({ "user_id": id.as_str(), "history": entries })))
 }
 
@@ -449,7 +451,7 @@ pub async fn customer_timeline(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant(c, a)?;
     let id = crate::http::parse_user_id(&raw)?;
-    let (entries, current) = user_history(&state, &tenant, id.as_str()).await?.ok_or_else(|| user_not_found(&raw))?;
+    let (entries, current) = user_history(&state, &tenant, &id).await?.ok_or_else(|| user_not_found(&raw))?;
     let delete_on = match current {
         UserState::Archived { archived_at, .. } => {
             let (config, _) = state.commands.config(&tenant).await?;
@@ -487,7 +489,8 @@ pub async fn group_history(
     let tenant = tenant(c, a)?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "group_not_found", format!("group {raw} not found"));
     let id = userstream_domain::UserId::parse("group_id", &raw).map_err(|_| not_found())?;
-    let events = stream_of(state.commands.log(), &tenant, &format!("group-{id}"), None).await?.ok_or_else(not_found)?;
+    let events =
+        stream_of(state.commands.log(), &tenant, &StreamId::group(id.as_str()), None).await?.ok_or_else(not_found)?;
     if events.is_empty() {
         return Err(not_found());
     }

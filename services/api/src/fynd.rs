@@ -1,6 +1,6 @@
 //! The Fynd platform "User" surface: customers, sessions, platform config.
 
-use crate::commands::{new_user_id, Commands};
+use crate::commands::{Commands, Rejection};
 use crate::dto::{ArchiveBody, BlockBody, CreateUserBody, Page, UndeleteBody, UpdateUserBody, UserDto};
 use crate::events::AsOf;
 use crate::http::{
@@ -92,7 +92,7 @@ async fn create_user(
     let (config, _) = state.commands.config(&tenant).await?;
     let ctx = Commands::context_of(&config.config);
     let required = [&config.config.required_fields, &config.config.register_required_fields];
-    let command = body.into_command(new_user_id(ctx.now), &required)?;
+    let command = body.into_command(ctx.id(0), &required)?;
     let meta = meta(tenant, &principal, &headers)?;
     let outcome = state.commands.create_user(&meta, command, &ctx).await?;
     let user = outcome.user().map(|(u, _)| UserDto::from_user(u, &meta.tenant.application_id));
@@ -139,7 +139,7 @@ async fn block_users(
         }
     }
     if !unknown.is_empty() {
-        return Err(crate::commands::CommandError::UnknownUsers(unknown).into());
+        return Err(Rejection::UnknownUsers(unknown).into());
     }
     let meta = meta(tenant, &principal, &headers)?;
     let reason = body.reason.unwrap_or_default();
@@ -195,7 +195,7 @@ async fn get_user(
     let tenant = tenant(company_id, application_id)?;
     let id = parse_user_id(&user_id)?;
     if let Some(as_of) = AsOf::from_query(&state, &query).await? {
-        return crate::events::user_as_of(&state, &tenant, id.as_str(), as_of).await;
+        return crate::events::user_as_of(&state, &tenant, &id, as_of).await;
     }
     consistency.wait(&state, &[&state.users]).await?;
     let row =

@@ -11,7 +11,7 @@
 //!   `user_id`, `email` or `phone_number`; rows that match no user are counted
 //!   in the group's `error.count`.
 
-use crate::commands::{new_user_id, CommandError, Meta};
+use crate::commands::{CommandError, Meta, Rejection};
 use crate::events::{self, AsOf};
 use crate::http::consistency::latest;
 use crate::http::ApiError;
@@ -25,12 +25,11 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use time::OffsetDateTime;
-use userstream_domain::codec;
-use userstream_domain::group::{self, GroupCommand, GroupDetails, GroupError, GroupState};
+
+use userstream_domain::group::{self, GroupCommand, GroupDetails, GroupError, GroupState, GroupStream};
 use userstream_domain::rules::{self, Condition, Op};
-use userstream_domain::UserId;
-use userstream_eventlog::{EventLog, ExpectedVersion, Reservation, Tenant};
+use userstream_domain::{StreamId, UserId};
+use userstream_eventlog::{EventLog, Tenant};
 use userstream_projections::read_models::groups::{GroupFilter, GroupRow};
 use userstream_projections::read_models::users::MAX_PAGE_SIZE;
 
@@ -38,10 +37,6 @@ type GroupPath = Path<(String, String, String)>;
 
 /// Rows one PatchGroupMembers may carry (JSON or CSV).
 pub const MAX_MEMBER_ROWS: usize = 10_000;
-
-pub fn group_stream(id: &str) -> String {
-    format!("group-{id}")
-}
 
 #[derive(Debug, Deserialize)]
 pub struct ConditionBody {
@@ -71,11 +66,7 @@ pub struct GroupBody {
 }
 
 fn group_error(e: GroupError) -> ApiError {
-    match e {
-        GroupError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "group_not_found", e.to_string()),
-        GroupError::AlreadyExists => ApiError::new(StatusCode::CONFLICT, "duplicate", e.to_string()),
-        GroupError::Invalid { .. } | GroupError::RuleGroupMembers => ApiError::invalid(e.to_string()),
-    }
+    Rejection::from(e).into()
 }
 
 /// Conditions as the wire sends them, checked against the application's definitions.
@@ -164,8 +155,8 @@ fn group_json(g: &GroupRow) -> Value {
 }
 
 async fn load(state: &AppState, tenant: &Tenant, id: &str) -> Result<(GroupState, i64), ApiError> {
-    let folded = state.commands.fold(tenant, &group_stream(id), codec::decode_group, group::evolve).await?;
-    Ok(folded.unwrap_or_default())
+    let folded = state.commands.state::<GroupStream>(tenant, &StreamId::group(id)).await;
+    Ok(folded.map_err(CommandError::from)?.unwrap_or_default())
 }
 
 /// The group as its stream has it, or 404.
@@ -182,25 +173,10 @@ fn group_id(raw: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "group_not_found", format!("group {raw} not found")))
 }
 
-/// Runs a group command, retrying on a concurrent change; returns the position.
+/// Runs a group command; returns the position.
 async fn run(state: &AppState, meta: &Meta, id: &str, command: GroupCommand) -> Result<i64, ApiError> {
-    for _ in 0..5 {
-        let (current, version) = load(state, &meta.tenant, id).await?;
-        let events = group::decide(&current, command.clone(), OffsetDateTime::now_utc()).map_err(group_error)?;
-        if events.is_empty() {
-            return Ok(state.commands.log().head().await?);
-        }
-        let encoded = events.iter().map(codec::encode_group).collect();
-        match state
-            .commands
-            .append_encoded(meta, group_stream(id), ExpectedVersion::Exact(version), encoded, vec![], vec![])
-            .await
-        {
-            Err(CommandError::VersionConflict { .. }) => continue,
-            other => return Ok(other?),
-        }
-    }
-    Err(ApiError::internal("too many concurrent changes to this group"))
+    let ctx = state.commands.context(&meta.tenant).await?;
+    Ok(state.commands.handle::<GroupStream>(meta, StreamId::group(id), command, None, &ctx).await?.position)
 }
 
 /// Waits until the groups read model has every event committed so far.
@@ -258,32 +234,24 @@ pub async fn create_group(
         _ => None,
     };
     let meta = meta(tenant, &principal, &headers)?;
-    let id = new_user_id(OffsetDateTime::now_utc()).to_string();
-    let stream = group_stream(&id);
-    let mut position = 0;
-    let mut uid = 0;
+    let ctx = state.commands.context(&meta.tenant).await?;
+    let id = ctx.id(0).to_string();
+    // The next uid is claimed by the group's unique key; a concurrent create
+    // that took it first makes this one try the uid after.
+    let mut claimed = None;
     for _ in 0..10 {
         consistent(&state).await?;
-        uid = state.group_queries.max_uid(&meta.tenant).await? + 1;
+        let uid = state.group_queries.max_uid(&meta.tenant).await? + 1;
         let command = GroupCommand::Create { id: id.clone(), uid, details: details.clone() };
-        let events = group::decide(&GroupState::NotCreated, command, OffsetDateTime::now_utc()).map_err(group_error)?;
-        let reserve = vec![Reservation { key: format!("group_uid:{uid}"), stream: stream.clone() }];
-        let encoded = events.iter().map(codec::encode_group).collect();
-        match state
-            .commands
-            .append_encoded(&meta, stream.clone(), ExpectedVersion::NoStream, encoded, reserve, vec![])
-            .await
-        {
-            Err(CommandError::Taken { .. }) => continue,
+        match state.commands.handle::<GroupStream>(&meta, StreamId::group(&id), command, None, &ctx).await {
+            Err(CommandError::Rejected(Rejection::Taken { .. })) => continue,
             other => {
-                position = other?;
+                claimed = Some(other?.position);
                 break;
             }
         }
     }
-    if position == 0 {
-        return Err(ApiError::internal(format!("could not claim a uid after {uid}")));
-    }
+    let mut position = claimed.ok_or_else(|| Rejection::Contended { stream: StreamId::group(&id).to_string() })?;
     if let Some(rows) = rows {
         position = position.max(patch_members(&state, &meta, &id, rows).await?);
     }

@@ -1,4 +1,18 @@
 //! Command handling and the HTTP surfaces of userstream.
+//!
+//! Modules, and which way they depend:
+//! - [`commands`]: the one command handler (load → evolve → decide →
+//!   reserve → append → retry) over the domain's `Stream` trait; the
+//!   [`commands::Rejection`] / [`commands::Failure`] split.
+//! - [`http`]: request plumbing every surface shares: errors, extractors,
+//!   the one consistency helper, response helpers. Depends on `commands`,
+//!   never on a surface.
+//! - Surfaces, each depending on `http` and `commands` only: [`fynd`]
+//!   (customers; its sub-surfaces [`sessions`], [`platform_config`],
+//!   [`attributes`], [`groups`] with [`members_file`]), [`passage`],
+//!   [`events`] (feed, SSE, history, as-of), [`oauth`], [`ops`].
+//! - [`access`], [`auth`]: credentials and the authentication middleware;
+//!   [`crypto`]: encryption at rest of attribute values; [`dto`]: wire shapes.
 
 pub mod access;
 pub mod attributes;
@@ -28,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 use userstream_eventlog::keys::KeyStore;
 use userstream_eventlog::{Db, SqlEventLog};
-use userstream_projections::engine::{Engine, EngineHandle};
+use userstream_projections::engine::Engine;
 use userstream_projections::read_models::attributes::{AttributesProjection, AttributesQuery};
 use userstream_projections::read_models::groups::{GroupsProjection, GroupsQuery};
 use userstream_projections::read_models::users::{UsersProjection, UsersQuery};
@@ -83,7 +97,7 @@ pub struct Shared {
     pub users: RunnerHandle,
     pub attributes: RunnerHandle,
     pub groups: RunnerHandle,
-    pub engine: EngineHandle,
+    pub engine: RunnerHandle,
     pub attribute_queries: AttributesQuery,
     pub group_queries: GroupsQuery,
     pub sealer: crypto::Sealer,
@@ -131,7 +145,7 @@ impl Service {
             tokio::spawn(groups_runner.run(cancel.clone(), poll)),
             tokio::spawn(engine.run(cancel.clone(), poll)),
         ];
-        let mut runners = vec![users.clone(), attrs.clone(), groups.clone()];
+        let mut runners = vec![users.clone(), attrs.clone(), groups.clone(), engine_handle.clone()];
         if let Some(nats) = &config.nats {
             let relay = Relay::new(log.clone(), nats.clone()).await?;
             runners.push(relay.handle());

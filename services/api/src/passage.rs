@@ -11,7 +11,7 @@
 //! - Answers are read from the users read model once it has the command's
 //!   position, so what a command returns is what a GET returns.
 
-use crate::commands::{new_user_id, Outcome};
+use crate::commands::Outcome;
 use crate::http::error::{ApiError, PassageError};
 use crate::http::{meta, Consistency};
 use crate::http::{tenant, JsonBody, QueryPairs};
@@ -150,7 +150,7 @@ async fn create_user(
         return Err(PassageError::invalid("email or phone is required"));
     }
     let ctx = state.commands.context(&tenant).await?;
-    let id = new_user_id(ctx.now);
+    let id = ctx.id(0);
     let command = CreateUser {
         username: Username::parse("username", id.as_str()).map_err(|e| PassageError::invalid(e.to_string()))?,
         user_id: id.clone(),

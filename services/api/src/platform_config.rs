@@ -18,7 +18,6 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 use userstream_domain::platform::{ConfigState, PlatformConfig};
 use userstream_eventlog::{format_time, Tenant};
 
@@ -115,7 +114,7 @@ pub async fn update_config(
     let config: PlatformConfig = serde_path_to_error::deserialize(merged)
         .map_err(|e| ApiError::invalid(format!("{}: {}", e.path(), e.inner())))?;
     let meta = meta(tenant, &principal, &headers)?;
-    let (after, position) = state.commands.update_config(&meta, config, OffsetDateTime::now_utc()).await?;
+    let (after, position) = state.commands.update_config(&meta, config).await?;
     let (_, version) = state.commands.config(&meta.tenant).await?;
     Ok(with_position(Json(to_wire(&meta.tenant, &after, version)).into_response(), position))
 }

@@ -25,7 +25,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 use userstream_domain::platform::MAX_SESSION_SECONDS;
-use userstream_domain::user::{StartSession, UserCommand};
+use userstream_domain::user::{StartSession, UserCommand, UserStream};
+use userstream_domain::StreamId;
 use userstream_eventlog::{format_time, Tenant};
 
 pub const COOKIE: &str = "f.session";
@@ -89,7 +90,7 @@ pub async fn create_session(
         rolling: config.config.session_config.is_rolling,
     });
     let meta = meta(tenant, &principal, &headers)?;
-    let outcome = state.commands.handle(&meta, &id, command, None, &ctx).await?;
+    let outcome = state.commands.handle::<UserStream>(&meta, StreamId::user(&id), command, None, &ctx).await?;
     let body = json!({
         "domain": domain,
         "max_age": max_age,

@@ -1,5 +1,11 @@
 //! The userstream event log.
 //!
+//! Modules: this file (the [`EventLog`] trait, envelopes, reads, the SQL
+//! log), `writer` (the group-commit writer), `db` (one handle for SQLite and
+//! PostgreSQL, migrations), [`keys`] (credential rows and shared secrets),
+//! [`lease`] (one worker per name across processes), `recent` (the last
+//! events in memory). It knows envelopes and JSON, not the domain.
+//!
 //! Guarantees, for both backends:
 //! - **Atomic appends**: one [`AppendRequest`] (many events, many streams,
 //!   uniqueness reservations, an idempotency key) commits entirely or not at all.

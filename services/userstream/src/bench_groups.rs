@@ -143,7 +143,7 @@ pub(crate) async fn catch_up(bench: &Bench) -> anyhow::Result<f64> {
         if done {
             break;
         }
-        eprintln!("  engine at {} of {head}", state.engine.position());
+        eprintln!("  engine at {} of {head}", state.engine.status().position);
     }
     // The engine's own output must reach the groups read model too.
     let head = state.commands.log().head().await?;

@@ -1,11 +1,13 @@
 //! One error type for the Fynd surface: `{"message", "code"}` with the status
 //! of SPEC §7. 5xx bodies are opaque; the cause is logged once, here.
 
-use crate::commands::CommandError;
+use crate::commands::{CommandError, Rejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use userstream_domain::attribute::AttrError;
+use userstream_domain::group::GroupError;
 use userstream_domain::{UserError, ValueError};
 
 #[derive(Debug)]
@@ -66,23 +68,42 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
-        let message = e.to_string();
         match e {
-            CommandError::Rejected(UserError::NotFound) | CommandError::UnknownUsers(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "user_not_found", message)
-            }
-            CommandError::Rejected(UserError::AlreadyExists) => {
-                ApiError::new(StatusCode::CONFLICT, "user_exists", message)
-            }
-            CommandError::Rejected(UserError::SessionNotFound(_)) => {
-                ApiError::new(StatusCode::NOT_FOUND, "session_not_found", message)
-            }
-            CommandError::Rejected(UserError::Blocked) => ApiError::new(StatusCode::FORBIDDEN, "user_blocked", message),
-            CommandError::Rejected(_) | CommandError::Config(_) => ApiError::invalid(message),
-            CommandError::Taken { .. } => ApiError::new(StatusCode::CONFLICT, "duplicate", message),
-            CommandError::VersionConflict { .. } => ApiError::new(StatusCode::CONFLICT, "version_conflict", message),
-            CommandError::Storage(cause) => ApiError::internal(cause),
+            CommandError::Rejected(r) => r.into(),
+            CommandError::Failed(f) => ApiError::internal(f),
         }
+    }
+}
+
+/// The status and code of each domain "no" (SPEC §7).
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        let message = r.to_string();
+        let (status, code) = match &r {
+            Rejection::User(UserError::NotFound) | Rejection::UnknownUsers(_) => {
+                (StatusCode::NOT_FOUND, "user_not_found")
+            }
+            Rejection::User(UserError::AlreadyExists) => (StatusCode::CONFLICT, "user_exists"),
+            Rejection::User(UserError::SessionNotFound(_)) => (StatusCode::NOT_FOUND, "session_not_found"),
+            Rejection::User(UserError::Blocked) => (StatusCode::FORBIDDEN, "user_blocked"),
+            Rejection::User(_) | Rejection::Config(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Rejection::Group(GroupError::NotFound) => (StatusCode::NOT_FOUND, "group_not_found"),
+            Rejection::Group(GroupError::AlreadyExists) | Rejection::Attribute(AttrError::AlreadyExists) => {
+                (StatusCode::CONFLICT, "duplicate")
+            }
+            Rejection::Group(GroupError::Invalid { .. } | GroupError::RuleGroupMembers) => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+            Rejection::Attribute(AttrError::NotFound | AttrError::NoValue(_)) => (StatusCode::NOT_FOUND, "not_found"),
+            Rejection::Attribute(AttrError::Locked(_)) => (StatusCode::CONFLICT, "locked"),
+            Rejection::Attribute(AttrError::Rule { .. } | AttrError::Invalid { .. }) => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+            Rejection::Taken { .. } => (StatusCode::CONFLICT, "duplicate"),
+            Rejection::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
+            Rejection::Contended { .. } => (StatusCode::CONFLICT, "contended"),
+        };
+        ApiError::new(status, code, message)
     }
 }
 
