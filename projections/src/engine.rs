@@ -459,7 +459,7 @@ impl Engine {
                 streams: streams
                     .into_iter()
                     .map(|(group_id, events)| StreamAppend {
-                        stream: format!("group-{group_id}"),
+                        stream: userstream_domain::StreamId::group(&group_id).to_string(),
                         expected: ExpectedVersion::Any,
                         events: events
                             .iter()

@@ -359,3 +359,33 @@ pub async fn stream_messages(url: &str, stream: &str) -> Vec<(String, String, se
     }
     out
 }
+
+/// Appends one event of `event_type` with a payload no projection can
+/// decode (`{"not": …}`) to `stream` of the default tenant, straight into
+/// the log at `url`: a poison event. Returns its position.
+pub async fn append_poison(url: &str, stream: &str, event_type: &str) -> i64 {
+    use userstream_eventlog::{AppendRequest, EventLog, ExpectedVersion, NewEvent, StreamAppend, Tenant};
+    let db = userstream_eventlog::Db::connect(url).await.expect("connect");
+    let log = userstream_eventlog::SqlEventLog::open(db).await.expect("open");
+    let request = AppendRequest {
+        tenant: Tenant { company_id: COMPANY.into(), application_id: APP.into() },
+        actor: "test".into(),
+        correlation_id: "poison".into(),
+        causation_id: None,
+        streams: vec![StreamAppend {
+            stream: stream.into(),
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent {
+                event_id: uuid::Uuid::now_v7(),
+                event_type: event_type.into(),
+                schema: 1,
+                occurred_at: time::OffsetDateTime::now_utc(),
+                data: serde_json::json!({"not": "an event of this type"}),
+            }],
+        }],
+        reserve: vec![],
+        release: vec![],
+        idempotency_key: None,
+    };
+    log.append(request).await.expect("append").last_position
+}

@@ -684,31 +684,10 @@ async fn numbers_after_text_values_reach_the_filter_and_the_groups() {
 /// forever, invisibly).
 #[tokio::test]
 async fn a_poison_event_stops_the_membership_engine_and_readyz_names_it() {
-    use userstream_eventlog::{AppendRequest, EventLog, ExpectedVersion, NewEvent, SqlEventLog, StreamAppend, Tenant};
     let app = TestApp::spawn().await;
+    let position =
+        userstream_tests::append_poison(&app.db.url, "attrs-61f02c3dcc701256044ed6c0", "attribute.upserted").await;
     let db = userstream_eventlog::Db::connect(&app.db.url).await.expect("db");
-    let log = SqlEventLog::open(db.clone()).await.expect("log");
-    let request = AppendRequest {
-        tenant: Tenant { company_id: COMPANY.into(), application_id: APP.into() },
-        actor: "test".into(),
-        correlation_id: "poison".into(),
-        causation_id: None,
-        streams: vec![StreamAppend {
-            stream: "attrs-61f02c3dcc701256044ed6c0".into(),
-            expected: ExpectedVersion::Any,
-            events: vec![NewEvent {
-                event_id: uuid::Uuid::now_v7(),
-                event_type: "attribute.upserted".into(),
-                schema: 1,
-                occurred_at: time::OffsetDateTime::now_utc(),
-                data: json!({"not": "a value"}),
-            }],
-        }],
-        reserve: vec![],
-        release: vec![],
-        idempotency_key: None,
-    };
-    let position = log.append(request).await.expect("append").last_position;
     let mut last = Value::Null;
     for _ in 0..100 {
         let (status, body) = app.readyz().await;

@@ -8,8 +8,8 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use userstream_eventlog::{AppendRequest, Db, EventLog, ExpectedVersion, NewEvent, SqlEventLog, StreamAppend, Tenant};
-use userstream_tests::{fresh_postgres, fresh_sqlite, TestApp, APP, COMPANY};
+
+use userstream_tests::{fresh_postgres, fresh_sqlite, TestApp, APP};
 
 fn rounds() -> String {
     std::env::var("USERSTREAM_RYW_ROUNDS").unwrap_or_else(|_| "60".into())
@@ -74,34 +74,6 @@ async fn the_official_sdks_read_their_own_writes_on_another_instance() {
     assert_no_misses(&b, &a, "the other way round (postgres)").await;
 }
 
-/// An event the users projection cannot apply: it stops there, so the
-/// read model never reaches the head again.
-async fn poison_users_projection(url: &str) {
-    let db = Db::connect(url).await.expect("connect");
-    let log = SqlEventLog::open(db).await.expect("open");
-    let request = AppendRequest {
-        tenant: Tenant { company_id: COMPANY.into(), application_id: APP.into() },
-        actor: "test".into(),
-        correlation_id: "poison".into(),
-        causation_id: None,
-        streams: vec![StreamAppend {
-            stream: "user-61f02c3dcc701256044ed6c0".into(),
-            expected: ExpectedVersion::Any,
-            events: vec![NewEvent {
-                event_id: uuid::Uuid::now_v7(),
-                event_type: "user.created".into(),
-                schema: 1,
-                occurred_at: time::OffsetDateTime::now_utc(),
-                data: serde_json::json!({"not": "a user"}),
-            }],
-        }],
-        reserve: vec![],
-        release: vec![],
-        idempotency_key: None,
-    };
-    log.append(request).await.expect("append");
-}
-
 #[tokio::test]
 async fn an_eventual_read_never_waits_and_a_default_one_waits_for_the_head() {
     let app = TestApp::spawn_on(fresh_sqlite(), &[("USERSTREAM_MIN_POSITION_WAIT_MS", "300")]).await;
@@ -113,7 +85,9 @@ async fn an_eventual_read_never_waits_and_a_default_one_waits_for_the_head() {
     assert_eq!(r.status(), 200, "a healthy read model answers a default read");
     assert_eq!(app.client.get(&list).header("x-consistency", "sometimes").send().await.expect("list").status(), 400);
 
-    poison_users_projection(&app.db.url).await;
+    // An event the users projection cannot apply: it stops there, so the
+    // read model never reaches the head again.
+    userstream_tests::append_poison(&app.db.url, "user-61f02c3dcc701256044ed6c0", "user.created").await;
     let r = app.client.get(&list).send().await.expect("list");
     assert_eq!(r.status(), 503, "a default read waits for the head the read model cannot reach");
     assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));

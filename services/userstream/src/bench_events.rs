@@ -63,7 +63,8 @@ async fn as_of(bench: &Bench, samples: u64, rows: &mut Vec<(String, String)>) ->
             bail!("update {i}: {status} {body}");
         }
     }
-    let stream = bench.service.state.commands.log().read_stream(&format!("user-{id}")).await?;
+    let stream_id = userstream_domain::StreamId::user(&userstream_domain::UserId::parse("user_id", &id)?);
+    let stream = bench.service.state.commands.log().read_stream(stream_id.as_str()).await?;
     positions.extend(stream.iter().map(|e| e.position));
     if positions.len() != 1000 {
         bail!("the user's stream has {} events, not 1000", positions.len());

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use userstream_domain::attribute::{AttributeUpserted, ValuesEvent};
 use userstream_domain::codec::{self, v1};
 use userstream_domain::user::UserEvent;
-use userstream_domain::{Email, Phone, UserId, Username};
+use userstream_domain::{Email, Phone, StreamId, UserId, Username};
 use userstream_eventlog::{AppendRequest, EventLog, ExpectedVersion, NewEvent, StreamAppend, Tenant};
 
 const APP: &str = "000000000000000000000001";
@@ -88,7 +88,7 @@ pub(crate) async fn bulk_load(
                 at: now,
             });
             streams.push(StreamAppend {
-                stream: format!("user-{id}"),
+                stream: StreamId::user(&id).to_string(),
                 expected: ExpectedVersion::NoStream,
                 events: vec![new_event(codec::encode(&created), now)],
             });
@@ -108,7 +108,7 @@ pub(crate) async fn bulk_load(
                 .collect::<Vec<_>>();
             if !values.is_empty() {
                 streams.push(StreamAppend {
-                    stream: format!("attrs-{id}"),
+                    stream: StreamId::values(id.as_str()).to_string(),
                     expected: ExpectedVersion::Any,
                     events: values,
                 });
