@@ -84,6 +84,15 @@ async fn an_eventual_read_never_waits_and_a_default_one_waits_for_the_head() {
     let r = app.client.get(&list).send().await.expect("list");
     assert_eq!(r.status(), 200, "a healthy read model answers a default read");
     assert_eq!(app.client.get(&list).header("x-consistency", "sometimes").send().await.expect("list").status(), 400);
+    let passage = format!("{}/users", app.passage_app(APP));
+    let r = app.passage.get(&passage).header("x-consistency", "sometimes").send().await.expect("list");
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(
+        (body["code"].as_str(), body["error"].is_string()),
+        (Some("invalid_request"), true),
+        "Passage's shape: {body}"
+    );
 
     // An event the users projection cannot apply: it stops there, so the
     // read model never reaches the head again.
@@ -103,7 +112,6 @@ async fn an_eventual_read_never_waits_and_a_default_one_waits_for_the_head() {
         let body: Value = r.json().await.expect("json");
         assert_eq!(body["items"][0]["_id"], user["_id"], "{body}");
     }
-    let passage = format!("{}/users", app.passage_app(APP));
     assert_eq!(app.passage.get(&passage).send().await.expect("list").status(), 503);
     assert_eq!(app.passage.get(&passage).header("x-consistency", "eventual").send().await.expect("list").status(), 200);
 }

@@ -362,9 +362,11 @@ impl Commands {
             return Ok(Handled { position: result.last_position, states, events: all_events });
         }
         // The same idempotency key was used before: answer with what it did
-        // then, on the streams it wrote then (a retried create named a new id).
+        // then, on the streams of this kind it wrote then (a retried create
+        // named a new id; a key reused by another kind of command wrote others).
+        let kind = targets.first().and_then(|(s, _)| s.as_str().split_once('-')).map_or("", |(k, _)| k);
         let mut states = Vec::with_capacity(result.streams.len());
-        for (stream, _) in &result.streams {
+        for (stream, _) in result.streams.iter().filter(|(s, _)| s.split_once('-').is_some_and(|(k, _)| k == kind)) {
             let loaded = self.load::<S>(&meta.tenant, &StreamId::recorded(stream.as_str())).await?;
             states.push((loaded.state, loaded.version));
         }

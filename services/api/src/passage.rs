@@ -172,11 +172,11 @@ async fn get_user(
     State(state): State<AppState>,
     Path((app_id, raw)): Path<(String, String)>,
     Extension(principal): Extension<Principal>,
-    consistency: Consistency,
+    consistency: Result<Consistency, ApiError>,
 ) -> Result<Response, PassageError> {
     let tenant = passage_tenant(&principal, app_id)?;
     let id = user_id(&raw)?;
-    consistency.wait(&state, &[&state.users]).await?;
+    consistency.map_err(PassageError::from)?.wait(&state, &[&state.users]).await?;
     let row =
         state.queries.get(&tenant, id.as_str()).await?.ok_or_else(|| PassageError::user_not_found(id.as_str()))?;
     Ok(Json(json!({ "user": passage_user(&row) })).into_response())
@@ -281,12 +281,12 @@ async fn list_users(
     State(state): State<AppState>,
     Path(app_id): Path<String>,
     Extension(principal): Extension<Principal>,
-    consistency: Consistency,
+    consistency: Result<Consistency, ApiError>,
     QueryPairs(pairs): QueryPairs,
 ) -> Result<Response, PassageError> {
     let tenant = passage_tenant(&principal, app_id)?;
     let query = ListQuery::parse(&pairs, OffsetDateTime::now_utc()).map_err(PassageError::invalid)?;
-    consistency.wait(&state, &[&state.users]).await?;
+    consistency.map_err(PassageError::from)?.wait(&state, &[&state.users]).await?;
     let (rows, total) = user_list::list(&state.db, &tenant, &query).await?;
     let last = ((total + query.limit - 1) / query.limit).max(1);
     let path = format!("/v1/apps/{}/users", tenant.application_id);
