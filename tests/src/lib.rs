@@ -360,17 +360,18 @@ pub async fn stream_messages(url: &str, stream: &str) -> Vec<(String, String, se
     out
 }
 
-/// Appends one event of `event_type` with a payload no projection can
-/// decode (`{"not": …}`) to `stream` of the default tenant, straight into
-/// the log at `url`: a poison event. Returns its position.
-pub async fn append_poison(url: &str, stream: &str, event_type: &str) -> i64 {
-    use userstream_eventlog::{AppendRequest, EventLog, ExpectedVersion, NewEvent, StreamAppend, Tenant};
-    let db = userstream_eventlog::Db::connect(url).await.expect("connect");
-    let log = userstream_eventlog::SqlEventLog::open(db).await.expect("open");
-    let request = AppendRequest {
-        tenant: Tenant { company_id: COMPANY.into(), application_id: APP.into() },
+/// A request appending one event of `event_type` with `data` to `stream`.
+pub fn one_event_request(
+    tenant: userstream_eventlog::Tenant,
+    stream: &str,
+    event_type: &str,
+    data: serde_json::Value,
+) -> userstream_eventlog::AppendRequest {
+    use userstream_eventlog::{AppendRequest, ExpectedVersion, NewEvent, StreamAppend};
+    AppendRequest {
+        tenant,
         actor: "test".into(),
-        correlation_id: "poison".into(),
+        correlation_id: "c".into(),
         causation_id: None,
         streams: vec![StreamAppend {
             stream: stream.into(),
@@ -380,12 +381,23 @@ pub async fn append_poison(url: &str, stream: &str, event_type: &str) -> i64 {
                 event_type: event_type.into(),
                 schema: 1,
                 occurred_at: time::OffsetDateTime::now_utc(),
-                data: serde_json::json!({"not": "an event of this type"}),
+                data,
             }],
         }],
         reserve: vec![],
         release: vec![],
         idempotency_key: None,
-    };
+    }
+}
+
+/// Appends one event of `event_type` with a payload no projection can
+/// decode (`{"not": …}`) to `stream` of the default tenant, straight into
+/// the log at `url`: a poison event. Returns its position.
+pub async fn append_poison(url: &str, stream: &str, event_type: &str) -> i64 {
+    use userstream_eventlog::{EventLog, Tenant};
+    let db = userstream_eventlog::Db::connect(url).await.expect("connect");
+    let log = userstream_eventlog::SqlEventLog::open(db).await.expect("open");
+    let tenant = Tenant { company_id: COMPANY.into(), application_id: APP.into() };
+    let request = one_event_request(tenant, stream, event_type, serde_json::json!({"not": "an event of this type"}));
     log.append(request).await.expect("append").last_position
 }

@@ -10,9 +10,7 @@ use tokio_util::sync::CancellationToken;
 use userstream_api::commands::{Commands, Meta};
 use userstream_domain::user::{Context, CreateUser, UpdateUser, UserCommand};
 use userstream_domain::{Email, Phone, Username};
-use userstream_eventlog::{
-    AppendRequest, Db, EventLog, ExpectedVersion, Migration, NewEvent, RecordedEvent, SqlEventLog, StreamAppend, Tenant,
-};
+use userstream_eventlog::{AppendRequest, Db, EventLog, Migration, RecordedEvent, SqlEventLog, Tenant};
 use userstream_projections::read_models::users::{UsersProjection, UsersQuery, TABLES};
 use userstream_projections::{Projection, ProjectionError, Runner};
 use userstream_tests::fresh_databases;
@@ -79,26 +77,7 @@ fn tenant() -> Tenant {
 
 /// One event of `event_type` with `data` on `stream`, in the test tenant.
 fn one_event(stream: &str, event_type: &str, data: serde_json::Value) -> AppendRequest {
-    AppendRequest {
-        tenant: tenant(),
-        actor: "t".into(),
-        correlation_id: "c".into(),
-        causation_id: None,
-        streams: vec![StreamAppend {
-            stream: stream.into(),
-            expected: ExpectedVersion::Any,
-            events: vec![NewEvent {
-                event_id: uuid::Uuid::now_v7(),
-                event_type: event_type.into(),
-                schema: 1,
-                occurred_at: OffsetDateTime::now_utc(),
-                data,
-            }],
-        }],
-        reserve: vec![],
-        release: vec![],
-        idempotency_key: None,
-    }
+    userstream_tests::one_event_request(tenant(), stream, event_type, data)
 }
 
 async fn append_n(log: &SqlEventLog, n: i64) {
