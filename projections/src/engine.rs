@@ -24,7 +24,7 @@
 //!   key, and the members read model applies joins and leaves idempotently.
 
 use crate::probe;
-use crate::runner::{report_position, RunnerHandle, STANDBY_POLL};
+use crate::worker::{self, Health, RunnerHandle, StepError, Turn, Worker};
 use crate::ProjectionError;
 use serde_json::Value;
 use sqlx::{AnyConnection, Executor, Row};
@@ -39,7 +39,6 @@ use userstream_domain::codec;
 use userstream_domain::group::{Cause, GroupEvaluated, GroupEvent, MembershipChanged};
 use userstream_domain::rules::{self, Compiled, Condition};
 use userstream_domain::user::UserEvent;
-use userstream_eventlog::lease::Lease;
 use userstream_eventlog::{delete_pairs, Dialect};
 use userstream_eventlog::{
     AppendRequest, Db, EventLog, ExpectedVersion, Migration, NewEvent, RecordedEvent, SqlEventLog, StreamAppend, Tenant,
@@ -217,9 +216,7 @@ type Output = BTreeMap<(String, String), BTreeMap<String, Vec<GroupEvent>>>;
 pub struct Engine {
     log: SqlEventLog,
     db: Db,
-    position: watch::Sender<i64>,
-    /// Set when a poison event stopped the engine.
-    failure: Arc<std::sync::Mutex<Option<String>>>,
+    health: Health,
     /// Compiled rules by group id, with the generation they belong to.
     compiled: HashMap<String, (i64, Arc<CompiledRule>)>,
     /// Per application, the rule groups an empty user satisfies; cleared by
@@ -257,8 +254,7 @@ impl Engine {
         let mut engine = Engine {
             log,
             db,
-            position: watch::channel(0).0,
-            failure: Arc::default(),
+            health: Health::new(NAME, 0),
             compiled: HashMap::new(),
             empty_matching: HashMap::new(),
             groups: BTreeMap::new(),
@@ -294,7 +290,7 @@ impl Engine {
         self.stored = None;
         self.compiled.clear();
         self.empty_matching.clear();
-        self.position.send_replace(position);
+        self.health.report_position(position);
         Ok(())
     }
 
@@ -304,60 +300,13 @@ impl Engine {
 
     /// Its checkpoint, to wait for, and its health, as any projection's.
     pub fn handle(&self) -> RunnerHandle {
-        RunnerHandle::new(NAME, self.position.subscribe(), self.failure.clone())
+        self.health.handle()
     }
 
     /// Runs until cancelled while this process holds the engine's lease
-    /// (standing by otherwise): wakes on appends, polls as a fallback.
-    pub async fn run(mut self, cancel: CancellationToken, poll: Duration) {
-        let mut head = self.log.watch_head();
-        let mut lease = Lease::new(&self.db, "membership-engine");
-        let mut owner = false;
-        loop {
-            if !lease.hold().await {
-                owner = false;
-                if let Ok(p) = self.committed_position().await {
-                    report_position(&self.position, p);
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(STANDBY_POLL) => continue,
-                }
-            }
-            if !owner {
-                if let Err(e) = self.reload().await {
-                    tracing::error!(error = %e, "membership engine could not load its state; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                owner = true;
-            }
-            match self.step().await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(ProjectionError::Poison { position, reason }) => {
-                    // As a projection does: stop, record, never skip.
-                    tracing::error!(position, %reason, "membership engine stopped");
-                    let message = format!("stopped at poison event {position}: {reason}");
-                    if let Ok(mut f) = self.failure.lock() {
-                        *f = Some(message.clone());
-                    }
-                    crate::runner::record_failure(&self.db, NAME, &message).await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "membership engine batch failed; retrying");
-                    // Its in-memory state may be ahead of what was committed.
-                    owner = false;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = head.changed() => {}
-                _ = tokio::time::sleep(poll) => {}
-            }
-        }
+    /// (standing by otherwise), as every worker does: see [`worker::run`].
+    pub async fn run(self, cancel: CancellationToken, poll: Duration) {
+        worker::run(self, cancel, poll).await
     }
 
     /// Processes one batch. Returns whether there was anything to do.
@@ -427,7 +376,7 @@ impl Engine {
             // Nothing to write (its own membership events, say): move on in
             // memory; the checkpoint follows with the next batch that writes.
             self.skipped_to = last;
-            self.position.send_replace(last);
+            self.health.report_position(last);
             return Ok(true);
         }
         let changed: Vec<((String, String), RuleGroup)> =
@@ -441,7 +390,7 @@ impl Engine {
                 self.groups.insert(key, g);
             }
         }
-        self.position.send_replace(last);
+        self.health.report_position(last);
         Ok(true)
     }
 
@@ -1248,6 +1197,42 @@ fn push_changes(
     };
     events.extend(joined.chunks(USERS_PER_EVENT).map(|chunk| change(chunk, &[])));
     events.extend(left.chunks(USERS_PER_EVENT).map(|chunk| change(&[], chunk)));
+}
+
+impl Worker for Engine {
+    type Error = ProjectionError;
+
+    fn health(&self) -> &Health {
+        &self.health
+    }
+
+    fn db(&self) -> &Db {
+        &self.db
+    }
+
+    fn lease_name(&self) -> String {
+        "membership-engine".into()
+    }
+
+    fn watch_head(&self) -> watch::Receiver<i64> {
+        self.log.watch_head()
+    }
+
+    /// Reads the committed state: another instance may have run the engine,
+    /// or a failed batch left the state in memory ahead of the tables.
+    async fn resume(&mut self) -> Result<(), ProjectionError> {
+        self.reload().await
+    }
+
+    async fn step(&mut self, _turn: &mut Turn) -> Result<bool, StepError<ProjectionError>> {
+        Engine::step(self).await.map_err(StepError::from)
+    }
+
+    async fn follow(&mut self) {
+        if let Ok(p) = self.committed_position().await {
+            self.health.report_position(p);
+        }
+    }
 }
 
 async fn write_overlay(conn: &mut AnyConnection, o: &Overlay, from: i64, last: i64) -> Result<(), ProjectionError> {

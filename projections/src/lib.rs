@@ -1,9 +1,11 @@
 //! Read models of userstream and the machinery that builds them from the log.
 //!
-//! Modules: [`runner`] (batch → apply → checkpoint in one transaction,
-//! leases, poison events), [`read_models`] (users, attributes, groups and
+//! Modules: [`worker`] (the one leased loop every singleton worker runs:
+//! lease, standby, backoff, poison stop, health), [`runner`] (batch → apply
+//! → checkpoint in one transaction), [`read_models`] (users, attributes, groups and
 //! their queries), [`engine`] (the membership reactor), [`relay`] (NATS
-//! JetStream), [`replay`] (rebuild beside, then swap), [`probe`] (index
+//! JetStream), [`registry`] (every worker, for serve, migrate, replay and
+//! readiness), [`replay`] (rebuild beside, then swap), [`probe`] (index
 //! probes for rule conditions). Everything here depends on the event log
 //! and the domain, never on the API.
 //!
@@ -15,11 +17,14 @@
 pub mod engine;
 pub mod probe;
 pub mod read_models;
+pub mod registry;
 pub mod relay;
 pub mod replay;
 pub mod runner;
+pub mod worker;
 
-pub use runner::{ProjectionError, Runner, RunnerHandle, RunnerStatus};
+pub use runner::{ProjectionError, Runner};
+pub use worker::{RunnerHandle, RunnerStatus};
 
 use sqlx::AnyConnection;
 use std::future::Future;

@@ -22,14 +22,13 @@
 //!   sealed before they reach the log, so they are sealed on NATS too.
 //! - Replay never touches this checkpoint, so it never republishes.
 
-use crate::runner::{follow_checkpoint, read_checkpoint, report_position, RunnerHandle, STANDBY_POLL};
+use crate::runner::read_checkpoint;
+use crate::worker::{self, Health, RunnerHandle, StepError, Turn, Worker};
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use userstream_eventlog::lease::Lease;
 use userstream_eventlog::{EventLog, RecordedEvent, SqlEventLog};
 
 /// The relay's checkpoint name (also its lease's).
@@ -83,13 +82,16 @@ pub enum RelayError {
     Publish { position: i64, reason: String },
     #[error("storage failure: {0}")]
     Storage(#[from] sqlx::Error),
+    #[error(transparent)]
+    Log(#[from] userstream_eventlog::StorageError),
 }
 
 pub struct Relay {
     log: SqlEventLog,
     config: RelayConfig,
-    position: watch::Sender<i64>,
-    failure: Arc<Mutex<Option<String>>>,
+    health: Health,
+    /// Connected on first taking the lease; async-nats reconnects by itself.
+    js: Option<jetstream::Context>,
 }
 
 /// The subject an event is published on. Ids are single subject tokens, so
@@ -110,77 +112,28 @@ impl Relay {
             .execute(&db.pool)
             .await?;
         let position = read_checkpoint(db, NAME).await?;
-        Ok(Relay { log, config, position: watch::channel(position).0, failure: Arc::new(Mutex::new(None)) })
+        Ok(Relay { log, config, health: Health::new(NAME, position), js: None })
     }
 
     pub fn handle(&self) -> RunnerHandle {
-        RunnerHandle::new(NAME, self.position.subscribe(), self.failure.clone())
+        self.health.handle()
     }
 
     fn report(&self, failure: Option<String>) {
-        if let Ok(mut f) = self.failure.lock() {
-            if *f != failure {
-                match &failure {
-                    Some(reason) => tracing::warn!(%reason, "nats relay not publishing"),
-                    None => tracing::info!("nats relay publishing"),
-                }
-                *f = failure;
-            }
+        let changed = self.health.report_failure(failure.clone());
+        match failure {
+            Some(reason) if changed => tracing::warn!(%reason, "nats relay not publishing"),
+            None if changed => tracing::info!("nats relay publishing"),
+            _ => {}
         }
     }
 
-    /// Connects (retrying with backoff while NATS is unreachable), makes sure
-    /// the stream exists, then publishes while this process holds the lease.
+    /// Publishes while this process holds the lease, as every worker runs
+    /// ([`worker::run`]): connects on taking it (retrying with backoff while
+    /// NATS is unreachable, reported in its health), makes sure the stream
+    /// exists, then publishes from where the stream ends.
     pub async fn run(self, cancel: CancellationToken, poll: Duration) {
-        let mut backoff = Duration::from_millis(100);
-        let js = loop {
-            match self.connect().await {
-                Ok(js) => break js,
-                Err(e) => {
-                    self.report(Some(e.to_string()));
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
-        self.report(None);
-        let mut head = self.log.watch_head();
-        let mut lease = Lease::new(self.log.db(), NAME);
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            if cancel.is_cancelled() {
-                return;
-            }
-            if !lease.hold().await {
-                follow_checkpoint(self.log.db(), NAME, &self.position).await;
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(STANDBY_POLL) => continue,
-                }
-            }
-            let before = *self.position.borrow();
-            let outcome = match self.resume_point(&js).await {
-                Ok((from, sequence)) => {
-                    report_position(&self.position, from);
-                    self.session(&js, (from, sequence), &mut lease, &mut head, &cancel, poll).await
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = outcome {
-                if *self.position.borrow() > before {
-                    backoff = Duration::from_millis(100);
-                }
-                self.report(Some(e.to_string()));
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+        worker::run(self, cancel, poll).await
     }
 
     /// Publishes from `from` (the stream's last sequence being `sequence`)
@@ -198,10 +151,7 @@ impl Relay {
         &self,
         js: &jetstream::Context,
         (from, sequence): (i64, u64),
-        lease: &mut Lease,
-        head: &mut watch::Receiver<i64>,
-        cancel: &CancellationToken,
-        poll: Duration,
+        turn: &mut Turn,
     ) -> Result<(), RelayError> {
         // `None`: the publisher caught up with the log (save now).
         let (tx, mut rx) = mpsc::channel::<Option<Batch>>(WINDOW);
@@ -210,7 +160,7 @@ impl Relay {
             let mut sequence = sequence;
             let mut idle = false;
             loop {
-                if cancel.is_cancelled() || !lease.hold().await {
+                if !turn.may_continue().await {
                     return Ok(());
                 }
                 let events = self.log.read_all(from, self.config.batch).await?;
@@ -219,11 +169,7 @@ impl Relay {
                         return Ok(());
                     }
                     idle = true;
-                    tokio::select! {
-                        _ = cancel.cancelled() => {}
-                        _ = head.changed() => {}
-                        _ = tokio::time::sleep(poll) => {}
-                    }
+                    turn.idle().await;
                     continue;
                 };
                 idle = false;
@@ -245,7 +191,7 @@ impl Relay {
                     for (position, ack) in acks {
                         ack.await.map_err(|e| RelayError::Publish { position, reason: e.to_string() })?;
                     }
-                    self.position.send_replace(last);
+                    self.health.report_position(last);
                     unsaved = Some(last);
                 }
                 // Everything sent is acked, or the stream already held all
@@ -368,5 +314,53 @@ impl Relay {
         }
         .instrument(span)
         .await
+    }
+}
+
+impl Worker for Relay {
+    type Error = RelayError;
+
+    fn health(&self) -> &Health {
+        &self.health
+    }
+
+    fn db(&self) -> &userstream_eventlog::Db {
+        self.log.db()
+    }
+
+    fn lease_name(&self) -> String {
+        NAME.into()
+    }
+
+    fn watch_head(&self) -> watch::Receiver<i64> {
+        self.log.watch_head()
+    }
+
+    async fn resume(&mut self) -> Result<(), RelayError> {
+        if self.js.is_none() {
+            self.js = Some(self.connect().await?);
+        }
+        self.report(None);
+        Ok(())
+    }
+
+    /// One session: from where the stream ends until the lease is lost,
+    /// cancellation, or a failure.
+    async fn step(&mut self, turn: &mut Turn) -> Result<bool, StepError<RelayError>> {
+        let Some(js) = self.js.clone() else {
+            return Ok(true);
+        };
+        let (from, sequence) = self.resume_point(&js).await.map_err(StepError::Retry)?;
+        self.health.report_position(from);
+        self.session(&js, (from, sequence), turn).await.map_err(StepError::Retry)?;
+        Ok(true)
+    }
+
+    async fn follow(&mut self) {
+        self.health.follow_checkpoint(self.log.db()).await;
+    }
+
+    fn failed(&mut self, error: &RelayError) {
+        self.report(Some(error.to_string()));
     }
 }

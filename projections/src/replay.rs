@@ -49,6 +49,14 @@ pub enum ReplayError {
     Projection(#[from] ProjectionError),
     #[error("storage failure: {0}")]
     Storage(#[from] sqlx::Error),
+    #[error(transparent)]
+    Log(#[from] userstream_eventlog::StorageError),
+    /// Something else moved the rebuild's checkpoint while it ran.
+    #[error("the checkpoint of the rebuild of {projection} moved from {from} while it ran")]
+    Moved { projection: String, from: i64 },
+    /// A projection names a read index its migrations do not create (a bug in the projection).
+    #[error("{projection} names a read index {index} its migrations do not create")]
+    UnknownIndex { projection: String, index: String },
 }
 
 /// Where a rebuild writes: the fresh tables of one projection.
@@ -163,7 +171,7 @@ impl<P: Projection + Clone> Rebuild<P> {
         if position >= to {
             return Ok(position);
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<RecordedEvent>, sqlx::Error>>(2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<RecordedEvent>, userstream_eventlog::StorageError>>(2);
         let log = self.log.clone();
         let reader = tokio::spawn(async move {
             let mut after = position;
@@ -187,10 +195,7 @@ impl<P: Projection + Clone> Rebuild<P> {
             let events = batch?;
             if self.runner.apply_from(position, &events).await? != events.len() {
                 reader.abort();
-                return Err(ReplayError::Storage(sqlx::Error::Protocol(format!(
-                    "the checkpoint of the rebuild of {} moved from {position} while it ran",
-                    self.projection.name()
-                ))));
+                return Err(ReplayError::Moved { projection: self.projection.name().to_string(), from: position });
             }
             position = events.last().map_or(position, |e| e.position);
             progress(position);
@@ -389,11 +394,9 @@ async fn drop_read_indexes<P: Projection>(shadow: &Db, projection: &P) -> Result
                 .bind(index)
                 .fetch_optional(&shadow.pool)
                 .await?;
-        let definition = definition.ok_or_else(|| {
-            sqlx::Error::Protocol(format!(
-                "{} names a read index {index} its migrations do not create",
-                projection.name()
-            ))
+        let definition = definition.ok_or_else(|| ReplayError::UnknownIndex {
+            projection: projection.name().to_string(),
+            index: index.to_string(),
         })?;
         sqlx::query(&format!("DROP INDEX {schema}.{index}")).execute(&shadow.pool).await?;
         definitions.push(definition);

@@ -16,31 +16,15 @@
 //!   apply is recorded (logged, and reported by [`RunnerStatus`]) and the
 //!   runner stops advancing; it never skips it.
 
+use crate::worker::{self, Health, RunnerHandle, StepError, Turn, Worker};
 use crate::Projection;
 use sqlx::{Acquire, Executor};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use userstream_eventlog::lease::Lease;
 use userstream_eventlog::{Db, Dialect, EventLog, Migration, RecordedEvent, SqlEventLog};
-
-/// How often a standby follows the owner's checkpoint.
-pub const STANDBY_POLL: Duration = Duration::from_millis(50);
-
-/// Sets a worker's reported position (waking waiters only when it changed).
-pub(crate) fn report_position(position: &watch::Sender<i64>, now: i64) {
-    position.send_if_modified(|p| std::mem::replace(p, now) != now);
-}
-
-/// On a standby: takes the owner's checkpoint `name` as the reported position.
-pub(crate) async fn follow_checkpoint(db: &Db, name: &str, position: &watch::Sender<i64>) {
-    if let Ok(p) = read_checkpoint(db, name).await {
-        report_position(position, p);
-    }
-}
 
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -57,6 +41,9 @@ pub enum ProjectionError {
     /// The database failed; the batch is retried.
     #[error("storage failure: {0}")]
     Storage(#[from] sqlx::Error),
+    /// Reading the event log failed; the batch is retried.
+    #[error(transparent)]
+    Log(#[from] userstream_eventlog::StorageError),
     /// An append of the worker's output failed; the batch is retried.
     #[error("appending output: {0}")]
     Append(#[from] userstream_eventlog::AppendError),
@@ -66,13 +53,6 @@ pub enum ProjectionError {
     LostLease(String),
 }
 
-/// What a runner reports about itself.
-#[derive(Debug, Clone, Default)]
-pub struct RunnerStatus {
-    pub position: i64,
-    pub failure: Option<String>,
-}
-
 pub struct Runner<P> {
     log: SqlEventLog,
     /// Where the read model and its checkpoint live: the log's database,
@@ -80,8 +60,7 @@ pub struct Runner<P> {
     target: Db,
     projection: P,
     batch_size: i64,
-    position: watch::Sender<i64>,
-    failure: Arc<Mutex<Option<String>>>,
+    health: Health,
     /// SQLite only (no standby follows the stored checkpoint): how far past it
     /// the events were all ones this projection does not handle. Such
     /// batches move the position in memory without a write transaction; the
@@ -93,34 +72,6 @@ pub struct Runner<P> {
 
 /// Events a runner skips without storing its checkpoint.
 const SKIP_LIMIT: i64 = 10_000;
-
-/// A handle on a running projection: its checkpoint and its health.
-#[derive(Clone)]
-pub struct RunnerHandle {
-    pub name: &'static str,
-    position: watch::Receiver<i64>,
-    failure: Arc<Mutex<Option<String>>>,
-}
-
-impl RunnerHandle {
-    pub(crate) fn new(name: &'static str, position: watch::Receiver<i64>, failure: Arc<Mutex<Option<String>>>) -> Self {
-        RunnerHandle { name, position, failure }
-    }
-
-    pub fn status(&self) -> RunnerStatus {
-        RunnerStatus {
-            position: *self.position.borrow(),
-            failure: self.failure.lock().map(|f| f.clone()).unwrap_or(None),
-        }
-    }
-
-    /// Waits until the checkpoint reaches `position`, at most `timeout`.
-    /// Returns whether it did.
-    pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {
-        let mut rx = self.position.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position)).await.is_ok_and(|r| r.is_ok())
-    }
-}
 
 impl<P: Projection> Runner<P> {
     /// Migrates the checkpoint table and the projection's own tables.
@@ -144,13 +95,13 @@ impl<P: Projection> Runner<P> {
             .execute(&db.pool)
             .await?;
         let position = read_checkpoint(db, projection.name()).await?;
+        let name = projection.name();
         Ok(Runner {
             log,
             target,
             projection,
             batch_size: 2000,
-            position: watch::channel(position).0,
-            failure: Arc::new(Mutex::new(None)),
+            health: Health::new(name, position),
             skipped_to: None,
         })
     }
@@ -161,63 +112,12 @@ impl<P: Projection> Runner<P> {
     }
 
     pub fn handle(&self) -> RunnerHandle {
-        RunnerHandle {
-            name: self.projection.name(),
-            position: self.position.subscribe(),
-            failure: self.failure.clone(),
-        }
+        self.health.handle()
     }
 
-    /// Runs until `cancel` fires or a poison event stops it. Wakes when this
-    /// process appends, and polls every `poll` for appends by other processes.
+    /// Runs until `cancel` fires or a poison event stops it (see [`worker::run`]).
     pub async fn run(self, cancel: CancellationToken, poll: Duration) {
-        let mut head = self.log.watch_head();
-        let mut backoff = Duration::from_millis(50);
-        let mut lease = Lease::new(&self.target, format!("projection:{}", self.projection.name()));
-        loop {
-            if cancel.is_cancelled() {
-                return;
-            }
-            if !lease.hold().await {
-                follow_checkpoint(&self.target, self.projection.name(), &self.position).await;
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(STANDBY_POLL) => continue,
-                }
-            }
-            match self.step().await {
-                Ok(0) => {
-                    backoff = Duration::from_millis(50);
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = head.changed() => {}
-                        _ = tokio::time::sleep(poll) => {}
-                    }
-                }
-                Ok(_) => backoff = Duration::from_millis(50),
-                Err(ProjectionError::Poison { position, reason }) => {
-                    let message = format!("stopped at poison event {position}: {reason}");
-                    tracing::error!(projection = self.projection.name(), position, %reason, "projection stopped");
-                    self.record_failure(&message).await;
-                    return;
-                }
-                Err(e @ (ProjectionError::Storage(_) | ProjectionError::Append(_) | ProjectionError::LostLease(_))) => {
-                    tracing::warn!(projection = self.projection.name(), error = %e, "projection batch failed; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    async fn record_failure(&self, message: &str) {
-        if let Ok(mut f) = self.failure.lock() {
-            *f = Some(message.to_string());
-        }
-        record_failure(&self.target, self.projection.name(), message).await;
+        worker::run(self, cancel, poll).await
     }
 
     /// Applies one batch. Returns how many events it applied (0: nothing new,
@@ -235,12 +135,12 @@ impl<P: Projection> Runner<P> {
         if let (Some(skip), Some(last)) = (&self.skipped_to, events.last().map(|e| e.position)) {
             if last - from < SKIP_LIMIT && !events.iter().any(|e| self.projection.handles(e)) {
                 skip.store(last, Ordering::Relaxed);
-                self.position.send_replace(last);
+                self.health.report_position(last);
                 return Ok(events.len());
             }
         }
         if events.is_empty() {
-            report_position(&self.position, from.max(skipped));
+            self.health.report_position(from.max(skipped));
             return Ok(0);
         }
         // Events skipped before `events` need nothing written: the
@@ -255,7 +155,7 @@ impl<P: Projection> Runner<P> {
         let db = &self.target;
         let name = self.projection.name();
         let Some(last) = events.last().map(|e| e.position) else {
-            report_position(&self.position, from);
+            self.health.report_position(from);
             return Ok(0);
         };
         let span = tracing::debug_span!("projection.batch", projection = name, from, to = last, events = events.len());
@@ -290,7 +190,7 @@ impl<P: Projection> Runner<P> {
                 }
                 Ok(n) => {
                     conn.execute("COMMIT").await?;
-                    self.position.send_replace(last);
+                    self.health.report_position(last);
                     Ok(n)
                 }
                 Err(e) => {
@@ -304,26 +204,52 @@ impl<P: Projection> Runner<P> {
     }
 }
 
-/// Stores why the worker `name` stopped in its checkpoint row (creating
-/// the row if the worker keeps its position elsewhere).
-pub(crate) async fn record_failure(db: &Db, name: &str, message: &str) {
-    let stored = sqlx::query(
-        "INSERT INTO checkpoints (name, position, failure) VALUES ($1, 0, $2) \
-         ON CONFLICT (name) DO UPDATE SET failure = excluded.failure",
-    )
-    .bind(name)
-    .bind(message)
-    .execute(&db.pool)
-    .await;
-    if let Err(e) = stored {
-        tracing::error!(worker = name, error = %e, "could not record the failure");
-    }
-}
-
 pub(crate) async fn read_checkpoint(db: &Db, name: &str) -> Result<i64, sqlx::Error> {
     let position: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
         .bind(name)
         .fetch_optional(&db.pool)
         .await?;
     Ok(position.unwrap_or(0))
+}
+
+impl<P: Projection> Worker for Runner<P> {
+    type Error = ProjectionError;
+
+    fn health(&self) -> &Health {
+        &self.health
+    }
+
+    fn db(&self) -> &Db {
+        &self.target
+    }
+
+    fn lease_name(&self) -> String {
+        format!("projection:{}", self.projection.name())
+    }
+
+    fn watch_head(&self) -> watch::Receiver<i64> {
+        self.log.watch_head()
+    }
+
+    async fn step(&mut self, _turn: &mut Turn) -> Result<bool, StepError<ProjectionError>> {
+        match Runner::step(self).await {
+            Ok(applied) => Ok(applied > 0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn follow(&mut self) {
+        self.health.follow_checkpoint(&self.target).await;
+    }
+}
+
+impl From<ProjectionError> for StepError<ProjectionError> {
+    fn from(e: ProjectionError) -> Self {
+        match e {
+            ProjectionError::Poison { position, reason } => {
+                StepError::Stop(format!("stopped at poison event {position}: {reason}"))
+            }
+            e => StepError::Retry(e),
+        }
+    }
 }

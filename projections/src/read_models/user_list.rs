@@ -84,6 +84,8 @@ pub struct ListQuery {
     pub limit: i64,
     /// Unix seconds; only users created before it are listed.
     pub created_before: i64,
+    /// `created_before` as a time (checked by `parse`).
+    before: OffsetDateTime,
     conditions: Vec<Condition>,
     order: Vec<(&'static str, bool)>,
 }
@@ -128,6 +130,8 @@ impl ListQuery {
         let page = int("page", 1, 1, 1_000_000)?;
         let limit = int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)?;
         let created_before = int("created_before", now.unix_timestamp() + 1, 0, 253_402_300_799)?;
+        let before = OffsetDateTime::from_unix_timestamp(created_before)
+            .map_err(|_| format!("created_before is out of range: {created_before}"))?;
         let mut conditions = Vec::new();
         for (name, kind, expr) in FIELDS {
             let Some(raw) = get(name) else {
@@ -177,15 +181,14 @@ impl ListQuery {
                 return Err("order_by names too many fields".into());
             }
         }
-        Ok(ListQuery { page, limit, created_before, conditions, order })
+        Ok(ListQuery { page, limit, created_before, before, conditions, order })
     }
 
-    fn where_sql(&self, b: &mut SqlBuilder) -> Result<(), String> {
-        let before = OffsetDateTime::from_unix_timestamp(self.created_before).map_err(|e| e.to_string())?;
+    fn where_sql(&self, b: &mut SqlBuilder) {
         // `|| ''` keeps the planner off the created_at index here: paging
         // walks the list index in order and checks the anchor per row.
         b.sql.push_str(" AND (u.created_at || '') < ");
-        b.bind(format_time(before));
+        b.bind(format_time(self.before));
         for c in &self.conditions {
             b.sql.push_str(" AND ");
             if c.field == "identifier" && c.op == Op::Eq {
@@ -205,7 +208,6 @@ impl ListQuery {
                 condition(b, c.expr, c.op, &c.value);
             }
         }
-        Ok(())
     }
 }
 
@@ -237,7 +239,7 @@ fn condition(b: &mut SqlBuilder, expr: &str, op: Op, value: &Value) {
 /// A page of users for the Passage list, and how many match in all.
 pub async fn list(db: &Db, tenant: &Tenant, q: &ListQuery) -> Result<(Vec<UserRow>, i64), sqlx::Error> {
     let mut b = SqlBuilder::starting_after(2);
-    q.where_sql(&mut b).map_err(sqlx::Error::Protocol)?;
+    q.where_sql(&mut b);
     let mut order: Vec<String> =
         q.order.iter().map(|(expr, desc)| format!("{expr} {}", if *desc { "DESC" } else { "ASC" })).collect();
     order.push("u.seq DESC".into());
@@ -313,8 +315,7 @@ async fn count_by_status(db: &Db, tenant: &Tenant, q: &ListQuery, statuses: &[i6
     if statuses.is_empty() {
         return Ok(0);
     }
-    let before =
-        OffsetDateTime::from_unix_timestamp(q.created_before).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let before = q.before;
     let list: Vec<String> = statuses.iter().map(i64::to_string).collect();
     let newer = format!(
         "SELECT COUNT(*) AS n FROM users_v1 u WHERE u.company_id = $1 AND u.application_id = $2 AND u.archived = 0 AND u.created_at >= $3 AND u.blocked IN ({})",
@@ -362,7 +363,7 @@ mod tests {
     fn like_escapes_wildcards() {
         let q = parse("identifier=like:a_%25").expect("query");
         let mut b = SqlBuilder::starting_after(2);
-        q.where_sql(&mut b).expect("sql");
+        q.where_sql(&mut b);
         assert!(b.binds.contains(&"%a\\_\\%%".to_string()), "{:?}", b.binds);
     }
 }

@@ -77,18 +77,29 @@ fn random_b64(bytes: usize) -> String {
     B64.encode(raw)
 }
 
+/// Why the credential store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("credential store: {0}")]
+    Storage(#[from] sqlx::Error),
+    #[error("the stored signing key is not base64: {0}")]
+    SigningKey(#[from] base64::DecodeError),
+    #[error("hashing the API secret failed: {0}")]
+    Hash(String),
+}
+
 impl Access {
     /// Creates the tables if needed and loads (or, on the first start, creates)
     /// the signing key every instance on this database shares.
-    pub async fn open(db: Db) -> Result<Access, sqlx::Error> {
+    pub async fn open(db: Db) -> Result<Access, AccessError> {
         let keys = KeyStore::open(db).await?;
         let stored = keys.shared_secret("signing", &random_b64(32)).await?;
-        let signing_key = B64.decode(stored).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let signing_key = B64.decode(stored)?;
         Ok(Access { keys, signing_key: signing_key.into(), bearers: Mutex::new(HashMap::new()) })
     }
 
     /// Creates an API key for a company (optionally bound to one application).
-    pub async fn create_key(&self, company_id: &str, application_id: Option<&str>) -> Result<NewKey, sqlx::Error> {
+    pub async fn create_key(&self, company_id: &str, application_id: Option<&str>) -> Result<NewKey, AccessError> {
         let key_bytes: [u8; 12] = rand::random();
         let api_key: String = key_bytes.iter().map(|b| format!("{b:02x}")).collect();
         let api_secret = random_b64(32);
@@ -98,8 +109,8 @@ impl Access {
             Argon2::default().hash_password(secret.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
         })
         .await
-        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?
-        .map_err(sqlx::Error::Protocol)?;
+        .map_err(|e| AccessError::Hash(e.to_string()))?
+        .map_err(AccessError::Hash)?;
         self.keys
             .insert(&StoredKey {
                 key_id: api_key.clone(),

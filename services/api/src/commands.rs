@@ -73,7 +73,7 @@ pub enum Failure {
     #[error("appending to the event log: {0}")]
     Append(AppendError),
     #[error("reading the event log: {0}")]
-    Read(#[from] sqlx::Error),
+    Read(#[from] userstream_eventlog::StorageError),
     #[error("event at position {position} cannot be decoded: {source}")]
     Undecodable { position: i64, source: DecodeError },
 }
@@ -86,8 +86,8 @@ pub enum CommandError {
     Failed(#[from] Failure),
 }
 
-impl From<sqlx::Error> for CommandError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<userstream_eventlog::StorageError> for CommandError {
+    fn from(e: userstream_eventlog::StorageError) -> Self {
         CommandError::Failed(Failure::Read(e))
     }
 }

@@ -42,12 +42,12 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 use userstream_eventlog::keys::KeyStore;
 use userstream_eventlog::{Db, SqlEventLog};
-use userstream_projections::engine::Engine;
-use userstream_projections::read_models::attributes::{AttributesProjection, AttributesQuery};
-use userstream_projections::read_models::groups::{GroupsProjection, GroupsQuery};
-use userstream_projections::read_models::users::{UsersProjection, UsersQuery};
-use userstream_projections::relay::{Relay, RelayConfig};
-use userstream_projections::{Runner, RunnerHandle};
+use userstream_projections::read_models::attributes::AttributesQuery;
+use userstream_projections::read_models::groups::GroupsQuery;
+use userstream_projections::read_models::users::UsersQuery;
+use userstream_projections::registry::Workers;
+use userstream_projections::relay::RelayConfig;
+use userstream_projections::RunnerHandle;
 
 /// Settings of a running service, built once at start-up. Secrets are
 /// [`SecretString`]s: `Debug` prints them redacted.
@@ -121,12 +121,6 @@ impl Service {
         let sealer = crypto::sealer(config.attribute_key.as_ref(), &KeyStore::open(db.clone()).await?).await?;
         let cancel = CancellationToken::new();
         let poll = config.poll_interval;
-        let users_runner = Runner::new(log.clone(), UsersProjection).await?;
-        let attributes_runner = Runner::new(log.clone(), AttributesProjection).await?;
-        let groups_runner = Runner::new(log.clone(), GroupsProjection).await?;
-        let engine = Engine::new(log.clone()).await?;
-        let (users, attrs, groups) = (users_runner.handle(), attributes_runner.handle(), groups_runner.handle());
-        let engine_handle = engine.handle();
         let checkpointer = {
             let (db, cancel) = (db.clone(), cancel.clone());
             async move {
@@ -138,19 +132,10 @@ impl Service {
                 }
             }
         };
-        let mut tasks = vec![
-            tokio::spawn(checkpointer),
-            tokio::spawn(users_runner.run(cancel.clone(), poll)),
-            tokio::spawn(attributes_runner.run(cancel.clone(), poll)),
-            tokio::spawn(groups_runner.run(cancel.clone(), poll)),
-            tokio::spawn(engine.run(cancel.clone(), poll)),
-        ];
-        let mut runners = vec![users.clone(), attrs.clone(), groups.clone(), engine_handle.clone()];
-        if let Some(nats) = &config.nats {
-            let relay = Relay::new(log.clone(), nats.clone()).await?;
-            runners.push(relay.handle());
-            tasks.push(tokio::spawn(relay.run(cancel.clone(), poll)));
-        }
+        let workers = Workers::start(&log, config.nats.clone(), &cancel, poll).await?;
+        let runners = workers.handles();
+        let mut tasks = workers.tasks;
+        tasks.push(tokio::spawn(checkpointer));
         let state = AppState::new(Shared {
             config,
             queries: UsersQuery::new(db.clone()),
@@ -160,10 +145,10 @@ impl Service {
             commands: Commands::new(log),
             access,
             runners,
-            users,
-            attributes: attrs,
-            groups,
-            engine: engine_handle,
+            users: workers.users,
+            attributes: workers.attributes,
+            groups: workers.groups,
+            engine: workers.membership,
             sealer,
         });
         Ok(Service { state, cancel, tasks })

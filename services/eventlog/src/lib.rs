@@ -119,8 +119,35 @@ pub enum AppendError {
     Reserved { key: String },
     #[error("the event log is shut down")]
     Closed,
-    #[error("storage failure: {0}")]
-    Storage(#[from] sqlx::Error),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<sqlx::Error> for AppendError {
+    fn from(e: sqlx::Error) -> Self {
+        AppendError::Storage(e.into())
+    }
+}
+
+/// The storage behind the log failed: a connection dropped, a disk filled, a
+/// stored row did not decode. Opaque on purpose: no backend's error type is
+/// part of the [`EventLog`] contract, so another backend can implement it;
+/// callers answer 5xx and log the cause this carries. Cheap to clone, so one
+/// failed batch can be reported to every request in it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("event log storage failed: {0}")]
+pub struct StorageError(std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl StorageError {
+    pub fn new(cause: impl std::error::Error + Send + Sync + 'static) -> StorageError {
+        StorageError(std::sync::Arc::new(cause))
+    }
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(e: sqlx::Error) -> Self {
+        StorageError::new(e)
+    }
 }
 
 /// An event as stored, with its envelope. The fields are in the order of
@@ -198,11 +225,11 @@ impl std::fmt::Debug for EventData {
 pub trait EventLog: Send + Sync {
     fn append(&self, request: AppendRequest) -> impl Future<Output = Result<AppendResult, AppendError>> + Send;
     /// Events with `position > after`, in position order, at most `limit`.
-    fn read_all(&self, after: i64, limit: i64) -> impl Future<Output = Result<Vec<RecordedEvent>, sqlx::Error>> + Send;
+    fn read_all(&self, after: i64, limit: i64) -> impl Future<Output = Result<Vec<RecordedEvent>, StorageError>> + Send;
     /// A stream's events in version order.
-    fn read_stream(&self, stream: &str) -> impl Future<Output = Result<Vec<RecordedEvent>, sqlx::Error>> + Send;
+    fn read_stream(&self, stream: &str) -> impl Future<Output = Result<Vec<RecordedEvent>, StorageError>> + Send;
     /// The highest committed position (0 for an empty log).
-    fn head(&self) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
+    fn head(&self) -> impl Future<Output = Result<i64, StorageError>> + Send;
 }
 
 pub const MIGRATIONS: &[Migration] = &[
@@ -449,7 +476,7 @@ impl SqlEventLog {
         after: i64,
         limit: i64,
         filter: &FeedFilter,
-    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    ) -> Result<Vec<RecordedEvent>, StorageError> {
         let mut sql = "WHERE company_id = $1 AND application_id = $2 AND position > $3".to_string();
         let mut binds: Vec<String> = Vec::new();
         if !filter.types.is_empty() {
@@ -481,13 +508,13 @@ impl SqlEventLog {
             Bind::Int(limit),
         ];
         args.extend(binds.iter().map(|b| Bind::Text(b)));
-        self.read_events(&sql, Order::Position, &args).await
+        Ok(self.read_events(&sql, Order::Position, &args).await?)
     }
 
     /// A stream's events up to `position` (inclusive), in version order.
-    pub async fn read_stream_until(&self, stream: &str, position: i64) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    pub async fn read_stream_until(&self, stream: &str, position: i64) -> Result<Vec<RecordedEvent>, StorageError> {
         let args = [Bind::Text(stream), Bind::Int(position)];
-        self.read_events("WHERE stream = $1 AND position <= $2 ORDER BY version", Order::Version, &args).await
+        Ok(self.read_events("WHERE stream = $1 AND position <= $2 ORDER BY version", Order::Version, &args).await?)
     }
 
     /// The events `rest` selects (what follows `FROM events`: filter, order,
@@ -549,20 +576,20 @@ impl EventLog for SqlEventLog {
         answer.await.map_err(|_| AppendError::Closed)?
     }
 
-    async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StorageError> {
         if let Some(events) = self.recent.after(after, limit) {
             return Ok(events);
         }
         let args = [Bind::Int(after), Bind::Int(limit)];
-        self.read_events("WHERE position > $1 ORDER BY position LIMIT $2", Order::Position, &args).await
+        Ok(self.read_events("WHERE position > $1 ORDER BY position LIMIT $2", Order::Position, &args).await?)
     }
 
-    async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        self.read_events("WHERE stream = $1 ORDER BY version", Order::Version, &[Bind::Text(stream)]).await
+    async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, StorageError> {
+        Ok(self.read_events("WHERE stream = $1 ORDER BY version", Order::Version, &[Bind::Text(stream)]).await?)
     }
 
-    async fn head(&self) -> Result<i64, sqlx::Error> {
-        head_position(&self.db).await
+    async fn head(&self) -> Result<i64, StorageError> {
+        Ok(head_position(&self.db).await?)
     }
 }
 

@@ -86,9 +86,9 @@ pub(crate) async fn run(
             }
             Err(e) => {
                 tracing::error!(error = %e, "append batch failed; nothing of it was committed");
-                let message = e.to_string();
+                let failure = crate::StorageError::from(e);
                 for pending in batch.drain(..) {
-                    let _ = pending.reply.send(Err(AppendError::Storage(sqlx::Error::Protocol(message.clone()))));
+                    let _ = pending.reply.send(Err(AppendError::Storage(failure.clone())));
                 }
                 // The connection may be broken; get a fresh one before the next batch.
                 match db.dedicated_connection().await {

@@ -15,9 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use userstream_eventlog::EventLog;
-use userstream_projections::read_models::attributes::AttributesProjection;
-use userstream_projections::read_models::groups::GroupsProjection;
-use userstream_projections::read_models::users::UsersProjection;
+use userstream_projections::registry::{ReadModel, WithProjection};
 use userstream_projections::replay::Rebuild;
 use userstream_projections::Projection;
 
@@ -182,10 +180,23 @@ async fn replay_rate(bench: &Bench, events: u64, rows: &mut Vec<(String, String)
         eprintln!("  caught up in {secs:.1} s");
     }
     let head = log.head().await?;
-    rebuild(&log, UsersProjection, head, rows).await?;
-    rebuild(&log, AttributesProjection, head, rows).await?;
-    rebuild(&log, GroupsProjection, head, rows).await?;
+    for model in ReadModel::ALL {
+        model.with(Rebuilt { log: &log, head, rows: &mut *rows }).await?;
+    }
     Ok(())
+}
+
+struct Rebuilt<'a> {
+    log: &'a userstream_eventlog::SqlEventLog,
+    head: i64,
+    rows: &'a mut Vec<(String, String)>,
+}
+
+impl WithProjection for Rebuilt<'_> {
+    type Output = anyhow::Result<()>;
+    async fn call<P: Projection + Clone>(self, projection: P) -> anyhow::Result<()> {
+        rebuild(self.log, projection, self.head, self.rows).await
+    }
 }
 
 async fn rebuild<P: Projection + Clone>(

@@ -19,9 +19,7 @@ use std::time::Duration;
 use userstream_api::access::Access;
 use userstream_api::{Config, Service};
 use userstream_eventlog::{Db, SqlEventLog};
-use userstream_projections::read_models::users::UsersProjection;
 use userstream_projections::relay::RelayConfig;
-use userstream_projections::Runner;
 
 #[derive(Parser)]
 #[command(
@@ -158,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate { database } => {
             let db = Db::connect(&database.url).await.context("connecting to the database")?;
             let log = SqlEventLog::open(db.clone()).await?;
-            Runner::new(log, UsersProjection).await?;
+            userstream_projections::registry::migrate(&log).await?;
             Access::open(db).await?;
             println!("migrated {}", redact(&database.url));
             Ok(())
@@ -171,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config, listen: &str) -> anyhow::Result<()> {
     let database = config.database_url.expose_secret().to_string();
-    let service = Service::start(config).await.with_context(|| format!("starting on {database}"))?;
+    let service = Service::start(config).await.with_context(|| format!("starting on {}", redact(&database)))?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     // The embedded default starts with one command: an empty SQLite database

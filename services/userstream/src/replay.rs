@@ -5,9 +5,7 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Instant;
 use userstream_eventlog::{Db, EventLog, SqlEventLog};
-use userstream_projections::read_models::attributes::AttributesProjection;
-use userstream_projections::read_models::groups::GroupsProjection;
-use userstream_projections::read_models::users::UsersProjection;
+use userstream_projections::registry::{ReadModel, WithProjection};
 use userstream_projections::replay::Rebuild;
 use userstream_projections::Projection;
 
@@ -25,27 +23,38 @@ pub struct ReplayArgs {
     to: Option<i64>,
 }
 
-pub const PROJECTIONS: [&str; 3] = ["users_v1", "attributes_v1", "groups_v1"];
-
 pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
-    let names: Vec<&str> = match &args.projection {
-        Some(p) if PROJECTIONS.contains(&p.as_str()) => vec![p.as_str()],
-        Some(p) => anyhow::bail!("unknown projection {p:?}: one of {}", PROJECTIONS.join(", ")),
-        None => PROJECTIONS.to_vec(),
+    let models: Vec<ReadModel> = match &args.projection {
+        Some(p) => match ReadModel::by_name(p) {
+            Some(model) => vec![model],
+            None => {
+                let names: Vec<&str> = ReadModel::ALL.iter().map(|m| m.name()).collect();
+                anyhow::bail!("unknown projection {p:?}: one of {}", names.join(", "))
+            }
+        },
+        None => ReadModel::ALL.to_vec(),
     };
     if args.to.is_some_and(|t| t < 0) {
         anyhow::bail!("--to must be a position (0 or more)");
     }
     let db = Db::connect(&args.database).await.context("connecting to the database")?;
     let log = SqlEventLog::open(db).await?;
-    for name in names {
-        match name {
-            "users_v1" => replay(&log, UsersProjection, args.to).await?,
-            "attributes_v1" => replay(&log, AttributesProjection, args.to).await?,
-            _ => replay(&log, GroupsProjection, args.to).await?,
-        }
+    for model in models {
+        model.with(Replay { log: &log, to: args.to }).await?;
     }
     Ok(())
+}
+
+struct Replay<'a> {
+    log: &'a SqlEventLog,
+    to: Option<i64>,
+}
+
+impl WithProjection for Replay<'_> {
+    type Output = anyhow::Result<()>;
+    async fn call<P: Projection + Clone>(self, projection: P) -> anyhow::Result<()> {
+        replay(self.log, projection, self.to).await
+    }
 }
 
 async fn replay<P: Projection + Clone>(log: &SqlEventLog, projection: P, to: Option<i64>) -> anyhow::Result<()> {

@@ -66,6 +66,12 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<userstream_eventlog::StorageError> for ApiError {
+    fn from(e: userstream_eventlog::StorageError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         match e {
@@ -164,6 +170,12 @@ impl From<ApiError> for PassageError {
 impl From<CommandError> for PassageError {
     fn from(e: CommandError) -> Self {
         ApiError::from(e).into()
+    }
+}
+
+impl From<userstream_eventlog::StorageError> for PassageError {
+    fn from(e: userstream_eventlog::StorageError) -> Self {
+        ApiError::internal(e).into()
     }
 }
 
