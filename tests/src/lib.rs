@@ -401,3 +401,83 @@ pub async fn append_poison(url: &str, stream: &str, event_type: &str) -> i64 {
     let request = one_event_request(tenant, stream, event_type, serde_json::json!({"not": "an event of this type"}));
     log.append(request).await.expect("append").last_position
 }
+
+/// Sends `r`; its status and JSON body (`null` when it has none).
+pub async fn call(r: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    json_of(r.send().await.expect("send")).await
+}
+
+/// A response's status and JSON body (`null` when it has none).
+pub async fn json_of(r: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// A valid Fynd customer body, distinct for each `n`.
+pub fn user_body(n: u32) -> serde_json::Value {
+    serde_json::json!({
+        "phone_number": format!("91234{n:05}"),
+        "email": format!("u{n}@example.com"),
+        "username": format!("user{n}"),
+    })
+}
+
+/// A Fynd customer with every profile field set.
+pub fn alice() -> serde_json::Value {
+    serde_json::json!({"phone_number": "9876543210", "username": "alice", "email": "Alice@Example.com", "first_name": "Alice", "last_name": "Mane", "gender": "female", "meta": {"tier": "gold"}, "external_id": "ext-1"})
+}
+
+/// The service in this test's process on `db`, driven through its router
+/// with `oneshot` (no socket, no child process), on a clock the test moves:
+/// for what needs time to pass (expiry) or nothing a socket adds.
+pub struct InProcess {
+    pub service: userstream_api::Service,
+    pub clock: userstream_api::clock::Clock,
+    credential: userstream_api::access::Credential,
+}
+
+impl InProcess {
+    /// Starts on `db` with a manual clock at the current time.
+    pub async fn start(db: &TestDb) -> InProcess {
+        let clock = userstream_api::clock::Clock::manual(time::OffsetDateTime::now_utc());
+        let mut config = userstream_api::Config::new(db.url.clone());
+        config.clock = clock.clone();
+        let service = userstream_api::Service::start(config).await.expect("start the service");
+        let key = service.state.access.create_key(COMPANY, None).await.expect("key");
+        let credential =
+            service.state.access.verify_secret(&key.api_key, &key.api_secret).await.expect("verify").expect("valid");
+        InProcess { service, clock, credential }
+    }
+
+    /// Sends `method` to `path` under the default tenant's Fynd prefix
+    /// (`/customers/…`), with `headers` and an optional JSON body, and a
+    /// token fresh on the service's clock; answers status and JSON.
+    pub async fn fynd(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        use tower::ServiceExt;
+        let token = self.service.state.access.issue_token(&self.credential, self.clock.now());
+        let uri = format!("/service/platform/user/v1.0/company/{COMPANY}/application/{APP}{path}");
+        let mut request = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let body = body.map_or_else(axum::body::Body::empty, |b| axum::body::Body::from(b.to_string()));
+        let response = self.service.router().oneshot(request.body(body).expect("request")).await.expect("infallible");
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn stop(self) {
+        self.service.stop().await;
+    }
+}

@@ -3,9 +3,9 @@
 //! and a server given another key refuses to start instead of answering
 //! with the wrong plaintext or a 500 on every read.
 
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
-use userstream_tests::{binary, fresh_sqlite, TestApp, TestDb, APP, COMPANY};
+use userstream_tests::{call, binary, fresh_sqlite, TestApp, TestDb, APP, COMPANY};
 
 const K1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes, base64
 const K2: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
@@ -28,11 +28,6 @@ async fn refused_start(db: &TestDb, env: &[(&str, &str)], args: &[&str]) -> (boo
     (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
-async fn call(r: reqwest::RequestBuilder) -> (u16, Value) {
-    let r = r.send().await.expect("send");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test]
 async fn a_value_sealed_under_one_attribute_key_is_never_opened_by_a_server_started_with_another() {
@@ -78,4 +73,38 @@ async fn a_value_sealed_under_one_attribute_key_is_never_opened_by_a_server_star
         call(again.client.get(format!("{}/user_attribute/definition/{def}/user/{user}", again.fynd(COMPANY, APP))))
             .await;
     assert_eq!((status, v["attribute"]["value"].clone()), (200, json!("ABCDE1234F")), "{v}");
+}
+
+/// `userstream migrate` creates the tables of every worker the registry
+/// lists (it used to create the users read model's only), on every backend,
+/// so a database migrated ahead of a deploy serves at once.
+#[tokio::test]
+async fn migrate_creates_the_tables_of_every_worker() {
+    use userstream_projections::registry::{ReadModel, WithProjection};
+    use userstream_projections::Projection;
+    struct Tables;
+    impl WithProjection for Tables {
+        type Output = &'static [&'static str];
+        async fn call<P: Projection + Clone>(self, projection: P) -> Self::Output {
+            projection.tables()
+        }
+    }
+    for db in userstream_tests::fresh_databases().await {
+        let output = tokio::process::Command::new(binary())
+            .args(["migrate", "--database", &db.url])
+            .output()
+            .await
+            .expect("run userstream migrate");
+        assert!(output.status.success(), "{}: {}", db.backend, String::from_utf8_lossy(&output.stderr));
+        let mut expected: Vec<&str> = vec!["engine_state", "checkpoints", "events"];
+        for model in ReadModel::ALL {
+            expected.extend(model.with(Tables).await);
+        }
+        let conn = userstream_eventlog::Db::connect(&db.url).await.expect("connect");
+        for table in expected {
+            let rows: Result<i64, _> =
+                sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(&conn.pool).await;
+            assert!(rows.is_ok(), "{}: migrate left out {table}: {rows:?}", db.backend);
+        }
+    }
 }

@@ -4,11 +4,8 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use userstream_tests::{fresh_databases, position_of, TestApp, APP, COMPANY};
+use userstream_tests::{alice, fresh_databases, position_of, TestApp, APP, COMPANY};
 
-fn alice() -> Value {
-    json!({"phone_number": "9876543210", "username": "alice", "email": "Alice@Example.com", "first_name": "Alice", "last_name": "Mane", "gender": "female", "meta": {"tier": "gold"}, "external_id": "ext-1"})
-}
 
 /// Recursively asserts there is no `null` anywhere (the SDK's strict check rejects them).
 fn assert_no_nulls(v: &Value, path: &str) {

@@ -5,17 +5,9 @@
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use userstream_tests::{create_key, fresh_databases, position_of, TestApp, APP, COMPANY};
+use userstream_tests::{call, user_body, create_key, fresh_databases, position_of, TestApp, APP, COMPANY};
 
-async fn call(r: reqwest::RequestBuilder) -> (u16, Value) {
-    let r = r.send().await.expect("send");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
 
-fn user_body(n: u32) -> Value {
-    json!({"phone_number": format!("91234{n:05}"), "email": format!("e{n}@example.com"), "username": format!("evt{n}")})
-}
 
 /// Every event of the default tenant through the JSON feed, page by page.
 async fn all_events(app: &TestApp, query: &str) -> Vec<Value> {

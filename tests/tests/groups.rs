@@ -3,13 +3,8 @@
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use userstream_tests::{fresh_databases, TestApp, APP, COMPANY};
+use userstream_tests::{call, fresh_databases, TestApp, APP, COMPANY};
 
-async fn call(r: reqwest::RequestBuilder) -> (u16, Value) {
-    let r = r.send().await.expect("send");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
 
 /// The user ids (sorted) of a filter answer's items.
 fn sorted_ids(found: &Value) -> Vec<String> {

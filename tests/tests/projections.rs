@@ -209,12 +209,12 @@ async fn rebuilding_the_users_read_model_from_zero_equals_the_live_one() {
         let cancel = CancellationToken::new();
         let task = tokio::spawn(runner.run(cancel.clone(), Duration::from_millis(20)));
 
-        let commands = Commands::new(log.clone());
+        let commands = Commands::new(log.clone(), userstream_api::clock::Clock::system());
         let meta = Meta { tenant: tenant(), actor: "t".into(), correlation_id: "c".into(), idempotency_key: None };
         let ctx = Context::at(OffsetDateTime::now_utc());
         let mut ids = Vec::new();
         for i in 0..12 {
-            let id = Commands::context_of(&Default::default()).id(0);
+            let id = commands.context_of(&Default::default()).id(0);
             let create = CreateUser {
                 user_id: id.clone(),
                 username: Username::parse("u", &format!("user{i}")).expect("u"),

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use userstream_tests::{
+use userstream_tests::{user_body, 
     binary, fresh_databases, nats_env, nats_server_bin, stream_messages, NatsServer, TestApp, APP, COMPANY,
 };
 
@@ -24,9 +24,6 @@ async fn wait_readyz(app: &TestApp, what: &str, pred: impl Fn(u16, &Value) -> bo
     }
 }
 
-fn user_body(n: u32) -> Value {
-    json!({"phone_number": format!("93456{n:05}"), "email": format!("r{n}@example.com"), "username": format!("relay{n}")})
-}
 
 #[tokio::test]
 async fn relay_publishes_every_event_once_in_order_through_a_nats_outage() {

@@ -2,17 +2,9 @@
 //! every backend.
 
 use serde_json::{json, Value};
-use std::time::Duration;
-use userstream_tests::{fresh_databases, TestApp, APP, COMPANY};
+use userstream_tests::{InProcess, alice, json_of, fresh_databases, TestApp, APP, COMPANY};
 
-fn alice() -> Value {
-    json!({"phone_number": "9876543210", "email": "alice@example.com", "username": "alice"})
-}
 
-async fn json_of(r: reqwest::Response) -> (u16, Value) {
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test]
 async fn platform_config_has_defaults_takes_updates_as_events_and_refuses_bad_values() {
@@ -103,7 +95,7 @@ async fn platform_config_has_defaults_takes_updates_as_events_and_refuses_bad_va
 }
 
 #[tokio::test]
-async fn sessions_start_list_expire_roll_and_are_revoked_by_block_and_archive() {
+async fn sessions_start_list_and_are_revoked_by_block_and_archive() {
     for db in fresh_databases().await {
         let app = TestApp::spawn_on(db, &[]).await;
         app.set_config(json!({"session_config": {"duration": 1, "type": "Hours", "is_rolling": true}})).await;
@@ -121,37 +113,15 @@ async fn sessions_start_list_expire_roll_and_are_revoked_by_block_and_archive() 
         let (session_id, _) = cookie.split_once('.').expect("signed cookie");
         assert_eq!(session_id.len(), 32, "128 bits, hex");
 
-        // A short one (2 s) that rolls: used after half its life, it is extended.
-        let (_, short) =
-            json_of(start(json!({"user_id": id, "domain": "m.shop", "max_age": 2})).await.expect("s")).await;
-        let short_cookie = short["cookie"]["f.session"].as_str().expect("cookie").to_string();
         let (_, listed) = json_of(app.client.get(&sessions_url).send().await.expect("list")).await;
         let items = listed["items"].as_array().expect("items");
-        assert_eq!(items.len(), 2, "{listed}");
+        assert_eq!(items.len(), 1, "{listed}");
         assert!(items.iter().all(|s| s["expire_in"].is_string() && s["user_agent"] == "tests/1.0"), "{listed}");
-        let short_expiry = items.iter().find(|s| s["domain"] == "m.shop").expect("short")["expire_in"].clone();
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        let used = app
-            .client
-            .get(format!("{}/session?id={id}", app.customers()))
-            .header("cookie", format!("theme=dark; f.session={short_cookie}"))
-            .send()
-            .await
-            .expect("use");
-        let (status, used) = json_of(used).await;
-        assert_eq!(status, 200, "{used}");
-        assert!(used["expires_at"].as_str() > short_expiry.as_str(), "rolled: {used} vs {short_expiry}");
         // A forged cookie is refused without a lookup.
         let forged = format!("{session_id}.AAAA");
         let r = app.client.get(format!("{}/session?id={id}&cookie={forged}", app.customers())).send().await;
         assert_eq!(r.expect("use").status(), 404);
-
-        // Without use it expires, and disappears from the list on its own.
-        let (_, gone) = json_of(start(json!({"user_id": id, "max_age": 1})).await.expect("s")).await;
-        assert_eq!(gone["max_age"], 1);
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        let (_, listed) = json_of(app.client.get(&sessions_url).send().await.expect("list")).await;
-        assert_eq!(listed["items"].as_array().map(Vec::len), Some(2), "the 1 s session expired: {listed}");
+        let _ = cookie;
 
         // Bad input: nothing appended.
         let (other, _) =
@@ -259,5 +229,65 @@ async fn the_passage_list_filters_orders_and_pages_on_every_backend() {
         let (status, err) =
             json_of(app.passage.get(format!("{users}/ffffffffffffffffffffffff")).send().await.expect("get")).await;
         assert_eq!((status, err["code"].as_str()), (404, Some("user_not_found")), "{err}");
+    }
+}
+
+/// Rolling and expiry, in process on a clock the test moves (no sleeping):
+/// a rolling session used after half its life is extended; one left alone
+/// expires and leaves the list by itself.
+#[tokio::test]
+async fn sessions_roll_when_used_late_and_expire_when_left_alone() {
+    for db in fresh_databases().await {
+        let backend = db.backend;
+        let running = InProcess::start(&db).await;
+        let app = &running;
+        let hour = json!({"session_config": {"duration": 1, "type": "Hours", "is_rolling": true}});
+        assert_eq!(app.fynd("POST", "/platform/config", &[], Some(&hour)).await.0, 200, "{backend}");
+        let (status, user) = app.fynd("POST", "/customers", &[], Some(&alice())).await;
+        assert_eq!(status, 200, "{backend}: {user}");
+        let id = user["user"]["_id"].as_str().expect("id").to_string();
+        let start = |body: Value| async move { app.fynd("POST", "/customers/session", &[], Some(&body)).await };
+        let sessions = |id: String| async move {
+            let (status, listed) = app.fynd("GET", &format!("/customers/sessions?id={id}"), &[], None).await;
+            assert_eq!(status, 200, "{listed}");
+            listed["items"].as_array().expect("items").clone()
+        };
+
+        let (status, rolling) = start(json!({"user_id": id, "domain": "m.shop", "max_age": 100})).await;
+        assert_eq!(status, 200, "{backend}: {rolling}");
+        let cookie = rolling["cookie"]["f.session"].as_str().expect("cookie").to_string();
+        let (_, alone) = start(json!({"user_id": id, "domain": "other", "max_age": 100})).await;
+        assert_eq!(alone["max_age"], 100);
+        let listed = sessions(id.clone()).await;
+        assert_eq!(listed.len(), 2, "{backend}: {listed:?}");
+        let expiry = listed.iter().find(|s| s["domain"] == "m.shop").expect("rolling")["expire_in"].clone();
+
+        // Used before half its life: not extended.
+        app.clock.advance(time::Duration::seconds(30));
+        let use_it = format!("/customers/session?id={id}");
+        let header = format!("theme=dark; f.session={cookie}");
+        let (status, used) = app.fynd("GET", &use_it, &[("cookie", &header)], None).await;
+        assert_eq!(status, 200, "{backend}: {used}");
+        assert_eq!(used["expires_at"], expiry, "{backend}: more than half left, not rolled");
+        // Used after half its life: extended to a full life from now.
+        app.clock.advance(time::Duration::seconds(30));
+        let (status, used) = app.fynd("GET", &use_it, &[("cookie", &header)], None).await;
+        assert_eq!(status, 200, "{backend}: {used}");
+        assert!(used["expires_at"].as_str() > expiry.as_str(), "{backend}: rolled: {used} vs {expiry}");
+
+        // 41 s later the one left alone (100 s from start) has expired; the
+        // rolled one (100 s from its use at 60 s) has not.
+        app.clock.advance(time::Duration::seconds(41));
+        let listed = sessions(id.clone()).await;
+        let domains: Vec<&Value> = listed.iter().map(|s| &s["domain"]).collect();
+        assert_eq!(domains, [&json!("m.shop")], "{backend}: {listed:?}");
+        let (status, _) = app.fynd("GET", &use_it, &[("cookie", &header)], None).await;
+        assert_eq!(status, 200, "{backend}");
+        // And past its own end the rolled one is gone too: using it is a 404.
+        app.clock.advance(time::Duration::seconds(101));
+        assert_eq!(sessions(id.clone()).await, Vec::<Value>::new(), "{backend}");
+        let (status, err) = app.fynd("GET", &use_it, &[("cookie", &header)], None).await;
+        assert_eq!(status, 404, "{backend}: {err}");
+        running.stop().await;
     }
 }

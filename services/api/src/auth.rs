@@ -20,7 +20,6 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use time::OffsetDateTime;
 
 #[derive(Debug, Clone)]
 pub enum Principal {
@@ -79,7 +78,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         Surface::Open => Principal::Anonymous,
         Surface::Fynd { company_id, application_id } => {
             let Some(credential) =
-                bearer(request.headers()).and_then(|t| state.access.verify_token(t, OffsetDateTime::now_utc()))
+                bearer(request.headers()).and_then(|t| state.access.verify_token(t, state.commands.now()))
             else {
                 return ApiError::new(
                     StatusCode::UNAUTHORIZED,
@@ -101,7 +100,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         Surface::Passage { app_id } => {
             let credential = match bearer(request.headers()) {
                 Some(token) if token.starts_with("ust1.") => {
-                    state.access.verify_token(token, OffsetDateTime::now_utc())
+                    state.access.verify_token(token, state.commands.now())
                 }
                 Some(token) => match state.access.verify_bearer(token).await {
                     Ok(c) => c,

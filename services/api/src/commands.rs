@@ -20,6 +20,7 @@
 //! Every command runs inside a `command` span naming its kind, command and
 //! first stream; no personal data goes into the span.
 
+use crate::clock::Clock;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -170,6 +171,7 @@ type CachedConfig = (Instant, ConfigState, i64);
 #[derive(Clone)]
 pub struct Commands {
     log: SqlEventLog,
+    clock: Clock,
     /// Platform configs read recently, by stream: every CreateUser needs one,
     /// and they change rarely. An update through this process replaces its
     /// entry at once; updates by other instances are seen within [`CONFIG_TTL`].
@@ -199,8 +201,13 @@ pub fn config_stream(tenant: &Tenant) -> StreamId {
 }
 
 impl Commands {
-    pub fn new(log: SqlEventLog) -> Self {
-        Commands { log, configs: Arc::default() }
+    pub fn new(log: SqlEventLog, clock: Clock) -> Self {
+        Commands { log, clock, configs: Arc::default() }
+    }
+
+    /// The time commands are decided at.
+    pub fn now(&self) -> time::OffsetDateTime {
+        self.clock.now()
     }
 
     pub fn log(&self) -> &SqlEventLog {
@@ -234,13 +241,13 @@ impl Commands {
     /// The context of a command in this tenant: now, fresh ids, and the
     /// application's config.
     pub async fn context(&self, tenant: &Tenant) -> Result<Context, CommandError> {
-        Ok(Self::context_of(&self.config(tenant).await?.0.config))
+        Ok(self.context_of(&self.config(tenant).await?.0.config))
     }
 
     /// The context for a config the caller has read already. The one place
     /// the handler reads the clock and draws randomness for a decision.
-    pub fn context_of(config: &PlatformConfig) -> Context {
-        let now = time::OffsetDateTime::now_utc();
+    pub fn context_of(&self, config: &PlatformConfig) -> Context {
+        let now = self.clock.now();
         Context {
             now,
             delete_account_day: config.delete_account_day,
@@ -460,7 +467,7 @@ impl Commands {
     /// Replaces the platform config; returns the new state and the position
     /// that makes it visible.
     pub async fn update_config(&self, meta: &Meta, new: PlatformConfig) -> Result<(ConfigState, i64), CommandError> {
-        let ctx = Self::context_of(&new);
+        let ctx = self.context_of(&new);
         let stream = config_stream(&meta.tenant);
         let mut handled = self.handle::<ConfigStream>(meta, stream.clone(), new, None, &ctx).await?;
         let (state, version) = handled.states.pop().unwrap_or_default();

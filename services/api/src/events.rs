@@ -61,7 +61,7 @@ impl AsOf {
                     "as_of must be a position or an RFC 3339 time like 2026-01-31T12:00:00Z, got {raw:?}"
                 ))
             })?;
-            if at > OffsetDateTime::now_utc() {
+            if at > state.commands.now() {
                 return Err(ApiError::invalid(format!("as_of {raw} is in the future")));
             }
             AsOf::Time(at)

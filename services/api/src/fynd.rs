@@ -1,6 +1,6 @@
 //! The Fynd platform "User" surface: customers, sessions, platform config.
 
-use crate::commands::{Commands, Rejection};
+use crate::commands::Rejection;
 use crate::dto::{ArchiveBody, BlockBody, CreateUserBody, Page, UndeleteBody, UpdateUserBody, UserDto};
 use crate::events::AsOf;
 use crate::http::{
@@ -90,7 +90,7 @@ async fn create_user(
 ) -> Result<Response, ApiError> {
     let tenant = tenant(company_id, application_id)?;
     let (config, _) = state.commands.config(&tenant).await?;
-    let ctx = Commands::context_of(&config.config);
+    let ctx = state.commands.context_of(&config.config);
     let required = [&config.config.required_fields, &config.config.register_required_fields];
     let command = body.into_command(ctx.id(0), &required)?;
     let meta = meta(tenant, &principal, &headers)?;

@@ -12,11 +12,13 @@
 //!   [`attributes`], [`groups`] with [`members_file`]), [`passage`],
 //!   [`events`] (feed, SSE, history, as-of), [`oauth`], [`ops`].
 //! - [`access`], [`auth`]: credentials and the authentication middleware;
+//!   [`clock`]: the one place the time is read (tests move it by hand);
 //!   [`crypto`]: encryption at rest of attribute values; [`dto`]: wire shapes.
 
 pub mod access;
 pub mod attributes;
 pub mod auth;
+pub mod clock;
 pub mod commands;
 pub mod crypto;
 pub mod dto;
@@ -68,6 +70,8 @@ pub struct Config {
     pub attribute_key: Option<SecretString>,
     /// Publish every event to NATS JetStream (off on the embedded default).
     pub nats: Option<RelayConfig>,
+    /// Where commands, sessions and tokens read the time.
+    pub clock: clock::Clock,
 }
 
 impl Config {
@@ -80,6 +84,7 @@ impl Config {
             poll_interval: Duration::from_millis(500),
             attribute_key: None,
             nats: None,
+            clock: clock::Clock::system(),
         }
     }
 }
@@ -136,13 +141,14 @@ impl Service {
         let runners = workers.handles();
         let mut tasks = workers.tasks;
         tasks.push(tokio::spawn(checkpointer));
+        let clock = config.clock.clone();
         let state = AppState::new(Shared {
             config,
             queries: UsersQuery::new(db.clone()),
             attribute_queries: AttributesQuery::new(db.clone()),
             group_queries: GroupsQuery::new(db.clone()),
             db,
-            commands: Commands::new(log),
+            commands: Commands::new(log, clock),
             access,
             runners,
             users: workers.users,

@@ -14,7 +14,6 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::json;
-use time::OffsetDateTime;
 
 pub const TOKEN_PATH: &str = "/service/panel/authentication/v1.0/company/{company_id}/oauth/token";
 
@@ -85,7 +84,7 @@ async fn token(
             return oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error");
         }
     };
-    let access_token = state.access.issue_token(&credential, OffsetDateTime::now_utc());
+    let access_token = state.access.issue_token(&credential, state.commands.now());
     let mut response = Json(json!({
         "access_token": access_token,
         "token_type": "Bearer",

@@ -23,7 +23,6 @@ use axum::routing::{delete, get, patch, post, MethodRouter};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use time::OffsetDateTime;
 use userstream_domain::user::{CreateUser, EmailEntry, PhoneEntry, UpdateUser, UserCommand};
 use userstream_domain::{Email, Phone, UserId, Username};
 use userstream_eventlog::{EventLog, Tenant};
@@ -285,7 +284,7 @@ async fn list_users(
     QueryPairs(pairs): QueryPairs,
 ) -> Result<Response, PassageError> {
     let tenant = passage_tenant(&principal, app_id)?;
-    let query = ListQuery::parse(&pairs, OffsetDateTime::now_utc()).map_err(PassageError::invalid)?;
+    let query = ListQuery::parse(&pairs, state.commands.now()).map_err(PassageError::invalid)?;
     consistency.map_err(PassageError::from)?.wait(&state, &[&state.users]).await?;
     let (rows, total) = user_list::list(&state.db, &tenant, &query).await?;
     let last = ((total + query.limit - 1) / query.limit).max(1);

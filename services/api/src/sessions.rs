@@ -11,7 +11,6 @@
 //!   or `?cookie=`) is what a storefront calls on use: it answers the
 //!   session, and extends a rolling one once less than half its life is left.
 
-use crate::commands::Commands;
 use crate::http::consistency::latest;
 use crate::http::ApiError;
 use crate::http::{command_response, meta, parse_user_id, TenantPath};
@@ -23,7 +22,6 @@ use axum::response::Response;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use time::OffsetDateTime;
 use userstream_domain::platform::MAX_SESSION_SECONDS;
 use userstream_domain::user::{StartSession, UserCommand, UserStream};
 use userstream_domain::StreamId;
@@ -77,7 +75,7 @@ pub async fn create_session(
     if domain.len() > 253 {
         return Err(ApiError::invalid("domain is longer than 253 characters"));
     }
-    let ctx = Commands::context_of(&config.config);
+    let ctx = state.commands.context_of(&config.config);
     // 128 random bits; the cookie adds the signature.
     let random: [u8; 16] = rand::random();
     let session_id = hex(&random);
@@ -137,7 +135,7 @@ pub async fn list_sessions(
     let raw = required(&query, "id")?;
     consistent(&state).await?;
     let user_id = live_user(&state, &tenant, raw).await?;
-    let now = format_time(OffsetDateTime::now_utc());
+    let now = format_time(state.commands.now());
     let items: Vec<Value> = state
         .queries
         .sessions(&tenant, &user_id, &now)
