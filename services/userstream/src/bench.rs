@@ -115,7 +115,15 @@ impl Bench {
     }
 
     async fn get(&self, path_and_query: &str) -> anyhow::Result<Value> {
-        let (status, body) = self.call(Request::get(format!("{PREFIX}{path_and_query}")).body(Body::empty())?).await?;
+        self.get_with(path_and_query, &[]).await
+    }
+
+    async fn get_with(&self, path_and_query: &str, headers: &[(&str, &str)]) -> anyhow::Result<Value> {
+        let mut request = Request::get(format!("{PREFIX}{path_and_query}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let (status, body) = self.call(request.body(Body::empty())?).await?;
         if status != StatusCode::OK {
             bail!("GET {path_and_query} answered {status}: {body}");
         }
@@ -151,6 +159,61 @@ async fn throughput(bench: &Arc<Bench>, clients: usize, seconds: u64) -> anyhow:
         all.add(h)?;
     }
     Ok((total, all, started.elapsed().as_secs_f64()))
+}
+
+/// Clients that create users until stopped: the load under which reads are measured.
+struct Writers {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(bench: &Arc<Bench>, clients: usize) -> Writers {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (bench, stop) = (bench.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        if bench.create().await.is_err() {
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Writers { stop, tasks }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// What read-your-writes costs a query: search by email while 256 clients
+/// write, by default (waits until the users read model reaches the log
+/// head) and with `X-Consistency: eventual` (never waits), alternating.
+async fn read_cost_under_load(bench: &Arc<Bench>, users: u64, samples: u64) -> anyhow::Result<Vec<(String, String)>> {
+    let writers = Writers::start(bench, 256);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut default, mut eventual) = (histogram(), histogram());
+    for i in 0..samples {
+        let n = (i * 7_919 + 13) % users;
+        let path = format!("/customers/search?q=u{n}%40bench.example");
+        let (headers, h): (&[(&str, &str)], _) =
+            if i % 2 == 0 { (&[], &mut default) } else { (&[("x-consistency", "eventual")], &mut eventual) };
+        let t = Instant::now();
+        bench.get_with(&path, headers).await?;
+        h.record(t.elapsed().as_micros().max(1) as u64)?;
+    }
+    writers.stop().await;
+    let row = |what: &str, h: &Histogram<u64>| {
+        (format!("search by email, 256 clients writing, {what}"), format!("p50 {}, p99 {}", ms(h, 0.5), ms(h, 0.99)))
+    };
+    Ok(vec![row("default read (waits for the log head)", &default), row("X-Consistency: eventual", &eventual)])
 }
 
 /// Loads users until `target` exist, with 256 clients. Returns users/s.
@@ -255,19 +318,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     // Visibility lag: one probe client while 16 others write.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let background: Vec<_> = (0..16)
-        .map(|_| {
-            let (bench, stop) = (bench.clone(), stop.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    if bench.create().await.is_err() {
-                        break;
-                    }
-                }
-            })
-        })
-        .collect();
+    let writers = Writers::start(&bench, 16);
     let mut lag = histogram();
     for _ in 0..500 {
         let (n, _) = bench.create().await?;
@@ -285,10 +336,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         lag.record(acked.elapsed().as_micros().max(1) as u64)?;
     }
-    stop.store(true, Ordering::Relaxed);
-    for b in background {
-        let _ = b.await;
-    }
+    writers.stop().await;
     rows.push((
         "command → query visibility lag (search by email, 16 writers)".into(),
         format!("p50 {}, p99 {}", ms(&lag, 0.5), ms(&lag, 0.99)),
@@ -323,6 +371,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         format!("search by email, {total} users"),
         format!("p50 {}, p99 {}", ms(&search, 0.5), ms(&search, 0.99)),
     ));
+
+    rows.extend(read_cost_under_load(&bench, total, args.samples.min(2_000)).await?);
 
     let mut list = histogram();
     for i in 0..args.samples {
