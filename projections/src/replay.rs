@@ -171,7 +171,8 @@ impl<P: Projection + Clone> Rebuild<P> {
         if position >= to {
             return Ok(position);
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<RecordedEvent>, userstream_eventlog::StorageError>>(2);
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<Result<Vec<RecordedEvent>, userstream_eventlog::StorageError>>(2);
         let log = self.log.clone();
         let reader = tokio::spawn(async move {
             let mut after = position;

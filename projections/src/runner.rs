@@ -96,14 +96,7 @@ impl<P: Projection> Runner<P> {
             .await?;
         let position = read_checkpoint(db, projection.name()).await?;
         let name = projection.name();
-        Ok(Runner {
-            log,
-            target,
-            projection,
-            batch_size: 2000,
-            health: Health::new(name, position),
-            skipped_to: None,
-        })
+        Ok(Runner { log, target, projection, batch_size: 2000, health: Health::new(name, position), skipped_to: None })
     }
 
     pub fn with_batch_size(mut self, batch_size: i64) -> Self {

@@ -5,7 +5,7 @@
 
 use serde_json::json;
 use std::time::Duration;
-use userstream_tests::{call, binary, fresh_sqlite, TestApp, TestDb, APP, COMPANY};
+use userstream_tests::{binary, call, fresh_sqlite, TestApp, TestDb, APP, COMPANY};
 
 const K1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes, base64
 const K2: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
@@ -27,7 +27,6 @@ async fn refused_start(db: &TestDb, env: &[(&str, &str)], args: &[&str]) -> (boo
         .expect("run userstream");
     (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
-
 
 #[tokio::test]
 async fn a_value_sealed_under_one_attribute_key_is_never_opened_by_a_server_started_with_another() {

@@ -6,7 +6,6 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use userstream_tests::{alice, fresh_databases, position_of, TestApp, APP, COMPANY};
 
-
 /// Recursively asserts there is no `null` anywhere (the SDK's strict check rejects them).
 fn assert_no_nulls(v: &Value, path: &str) {
     match v {

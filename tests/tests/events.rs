@@ -5,9 +5,7 @@
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use userstream_tests::{call, user_body, create_key, fresh_databases, position_of, TestApp, APP, COMPANY};
-
-
+use userstream_tests::{call, create_key, fresh_databases, position_of, user_body, TestApp, APP, COMPANY};
 
 /// Every event of the default tenant through the JSON feed, page by page.
 async fn all_events(app: &TestApp, query: &str) -> Vec<Value> {

@@ -5,7 +5,6 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use userstream_tests::{call, fresh_databases, TestApp, APP, COMPANY};
 
-
 /// The user ids (sorted) of a filter answer's items.
 fn sorted_ids(found: &Value) -> Vec<String> {
     let mut ids: Vec<String> =

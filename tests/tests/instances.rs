@@ -6,8 +6,9 @@
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use userstream_tests::{user_body, fresh_postgres, nats_env, nats_server_bin, position_of, stream_messages, NatsServer, TestApp};
-
+use userstream_tests::{
+    fresh_postgres, nats_env, nats_server_bin, position_of, stream_messages, user_body, NatsServer, TestApp,
+};
 
 async fn create(app: &TestApp, n: u32) -> (String, i64) {
     let r = app.client.post(app.customers()).json(&user_body(n)).send().await.expect("create");

@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use userstream_tests::{user_body, 
-    binary, fresh_databases, nats_env, nats_server_bin, stream_messages, NatsServer, TestApp, APP, COMPANY,
+use userstream_tests::{
+    binary, fresh_databases, nats_env, nats_server_bin, stream_messages, user_body, NatsServer, TestApp, APP, COMPANY,
 };
 
 /// Waits (bounded) until `/readyz` satisfies `pred`; returns the last answer.
@@ -23,7 +23,6 @@ async fn wait_readyz(app: &TestApp, what: &str, pred: impl Fn(u16, &Value) -> bo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
-
 
 #[tokio::test]
 async fn relay_publishes_every_event_once_in_order_through_a_nats_outage() {

@@ -2,9 +2,7 @@
 //! every backend.
 
 use serde_json::{json, Value};
-use userstream_tests::{InProcess, alice, json_of, fresh_databases, TestApp, APP, COMPANY};
-
-
+use userstream_tests::{alice, fresh_databases, json_of, InProcess, TestApp, APP, COMPANY};
 
 #[tokio::test]
 async fn platform_config_has_defaults_takes_updates_as_events_and_refuses_bad_values() {

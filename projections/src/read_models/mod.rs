@@ -1,3 +1,4 @@
+pub mod attribute_filter;
 pub mod attributes;
 pub mod filter;
 pub mod groups;

@@ -99,9 +99,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         }
         Surface::Passage { app_id } => {
             let credential = match bearer(request.headers()) {
-                Some(token) if token.starts_with("ust1.") => {
-                    state.access.verify_token(token, state.commands.now())
-                }
+                Some(token) if token.starts_with("ust1.") => state.access.verify_token(token, state.commands.now()),
                 Some(token) => match state.access.verify_bearer(token).await {
                     Ok(c) => c,
                     Err(e) => return PassageError::from(ApiError::internal(e)).into_response(),

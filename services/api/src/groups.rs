@@ -17,6 +17,7 @@ use crate::http::consistency::latest;
 use crate::http::ApiError;
 use crate::http::{meta, with_position, TenantPath};
 use crate::http::{tenant, JsonBody, QueryPairs};
+use crate::members_file::{MemberRow, MAX_MEMBER_ROWS};
 use crate::{auth::Principal, AppState};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -34,9 +35,6 @@ use userstream_projections::read_models::groups::{GroupFilter, GroupRow};
 use userstream_projections::read_models::users::MAX_PAGE_SIZE;
 
 type GroupPath = Path<(String, String, String)>;
-
-/// Rows one PatchGroupMembers may carry (JSON or CSV).
-pub const MAX_MEMBER_ROWS: usize = 10_000;
 
 #[derive(Debug, Deserialize)]
 pub struct ConditionBody {
@@ -363,18 +361,6 @@ pub async fn refresh_group(
     };
     let body = json!({ "message": format!("refresh of group {} started", current.uid), "uid": current.uid });
     Ok(with_position((StatusCode::ACCEPTED, Json(body)).into_response(), position))
-}
-
-/// One membership row, from JSON or CSV.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct MemberRow {
-    #[serde(default)]
-    pub user_id: Option<String>,
-    #[serde(default)]
-    pub email: Option<String>,
-    #[serde(default)]
-    pub phone_number: Option<String>,
-    pub action: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,9 +4,24 @@
 //! bad file (unsupported scheme, unreachable host, missing `action` column,
 //! unknown action, too many rows) changes nothing.
 
-use crate::groups::{MemberRow, MAX_MEMBER_ROWS};
 use crate::http::ApiError;
+use serde::Deserialize;
 use std::time::Duration;
+
+/// Rows one PatchGroupMembers may carry (JSON or CSV).
+pub const MAX_MEMBER_ROWS: usize = 10_000;
+
+/// One membership row, from JSON or CSV.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct MemberRow {
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub phone_number: Option<String>,
+    pub action: String,
+}
 
 /// Largest file read.
 const MAX_BYTES: usize = 5 * 1024 * 1024;

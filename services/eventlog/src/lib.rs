@@ -225,7 +225,8 @@ impl std::fmt::Debug for EventData {
 pub trait EventLog: Send + Sync {
     fn append(&self, request: AppendRequest) -> impl Future<Output = Result<AppendResult, AppendError>> + Send;
     /// Events with `position > after`, in position order, at most `limit`.
-    fn read_all(&self, after: i64, limit: i64) -> impl Future<Output = Result<Vec<RecordedEvent>, StorageError>> + Send;
+    fn read_all(&self, after: i64, limit: i64)
+        -> impl Future<Output = Result<Vec<RecordedEvent>, StorageError>> + Send;
     /// A stream's events in version order.
     fn read_stream(&self, stream: &str) -> impl Future<Output = Result<Vec<RecordedEvent>, StorageError>> + Send;
     /// The highest committed position (0 for an empty log).

@@ -1,0 +1,168 @@
+//! A user's attribute values: upsert (validated, sealed when encrypted),
+//! get (also as of a past moment), delete, list.
+
+use super::{
+    attr_error, consistent, definition_id, live_definition, page_json, run_values, value_json, DefPath, DefUserPath,
+};
+use crate::commands::{fold_events, CommandError};
+use crate::events::AsOf;
+use crate::http::ApiError;
+use crate::http::{meta, parse_user_id, with_position as position_header};
+use crate::http::{tenant, JsonBody, QueryPairs};
+use crate::{auth::Principal, AppState};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use userstream_domain::attribute::{AttrError, NewValue, ValuesCommand, ValuesState, ValuesStream};
+use userstream_domain::{StreamId, UserId};
+use userstream_eventlog::Tenant;
+use userstream_projections::read_models::attributes::ValueRow;
+use userstream_projections::read_models::users::MAX_PAGE_SIZE;
+
+async fn live_user(state: &AppState, tenant: &Tenant, raw: &str) -> Result<UserId, ApiError> {
+    let id = parse_user_id(raw)?;
+    if state.commands.user_is_live(tenant, &id).await? {
+        Ok(id)
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {raw} not found")))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UpsertBody {
+    pub attribute: Value,
+    #[serde(default, alias = "customer_overriden")]
+    pub customer_overridden: Option<bool>,
+}
+
+pub async fn upsert_value(
+    State(state): State<AppState>,
+    Path((c, a, raw_def, raw_user)): DefUserPath,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<UpsertBody>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(c, a)?;
+    let (definition, _) = live_definition(&state, &tenant, &raw_def).await?;
+    let user = live_user(&state, &tenant, &raw_user).await?;
+    let raw = body.attribute.get("value").cloned().ok_or_else(|| ApiError::invalid("attribute.value is required"))?;
+    let value = definition.validate(&raw).map_err(attr_error)?;
+    let value = if definition.encrypted { state.sealer.seal(&value) } else { value };
+    let meta = meta(tenant, &principal, &headers)?;
+    let ctx = state.commands.context(&meta.tenant).await?;
+    let command = ValuesCommand::Upsert(vec![NewValue {
+        definition_id: definition.id.clone(),
+        new_attribute_id: ctx.id(0).to_string(),
+        value,
+        customer_overridden: body.customer_overridden.unwrap_or(false),
+    }]);
+    let position = run_values(&state, &meta, user.as_str(), command, &ctx).await?;
+    consistent(&state).await?;
+    let row = state
+        .attribute_queries
+        .value(&meta.tenant, user.as_str(), &definition.id)
+        .await?
+        .ok_or_else(|| ApiError::internal("the value just written is not in the read model"))?;
+    Ok(position_header(Json(value_json(&state, &meta.tenant, Some(&definition), &row)?).into_response(), position))
+}
+
+pub async fn get_value(
+    State(state): State<AppState>,
+    Path((c, a, raw_def, raw_user)): DefUserPath,
+    query: QueryPairs,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant(c, a)?;
+    let def_id = definition_id(&raw_def)?;
+    let user = parse_user_id(&raw_user)?;
+    let as_of = AsOf::from_query(&state, &query).await?;
+    consistent(&state).await?;
+    let definition = state.attribute_queries.definition(&tenant, &def_id).await?.map(|r| r.definition);
+    let row = match as_of {
+        Some(as_of) => value_as_of(&state, &tenant, user.as_str(), &def_id, as_of).await?,
+        None => state.attribute_queries.value(&tenant, user.as_str(), &def_id).await?,
+    }
+    .ok_or_else(|| attr_error(AttrError::NoValue(def_id.clone())))?;
+    Ok(Json(value_json(&state, &tenant, definition.as_ref(), &row)?))
+}
+
+/// A user's value of one definition as its values stream had it at `as_of`.
+async fn value_as_of(
+    state: &AppState,
+    tenant: &Tenant,
+    user_id: &str,
+    def_id: &str,
+    as_of: AsOf,
+) -> Result<Option<ValueRow>, ApiError> {
+    let Some(events) =
+        crate::events::stream_of(state.commands.log(), tenant, &StreamId::values(user_id), Some(as_of)).await?
+    else {
+        return Ok(None);
+    };
+    let values: ValuesState = fold_events::<ValuesStream>(&events).map_err(CommandError::from)?;
+    Ok(values.values.get(def_id).map(|v| ValueRow {
+        user_id: user_id.to_string(),
+        definition_id: def_id.to_string(),
+        attribute_id: v.attribute_id.clone(),
+        value: v.value.clone(),
+        customer_overridden: v.customer_overridden,
+        created_at: userstream_eventlog::format_time(v.created_at),
+        updated_at: userstream_eventlog::format_time(v.updated_at),
+    }))
+}
+
+pub async fn delete_value(
+    State(state): State<AppState>,
+    Path((c, a, raw_def, raw_user)): DefUserPath,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(c, a)?;
+    let def_id = definition_id(&raw_def)?;
+    let user = live_user(&state, &tenant, &raw_user).await?;
+    let meta = meta(tenant, &principal, &headers)?;
+    let ctx = state.commands.context(&meta.tenant).await?;
+    let command = ValuesCommand::Delete { definition_ids: vec![def_id.clone()], ignore_missing: false };
+    let position = run_values(&state, &meta, user.as_str(), command, &ctx).await?;
+    Ok(position_header(
+        Json(json!({ "success": format!("attribute {def_id} of user {user} deleted") })).into_response(),
+        position,
+    ))
+}
+
+pub async fn user_values(
+    State(state): State<AppState>,
+    Path((c, a, raw_user)): DefPath,
+    query: QueryPairs,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant(c, a)?;
+    let user = parse_user_id(&raw_user)?;
+    let page_no = query.int("page_no", 1, 1..=1_000_000)?;
+    let page_size = query.int("page_size", 10, 1..=MAX_PAGE_SIZE)?;
+    consistent(&state).await?;
+    let definitions = state.attribute_queries.definitions(&tenant).await?;
+    let (rows, total) = state.attribute_queries.values_of(&tenant, user.as_str(), page_no, page_size).await?;
+    let items = rows
+        .iter()
+        .map(|r| {
+            let d = definitions.iter().find(|d| d.definition.id == r.definition_id).map(|d| &d.definition);
+            value_json(&state, &tenant, d, r)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({ "items": items, "page": page_json(page_no, page_size, total) })))
+}
+
+pub async fn value_by_id(State(state): State<AppState>, Path((c, a, raw)): DefPath) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant(c, a)?;
+    consistent(&state).await?;
+    let row = state
+        .attribute_queries
+        .value_by_id(&tenant, raw.trim())
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("attribute {raw} not found")))?;
+    let definition = state.attribute_queries.definition(&tenant, &row.definition_id).await?.map(|r| r.definition);
+    Ok(Json(value_json(&state, &tenant, definition.as_ref(), &row)?))
+}
