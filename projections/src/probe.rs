@@ -1,6 +1,6 @@
 //! SQL for a rule condition's index probe ([`Probe`]) over the typed value
 //! columns `num_value` and `text_value`, which the attributes read model and
-//! the membership engine both keep (filled by [`rules::index_keys`]).
+//! the membership engine both keep (filled by `rules::index_keys`).
 
 use sqlx::any::{Any, AnyArguments};
 use sqlx::query::Query;

@@ -7,13 +7,13 @@
 //!   together; a crash anywhere in a batch rolls both back, and the batch is
 //!   read again from the old checkpoint.
 //! - **One runner per projection at a time** across processes on PostgreSQL:
-//!   a runner works only while it holds the projection's [`Lease`]; the
+//!   a runner works only while it holds the projection's lease ([`crate::worker`]); the
 //!   others stand by, following the owner's checkpoint so their
 //!   read-your-writes waits still end. As a second line, the batch
 //!   transaction locks the checkpoint row (`FOR UPDATE SKIP LOCKED`) and
 //!   applies nothing unless the checkpoint is where the batch started.
 //! - **Poison events stop the projection**: an event the projection cannot
-//!   apply is recorded (logged, and reported by [`RunnerStatus`]) and the
+//!   apply is recorded (logged, and reported by [`crate::RunnerStatus`]) and the
 //!   runner stops advancing; it never skips it.
 
 use crate::worker::{self, Health, RunnerHandle, StepError, Turn, Worker};

@@ -1,7 +1,7 @@
 //! The one loop every singleton worker runs: a projection's runner, the
 //! membership engine and the NATS relay.
 //!
-//! [`run`] works while this process holds the worker's [`Lease`] and stands
+//! [`run`] works while this process holds the worker's `Lease` and stands
 //! by otherwise (following the owner's checkpoint, so read-your-writes waits
 //! on a standby still end). It wakes on appends and polls as a fallback,
 //! backs off after a failed step and tries again, and stops for good on a
