@@ -16,6 +16,9 @@ use userstream_domain::rules::{self, Compiled};
 use userstream_domain::user::UserEvent;
 use userstream_eventlog::RecordedEvent;
 
+/// Values by user, then by definition.
+type UserValues = HashMap<String, HashMap<String, Value>>;
+
 impl Engine {
     /// Re-evaluates `groups` for one user and records joins and leaves.
     pub(super) async fn reevaluate(
@@ -296,8 +299,8 @@ impl Engine {
             return Ok(BTreeSet::new());
         }
         let definitions: BTreeSet<&str> = rule.iter().map(|c| c.definition_id.as_str()).collect();
-        let mut values: HashMap<String, HashMap<String, Value>> = HashMap::new();
         let deleted = |d: &str| overlay.deleted_definitions.iter().any(|(a, id)| a == app && id == d);
+        let live_defs: Vec<&str> = definitions.iter().copied().filter(|d| !deleted(d)).collect();
         // A rule an empty user cannot satisfy needs a value its probe finds:
         // only those users (and the batch's) are candidates.
         let driver = rule
@@ -305,11 +308,11 @@ impl Engine {
             .filter(|c| !deleted(&c.definition_id))
             .filter_map(|c| c.probe().map(|p| (c, p)))
             .min_by_key(|(_, p)| probe::rank(p));
+        let matches_empty = rules::matches(rule, |_| None);
         // Users matched from the index keys alone (archived ones still to drop).
         let mut keyed: Vec<String> = Vec::new();
-        match driver {
-            Some((c, p)) if !rules::matches(rule, |_| None) => {
-                let defs: Vec<&str> = definitions.iter().copied().filter(|d| !deleted(d)).collect();
+        let mut values = match driver {
+            Some((c, p)) if !matches_empty => {
                 // The batch's changes may make others match: read theirs in full.
                 let touched: BTreeSet<String> = overlay
                     .values
@@ -319,64 +322,16 @@ impl Engine {
                     .collect();
                 let mut candidates = BTreeSet::new();
                 if rule.iter().all(|c| c.holds_keys(None).is_some()) {
-                    keyed = self.matching_by_keys(app, rule, (c, &p), &defs).await?;
+                    keyed = self.matching_by_keys(app, rule, (c, &p), &live_defs).await?;
                     keyed.retain(|u| !touched.contains(u));
                 } else {
-                    let mut next = 3;
-                    let mut binds = Vec::new();
-                    let condition = probe::sql(&p, "v", false, &mut next, &mut binds);
-                    let sql = format!("SELECT v.user_id FROM engine_values v WHERE v.application_id = $1 AND v.definition_id = $2{condition}");
-                    let query = probe::bind(sqlx::query(&sql).bind(app).bind(&c.definition_id), &binds);
-                    for r in query.fetch_all(&self.db.pool).await? {
-                        candidates.insert(r.try_get::<String, _>("user_id")?);
-                    }
+                    candidates = self.probe_candidates(app, &c.definition_id, &p).await?;
                 }
                 candidates.extend(touched);
-                let candidates: Vec<String> = candidates.into_iter().collect();
-                for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
-                    let sql = format!(
-                        "SELECT user_id, definition_id, value FROM engine_values WHERE application_id = $1 AND user_id IN ({}) AND definition_id IN ({})",
-                        placeholders(2, chunk.len()),
-                        placeholders(2 + chunk.len(), defs.len())
-                    );
-                    let mut q = sqlx::query(&sql).bind(app);
-                    for u in chunk {
-                        q = q.bind(u.as_str());
-                    }
-                    for d in &defs {
-                        q = q.bind(*d);
-                    }
-                    for r in q.fetch_all(&self.db.pool).await? {
-                        let text: String = r.try_get("value")?;
-                        values
-                            .entry(r.try_get("user_id")?)
-                            .or_default()
-                            .insert(r.try_get("definition_id")?, serde_json::from_str(&text).unwrap_or(Value::Null));
-                    }
-                }
+                self.values_of(app, &candidates.into_iter().collect::<Vec<_>>(), &live_defs).await?
             }
-            _ => {
-                for d in &definitions {
-                    if deleted(d) {
-                        continue;
-                    }
-                    let rows = sqlx::query(
-                        "SELECT user_id, value FROM engine_values WHERE application_id = $1 AND definition_id = $2",
-                    )
-                    .bind(app)
-                    .bind(*d)
-                    .fetch_all(&self.db.pool)
-                    .await?;
-                    for r in rows {
-                        let text: String = r.try_get("value")?;
-                        values
-                            .entry(r.try_get("user_id")?)
-                            .or_default()
-                            .insert(d.to_string(), serde_json::from_str(&text).unwrap_or(Value::Null));
-                    }
-                }
-            }
-        }
+            _ => self.all_values_of(app, &live_defs).await?,
+        };
         for ((a, u, d), v) in &overlay.values {
             if a == app && definitions.contains(d.as_str()) {
                 let entry = values.entry(u.clone()).or_default();
@@ -386,7 +341,102 @@ impl Engine {
                 };
             }
         }
-        // Archived users are few: load those, not the live ones.
+        let archived = self.archived_users(overlay, app).await?;
+        let empty = HashMap::new();
+        let matches = |u: &String| {
+            let vals = values.get(u).unwrap_or(&empty);
+            !archived.contains(u) && rules::matches(rule, |id| vals.get(id))
+        };
+        if !matches_empty {
+            // Only users with values can match: no need to list every user.
+            let mut found: BTreeSet<String> = values.keys().filter(|u| matches(u)).cloned().collect();
+            found.extend(keyed.into_iter().filter(|u| !archived.contains(u)));
+            return Ok(found);
+        }
+        let mut all: BTreeSet<String> =
+            sqlx::query_scalar::<_, String>("SELECT user_id FROM engine_users WHERE application_id = $1")
+                .bind(app)
+                .fetch_all(&self.db.pool)
+                .await?
+                .into_iter()
+                .collect();
+        all.extend(overlay.users.keys().filter(|(a, _)| a == app).map(|(_, u)| u.clone()));
+        Ok(all.into_iter().filter(|u| matches(u)).collect())
+    }
+
+    /// The users with a value of `definition` that `p` finds, through its index.
+    async fn probe_candidates(
+        &self,
+        app: &str,
+        definition: &str,
+        p: &rules::Probe,
+    ) -> Result<BTreeSet<String>, sqlx::Error> {
+        let mut next = 3;
+        let mut binds = Vec::new();
+        let condition = probe::sql(p, "v", false, &mut next, &mut binds);
+        let sql = format!(
+            "SELECT v.user_id FROM engine_values v WHERE v.application_id = $1 AND v.definition_id = $2{condition}"
+        );
+        let query = probe::bind(sqlx::query(&sql).bind(app).bind(definition), &binds);
+        let mut candidates = BTreeSet::new();
+        for r in query.fetch_all(&self.db.pool).await? {
+            candidates.insert(r.try_get::<String, _>("user_id")?);
+        }
+        Ok(candidates)
+    }
+
+    /// The committed values of `defs` of the `users`, by user.
+    async fn values_of(&self, app: &str, users: &[String], defs: &[&str]) -> Result<UserValues, sqlx::Error> {
+        let mut values = UserValues::new();
+        for chunk in users.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT user_id, definition_id, value FROM engine_values WHERE application_id = $1 AND user_id IN ({}) AND definition_id IN ({})",
+                placeholders(2, chunk.len()),
+                placeholders(2 + chunk.len(), defs.len())
+            );
+            let mut q = sqlx::query(&sql).bind(app);
+            for u in chunk {
+                q = q.bind(u.as_str());
+            }
+            for d in defs {
+                q = q.bind(*d);
+            }
+            for r in q.fetch_all(&self.db.pool).await? {
+                let text: String = r.try_get("value")?;
+                values
+                    .entry(r.try_get("user_id")?)
+                    .or_default()
+                    .insert(r.try_get("definition_id")?, serde_json::from_str(&text).unwrap_or(Value::Null));
+            }
+        }
+        Ok(values)
+    }
+
+    /// Every committed value of `defs` in the application, by user.
+    async fn all_values_of(&self, app: &str, defs: &[&str]) -> Result<UserValues, sqlx::Error> {
+        let mut values = UserValues::new();
+        for d in defs {
+            let rows = sqlx::query(
+                "SELECT user_id, value FROM engine_values WHERE application_id = $1 AND definition_id = $2",
+            )
+            .bind(app)
+            .bind(*d)
+            .fetch_all(&self.db.pool)
+            .await?;
+            for r in rows {
+                let text: String = r.try_get("value")?;
+                values
+                    .entry(r.try_get("user_id")?)
+                    .or_default()
+                    .insert(d.to_string(), serde_json::from_str(&text).unwrap_or(Value::Null));
+            }
+        }
+        Ok(values)
+    }
+
+    /// The application's archived users as of the batch (they are few: these
+    /// are loaded, not the live ones).
+    async fn archived_users(&self, overlay: &Overlay, app: &str) -> Result<BTreeSet<String>, sqlx::Error> {
         let mut archived: BTreeSet<String> = sqlx::query_scalar::<_, String>(
             "SELECT user_id FROM engine_users WHERE application_id = $1 AND archived = 1",
         )
@@ -404,26 +454,7 @@ impl Engine {
                 }
             }
         }
-        let empty = HashMap::new();
-        let matches = |u: &String| {
-            let vals = values.get(u).unwrap_or(&empty);
-            !archived.contains(u) && rules::matches(rule, |id| vals.get(id))
-        };
-        if !rules::matches(rule, |_| None) {
-            // Only users with values can match: no need to list every user.
-            let mut found: BTreeSet<String> = values.keys().filter(|u| matches(u)).cloned().collect();
-            found.extend(keyed.into_iter().filter(|u| !archived.contains(u)));
-            return Ok(found);
-        }
-        let mut all: BTreeSet<String> =
-            sqlx::query_scalar::<_, String>("SELECT user_id FROM engine_users WHERE application_id = $1")
-                .bind(app)
-                .fetch_all(&self.db.pool)
-                .await?
-                .into_iter()
-                .collect();
-        all.extend(overlay.users.keys().filter(|(a, _)| a == app).map(|(_, u)| u.clone()));
-        Ok(all.into_iter().filter(|u| matches(u)).collect())
+        Ok(archived)
     }
 
     /// The users with a value the driver's probe finds for whom every

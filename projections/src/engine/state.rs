@@ -90,12 +90,38 @@ impl Engine {
     }
 }
 
+/// Writes the batch's state and moves the checkpoint from `from` to
+/// `last`, inside the caller's transaction; fails with `LostLease` (and the
+/// caller rolls back) when the checkpoint is no longer `from`.
 pub(super) async fn write_overlay(
     conn: &mut AnyConnection,
     o: &Overlay,
     from: i64,
     last: i64,
 ) -> Result<(), ProjectionError> {
+    write_users(conn, o).await?;
+    write_definitions(conn, o).await?;
+    write_values(conn, o).await?;
+    write_groups(conn, o).await?;
+    write_members(conn, o).await?;
+    let moved =
+        sqlx::query("UPDATE engine_state SET position = $1, inflight_from = NULL, inflight_to = NULL WHERE name = $2 AND position = $3")
+            .bind(last)
+            .bind(NAME)
+            .bind(from)
+            .execute(&mut *conn)
+            .await?;
+    if moved.rows_affected() != 1 {
+        // Another instance committed this range (this one lost its lease).
+        return Err(ProjectionError::LostLease(format!(
+            "membership engine checkpoint moved from {from}: batch discarded"
+        )));
+    }
+    Ok(())
+}
+
+/// Users: their company and whether they are archived.
+async fn write_users(conn: &mut AnyConnection, o: &Overlay) -> Result<(), sqlx::Error> {
     let users: Vec<_> = o.users.iter().collect();
     for chunk in users.chunks(ROWS_PER_STATEMENT) {
         let rows: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(4 * i + 1, 4))).collect();
@@ -106,6 +132,11 @@ pub(super) async fn write_overlay(
         }
         q.execute(&mut *conn).await?;
     }
+    Ok(())
+}
+
+/// Definitions: deleted ones with their values, then changed ones.
+async fn write_definitions(conn: &mut AnyConnection, o: &Overlay) -> Result<(), sqlx::Error> {
     for (app, def) in &o.deleted_definitions {
         sqlx::query("DELETE FROM engine_values WHERE application_id = $1 AND definition_id = $2")
             .bind(app)
@@ -118,6 +149,19 @@ pub(super) async fn write_overlay(
             .execute(&mut *conn)
             .await?;
     }
+    for ((app, def), d) in &o.definitions {
+        sqlx::query("INSERT INTO engine_definitions (application_id, definition_id, definition) VALUES ($1, $2, $3) ON CONFLICT (application_id, definition_id) DO UPDATE SET definition = $3")
+            .bind(app)
+            .bind(def)
+            .bind(serde_json::to_string(d).unwrap_or_default())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Values, with their index keys; deleted values.
+async fn write_values(conn: &mut AnyConnection, o: &Overlay) -> Result<(), sqlx::Error> {
     // Rows with a number key and rows without go in separate statements, so
     // the SQL depends only on the row count (see `probe::number_slot`).
     let (numbers, others): (Vec<_>, Vec<_>) = o
@@ -153,14 +197,11 @@ pub(super) async fn write_overlay(
             .execute(&mut *conn)
             .await?;
     }
-    for ((app, def), d) in &o.definitions {
-        sqlx::query("INSERT INTO engine_definitions (application_id, definition_id, definition) VALUES ($1, $2, $3) ON CONFLICT (application_id, definition_id) DO UPDATE SET definition = $3")
-            .bind(app)
-            .bind(def)
-            .bind(serde_json::to_string(d).unwrap_or_default())
-            .execute(&mut *conn)
-            .await?;
-    }
+    Ok(())
+}
+
+/// Rule groups and the definitions their conditions name.
+async fn write_groups(conn: &mut AnyConnection, o: &Overlay) -> Result<(), sqlx::Error> {
     for ((app, group_id), g) in &o.groups {
         sqlx::query("DELETE FROM engine_group_definitions WHERE application_id = $1 AND group_id = $2")
             .bind(app)
@@ -193,6 +234,11 @@ pub(super) async fn write_overlay(
                 .await?;
         }
     }
+    Ok(())
+}
+
+/// Members: cleared groups, then every join, then every leave.
+async fn write_members(conn: &mut AnyConnection, o: &Overlay) -> Result<(), sqlx::Error> {
     for group_id in &o.cleared {
         sqlx::query("DELETE FROM engine_members WHERE group_id = $1").bind(group_id).execute(&mut *conn).await?;
     }
@@ -221,19 +267,6 @@ pub(super) async fn write_overlay(
             q = q.bind(g.as_str()).bind(u.as_str());
         }
         q.execute(&mut *conn).await?;
-    }
-    let moved =
-        sqlx::query("UPDATE engine_state SET position = $1, inflight_from = NULL, inflight_to = NULL WHERE name = $2 AND position = $3")
-            .bind(last)
-            .bind(NAME)
-            .bind(from)
-            .execute(&mut *conn)
-            .await?;
-    if moved.rows_affected() != 1 {
-        // Another instance committed this range (this one lost its lease).
-        return Err(ProjectionError::LostLease(format!(
-            "membership engine checkpoint moved from {from}: batch discarded"
-        )));
     }
     Ok(())
 }

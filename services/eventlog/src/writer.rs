@@ -13,8 +13,8 @@
 //! and nothing of it is visible.
 
 use crate::{
-    format_time, AppendError, AppendRequest, AppendResult, Db, Dialect, EventData, ExpectedVersion, RecordedEvent,
-    POSITION_LOCK,
+    format_time, AppendError, AppendRequest, AppendResult, Db, Dialect, EventData, ExpectedVersion, NewEvent,
+    RecordedEvent, POSITION_LOCK,
 };
 use sqlx::{AnyConnection, Executor, Row};
 use std::collections::HashMap;
@@ -165,13 +165,17 @@ enum Verdict {
     Rejected(AppendError),
 }
 
-/// Checks and writes a whole batch inside the open transaction. Returns one
-/// result per request, in order.
 /// What a batch wrote: each request's result, and the events it recorded
 /// (in position order, as a reader will read them back) with the size of
 /// their data as stored.
 pub(crate) type Written = (Vec<Result<AppendResult, AppendError>>, Vec<(RecordedEvent, usize)>);
 
+/// One event row to insert: its request, stream, version and event.
+type EventRow<'a> = (&'a AppendRequest, &'a str, i64, &'a NewEvent);
+
+/// Checks and writes a whole batch inside the open transaction: the net
+/// change of every reservation, the accepted requests' events, their
+/// idempotency keys. Returns one result per request, in order.
 pub(crate) async fn write_batch(
     conn: &mut AnyConnection,
     dialect: Dialect,
@@ -182,12 +186,34 @@ pub(crate) async fn write_batch(
     let mut claimed_keys: HashMap<(String, String), usize> = HashMap::new();
     let verdicts: Vec<Verdict> =
         batch.iter().enumerate().map(|(i, req)| judge(i, req, &mut snap, &mut claimed_keys)).collect();
+    write_reservations(conn, dialect, &initial_holders, &snap.holders).await?;
+    let now = to_micros(OffsetDateTime::now_utc());
+    let rows_to_insert = event_rows(batch, &verdicts);
+    let (positions, payloads) = insert_events(conn, dialect, &rows_to_insert, now).await?;
+    let recorded = recorded_events(&rows_to_insert, payloads, &positions, now);
+    let (results, keys) = results(batch, verdicts, &positions)?;
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!("INSERT INTO idempotency (scope, key, result) VALUES {}", rows(dialect, chunk.len(), 3));
+        let mut q = sqlx::query(&sql);
+        for (scope, key, stored) in chunk {
+            q = q.bind(scope).bind(key).bind(stored);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok((results, recorded))
+}
 
-    // Reservations: write the net change of every touched key.
+/// Writes the net change of every reservation key the batch touched.
+async fn write_reservations(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    initial: &HashMap<(String, String), Option<String>>,
+    now: &HashMap<(String, String), Option<String>>,
+) -> Result<(), sqlx::Error> {
     let mut deletes = Vec::new();
     let mut inserts = Vec::new();
-    for (key, holder) in &snap.holders {
-        let before = initial_holders.get(key).cloned().flatten();
+    for (key, holder) in now {
+        let before = initial.get(key).cloned().flatten();
         if before != *holder {
             if before.is_some() {
                 deletes.push(key.clone());
@@ -214,23 +240,37 @@ pub(crate) async fn write_batch(
         }
         q.execute(&mut *conn).await?;
     }
+    Ok(())
+}
 
-    // Events, in request order; positions come back keyed by event id.
-    let now = to_micros(OffsetDateTime::now_utc());
-    let recorded_at = format_time(now);
-    let mut rows_to_insert = Vec::new();
-    for (req, verdict) in batch.iter().zip(&verdicts) {
+/// The event rows of the accepted requests, in request order, with the
+/// versions they take.
+fn event_rows<'a>(batch: &[&'a AppendRequest], verdicts: &[Verdict]) -> Vec<EventRow<'a>> {
+    let mut rows = Vec::new();
+    for (req, verdict) in batch.iter().zip(verdicts) {
         if let Verdict::Accepted { before, .. } = verdict {
             let mut next = before.clone();
             for s in &req.streams {
                 let version = next.entry(s.stream.clone()).or_insert(0);
                 for e in &s.events {
                     *version += 1;
-                    rows_to_insert.push((*req, s.stream.as_str(), *version, e));
+                    rows.push((*req, s.stream.as_str(), *version, e));
                 }
             }
         }
     }
+    rows
+}
+
+/// Inserts the event rows; returns the positions they got, by event id,
+/// and their payloads as stored.
+async fn insert_events(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    rows_to_insert: &[EventRow<'_>],
+    now: OffsetDateTime,
+) -> Result<(HashMap<String, i64>, Vec<EventData>), sqlx::Error> {
+    let recorded_at = format_time(now);
     let mut positions: HashMap<String, i64> = HashMap::with_capacity(rows_to_insert.len());
     let mut payloads: Vec<EventData> = Vec::with_capacity(rows_to_insert.len());
     for chunk in rows_to_insert.chunks(ROWS_PER_STATEMENT) {
@@ -262,7 +302,17 @@ pub(crate) async fn write_batch(
             positions.insert(row.try_get("event_id")?, row.try_get("position")?);
         }
     }
+    Ok((positions, payloads))
+}
 
+/// The inserted events as a reader reads them back, in position order,
+/// with the size of their data.
+fn recorded_events(
+    rows_to_insert: &[EventRow<'_>],
+    payloads: Vec<EventData>,
+    positions: &HashMap<String, i64>,
+    now: OffsetDateTime,
+) -> Vec<(RecordedEvent, usize)> {
     let mut recorded: Vec<(RecordedEvent, usize)> = rows_to_insert
         .iter()
         .zip(payloads)
@@ -289,8 +339,18 @@ pub(crate) async fn write_batch(
         })
         .collect();
     recorded.sort_by_key(|(e, _)| e.position);
+    recorded
+}
 
-    // Results, and the idempotency keys of accepted requests.
+/// Idempotency keys to store: (scope, key, result as JSON).
+type NewKeys = Vec<(String, String, String)>;
+
+/// Each request's result, and the idempotency keys of the accepted ones.
+fn results(
+    batch: &[&AppendRequest],
+    verdicts: Vec<Verdict>,
+    positions: &HashMap<String, i64>,
+) -> Result<(Vec<Result<AppendResult, AppendError>>, NewKeys), sqlx::Error> {
     let mut results: Vec<Result<AppendResult, AppendError>> = Vec::with_capacity(batch.len());
     let mut keys = Vec::new();
     for (req, verdict) in batch.iter().zip(verdicts) {
@@ -321,15 +381,7 @@ pub(crate) async fn write_batch(
             Verdict::Rejected(e) => Err(e),
         });
     }
-    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!("INSERT INTO idempotency (scope, key, result) VALUES {}", rows(dialect, chunk.len(), 3));
-        let mut q = sqlx::query(&sql);
-        for (scope, key, stored) in chunk {
-            q = q.bind(scope).bind(key).bind(stored);
-        }
-        q.execute(&mut *conn).await?;
-    }
-    Ok((results, recorded))
+    Ok((results, keys))
 }
 
 /// A time as the log stores it: UTC, microseconds.

@@ -440,4 +440,3 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     service.stop().await;
     Ok(())
 }
-

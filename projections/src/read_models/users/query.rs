@@ -1,0 +1,217 @@
+//! Reads of the users read model: get, list, search, sessions, counts.
+
+use crate::read_models::filter::{Field, Filter, SqlBuilder};
+use sqlx::Row;
+use userstream_eventlog::{Db, Tenant};
+
+use super::{decode_row, UserRow, COLUMNS};
+
+/// Queries over the users read model. Archived users are never returned.
+#[derive(Clone)]
+pub struct UsersQuery {
+    db: Db,
+}
+
+/// One active session as the read model holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRow {
+    pub session_id: String,
+    pub domain: String,
+    pub user_agent: String,
+    pub ip: String,
+    pub expires_at: String,
+    pub created_at: String,
+}
+
+/// The most users one search returns.
+pub const MAX_SEARCH_RESULTS: usize = 100;
+
+/// The largest page a list may ask for.
+pub const MAX_PAGE_SIZE: i64 = 500;
+
+impl UsersQuery {
+    pub fn new(db: Db) -> Self {
+        UsersQuery { db }
+    }
+
+    pub async fn get(&self, tenant: &Tenant, user_id: &str) -> Result<Option<UserRow>, sqlx::Error> {
+        Ok(self.by_ids(tenant, &[user_id.to_lowercase()]).await?.pop())
+    }
+
+    /// Live users of the tenant among `ids`. The statement names only the
+    /// primary key, so its plan is a key lookup however stale the planner's
+    /// statistics are; tenant and archive state are checked on the rows.
+    pub async fn by_ids(&self, tenant: &Tenant, ids: &[String]) -> Result<Vec<UserRow>, sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM users_v1 u WHERE u.application_id = $1 AND u.user_id IN ({})",
+            list.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(&tenant.application_id);
+        for id in ids {
+            query = query.bind(id.as_str());
+        }
+        let rows = query.fetch_all(&self.db.pool).await?;
+        let mut users = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let user = decode_row(row)?;
+            if user.company_id == tenant.company_id && !user.archived {
+                users.push(user);
+            }
+        }
+        Ok(users)
+    }
+
+    /// The sessions of a user still valid at `now` (RFC 3339 text), newest first.
+    pub async fn sessions(&self, tenant: &Tenant, user_id: &str, now: &str) -> Result<Vec<SessionRow>, sqlx::Error> {
+        let rows = sqlx::query("SELECT s.session_id, s.domain, s.user_agent, s.ip, s.expires_at, s.created_at FROM user_sessions_v1 s JOIN users_v1 u ON u.application_id = s.application_id AND u.user_id = s.user_id WHERE s.application_id = $1 AND s.user_id = $2 AND u.company_id = $3 AND s.expires_at > $4 ORDER BY s.created_at DESC")
+            .bind(&tenant.application_id)
+            .bind(user_id)
+            .bind(&tenant.company_id)
+            .bind(now)
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SessionRow {
+                    session_id: r.try_get("session_id")?,
+                    domain: r.try_get("domain")?,
+                    user_agent: r.try_get("user_agent")?,
+                    ip: r.try_get("ip")?,
+                    expires_at: r.try_get("expires_at")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` live user ids of the tenant in id order, after `after`.
+    pub async fn ids_after(
+        &self,
+        tenant: &Tenant,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let sql = format!(
+            "SELECT user_id FROM users_v1 WHERE application_id = $1 AND company_id = $2 AND archived = 0 AND user_id > $3 ORDER BY user_id LIMIT {limit}"
+        );
+        sqlx::query_scalar::<_, String>(&sql)
+            .bind(&tenant.application_id)
+            .bind(&tenant.company_id)
+            .bind(after.unwrap_or(""))
+            .fetch_all(&self.db.pool)
+            .await
+    }
+
+    /// A page of users, newest first, and the number of users matching.
+    pub async fn list(
+        &self,
+        tenant: &Tenant,
+        filter: Option<&Filter>,
+        page_no: i64,
+        page_size: i64,
+    ) -> Result<(Vec<UserRow>, i64), sqlx::Error> {
+        let offset = (page_no.max(1) - 1) * page_size;
+        let mut cond = SqlBuilder::starting_after(4);
+        if let Some(f) = filter {
+            cond.sql.push_str(" AND ");
+            f.to_sql(&mut cond);
+        }
+        let sql = format!(
+            "SELECT {COLUMNS} FROM users_v1 u WHERE u.company_id = $1 AND u.application_id = $2 AND u.archived = 0{} ORDER BY u.seq DESC LIMIT $3 OFFSET $4",
+            cond.sql
+        );
+        let mut query =
+            sqlx::query(&sql).bind(&tenant.company_id).bind(&tenant.application_id).bind(page_size).bind(offset);
+        for b in &cond.binds {
+            query = query.bind(b.as_str());
+        }
+        let rows = query.fetch_all(&self.db.pool).await?;
+        let items = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
+        let total = if filter.is_none() {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT live FROM user_counts_v1 WHERE company_id = $1 AND application_id = $2",
+            )
+            .bind(&tenant.company_id)
+            .bind(&tenant.application_id)
+            .fetch_optional(&self.db.pool)
+            .await?
+            .unwrap_or(0)
+        } else {
+            let mut cond = SqlBuilder::starting_after(2);
+            cond.sql.push_str(" AND ");
+            if let Some(f) = filter {
+                f.to_sql(&mut cond);
+            }
+            let sql = format!(
+                "SELECT COUNT(*) FROM users_v1 u WHERE u.company_id = $1 AND u.application_id = $2 AND u.archived = 0{}",
+                cond.sql
+            );
+            let mut query = sqlx::query_scalar::<_, i64>(&sql).bind(&tenant.company_id).bind(&tenant.application_id);
+            for b in &cond.binds {
+                query = query.bind(b.as_str());
+            }
+            query.fetch_one(&self.db.pool).await?
+        };
+        Ok((items, total))
+    }
+
+    /// Users matching any of `terms`, each an id, email, phone, username or
+    /// external id (exact; emails and usernames case-insensitively). Every
+    /// lookup uses an index.
+    pub async fn search(&self, tenant: &Tenant, terms: &[String]) -> Result<Vec<UserRow>, sqlx::Error> {
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut b = SqlBuilder::starting_after(1);
+        let lists: Vec<(Field, Vec<String>)> =
+            [Field::UserId, Field::Email, Field::Phone, Field::Username, Field::ExternalId]
+                .into_iter()
+                .map(|f| (f, terms.iter().map(|t| crate::read_models::filter::normalise(f, t)).collect()))
+                .collect();
+        let mut parts = Vec::new();
+        for (field, values) in &lists {
+            let mut s = SqlBuilder::starting_after(1 + b.binds.len());
+            let head = match field {
+                Field::Email => {
+                    "SELECT user_id FROM user_contacts_v1 WHERE application_id = $1 AND kind = 'email' AND value IN ("
+                }
+                Field::Phone => {
+                    "SELECT user_id FROM user_contacts_v1 WHERE application_id = $1 AND kind = 'phone' AND value IN ("
+                }
+                Field::UserId => "SELECT user_id FROM users_v1 WHERE application_id = $1 AND user_id IN (",
+                Field::Username => "SELECT user_id FROM users_v1 WHERE application_id = $1 AND username_key IN (",
+                _ => "SELECT user_id FROM users_v1 WHERE application_id = $1 AND external_id IN (",
+            };
+            s.sql.push_str(head);
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    s.sql.push_str(", ");
+                }
+                s.bind(v.clone());
+            }
+            s.sql.push(')');
+            parts.push(s.sql);
+            b.binds.extend(s.binds);
+        }
+        // First the matching ids (index lookups only), then their rows by
+        // primary key: two statements whose plans cannot go wrong, whatever
+        // the planner believes about table sizes.
+        let sql = format!("SELECT user_id FROM ({}) m", parts.join(" UNION "));
+        let mut query = sqlx::query_scalar::<_, String>(&sql).bind(&tenant.application_id);
+        for v in &b.binds {
+            query = query.bind(v.as_str());
+        }
+        let mut ids = query.fetch_all(&self.db.pool).await?;
+        ids.truncate(MAX_SEARCH_RESULTS);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut users = self.by_ids(tenant, &ids).await?;
+        users.sort_by(|a, b| (&b.created_at, &b.user_id).cmp(&(&a.created_at, &a.user_id)));
+        Ok(users)
+    }
+}
