@@ -247,7 +247,47 @@ async fn load(bench: &Arc<Bench>, target: u64) -> anyhow::Result<f64> {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let url = match args.database {
+    let (bench, backend, prefix) = start(&args).await?;
+    eprintln!(
+        "benchmarking on {backend} ({} cores)",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    let rows = if args.events {
+        let events = crate::bench_events::EventsBench {
+            samples: args.samples.min(2_000),
+            rate: args.rate,
+            seconds: args.seconds.max(10),
+            replay_events: args.replay_events,
+            nats: args.nats_url.clone().map(|u| (u, prefix.clone())),
+        };
+        crate::bench_events::run(bench.clone(), events).await?
+    } else if args.groups {
+        crate::bench_groups::run(bench.clone(), args.group_users, args.rule_groups, args.eval_users, args.samples)
+            .await?
+    } else {
+        let mut rows = write_rows(&bench, &args).await?;
+        let total = load_to(&bench, args.users, &mut rows).await?;
+        rows.extend(query_rows(&bench, total, args.samples).await?);
+        rows.extend(passage_rows(&bench, total, args.samples).await?);
+        // Last: it adds users, which the rows above must not see.
+        rows.extend(read_cost_under_load(&bench, total, args.samples.min(2_000)).await?);
+        rows
+    };
+    println!("\n| {backend} — measured | result |\n| --- | --- |");
+    for (what, result) in rows {
+        println!("| {what} | {result} |");
+    }
+    if !args.events && !args.groups {
+        let Bench { service, .. } = Arc::try_unwrap(bench).map_err(|_| anyhow::anyhow!("bench still in use"))?;
+        service.stop().await;
+    }
+    Ok(())
+}
+
+/// Starts the service on the benchmark's database with a key for company 1;
+/// returns the bench, the backend's name and the NATS prefix of this run.
+async fn start(args: &BenchArgs) -> anyhow::Result<(Arc<Bench>, &'static str, String)> {
+    let url = match args.database.clone() {
         Some(url) => url,
         None => {
             let path = std::env::temp_dir().join(format!("userstream-bench-{}.db", std::process::id()));
@@ -277,39 +317,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         passage_auth: format!("Bearer {}", key.bearer).parse()?,
     });
     let backend = if url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" };
-    if args.events {
-        let events = crate::bench_events::EventsBench {
-            samples: args.samples.min(2_000),
-            rate: args.rate,
-            seconds: args.seconds.max(10),
-            replay_events: args.replay_events,
-            nats: args.nats_url.clone().map(|u| (u, prefix.clone())),
-        };
-        let rows = crate::bench_events::run(bench.clone(), events).await?;
-        println!("\n| {backend} — measured | result |\n| --- | --- |");
-        for (what, result) in rows {
-            println!("| {what} | {result} |");
-        }
-        return Ok(());
-    }
-    if args.groups {
-        let rows =
-            crate::bench_groups::run(bench.clone(), args.group_users, args.rule_groups, args.eval_users, args.samples)
-                .await?;
-        println!("\n| {backend} — measured | result |\n| --- | --- |");
-        for (what, result) in rows {
-            println!("| {what} | {result} |");
-        }
-        return Ok(());
-    }
-    let mut rows: Vec<(String, String)> = Vec::new();
-    eprintln!(
-        "benchmarking on {backend} ({} cores)",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    );
+    Ok((bench, backend, prefix))
+}
 
+/// CreateUser throughput at each concurrency, and the command → findable lag.
+async fn write_rows(bench: &Arc<Bench>, args: &BenchArgs) -> anyhow::Result<Vec<(String, String)>> {
+    let mut rows: Vec<(String, String)> = Vec::new();
     for &clients in &args.clients {
-        let (n, h, secs) = throughput(&bench, clients, args.seconds).await?;
+        let (n, h, secs) = throughput(bench, clients, args.seconds).await?;
         rows.push((
             format!("CreateUser, {clients} clients"),
             format!("{:.0} cmd/s, p50 {}, p99 {}", n as f64 / secs, ms(&h, 0.5), ms(&h, 0.99)),
@@ -318,7 +333,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     // Visibility lag: one probe client while 16 others write.
-    let writers = Writers::start(&bench, 16);
+    let writers = Writers::start(bench, 16);
     let mut lag = histogram();
     for _ in 0..500 {
         let (n, _) = bench.create().await?;
@@ -343,11 +358,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     ));
     eprintln!("  lag: p50 {} p99 {}", ms(&lag, 0.5), ms(&lag, 0.99));
 
+    Ok(rows)
+}
+
+/// Loads users up to `users` (a row for the rate) and waits for the users
+/// projection; returns how many users there are.
+async fn load_to(bench: &Arc<Bench>, users: u64, rows: &mut Vec<(String, String)>) -> anyhow::Result<u64> {
     let have = bench.next.load(Ordering::Relaxed);
-    if args.users > have {
-        eprintln!("loading {} users …", args.users);
-        let rate = load(&bench, args.users).await?;
-        rows.push((format!("loading to {} users (256 clients)", args.users), format!("{rate:.0} users/s")));
+    if users > have {
+        eprintln!("loading {} users …", users);
+        let rate = load(bench, users).await?;
+        rows.push((format!("loading to {} users (256 clients)", users), format!("{rate:.0} users/s")));
     }
     let head = bench.service.state.commands.log().watch_head().borrow().to_owned();
     let caught_up = Instant::now();
@@ -357,8 +378,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!("  projection caught up {:.1} s after the last command", caught_up.elapsed().as_secs_f64());
     let total = bench.next.load(Ordering::Relaxed);
 
+    Ok(total)
+}
+
+/// Search by email and list pages over `total` users.
+async fn query_rows(bench: &Arc<Bench>, total: u64, samples: u64) -> anyhow::Result<Vec<(String, String)>> {
+    let mut rows: Vec<(String, String)> = Vec::new();
     let mut search = histogram();
-    for i in 0..args.samples {
+    for i in 0..samples {
         let n = (i * 7_919 + 13) % total;
         let t = Instant::now();
         let found = bench.get(&format!("/customers/search?q=u{n}%40bench.example")).await?;
@@ -373,7 +400,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     ));
 
     let mut list = histogram();
-    for i in 0..args.samples {
+    for i in 0..samples {
         let page = 1 + (i * 31) % 100;
         let t = Instant::now();
         let body = bench.get(&format!("/customers/list?page_no={page}&page_size=10")).await?;
@@ -387,10 +414,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         format!("p50 {}, p99 {}", ms(&list, 0.5), ms(&list, 0.99)),
     ));
 
+    Ok(rows)
+}
+
+/// The Passage list: an exact identifier, and filtered, ordered pages.
+async fn passage_rows(bench: &Arc<Bench>, total: u64, samples: u64) -> anyhow::Result<Vec<(String, String)>> {
+    let mut rows: Vec<(String, String)> = Vec::new();
     // The Passage list: an exact identifier, and a filtered, ordered page.
     let passage = "/v1/apps/000000000000000000000001/users";
     let mut by_identifier = histogram();
-    for i in 0..args.samples {
+    for i in 0..samples {
         let n = (i * 7_919 + 29) % total;
         let t = Instant::now();
         let (status, body) =
@@ -405,10 +438,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         format!("p50 {}, p99 {}", ms(&by_identifier, 0.5), ms(&by_identifier, 0.99)),
     ));
     let filtered_pages = [
-        ("status=active&order_by=created_at:DESC", args.samples, "status filter"),
+        ("status=active&order_by=created_at:DESC", samples, "status filter"),
         (
             "status=active&login_count=lt%3A5&order_by=created_at:DESC",
-            (args.samples / 50).max(20),
+            (samples / 50).max(20),
             "status + login_count filter",
         ),
     ];
@@ -429,14 +462,5 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             format!("p50 {}, p99 {}", ms(&filtered, 0.5), ms(&filtered, 0.99)),
         ));
     }
-    // Last: it adds users, which the rows above must not see.
-    rows.extend(read_cost_under_load(&bench, total, args.samples.min(2_000)).await?);
-
-    println!("\n| {backend} — measured | result |\n| --- | --- |");
-    for (what, result) in rows {
-        println!("| {what} | {result} |");
-    }
-    let Bench { service, .. } = Arc::try_unwrap(bench).map_err(|_| anyhow::anyhow!("bench still in use"))?;
-    service.stop().await;
-    Ok(())
+    Ok(rows)
 }

@@ -138,11 +138,7 @@ pub(super) async fn apply_sessions_revoked(
 
 /// Moves the row's version to the event's, if the row is older. Returns
 /// whether it did (false means the event was applied already).
-async fn bump_version(
-    conn: &mut AnyConnection,
-    event: &RecordedEvent,
-    user_id: &str,
-) -> Result<bool, sqlx::Error> {
+async fn bump_version(conn: &mut AnyConnection, event: &RecordedEvent, user_id: &str) -> Result<bool, sqlx::Error> {
     let done =
         sqlx::query("UPDATE users_v1 SET version = $1 WHERE application_id = $2 AND user_id = $3 AND version < $1")
             .bind(event.version)
@@ -249,10 +245,7 @@ impl<'a> Statement<'a> {
     }
 }
 
-async fn run_statements(
-    conn: &mut AnyConnection,
-    statements: Vec<Statement<'_>>,
-) -> Result<(), sqlx::Error> {
+async fn run_statements(conn: &mut AnyConnection, statements: Vec<Statement<'_>>) -> Result<(), sqlx::Error> {
     for Statement { sql, arguments } in statements {
         sqlx::query_with(&sql, arguments).execute(&mut *conn).await?;
     }
