@@ -6,9 +6,7 @@
 
 use crate::commands::fold_events;
 use crate::dto::UserDto;
-use crate::http::ApiError;
-use crate::http::TenantPath;
-use crate::http::{tenant, QueryPairs};
+use crate::http::{ApiError, QueryPairs, TenantOf};
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -276,11 +274,10 @@ fn wants_sse(headers: &HeaderMap) -> bool {
 /// `Accept: text/event-stream` the same events as Server-Sent Events, live.
 pub async fn feed(
     State(state): State<AppState>,
-    Path((c, a)): TenantPath,
+    TenantOf(tenant): TenantOf,
     headers: HeaderMap,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(c, a)?;
     let after = resume_after(&headers, &query)?;
     let filter = feed_filter(&query)?;
     if wants_sse(&headers) {
@@ -419,9 +416,9 @@ fn user_not_found(user_id: &str) -> ApiError {
 /// GET `…/customers/{user_id}/history`.
 pub async fn customer_history(
     State(state): State<AppState>,
-    Path((c, a, raw)): Path<(String, String, String)>,
+    TenantOf(tenant): TenantOf,
+    Path((_, _, raw)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant(c, a)?;
     let id = crate::http::parse_user_id(&raw)?;
     let (entries, _) = user_history(&state, &tenant, &id).await?.ok_or_else(|| user_not_found(&raw))?;
     Ok(Json(json!({ "user_id": id.as_str(), "history": entries })))
@@ -447,9 +444,9 @@ fn title(event_type: &str) -> String {
 /// GET `…/customers/{user_id}/timeline`: the Fynd view of the history.
 pub async fn customer_timeline(
     State(state): State<AppState>,
-    Path((c, a, raw)): Path<(String, String, String)>,
+    TenantOf(tenant): TenantOf,
+    Path((_, _, raw)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant(c, a)?;
     let id = crate::http::parse_user_id(&raw)?;
     let (entries, current) = user_history(&state, &tenant, &id).await?.ok_or_else(|| user_not_found(&raw))?;
     let delete_on = match current {
@@ -484,9 +481,9 @@ pub async fn customer_timeline(
 /// changes with who joined and left and what caused it.
 pub async fn group_history(
     State(state): State<AppState>,
-    Path((c, a, raw)): Path<(String, String, String)>,
+    TenantOf(tenant): TenantOf,
+    Path((_, _, raw)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant(c, a)?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "group_not_found", format!("group {raw} not found"));
     let id = userstream_domain::UserId::parse("group_id", &raw).map_err(|_| not_found())?;
     let events =

@@ -1,22 +1,22 @@
 //! The Fynd platform "User" surface: customers, sessions, platform config.
 
+use crate::commands::Meta;
 use crate::commands::Rejection;
 use crate::dto::{ArchiveBody, BlockBody, CreateUserBody, Page, UndeleteBody, UpdateUserBody, UserDto};
 use crate::events::AsOf;
 use crate::http::{
-    command_response, if_match, meta, parse_user_id, tenant, ApiError, Consistency, JsonBody, QueryPairs, TenantPath,
+    command_response, if_match, parse_user_id, ApiError, Caller, Consistency, JsonBody, QueryPairs, TenantOf,
 };
-use crate::{auth::Principal, AppState};
+use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::Method;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put, MethodRouter};
-use axum::{Extension, Json};
+use axum::Json;
 use serde_json::json;
 use userstream_domain::user::UserCommand;
 use userstream_domain::UserId;
-use userstream_eventlog::Tenant;
 use userstream_projections::read_models::filter::Filter;
 use userstream_projections::read_models::users::MAX_PAGE_SIZE;
 
@@ -83,17 +83,13 @@ struct UserEnvelope {
 
 async fn create_user(
     State(state): State<AppState>,
-    Path((company_id, application_id)): TenantPath,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
+    Caller(meta): Caller,
     JsonBody(body): JsonBody<CreateUserBody>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(company_id, application_id)?;
-    let (config, _) = state.commands.config(&tenant).await?;
+    let (config, _) = state.commands.config(&meta.tenant).await?;
     let ctx = state.commands.context_of(&config.config);
     let required = [&config.config.required_fields, &config.config.register_required_fields];
     let command = body.into_command(ctx.id(0), &required)?;
-    let meta = meta(tenant, &principal, &headers)?;
     let outcome = state.commands.create_user(&meta, command, &ctx).await?;
     let user = outcome.user().map(|(u, _)| UserDto::from_user(u, &meta.tenant.application_id));
     Ok(command_response(&outcome, UserEnvelope { user }))
@@ -101,16 +97,14 @@ async fn create_user(
 
 async fn update_user(
     State(state): State<AppState>,
-    Path((company_id, application_id, user_id)): Path<(String, String, String)>,
-    Extension(principal): Extension<Principal>,
+    Caller(meta): Caller,
+    Path((_, _, user_id)): Path<(String, String, String)>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<UpdateUserBody>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(company_id, application_id)?;
     let id = parse_user_id(&user_id)?;
     let expected = if_match(&headers)?;
     let command = UserCommand::Update(body.try_into()?);
-    let meta = meta(tenant, &principal, &headers)?;
     let outcome = state.commands.run(&meta, &id, command, expected).await?;
     let user = outcome.user().map(|(u, _)| UserDto::from_user(u, &meta.tenant.application_id));
     Ok(command_response(&outcome, UserEnvelope { user }))
@@ -118,12 +112,9 @@ async fn update_user(
 
 async fn block_users(
     State(state): State<AppState>,
-    Path((company_id, application_id)): TenantPath,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
+    Caller(meta): Caller,
     JsonBody(body): JsonBody<BlockBody>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(company_id, application_id)?;
     if body.user_id.is_empty() {
         return Err(ApiError::invalid("user_id must list at least one user"));
     }
@@ -141,7 +132,6 @@ async fn block_users(
     if !unknown.is_empty() {
         return Err(Rejection::UnknownUsers(unknown).into());
     }
-    let meta = meta(tenant, &principal, &headers)?;
     let reason = body.reason.unwrap_or_default();
     let ctx = state.commands.context(&meta.tenant).await?;
     let outcome = state.commands.set_blocked(&meta, &ids, !body.status, &reason, &ctx).await?;
@@ -150,49 +140,43 @@ async fn block_users(
 
 async fn archive_user(
     State(state): State<AppState>,
-    Path((company_id, application_id)): TenantPath,
-    Extension(principal): Extension<Principal>,
+    Caller(meta): Caller,
     headers: HeaderMap,
     JsonBody(body): JsonBody<ArchiveBody>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(company_id, application_id)?;
-    one_user_command(&state, tenant, &principal, &headers, &body.user_id, UserCommand::Archive).await
+    one_user_command(&state, &meta, &headers, &body.user_id, UserCommand::Archive).await
 }
 
 async fn undelete_user(
     State(state): State<AppState>,
-    Path((company_id, application_id)): TenantPath,
-    Extension(principal): Extension<Principal>,
+    Caller(meta): Caller,
     headers: HeaderMap,
     JsonBody(body): JsonBody<UndeleteBody>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(company_id, application_id)?;
     let reason = body.reason.or(body.reason_id).unwrap_or_default();
-    one_user_command(&state, tenant, &principal, &headers, &body.user_id, UserCommand::Restore { reason }).await
+    one_user_command(&state, &meta, &headers, &body.user_id, UserCommand::Restore { reason }).await
 }
 
 /// Runs a command on the user named in the body; answers `{"success": true}`.
 async fn one_user_command(
     state: &AppState,
-    tenant: Tenant,
-    principal: &Principal,
+    meta: &Meta,
     headers: &HeaderMap,
     user_id: &str,
     command: UserCommand,
 ) -> Result<Response, ApiError> {
     let id = parse_user_id(user_id)?;
-    let meta = meta(tenant, principal, headers)?;
-    let outcome = state.commands.run(&meta, &id, command, if_match(headers)?).await?;
+    let outcome = state.commands.run(meta, &id, command, if_match(headers)?).await?;
     Ok(command_response(&outcome, json!({ "success": true })))
 }
 
 async fn get_user(
     State(state): State<AppState>,
-    Path((company_id, application_id, user_id)): Path<(String, String, String)>,
+    TenantOf(tenant): TenantOf,
+    Path((_, _, user_id)): Path<(String, String, String)>,
     consistency: Consistency,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(company_id, application_id)?;
     let id = parse_user_id(&user_id)?;
     if let Some(as_of) = AsOf::from_query(&state, &query).await? {
         return crate::events::user_as_of(&state, &tenant, &id, as_of).await;
@@ -212,11 +196,10 @@ async fn get_user(
 
 async fn list_customers(
     State(state): State<AppState>,
-    Path((company_id, application_id)): TenantPath,
+    TenantOf(tenant): TenantOf,
     consistency: Consistency,
     query: QueryPairs,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let tenant = tenant(company_id, application_id)?;
     let page_no = query.int("page_no", 1, 1..=1_000_000)?;
     let page_size = query.int("page_size", 10, 1..=MAX_PAGE_SIZE)?;
     let filter = match query.get("q").map(str::trim) {
@@ -241,11 +224,10 @@ async fn list_customers(
 
 async fn search_customers(
     State(state): State<AppState>,
-    Path((company_id, application_id)): TenantPath,
+    TenantOf(tenant): TenantOf,
     consistency: Consistency,
     query: QueryPairs,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let tenant = tenant(company_id, application_id)?;
     let mut terms = query.all("query");
     if let Some(q) = query.get("q").map(str::trim).filter(|q| !q.is_empty()) {
         terms.push(q.to_string());

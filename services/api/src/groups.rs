@@ -13,16 +13,13 @@
 
 use crate::commands::{CommandError, Meta, Rejection};
 use crate::events::{self, AsOf};
-use crate::http::consistency::latest;
-use crate::http::ApiError;
-use crate::http::{meta, with_position, TenantPath};
-use crate::http::{tenant, JsonBody, QueryPairs};
+use crate::http::{consistency::latest, with_position, ApiError, Caller, JsonBody, QueryPairs, TenantOf};
 use crate::members_file::{MemberRow, MAX_MEMBER_ROWS};
-use crate::{auth::Principal, AppState};
+use crate::AppState;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -214,24 +211,19 @@ async fn read_group(state: &AppState, tenant: &Tenant, id: &str) -> Result<Group
 
 pub async fn create_group(
     State(state): State<AppState>,
-    path: TenantPath,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
+    Caller(meta): Caller,
     JsonBody(body): JsonBody<GroupBody>,
 ) -> Result<Response, ApiError> {
-    let (company_id, application_id) = path.0;
-    let tenant = tenant(company_id, application_id)?;
     if body.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
         return Err(ApiError::invalid("name is required"));
     }
     let file_url = body.file_url.clone().filter(|u| !u.trim().is_empty());
-    let details = body.apply(&state, &tenant, GroupDetails::default()).await?;
+    let details = body.apply(&state, &meta.tenant, GroupDetails::default()).await?;
     // Read the CSV before anything is appended: a bad file changes nothing.
     let rows = match &file_url {
         Some(url) if !details.is_rule() => Some(crate::members_file::fetch(url).await?),
         _ => None,
     };
-    let meta = meta(tenant, &principal, &headers)?;
     let ctx = state.commands.context(&meta.tenant).await?;
     let id = ctx.id(0).to_string();
     // The next uid is claimed by the group's unique key; a concurrent create
@@ -259,11 +251,9 @@ pub async fn create_group(
 
 pub async fn list_groups(
     State(state): State<AppState>,
-    path: TenantPath,
+    TenantOf(tenant): TenantOf,
     query: QueryPairs,
 ) -> Result<Json<Value>, ApiError> {
-    let (company_id, application_id) = path.0;
-    let tenant = tenant(company_id, application_id)?;
     let page_no = query.int("page_no", 1, 1..=1_000_000)?;
     let page_size = query.int("page_size", 10, 1..=MAX_PAGE_SIZE)?;
     let text = |k: &str| query.get(k).map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
@@ -292,10 +282,10 @@ pub async fn list_groups(
 
 pub async fn get_group(
     State(state): State<AppState>,
-    Path((c, a, raw)): GroupPath,
+    TenantOf(tenant): TenantOf,
+    Path((_, _, raw)): GroupPath,
     query: QueryPairs,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant(c, a)?;
     let id = group_id(&raw)?;
     if let Some(as_of) = AsOf::from_query(&state, &query).await? {
         return Ok(Json(group_json(&group_row_as_of(&state, &tenant, &id, as_of).await?)));
@@ -312,16 +302,13 @@ async fn group_row_as_of(state: &AppState, tenant: &Tenant, id: &str, as_of: AsO
 
 pub async fn update_group(
     State(state): State<AppState>,
-    Path((c, a, raw)): GroupPath,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
+    Caller(meta): Caller,
+    Path((_, _, raw)): GroupPath,
     JsonBody(body): JsonBody<GroupBody>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(c, a)?;
     let id = group_id(&raw)?;
-    let current = live_group(&state, &tenant, &id).await?;
-    let details = body.apply(&state, &tenant, current.details.clone()).await?;
-    let meta = meta(tenant, &principal, &headers)?;
+    let current = live_group(&state, &meta.tenant, &id).await?;
+    let details = body.apply(&state, &meta.tenant, current.details.clone()).await?;
     let position = run(&state, &meta, &id, GroupCommand::Update(details)).await?;
     let row = read_group(&state, &meta.tenant, &id).await?;
     Ok(with_position(Json(group_json(&row)).into_response(), position))
@@ -329,13 +316,10 @@ pub async fn update_group(
 
 pub async fn delete_group(
     State(state): State<AppState>,
-    Path((c, a, raw)): GroupPath,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
+    Caller(meta): Caller,
+    Path((_, _, raw)): GroupPath,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(c, a)?;
     let id = group_id(&raw)?;
-    let meta = meta(tenant, &principal, &headers)?;
     let position = run(&state, &meta, &id, GroupCommand::Delete).await?;
     Ok(with_position(
         Json(json!({ "success": true, "message": format!("group {id} deleted") })).into_response(),
@@ -345,14 +329,11 @@ pub async fn delete_group(
 
 pub async fn refresh_group(
     State(state): State<AppState>,
-    Path((c, a, raw)): GroupPath,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
+    Caller(meta): Caller,
+    Path((_, _, raw)): GroupPath,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(c, a)?;
     let id = group_id(&raw)?;
-    let current = live_group(&state, &tenant, &id).await?;
-    let meta = meta(tenant, &principal, &headers)?;
+    let current = live_group(&state, &meta.tenant, &id).await?;
     // A rule group is evaluated again from scratch: a new rule generation.
     let position = if current.details.is_rule() {
         run(&state, &meta, &id, GroupCommand::Refresh).await?
@@ -424,14 +405,12 @@ async fn patch_members(state: &AppState, meta: &Meta, id: &str, rows: Vec<Member
 
 pub async fn patch_group(
     State(state): State<AppState>,
-    Path((c, a, raw)): GroupPath,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
+    Caller(meta): Caller,
+    Path((_, _, raw)): GroupPath,
     JsonBody(body): JsonBody<PatchBody>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(c, a)?;
     let id = group_id(&raw)?;
-    let current = live_group(&state, &tenant, &id).await?;
+    let current = live_group(&state, &meta.tenant, &id).await?;
     let rows = match body.kind.as_deref().unwrap_or("json") {
         "json" => body.user_data.unwrap_or_default(),
         "file_url" | "file" => {
@@ -447,7 +426,6 @@ pub async fn patch_group(
     if current.details.is_rule() && !rows.is_empty() {
         return Err(group_error(GroupError::RuleGroupMembers));
     }
-    let meta = meta(tenant, &principal, &headers)?;
     let mut position = 0;
     if body.name.is_some() || body.description.is_some() {
         let mut details = current.details.clone();
@@ -466,9 +444,7 @@ pub async fn patch_group(
     Ok(with_position(Json(group_json(&row)).into_response(), position))
 }
 
-pub async fn group_tags(State(state): State<AppState>, path: TenantPath) -> Result<Json<Value>, ApiError> {
-    let (company_id, application_id) = path.0;
-    let tenant = tenant(company_id, application_id)?;
+pub async fn group_tags(State(state): State<AppState>, TenantOf(tenant): TenantOf) -> Result<Json<Value>, ApiError> {
     consistent(&state).await?;
     let tags: BTreeSet<String> = state.group_queries.all(&tenant).await?.into_iter().flat_map(|g| g.tags).collect();
     Ok(Json(json!({ "items": tags })))
@@ -476,11 +452,9 @@ pub async fn group_tags(State(state): State<AppState>, path: TenantPath) -> Resu
 
 pub async fn group_categories(
     State(state): State<AppState>,
-    path: TenantPath,
+    TenantOf(tenant): TenantOf,
     query: QueryPairs,
 ) -> Result<Json<Value>, ApiError> {
-    let (company_id, application_id) = path.0;
-    let tenant = tenant(company_id, application_id)?;
     consistent(&state).await?;
     let wanted = query.get("category").map(str::trim).filter(|c| !c.is_empty());
     let mut categories: std::collections::BTreeMap<String, i64> = Default::default();
@@ -496,10 +470,10 @@ pub async fn group_categories(
 
 pub async fn group_members(
     State(state): State<AppState>,
-    Path((c, a, raw)): GroupPath,
+    TenantOf(tenant): TenantOf,
+    Path((_, _, raw)): GroupPath,
     query: QueryPairs,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant(c, a)?;
     let id = group_id(&raw)?;
     let page_size = query.int("page_size", 10, 1..=MAX_PAGE_SIZE)?;
     let backward = match query.get("direction").map(str::trim) {

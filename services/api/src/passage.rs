@@ -13,8 +13,7 @@
 
 use crate::commands::Outcome;
 use crate::http::error::{ApiError, PassageError};
-use crate::http::{meta, Consistency};
-use crate::http::{tenant, JsonBody, QueryPairs};
+use crate::http::{meta, tenant, Consistency, JsonBody, QueryPairs};
 use crate::{auth::Principal, AppState};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};

@@ -8,14 +8,11 @@
 //! as a SHA-256 digest and answered as `********` when set; sending the mask
 //! back keeps the stored secret.
 
-use crate::http::ApiError;
-use crate::http::{meta, with_position, TenantPath};
-use crate::http::{tenant, JsonBody};
-use crate::{auth::Principal, AppState};
+use crate::http::{with_position, ApiError, Caller, JsonBody, TenantOf};
+use crate::AppState;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use userstream_domain::platform::{ConfigState, PlatformConfig};
@@ -85,22 +82,16 @@ fn seal_secrets(patch: &mut Map<String, Value>) {
     }
 }
 
-pub async fn get_config(State(state): State<AppState>, path: TenantPath) -> Result<Json<Value>, ApiError> {
-    let (company_id, application_id) = path.0;
-    let tenant = tenant(company_id, application_id)?;
+pub async fn get_config(State(state): State<AppState>, TenantOf(tenant): TenantOf) -> Result<Json<Value>, ApiError> {
     let (config, version) = state.commands.config(&tenant).await?;
     Ok(Json(to_wire(&tenant, &config, version)))
 }
 
 pub async fn update_config(
     State(state): State<AppState>,
-    path: TenantPath,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
+    Caller(meta): Caller,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    let (company_id, application_id) = path.0;
-    let tenant = tenant(company_id, application_id)?;
     let Value::Object(mut patch) = body else {
         return Err(ApiError::invalid("the body must be a PlatformSchema object"));
     };
@@ -108,12 +99,11 @@ pub async fn update_config(
         patch.remove(*key);
     }
     seal_secrets(&mut patch);
-    let (current, _) = state.commands.config(&tenant).await?;
+    let (current, _) = state.commands.config(&meta.tenant).await?;
     let mut merged = serde_json::to_value(&current.config).unwrap_or(Value::Null);
     merge(&mut merged, Value::Object(patch));
     let config: PlatformConfig = serde_path_to_error::deserialize(merged)
         .map_err(|e| ApiError::invalid(format!("{}: {}", e.path(), e.inner())))?;
-    let meta = meta(tenant, &principal, &headers)?;
     let (after, position) = state.commands.update_config(&meta, config).await?;
     let (_, version) = state.commands.config(&meta.tenant).await?;
     Ok(with_position(Json(to_wire(&meta.tenant, &after, version)).into_response(), position))

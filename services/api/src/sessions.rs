@@ -11,15 +11,14 @@
 //!   or `?cookie=`) is what a storefront calls on use: it answers the
 //!   session, and extends a rolling one once less than half its life is left.
 
-use crate::http::consistency::latest;
-use crate::http::ApiError;
-use crate::http::{command_response, meta, parse_user_id, TenantPath};
-use crate::http::{tenant, JsonBody, QueryPairs};
-use crate::{auth::Principal, AppState};
+use crate::http::{
+    command_response, consistency::latest, parse_user_id, ApiError, Caller, JsonBody, QueryPairs, TenantOf,
+};
+use crate::AppState;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::{Extension, Json};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use userstream_domain::platform::MAX_SESSION_SECONDS;
@@ -55,15 +54,12 @@ fn client_ip(headers: &HeaderMap) -> String {
 
 pub async fn create_session(
     State(state): State<AppState>,
-    path: TenantPath,
-    Extension(principal): Extension<Principal>,
+    Caller(meta): Caller,
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateSessionBody>,
 ) -> Result<Response, ApiError> {
-    let (company_id, application_id) = path.0;
-    let tenant = tenant(company_id, application_id)?;
     let id = parse_user_id(&body.user_id)?;
-    let (config, _) = state.commands.config(&tenant).await?;
+    let (config, _) = state.commands.config(&meta.tenant).await?;
     let max_age = match body.max_age {
         Some(m) if !(1..=MAX_SESSION_SECONDS).contains(&m) => {
             return Err(ApiError::invalid(format!("max_age must be from 1 to {MAX_SESSION_SECONDS} seconds")))
@@ -87,7 +83,6 @@ pub async fn create_session(
         max_age,
         rolling: config.config.session_config.is_rolling,
     });
-    let meta = meta(tenant, &principal, &headers)?;
     let outcome = state.commands.handle::<UserStream>(&meta, StreamId::user(&id), command, None, &ctx).await?;
     let body = json!({
         "domain": domain,
@@ -127,11 +122,9 @@ async fn live_user(state: &AppState, tenant: &Tenant, raw: &str) -> Result<Strin
 
 pub async fn list_sessions(
     State(state): State<AppState>,
-    path: TenantPath,
+    TenantOf(tenant): TenantOf,
     query: QueryPairs,
 ) -> Result<Json<Value>, ApiError> {
-    let (company_id, application_id) = path.0;
-    let tenant = tenant(company_id, application_id)?;
     let raw = required(&query, "id")?;
     consistent(&state).await?;
     let user_id = live_user(&state, &tenant, raw).await?;
@@ -170,34 +163,25 @@ fn session_id_of(state: &AppState, raw: &str) -> Result<String, ApiError> {
 
 pub async fn delete_session(
     State(state): State<AppState>,
-    path: TenantPath,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
+    Caller(meta): Caller,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
-    let (company_id, application_id) = path.0;
-    let tenant = tenant(company_id, application_id)?;
     let user_id = parse_user_id(required(&query, "id")?)?;
     let session_id = session_id_of(&state, required(&query, "session_id")?)?;
     let reason = query.get("reason").unwrap_or("").to_string();
     let command = UserCommand::RevokeSessions { session_ids: Some(vec![session_id.clone()]), reason };
-    let meta = meta(tenant, &principal, &headers)?;
     let outcome = state.commands.run(&meta, &user_id, command, None).await?;
     Ok(command_response(&outcome, json!({ "user_id": user_id.as_str(), "session_id": session_id })))
 }
 
 pub async fn delete_sessions(
     State(state): State<AppState>,
-    path: TenantPath,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
+    Caller(meta): Caller,
+    _headers: HeaderMap,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
-    let (company_id, application_id) = path.0;
-    let tenant = tenant(company_id, application_id)?;
     let user_id = parse_user_id(required(&query, "id")?)?;
     let reason = query.get("reason").unwrap_or("").to_string();
-    let meta = meta(tenant, &principal, &headers)?;
     let command = UserCommand::RevokeSessions { session_ids: None, reason };
     let outcome = state.commands.run(&meta, &user_id, command, None).await?;
     let session_ids = outcome.revoked_sessions();
@@ -215,17 +199,13 @@ fn cookie_value(headers: &HeaderMap, query: &QueryPairs) -> Option<String> {
 
 pub async fn use_session(
     State(state): State<AppState>,
-    path: TenantPath,
-    Extension(principal): Extension<Principal>,
+    Caller(meta): Caller,
     headers: HeaderMap,
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
-    let (company_id, application_id) = path.0;
-    let tenant = tenant(company_id, application_id)?;
     let user_id = parse_user_id(required(&query, "id")?)?;
     let cookie = cookie_value(&headers, &query).ok_or_else(|| ApiError::invalid("the f.session cookie is required"))?;
     let session_id = session_id_of(&state, &cookie)?;
-    let meta = meta(tenant, &principal, &headers)?;
     let command = UserCommand::TouchSession { session_id: session_id.clone() };
     let outcome = state.commands.run(&meta, &user_id, command, None).await?;
     let expires_at = outcome

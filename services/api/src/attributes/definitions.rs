@@ -2,14 +2,12 @@
 //! would make stored values invalid unless asked to delete them), delete.
 
 use super::{attr_error, bool_param, consistent, definition_id, live_definition, page_json, run_values, DefPath};
-use crate::http::ApiError;
-use crate::http::{meta, with_position as position_header, TenantPath};
-use crate::http::{tenant, JsonBody, QueryPairs};
-use crate::{auth::Principal, AppState};
+use crate::http::with_position as position_header;
+use crate::http::{ApiError, Caller, JsonBody, QueryPairs, TenantOf};
+use crate::AppState;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -171,17 +169,12 @@ fn row_json(tenant: &Tenant, r: &DefinitionRow) -> Value {
 
 pub async fn create_definition(
     State(state): State<AppState>,
-    path: TenantPath,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
+    Caller(meta): Caller,
     JsonBody(body): JsonBody<DefinitionBody>,
 ) -> Result<Response, ApiError> {
-    let (company_id, application_id) = path.0;
-    let tenant = tenant(company_id, application_id)?;
     let kind = body.kind.ok_or_else(|| {
         ApiError::invalid("type is required (string, number, boolean, date, datetime, email, phone, enum, json)")
     })?;
-    let meta = meta(tenant, &principal, &headers)?;
     let ctx = state.commands.context(&meta.tenant).await?;
     let id = ctx.id(0).to_string();
     let definition = body.apply(Definition::new(id.clone(), kind));
@@ -196,11 +189,9 @@ pub async fn create_definition(
 
 pub async fn list_definitions(
     State(state): State<AppState>,
-    path: TenantPath,
+    TenantOf(tenant): TenantOf,
     query: QueryPairs,
 ) -> Result<Json<Value>, ApiError> {
-    let (company_id, application_id) = path.0;
-    let tenant = tenant(company_id, application_id)?;
     let page_no = query.int("page_no", 1, 1..=1_000_000)?;
     let page_size = query.int("page_size", 10, 1..=MAX_PAGE_SIZE)?;
     let text = |k: &str| query.get(k).map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
@@ -230,9 +221,9 @@ pub async fn list_definitions(
 
 pub async fn get_definition(
     State(state): State<AppState>,
-    Path((c, a, raw)): DefPath,
+    TenantOf(tenant): TenantOf,
+    Path((_, _, raw)): DefPath,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant(c, a)?;
     let id = definition_id(&raw)?;
     consistent(&state).await?;
     let row = state.attribute_queries.definition(&tenant, &id).await?.ok_or_else(|| attr_error(AttrError::NotFound))?;
@@ -254,15 +245,13 @@ async fn invalid_values(state: &AppState, tenant: &Tenant, new: &Definition) -> 
 
 pub async fn update_definition(
     State(state): State<AppState>,
-    Path((c, a, raw)): DefPath,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
+    Caller(meta): Caller,
+    Path((_, _, raw)): DefPath,
     query: QueryPairs,
     JsonBody(body): JsonBody<DefinitionBody>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(c, a)?;
-    let (current, version) = live_definition(&state, &tenant, &raw).await?;
-    let ctx = state.commands.context(&tenant).await?;
+    let (current, version) = live_definition(&state, &meta.tenant, &raw).await?;
+    let ctx = state.commands.context(&meta.tenant).await?;
     let new = body.apply(current.clone());
     // The rules first: a refused change reads no values.
     let live =
@@ -273,7 +262,7 @@ pub async fn update_definition(
         Some("delete") => true,
         Some(other) => return Err(ApiError::invalid(format!("invalid_values must be refuse or delete, got {other}"))),
     };
-    let stored = state.attribute_queries.values_of_definition(&tenant, &current.id).await?;
+    let stored = state.attribute_queries.values_of_definition(&meta.tenant, &current.id).await?;
     if new.encrypted != current.encrypted && !stored.is_empty() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -281,7 +270,7 @@ pub async fn update_definition(
             format!("encrypted cannot change while {} values exist", stored.len()),
         ));
     }
-    let bad = invalid_values(&state, &tenant, &new).await?;
+    let bad = invalid_values(&state, &meta.tenant, &new).await?;
     if !bad.is_empty() && !delete_invalid {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -292,7 +281,6 @@ pub async fn update_definition(
             ),
         ));
     }
-    let meta = meta(tenant, &principal, &headers)?;
     // Pinned to the version the values were checked against.
     let stream = StreamId::definition(&current.id);
     let command = DefinitionCommand::Update(new.clone());
@@ -313,16 +301,14 @@ pub async fn update_definition(
 
 pub async fn delete_definition(
     State(state): State<AppState>,
-    Path((c, a, raw)): DefPath,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
+    Caller(meta): Caller,
+    Path((_, _, raw)): DefPath,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(c, a)?;
-    let (current, version) = live_definition(&state, &tenant, &raw).await?;
+    let (current, version) = live_definition(&state, &meta.tenant, &raw).await?;
     consistent(&state).await?;
     let users: Vec<String> = state
         .group_queries
-        .all(&tenant)
+        .all(&meta.tenant)
         .await?
         .into_iter()
         .filter(|g| g.conditions.to_string().contains(&current.id))
@@ -339,7 +325,6 @@ pub async fn delete_definition(
             ),
         ));
     }
-    let meta = meta(tenant, &principal, &headers)?;
     let ctx = state.commands.context(&meta.tenant).await?;
     // Pinned to the version the groups were checked against.
     let stream = StreamId::definition(&current.id);

@@ -3,9 +3,7 @@
 //! (`read_models::attribute_filter`).
 
 use super::{consistent, value_json};
-use crate::http::ApiError;
-use crate::http::TenantPath;
-use crate::http::{tenant, JsonBody};
+use crate::http::{ApiError, JsonBody, TenantOf};
 use crate::AppState;
 use axum::extract::State;
 use axum::Json;
@@ -45,11 +43,9 @@ pub struct FilterBody {
 
 pub async fn filter_users(
     State(state): State<AppState>,
-    path: TenantPath,
+    TenantOf(tenant): TenantOf,
     JsonBody(body): JsonBody<FilterBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let (company_id, application_id) = path.0;
-    let tenant = tenant(company_id, application_id)?;
     let q = body.query;
     let conditions = q.conditions()?;
     consistent(&state).await?;

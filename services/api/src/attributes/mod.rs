@@ -23,9 +23,7 @@ pub use filter::*;
 pub use values::*;
 
 use crate::commands::{CommandError, Meta, Rejection};
-use crate::http::consistency::latest;
-use crate::http::ApiError;
-use crate::http::QueryPairs;
+use crate::http::{consistency::latest, ApiError, QueryPairs};
 use crate::AppState;
 use axum::extract::Path;
 use axum::http::StatusCode;

@@ -6,14 +6,11 @@ use super::{
 };
 use crate::commands::{fold_events, CommandError};
 use crate::events::AsOf;
-use crate::http::ApiError;
-use crate::http::{meta, parse_user_id, with_position as position_header};
-use crate::http::{tenant, JsonBody, QueryPairs};
-use crate::{auth::Principal, AppState};
+use crate::http::{parse_user_id, with_position as position_header, ApiError, Caller, JsonBody, QueryPairs, TenantOf};
+use crate::AppState;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -41,18 +38,15 @@ pub struct UpsertBody {
 
 pub async fn upsert_value(
     State(state): State<AppState>,
-    Path((c, a, raw_def, raw_user)): DefUserPath,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
+    Caller(meta): Caller,
+    Path((_, _, raw_def, raw_user)): DefUserPath,
     JsonBody(body): JsonBody<UpsertBody>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(c, a)?;
-    let (definition, _) = live_definition(&state, &tenant, &raw_def).await?;
-    let user = live_user(&state, &tenant, &raw_user).await?;
+    let (definition, _) = live_definition(&state, &meta.tenant, &raw_def).await?;
+    let user = live_user(&state, &meta.tenant, &raw_user).await?;
     let raw = body.attribute.get("value").cloned().ok_or_else(|| ApiError::invalid("attribute.value is required"))?;
     let value = definition.validate(&raw).map_err(attr_error)?;
     let value = if definition.encrypted { state.sealer.seal(&value) } else { value };
-    let meta = meta(tenant, &principal, &headers)?;
     let ctx = state.commands.context(&meta.tenant).await?;
     let command = ValuesCommand::Upsert(vec![NewValue {
         definition_id: definition.id.clone(),
@@ -72,10 +66,10 @@ pub async fn upsert_value(
 
 pub async fn get_value(
     State(state): State<AppState>,
-    Path((c, a, raw_def, raw_user)): DefUserPath,
+    TenantOf(tenant): TenantOf,
+    Path((_, _, raw_def, raw_user)): DefUserPath,
     query: QueryPairs,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant(c, a)?;
     let def_id = definition_id(&raw_def)?;
     let user = parse_user_id(&raw_user)?;
     let as_of = AsOf::from_query(&state, &query).await?;
@@ -116,14 +110,11 @@ async fn value_as_of(
 
 pub async fn delete_value(
     State(state): State<AppState>,
-    Path((c, a, raw_def, raw_user)): DefUserPath,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
+    Caller(meta): Caller,
+    Path((_, _, raw_def, raw_user)): DefUserPath,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant(c, a)?;
     let def_id = definition_id(&raw_def)?;
-    let user = live_user(&state, &tenant, &raw_user).await?;
-    let meta = meta(tenant, &principal, &headers)?;
+    let user = live_user(&state, &meta.tenant, &raw_user).await?;
     let ctx = state.commands.context(&meta.tenant).await?;
     let command = ValuesCommand::Delete { definition_ids: vec![def_id.clone()], ignore_missing: false };
     let position = run_values(&state, &meta, user.as_str(), command, &ctx).await?;
@@ -135,10 +126,10 @@ pub async fn delete_value(
 
 pub async fn user_values(
     State(state): State<AppState>,
-    Path((c, a, raw_user)): DefPath,
+    TenantOf(tenant): TenantOf,
+    Path((_, _, raw_user)): DefPath,
     query: QueryPairs,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant(c, a)?;
     let user = parse_user_id(&raw_user)?;
     let page_no = query.int("page_no", 1, 1..=1_000_000)?;
     let page_size = query.int("page_size", 10, 1..=MAX_PAGE_SIZE)?;
@@ -155,8 +146,11 @@ pub async fn user_values(
     Ok(Json(json!({ "items": items, "page": page_json(page_no, page_size, total) })))
 }
 
-pub async fn value_by_id(State(state): State<AppState>, Path((c, a, raw)): DefPath) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant(c, a)?;
+pub async fn value_by_id(
+    State(state): State<AppState>,
+    TenantOf(tenant): TenantOf,
+    Path((_, _, raw)): DefPath,
+) -> Result<Json<Value>, ApiError> {
     consistent(&state).await?;
     let row = state
         .attribute_queries

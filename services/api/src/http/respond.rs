@@ -3,15 +3,11 @@
 use crate::auth::Principal;
 use crate::commands::{Meta, Outcome};
 use crate::http::ApiError;
-use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use userstream_domain::UserId;
 use userstream_eventlog::Tenant;
-
-/// `{company_id}/{application_id}` of a Fynd path.
-pub type TenantPath = Path<(String, String)>;
 
 /// Envelope metadata for a command from this request.
 pub fn meta(tenant: Tenant, principal: &Principal, headers: &HeaderMap) -> Result<Meta, ApiError> {
