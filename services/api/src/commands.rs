@@ -168,6 +168,15 @@ pub const CONFIG_TTL: Duration = Duration::from_secs(1);
 /// When a config was read, what it was, and its stream version.
 type CachedConfig = (Instant, ConfigState, i64);
 
+/// What an attempt reads before it decides.
+#[derive(Clone, Copy)]
+enum Load {
+    /// Each target stream, from the log.
+    Streams,
+    /// Nothing: the streams are new (their ids were just minted).
+    Nothing,
+}
+
 #[derive(Clone)]
 pub struct Commands {
     log: SqlEventLog,
@@ -270,6 +279,23 @@ impl Commands {
         self.handle_all::<S>(meta, vec![(stream, command)], pinned, ctx).await
     }
 
+    /// Runs `command` on a stream whose id this command minted from its
+    /// context (a new user, definition or group): it cannot exist yet, so
+    /// nothing is read; the append still expects no stream, so a collision
+    /// is refused, never merged.
+    pub async fn handle_new<S: Stream>(
+        &self,
+        meta: &Meta,
+        stream: StreamId,
+        command: S::Command,
+        ctx: &Context,
+    ) -> Result<Handled<S>, CommandError>
+    where
+        Rejection: From<S::Rejection>,
+    {
+        self.handle_targets::<S>(meta, vec![(stream, command)], None, ctx, Load::Nothing).await
+    }
+
     /// Runs each command on its stream and appends all their events in one
     /// transaction, or none. `pinned` is the version the caller saw (one
     /// target only): a different one is a 409, with no retry.
@@ -283,12 +309,31 @@ impl Commands {
     where
         Rejection: From<S::Rejection>,
     {
+        self.handle_targets::<S>(meta, targets, pinned, ctx, Load::Streams).await
+    }
+
+    async fn handle_targets<S: Stream>(
+        &self,
+        meta: &Meta,
+        targets: Vec<(StreamId, S::Command)>,
+        pinned: Option<i64>,
+        ctx: &Context,
+        load: Load,
+    ) -> Result<Handled<S>, CommandError>
+    where
+        Rejection: From<S::Rejection>,
+    {
         let first = targets.first().map(|(s, c)| (s.to_string(), S::command_name(c))).unwrap_or_default();
         let span = tracing::info_span!("command", kind = S::KIND, command = first.1, stream = %first.0, streams = targets.len());
         async {
+            let mut load = load;
             for _ in 0..MAX_ATTEMPTS {
-                match self.attempt::<S>(meta, &targets, pinned, ctx).await {
-                    Err(CommandError::Rejected(Rejection::VersionConflict { .. })) if pinned.is_none() => continue,
+                match self.attempt::<S>(meta, &targets, pinned, ctx, load).await {
+                    // A "new" stream that exists after all is decided on
+                    // what it holds, like any other.
+                    Err(CommandError::Rejected(Rejection::VersionConflict { .. })) if pinned.is_none() => {
+                        load = Load::Streams
+                    }
                     other => return other,
                 }
             }
@@ -305,6 +350,7 @@ impl Commands {
         targets: &[(StreamId, S::Command)],
         pinned: Option<i64>,
         ctx: &Context,
+        load: Load,
     ) -> Result<Handled<S>, CommandError>
     where
         Rejection: From<S::Rejection>,
@@ -316,7 +362,10 @@ impl Commands {
         let mut rejections = Vec::new();
         let mut position = 0;
         for (stream, command) in targets {
-            let loaded = self.load::<S>(&meta.tenant, stream).await?;
+            let loaded = match load {
+                Load::Streams => self.load::<S>(&meta.tenant, stream).await?,
+                Load::Nothing => Loaded { state: S::State::default(), version: 0, position: 0 },
+            };
             if let Some(expected) = pinned.filter(|v| *v != loaded.version) {
                 return Err(Rejection::VersionConflict { expected, actual: loaded.version }.into());
             }
@@ -390,7 +439,7 @@ impl Commands {
         ctx: &Context,
     ) -> Result<Outcome, CommandError> {
         let stream = StreamId::user(&command.user_id);
-        self.handle::<UserStream>(meta, stream, UserCommand::Create(command), None, ctx).await
+        self.handle_new::<UserStream>(meta, stream, UserCommand::Create(command), ctx).await
     }
 
     /// [`Commands::handle`] on a user with the tenant's current context.

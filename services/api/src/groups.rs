@@ -233,7 +233,7 @@ pub async fn create_group(
         consistent(&state).await?;
         let uid = state.group_queries.max_uid(&meta.tenant).await? + 1;
         let command = GroupCommand::Create { id: id.clone(), uid, details: details.clone() };
-        match state.commands.handle::<GroupStream>(&meta, StreamId::group(&id), command, None, &ctx).await {
+        match state.commands.handle_new::<GroupStream>(&meta, StreamId::group(&id), command, &ctx).await {
             Err(CommandError::Rejected(Rejection::Taken { .. })) => continue,
             other => {
                 claimed = Some(other?.position);

@@ -180,7 +180,7 @@ pub async fn create_definition(
     let definition = body.apply(Definition::new(id.clone(), kind));
     let command = DefinitionCommand::Create(definition.clone());
     let handled =
-        state.commands.handle::<DefinitionStream>(&meta, StreamId::definition(&id), command, None, &ctx).await?;
+        state.commands.handle_new::<DefinitionStream>(&meta, StreamId::definition(&id), command, &ctx).await?;
     let position = handled.position;
     let at = userstream_eventlog::format_time(ctx.now);
     let body = definition_json(&meta.tenant, &definition, &at, &at, 1);
