@@ -25,6 +25,6 @@ pub mod user;
 pub mod values;
 
 pub use codec::{decode, encode, DecodeError, EncodedEvent};
-pub use stream::{Context, IdSeed, Stream, StreamId};
+pub use stream::{Context, IdSeed, Secret, Stream, StreamId};
 pub use user::{decide, evolve, UserCommand, UserError, UserEvent, UserState};
 pub use values::{Email, Gender, Name, Phone, UserId, Username, ValueError};

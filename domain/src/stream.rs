@@ -19,6 +19,25 @@ pub struct Context {
     pub delete_account_day: u32,
     /// Where fresh ids come from: see [`Context::id`].
     pub ids: IdSeed,
+    /// 128 random bits for a secret the command hands out (a session id).
+    pub secret: Secret,
+}
+
+/// Random bytes drawn by the handler for a secret; `Debug` never shows them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Secret(pub [u8; 16]);
+
+impl Secret {
+    /// Lower-case hex, 32 characters.
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// The seed of a command's fresh ids: the time in milliseconds and six
@@ -36,7 +55,12 @@ impl Context {
     /// (tests; the handler draws a random seed).
     pub fn at(now: OffsetDateTime) -> Self {
         let millis = (now.unix_timestamp_nanos() / 1_000_000) as u64;
-        Context { now, delete_account_day: Self::DEFAULT_DELETE_ACCOUNT_DAY, ids: IdSeed { millis, random: [0; 6] } }
+        Context {
+            now,
+            delete_account_day: Self::DEFAULT_DELETE_ACCOUNT_DAY,
+            ids: IdSeed { millis, random: [0; 6] },
+            secret: Secret([0; 16]),
+        }
     }
 
     /// The `n`th fresh id of this command: 6 bytes of milliseconds, then the

@@ -22,7 +22,7 @@
 //!   sealed before they reach the log, so they are sealed on NATS too.
 //! - Replay never touches this checkpoint, so it never republishes.
 
-use crate::runner::read_checkpoint;
+use crate::worker::read_checkpoint;
 use crate::worker::{self, Health, RunnerHandle, StepError, Turn, Worker};
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream};
 use std::time::{Duration, Instant};
@@ -336,11 +336,14 @@ impl Worker for Relay {
         self.log.watch_head()
     }
 
+    /// Connects once (async-nats reconnects by itself afterwards). Health
+    /// turns good here only on that first connect; after a failure it turns
+    /// good when acks come back again (see `session`).
     async fn resume(&mut self) -> Result<(), RelayError> {
         if self.js.is_none() {
             self.js = Some(self.connect().await?);
+            self.report(None);
         }
-        self.report(None);
         Ok(())
     }
 

@@ -18,7 +18,7 @@
 //! Replay never touches the relay's checkpoint, so it never republishes to
 //! NATS, and it never runs the membership engine, so it appends nothing.
 
-use crate::runner::read_checkpoint;
+use crate::worker::read_checkpoint;
 use crate::{Projection, ProjectionError, Runner};
 use sqlx::{Connection, Executor};
 use std::time::{Duration, Instant};

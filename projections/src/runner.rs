@@ -16,7 +16,7 @@
 //!   apply is recorded (logged, and reported by [`crate::RunnerStatus`]) and the
 //!   runner stops advancing; it never skips it.
 
-use crate::worker::{self, Health, RunnerHandle, StepError, Turn, Worker};
+use crate::worker::{self, read_checkpoint, Health, RunnerHandle, StepError, Turn, Worker};
 use crate::Projection;
 use sqlx::{Acquire, Executor};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -195,14 +195,6 @@ impl<P: Projection> Runner<P> {
         .instrument(span)
         .await
     }
-}
-
-pub(crate) async fn read_checkpoint(db: &Db, name: &str) -> Result<i64, sqlx::Error> {
-    let position: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
-        .bind(name)
-        .fetch_optional(&db.pool)
-        .await?;
-    Ok(position.unwrap_or(0))
 }
 
 impl<P: Projection> Worker for Runner<P> {

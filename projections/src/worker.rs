@@ -73,7 +73,7 @@ impl Health {
 
     /// On a standby: takes the owner's stored checkpoint as the position.
     pub async fn follow_checkpoint(&self, db: &Db) {
-        if let Ok(p) = crate::runner::read_checkpoint(db, self.name).await {
+        if let Ok(p) = read_checkpoint(db, self.name).await {
             self.report_position(p);
         }
     }
@@ -185,15 +185,20 @@ pub async fn run<W: Worker>(mut worker: W, cancel: CancellationToken, poll: Dura
             }
             continue;
         }
+        let before = worker.health().position();
         let outcome = match owner {
             true => worker.step(&mut turn).await,
             false => worker.resume().await.map(|()| true).map_err(StepError::Retry),
         };
         match outcome {
             Ok(more) => {
-                backoff = BACKOFF.0;
-                if owner && !more {
-                    turn.idle().await;
+                // Only a step that worked ends a run of failures; a resume
+                // alone does not (it often works while the step keeps failing).
+                if owner {
+                    backoff = BACKOFF.0;
+                    if !more {
+                        turn.idle().await;
+                    }
                 }
                 owner = true;
             }
@@ -204,6 +209,10 @@ pub async fn run<W: Worker>(mut worker: W, cancel: CancellationToken, poll: Dura
                 return;
             }
             Err(StepError::Retry(e)) => {
+                if worker.health().position() > before {
+                    // It failed after getting somewhere (a relay session).
+                    backoff = BACKOFF.0;
+                }
                 worker.failed(&e);
                 // Its state in memory may be ahead of what was committed.
                 owner = false;
@@ -238,4 +247,13 @@ pub(crate) async fn record_failure(db: &Db, name: &str, message: &str) {
     if let Err(e) = stored {
         tracing::error!(worker = name, error = %e, "could not record the failure");
     }
+}
+
+/// A worker's stored checkpoint (0 before its first batch).
+pub(crate) async fn read_checkpoint(db: &Db, name: &str) -> Result<i64, sqlx::Error> {
+    let position: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(position.unwrap_or(0))
 }

@@ -1,7 +1,9 @@
 //! Where the service reads the time: the system clock in production, a
 //! clock that tests move by hand (so a session-expiry test advances an hour
 //! instead of sleeping one). Every handler and the command handler read
-//! [`Clock::now`]; nothing else in the API calls `now_utc`.
+//! [`Clock::now`]; nothing else in the API calls `now_utc`. The log stamps
+//! `recorded_at` with the system clock (it is the storage's time), so a test
+//! that moves a manual clock should not also ask for as-of reads by time.
 
 use std::sync::{Arc, Mutex};
 use time::{Duration, OffsetDateTime};

@@ -30,7 +30,7 @@ use userstream_domain::codec::{DecodeError, EncodedEvent};
 use userstream_domain::group::GroupError;
 use userstream_domain::platform::{ConfigError, ConfigState, ConfigStream, PlatformConfig};
 use userstream_domain::user::{User, UserCommand, UserError, UserEvent, UserStream};
-use userstream_domain::{Context, IdSeed, Stream, StreamId, UserId};
+use userstream_domain::{Context, IdSeed, Secret, Stream, StreamId, UserId};
 use userstream_eventlog::{
     AppendError, AppendRequest, EventLog, ExpectedVersion, NewEvent, RecordedEvent, Reservation, SqlEventLog,
     StreamAppend, Tenant,
@@ -261,6 +261,7 @@ impl Commands {
             now,
             delete_account_day: config.delete_account_day,
             ids: IdSeed { millis: (now.unix_timestamp_nanos() / 1_000_000) as u64, random: rand::random() },
+            secret: Secret(rand::random()),
         }
     }
 

@@ -72,9 +72,8 @@ pub async fn create_session(
         return Err(ApiError::invalid("domain is longer than 253 characters"));
     }
     let ctx = state.commands.context_of(&config.config);
-    // 128 random bits; the cookie adds the signature.
-    let random: [u8; 16] = rand::random();
-    let session_id = hex(&random);
+    // 128 random bits from the command's context; the cookie adds the signature.
+    let session_id = ctx.secret.hex();
     let command = UserCommand::StartSession(StartSession {
         session_id: session_id.clone(),
         domain: domain.clone(),
@@ -92,10 +91,6 @@ pub async fn create_session(
         "cookie": { COOKIE: state.access.seal(&session_id) },
     });
     Ok(command_response(&outcome, body))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Waits until the users read model has every event committed before this
