@@ -336,7 +336,11 @@ async fn rule_groups_follow_attribute_changes_and_record_why() {
 
 #[tokio::test]
 async fn manual_membership_from_json_and_csv_is_idempotent_and_counts_unmatched_rows() {
-    let app = TestApp::spawn().await;
+    // The CSVs live in the service's files directory; nothing else may be named.
+    let dir = std::env::temp_dir().join(format!("userstream-csv-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let files_dir = dir.display().to_string();
+    let app = TestApp::spawn_on(userstream_tests::fresh_sqlite(), &[("USERSTREAM_FILES_DIR", &files_dir)]).await;
     let api = Api::new(&app);
     let mut users = Vec::new();
     for n in 0..5 {
@@ -363,8 +367,6 @@ async fn manual_membership_from_json_and_csv_is_idempotent_and_counts_unmatched_
     assert_eq!(app.head().await, head, "adding a member twice appends nothing");
 
     // CSV from a file: remove one, add one.
-    let dir = std::env::temp_dir().join(format!("userstream-csv-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).expect("dir");
     let good = dir.join("members.csv");
     std::fs::write(&good, format!("user_id,action\n{},remove\n{},add\n", users[0], users[3])).expect("write");
     let (status, g) = call(
@@ -385,8 +387,17 @@ async fn manual_membership_from_json_and_csv_is_idempotent_and_counts_unmatched_
         big.push_str(&format!("x{i}@example.com,add\n"));
     }
     std::fs::write(&too_many, big).expect("write");
+    // Outside the files directory: refused before anything is read.
+    let outside = std::env::temp_dir().join(format!("userstream-outside-{}.csv", uuid::Uuid::now_v7().simple()));
+    std::fs::write(&outside, format!("user_id,action\n{},add\n", users[4])).expect("write");
+    std::os::unix::fs::symlink(&outside, dir.join("link.csv")).expect("symlink");
     let head = app.head().await;
     for (file_url, needle) in [
+        (format!("file://{}", outside.display()), "inside the files directory"),
+        ("file://../members.csv".to_string(), "inside the files directory"),
+        ("file://link.csv".to_string(), "inside the files directory"),
+        ("file:///etc/passwd".to_string(), "inside the files directory"),
+        ("file://missing.csv".to_string(), "names no file"),
         (format!("file://{}", no_action.display()), "action column"),
         (format!("file://{}", bad_action.display()), "promote"),
         (format!("file://{}", too_many.display()), "at most"),

@@ -13,6 +13,7 @@
 //!   [`events`] (feed, SSE, history, as-of), [`oauth`], [`ops`].
 //! - [`access`], [`auth`]: credentials and the authentication middleware;
 //!   [`clock`]: the one place the time is read (tests move it by hand);
+//!   [`files`]: the files directory `file://` URLs are confined to;
 //!   [`crypto`]: encryption at rest of attribute values; [`dto`]: wire shapes.
 
 pub mod access;
@@ -23,6 +24,7 @@ pub mod commands;
 pub mod crypto;
 pub mod dto;
 pub mod events;
+pub mod files;
 pub mod fynd;
 pub mod groups;
 pub mod http;
@@ -72,12 +74,16 @@ pub struct Config {
     pub nats: Option<RelayConfig>,
     /// Where commands, sessions and tokens read the time.
     pub clock: clock::Clock,
+    /// The only directory `file://` URLs may name (`--files-dir`); created if missing.
+    pub files_dir: std::path::PathBuf,
 }
 
 impl Config {
     pub fn new(database_url: impl Into<String>) -> Self {
+        let database_url: String = database_url.into();
+        let database_url_for_default = database_url.clone();
         Config {
-            database_url: SecretString::from(database_url.into()),
+            database_url: SecretString::from(database_url),
             min_position_wait: Duration::from_secs(5),
             ready_lag: 10_000,
             body_limit: 1024 * 1024,
@@ -85,6 +91,7 @@ impl Config {
             attribute_key: None,
             nats: None,
             clock: clock::Clock::system(),
+            files_dir: files::FilesDir::default_for(&database_url_for_default),
         }
     }
 }
@@ -106,6 +113,8 @@ pub struct Shared {
     pub attribute_queries: AttributesQuery,
     pub group_queries: GroupsQuery,
     pub sealer: crypto::Sealer,
+    /// Where `file://` sources are read from.
+    pub files: files::FilesDir,
     /// Every projection of this process, for readiness.
     pub runners: Vec<RunnerHandle>,
 }
@@ -142,6 +151,8 @@ impl Service {
         let mut tasks = workers.tasks;
         tasks.push(tokio::spawn(checkpointer));
         let clock = config.clock.clone();
+        let files = files::FilesDir::open(&config.files_dir)
+            .map_err(|e| anyhow::anyhow!("files directory {}: {e}", config.files_dir.display()))?;
         let state = AppState::new(Shared {
             config,
             queries: UsersQuery::new(db.clone()),
@@ -156,6 +167,7 @@ impl Service {
             groups: workers.groups,
             engine: workers.membership,
             sealer,
+            files,
         });
         Ok(Service { state, cancel, tasks })
     }

@@ -1,9 +1,11 @@
-//! Membership rows from a CSV file named by URL (`file://` or `http://`):
-//! a header with `action` and one of `user_id`, `email`, `phone_number`.
+//! Membership rows from a CSV file named by URL (`file://` inside the files
+//! directory, or `http://`): a header with `action` and one of `user_id`,
+//! `email`, `phone_number`.
 //! The whole file is read and checked before any membership changes, so a
 //! bad file (unsupported scheme, unreachable host, missing `action` column,
 //! unknown action, too many rows) changes nothing.
 
+use crate::files::FilesDir;
 use crate::http::ApiError;
 use serde::Deserialize;
 use std::time::Duration;
@@ -26,14 +28,15 @@ pub struct MemberRow {
 /// Largest file read.
 const MAX_BYTES: usize = 5 * 1024 * 1024;
 
-pub async fn fetch(url: &str) -> Result<Vec<MemberRow>, ApiError> {
+pub async fn fetch(files: &FilesDir, url: &str) -> Result<Vec<MemberRow>, ApiError> {
     let url = url.trim();
     let bytes = if let Some(path) = url.strip_prefix("file://") {
-        let data = tokio::fs::read(path).await.map_err(|e| ApiError::invalid(format!("file_url {url}: {e}")))?;
-        if data.len() > MAX_BYTES {
+        let path = files.resolve(path)?;
+        let size = tokio::fs::metadata(&path).await.map_err(|e| ApiError::invalid(format!("file_url {url}: {e}")))?;
+        if size.len() > MAX_BYTES as u64 {
             return Err(ApiError::invalid(format!("file_url {url} is larger than {MAX_BYTES} bytes")));
         }
-        data
+        tokio::fs::read(&path).await.map_err(|e| ApiError::invalid(format!("file_url {url}: {e}")))?
     } else if url.starts_with("http://") {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(ApiError::internal)?;
         let response = client

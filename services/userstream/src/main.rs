@@ -87,6 +87,10 @@ enum Command {
         /// Without it a key is kept in the database (development only).
         #[arg(long = "attribute-key", env = "USERSTREAM_ATTRIBUTE_KEY", hide_env_values = true)]
         attribute_key: Option<SecretString>,
+        /// The only directory `file://` URLs may name (created if missing).
+        /// Default: `files/` beside the SQLite database file, `./files` on PostgreSQL.
+        #[arg(long = "files-dir", env = "USERSTREAM_FILES_DIR")]
+        files_dir: Option<std::path::PathBuf>,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -135,8 +139,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { database, listen, min_position_wait_ms, attribute_key, nats } => {
+        Command::Serve { database, listen, min_position_wait_ms, attribute_key, files_dir, nats } => {
             let mut config = Config::new(database.url);
+            if let Some(dir) = files_dir {
+                config.files_dir = dir;
+            }
             config.min_position_wait = Duration::from_millis(min_position_wait_ms);
             config.attribute_key = attribute_key.filter(|k| !k.expose_secret().trim().is_empty());
             config.nats = nats.relay();
