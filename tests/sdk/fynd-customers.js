@@ -161,8 +161,16 @@ async function main() {
   const members = await client.request({ method: "GET", url: `/service/platform/user/v1.0/company/1/application/000000000000000000000001/user_group/${manual._id}/users` });
   assert.equal(members.items[0].user_id, id);
 
+  const bulk = await user.updateUserAttributes({
+    userId: id,
+    body: { attributes: [{ definition_id: ageDef._id, value: 31 }, { definition_id: cityDef._id, value: "Mumbai" }] },
+  });
+  assert.equal(bulk.success, true);
+  assert.deepEqual(bulk.attributes.map((a) => a.attribute.value), [31, "Mumbai"]);
   assert.equal(typeof (await user.deleteUserAttribute({ attributeDefId: cityDef._id, userId: id })).success, "string");
   assert.equal(typeof (await user.deleteUserAttributeDefinitionById({ attributeDefId: cityDef._id })).success, "string");
+  assert.equal(typeof (await user.deleteUserAttributesInBulk({ userId: id, body: { definition_ids: [ageDef._id] } })).success, "string");
+  assert.equal((await user.getUserAttributesForUser({ userId: id })).items.length, 0);
 
   await user.createUserSession({ body: { user_id: id, domain: "shop.example.com" } });
   assert.equal((await user.blockOrUnblockUsers({ body: { user_id: [id], status: false, reason: "sdk" } })).success, true);

@@ -711,3 +711,88 @@ async fn a_poison_event_stops_the_membership_engine_and_readyz_names_it() {
     }
     panic!("the engine did not report the poison event: {last}");
 }
+
+/// POST `…/user_attribute/user/{id}` sets several values of one user in one
+/// append (all or none: one bad value refuses the whole request, naming its
+/// index); DELETE with `{definition_ids}` removes several the same way.
+#[tokio::test]
+async fn several_values_of_one_user_are_set_and_deleted_all_or_none() {
+    for db in fresh_databases().await {
+        let backend = db.backend;
+        let app = TestApp::spawn_on(db, &[]).await;
+        let api = Api::new(&app);
+        let age = api
+            .definition(
+                json!({"name": "Age", "slug": "age", "type": "number", "validations": [{"type": "min", "value": 18}]}),
+            )
+            .await;
+        let city = api.definition(json!({"name": "City", "slug": "city", "type": "string"})).await;
+        let pan = api.definition(json!({"name": "PAN", "slug": "pan", "type": "string", "encrypted": true})).await;
+        let user = api.user(7, "bulk@example.com").await;
+        let url = format!("{}/user_attribute/user/{user}", api.p);
+
+        let head = app.head().await;
+        for (body, status, needle) in [
+            (
+                json!({"attributes": [{"definition_id": age, "value": 30}, {"definition_id": city, "value": 5}]}),
+                400,
+                "attributes[1]",
+            ),
+            (json!({"attributes": [{"definition_id": age, "value": 10}]}), 400, "attributes[0]"),
+            (
+                json!({"attributes": [{"definition_id": age, "value": 30}, {"definition_id": age, "value": 31}]}),
+                400,
+                "twice",
+            ),
+            (json!({"attributes": []}), 400, "1 to"),
+            (json!({"attributes": [{"definition_id": "000000000000000000000000", "value": 1}]}), 404, ""),
+        ] {
+            let (got, err) = call(app.client.post(&url).json(&body)).await;
+            assert_eq!(got, status, "{backend} {body}: {err}");
+            assert!(err["message"].as_str().is_some_and(|m| m.contains(needle)), "{backend}: {needle} not in {err}");
+        }
+        let other = format!("{}/user_attribute/user/aaaaaaaaaaaaaaaaaaaaaaaa", api.p);
+        let (got, _) =
+            call(app.client.post(&other).json(&json!({"attributes": [{"definition_id": age, "value": 30}]}))).await;
+        assert_eq!(got, 404, "{backend}: unknown user");
+        assert_eq!(app.head().await, head, "{backend}: refused requests append nothing");
+
+        let body = json!({"attributes": [
+            {"definition_id": age, "value": 30}, {"definition_id": city, "value": "Pune"}, {"definition_id": pan, "value": "ABCDE1234F"}
+        ]});
+        let r = app.client.post(&url).json(&body).send().await.expect("post");
+        assert_eq!(r.status(), 200, "{backend}");
+        let position = userstream_tests::position_of(&r);
+        let answer: Value = r.json().await.expect("json");
+        assert_eq!(answer["success"], true, "{backend}: {answer}");
+        let values: Vec<Value> = answer["attributes"]
+            .as_array()
+            .expect("attributes")
+            .iter()
+            .map(|a| a["attribute"]["value"].clone())
+            .collect();
+        assert_eq!(values, vec![json!(30.0), json!("Pune"), json!("ABCDE1234F")], "{backend}: {answer}");
+        // One append: the three events share one transaction, so they end at one position.
+        assert_eq!(app.head().await, position, "{backend}");
+        let conn = userstream_eventlog::Db::connect(&app.db.url).await.expect("db");
+        let upserts: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = 'attribute.upserted' AND position > $1")
+                .bind(head)
+                .fetch_one(&conn.pool)
+                .await
+                .expect("count");
+        assert_eq!(upserts, 3, "{backend}");
+
+        // Delete two; a definition without a value refuses the whole request.
+        let (got, err) =
+            call(app.client.delete(&url).json(&json!({"definition_ids": [age, "000000000000000000000000"]}))).await;
+        assert_eq!(got, 404, "{backend}: {err}");
+        let (got, done) = call(app.client.delete(&url).json(&json!({"definition_ids": [age, city]}))).await;
+        assert_eq!(got, 200, "{backend}: {done}");
+        assert!(done["success"].is_string(), "{backend}: SuccessMessage.success is a string: {done}");
+        let (_, left) = call(app.client.get(&url)).await;
+        let left: Vec<&Value> =
+            left["items"].as_array().expect("items").iter().map(|a| &a["user_attribute_definition_id"]).collect();
+        assert_eq!(left, vec![&json!(pan)], "{backend}");
+    }
+}

@@ -58,6 +58,8 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/user_attribute/definition/{definition_id}/user/{user_id}", get(a::get_value)),
         (Method::DELETE, "/user_attribute/definition/{definition_id}/user/{user_id}", delete(a::delete_value)),
         (Method::GET, "/user_attribute/user/{user_id}", get(a::user_values)),
+        (Method::POST, "/user_attribute/user/{user_id}", post(a::upsert_values)),
+        (Method::DELETE, "/user_attribute/user/{user_id}", delete(a::delete_values)),
         (Method::GET, "/user_attribute/attribute/{attribute_id}", get(a::value_by_id)),
         (Method::POST, "/user_attribute/users", post(a::filter_users)),
         (Method::POST, "/user_group", post(g::create_group)),

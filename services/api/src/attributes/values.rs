@@ -1,5 +1,6 @@
 //! A user's attribute values: upsert (validated, sealed when encrypted),
-//! get (also as of a past moment), delete, list.
+//! get (also as of a past moment), delete, list; several of one user at
+//! once (one command, one append: all of them or none).
 
 use super::{
     attr_error, consistent, definition_id, live_definition, page_json, run_values, value_json, DefPath, DefUserPath,
@@ -122,6 +123,113 @@ pub async fn delete_value(
         Json(json!({ "success": format!("attribute {def_id} of user {user} deleted") })).into_response(),
         position,
     ))
+}
+
+/// Most attributes one request may set or delete for a user.
+pub const MAX_ATTRIBUTES_PER_REQUEST: usize = 200;
+
+#[derive(Debug, Deserialize)]
+pub struct BulkValue {
+    pub definition_id: String,
+    pub value: Value,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BulkUpsertBody {
+    pub attributes: Vec<BulkValue>,
+    #[serde(default, alias = "customer_overriden")]
+    pub customer_overridden: Option<bool>,
+}
+
+/// POST `…/user_attribute/user/{user_id}`: several values of one user, each
+/// validated against its definition, written as one command (all or none).
+/// Answers `BulkUserAttribute` `{success, attributes}`.
+pub async fn upsert_values(
+    State(state): State<AppState>,
+    Caller(meta): Caller,
+    Path((_, _, raw_user)): DefPath,
+    JsonBody(body): JsonBody<BulkUpsertBody>,
+) -> Result<Response, ApiError> {
+    check_count(body.attributes.len(), "attributes")?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut checked = Vec::with_capacity(body.attributes.len());
+    for (i, entry) in body.attributes.iter().enumerate() {
+        let (definition, _) = live_definition(&state, &meta.tenant, &entry.definition_id).await?;
+        if !seen.insert(definition.id.clone()) {
+            return Err(ApiError::invalid(format!("attributes[{i}]: definition {} is listed twice", definition.id)));
+        }
+        let value = definition
+            .validate(&entry.value)
+            .map_err(|e| ApiError::invalid(format!("attributes[{i}]: {}", attr_error(e).message)))?;
+        let value = if definition.encrypted { state.sealer.seal(&value) } else { value };
+        checked.push((definition, value));
+    }
+    let user = live_user(&state, &meta.tenant, &raw_user).await?;
+    let ctx = state.commands.context(&meta.tenant).await?;
+    let overridden = body.customer_overridden.unwrap_or(false);
+    let values = checked
+        .iter()
+        .enumerate()
+        .map(|(i, (d, value))| NewValue {
+            definition_id: d.id.clone(),
+            new_attribute_id: ctx.id(i as u16).to_string(),
+            value: value.clone(),
+            customer_overridden: overridden,
+        })
+        .collect();
+    let position = run_values(&state, &meta, user.as_str(), ValuesCommand::Upsert(values), &ctx).await?;
+    consistent(&state).await?;
+    let mut attributes = Vec::with_capacity(checked.len());
+    for (definition, _) in &checked {
+        let row = state
+            .attribute_queries
+            .value(&meta.tenant, user.as_str(), &definition.id)
+            .await?
+            .ok_or_else(|| ApiError::internal("a value just written is not in the read model"))?;
+        attributes.push(value_json(&state, &meta.tenant, Some(definition), &row)?);
+    }
+    Ok(position_header(Json(json!({ "success": true, "attributes": attributes })).into_response(), position))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BulkDeleteBody {
+    pub definition_ids: Vec<String>,
+}
+
+/// DELETE `…/user_attribute/user/{user_id}` with `{definition_ids}`: removes
+/// those values of one user, all or none (a definition without a value for
+/// the user is a 404 and nothing is removed). Answers `SuccessMessage`.
+pub async fn delete_values(
+    State(state): State<AppState>,
+    Caller(meta): Caller,
+    Path((_, _, raw_user)): DefPath,
+    JsonBody(body): JsonBody<BulkDeleteBody>,
+) -> Result<Response, ApiError> {
+    check_count(body.definition_ids.len(), "definition_ids")?;
+    let mut ids = Vec::with_capacity(body.definition_ids.len());
+    for raw in &body.definition_ids {
+        let id = definition_id(raw)?;
+        if ids.contains(&id) {
+            return Err(ApiError::invalid(format!("definition_ids lists {id} twice")));
+        }
+        ids.push(id);
+    }
+    let user = live_user(&state, &meta.tenant, &raw_user).await?;
+    let ctx = state.commands.context(&meta.tenant).await?;
+    let count = ids.len();
+    let command = ValuesCommand::Delete { definition_ids: ids, ignore_missing: false };
+    let position = run_values(&state, &meta, user.as_str(), command, &ctx).await?;
+    Ok(position_header(
+        Json(json!({ "success": format!("{count} attributes of user {user} deleted") })).into_response(),
+        position,
+    ))
+}
+
+fn check_count(n: usize, field: &str) -> Result<(), ApiError> {
+    if n == 0 || n > MAX_ATTRIBUTES_PER_REQUEST {
+        return Err(ApiError::invalid(format!("{field} must list 1 to {MAX_ATTRIBUTES_PER_REQUEST} entries")));
+    }
+    Ok(())
 }
 
 pub async fn user_values(
