@@ -350,8 +350,13 @@ impl Worker for Relay {
     /// One session: from where the stream ends until the lease is lost,
     /// cancellation, or a failure.
     async fn step(&mut self, turn: &mut Turn) -> Result<bool, StepError<RelayError>> {
-        let Some(js) = self.js.clone() else {
-            return Ok(true);
+        let js = match self.js.clone() {
+            Some(js) => js,
+            None => {
+                let js = self.connect().await.map_err(StepError::Retry)?;
+                self.js = Some(js.clone());
+                js
+            }
         };
         let (from, sequence) = self.resume_point(&js).await.map_err(StepError::Retry)?;
         self.health.report_position(from);

@@ -319,7 +319,7 @@ impl Commands {
         targets: Vec<(StreamId, S::Command)>,
         pinned: Option<i64>,
         ctx: &Context,
-        load: Load,
+        mut load: Load,
     ) -> Result<Handled<S>, CommandError>
     where
         Rejection: From<S::Rejection>,
@@ -327,7 +327,6 @@ impl Commands {
         let first = targets.first().map(|(s, c)| (s.to_string(), S::command_name(c))).unwrap_or_default();
         let span = tracing::info_span!("command", kind = S::KIND, command = first.1, stream = %first.0, streams = targets.len());
         async {
-            let mut load = load;
             for _ in 0..MAX_ATTEMPTS {
                 match self.attempt::<S>(meta, &targets, pinned, ctx, load).await {
                     // A "new" stream that exists after all is decided on

@@ -41,22 +41,22 @@ impl FilesDir {
     /// The file `file://{path}` names: an absolute path inside the
     /// directory, or a path relative to it. Refused (400) when it is
     /// outside, lexically or once symlinks are followed, or is no file.
-    pub fn resolve(&self, path: &str) -> Result<PathBuf, ApiError> {
+    pub async fn resolve(&self, path: &str) -> Result<PathBuf, ApiError> {
         let outside = || ApiError::invalid(format!("file_url must name a file inside the files directory {path:?}"));
         let requested = Path::new(path);
         let joined = if requested.is_absolute() { requested.to_path_buf() } else { self.root.join(requested) };
         if !lexically_normal(&joined).starts_with(&self.root) {
             return Err(outside());
         }
-        let real = std::fs::canonicalize(&joined)
-            .map_err(|_| ApiError::invalid(format!("file_url names no file in the files directory: {path:?}")))?;
+        let missing = || ApiError::invalid(format!("file_url names no file in the files directory: {path:?}"));
+        let real = tokio::fs::canonicalize(&joined).await.map_err(|_| missing())?;
         if !real.starts_with(&self.root) {
             return Err(outside());
         }
-        if !real.is_file() {
-            return Err(ApiError::invalid(format!("file_url names no file in the files directory: {path:?}")));
+        match tokio::fs::metadata(&real).await {
+            Ok(meta) if meta.is_file() => Ok(real),
+            _ => Err(missing()),
         }
-        Ok(real)
     }
 }
 
@@ -88,17 +88,17 @@ mod tests {
         assert_eq!(FilesDir::default_for("postgres://u@h/db"), PathBuf::from("files"));
     }
 
-    #[test]
-    fn a_path_outside_the_directory_is_refused_lexically_and_through_symlinks() {
+    #[tokio::test]
+    async fn a_path_outside_the_directory_is_refused_lexically_and_through_symlinks() {
         let base = std::env::temp_dir().join(format!("userstream-files-{}", uuid::Uuid::now_v7().simple()));
         let files = FilesDir::open(&base.join("files")).expect("open");
         std::fs::write(files.root().join("in.csv"), "a").expect("write");
         std::fs::write(base.join("secret.txt"), "s").expect("write");
         std::os::unix::fs::symlink(base.join("secret.txt"), files.root().join("link.csv")).expect("symlink");
-        assert!(files.resolve("in.csv").is_ok());
-        assert!(files.resolve(&files.root().join("in.csv").display().to_string()).is_ok());
+        assert!(files.resolve("in.csv").await.is_ok());
+        assert!(files.resolve(&files.root().join("in.csv").display().to_string()).await.is_ok());
         for bad in ["../secret.txt", "link.csv", "/etc/passwd", "missing.csv", "."] {
-            let err = files.resolve(bad).expect_err(bad);
+            let err = files.resolve(bad).await.expect_err(bad);
             assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST, "{bad}");
         }
         let _ = std::fs::remove_dir_all(&base);

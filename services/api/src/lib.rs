@@ -81,7 +81,7 @@ pub struct Config {
 impl Config {
     pub fn new(database_url: impl Into<String>) -> Self {
         let database_url: String = database_url.into();
-        let database_url_for_default = database_url.clone();
+        let files_dir = files::FilesDir::default_for(&database_url);
         Config {
             database_url: SecretString::from(database_url),
             min_position_wait: Duration::from_secs(5),
@@ -91,7 +91,7 @@ impl Config {
             attribute_key: None,
             nats: None,
             clock: clock::Clock::system(),
-            files_dir: files::FilesDir::default_for(&database_url_for_default),
+            files_dir,
         }
     }
 }

@@ -31,7 +31,7 @@ const MAX_BYTES: usize = 5 * 1024 * 1024;
 pub async fn fetch(files: &FilesDir, url: &str) -> Result<Vec<MemberRow>, ApiError> {
     let url = url.trim();
     let bytes = if let Some(path) = url.strip_prefix("file://") {
-        let path = files.resolve(path)?;
+        let path = files.resolve(path).await?;
         let size = tokio::fs::metadata(&path).await.map_err(|e| ApiError::invalid(format!("file_url {url}: {e}")))?;
         if size.len() > MAX_BYTES as u64 {
             return Err(ApiError::invalid(format!("file_url {url} is larger than {MAX_BYTES} bytes")));
