@@ -10,7 +10,8 @@
 //!   decide, evolve, codec, unique keys), the [`Context`] of a decision, and
 //!   [`StreamId`], the only place stream names are built.
 //! - [`user`], [`group`], [`attribute`] (definitions and a user's values),
-//!   [`platform`] (config): each kind's state, commands, events, rules.
+//!   [`platform`] (config), [`job`] (bulk jobs): each kind's state,
+//!   commands, events, rules.
 //! - [`rules`]: group conditions, compiled and evaluated (pure).
 //! - [`values`]: validated newtypes (`Email`, `Phone`, `UserId` …).
 //! - [`codec`]: events on disk, one frozen shape per (type, version).
@@ -18,6 +19,7 @@
 pub mod attribute;
 pub mod codec;
 pub mod group;
+pub mod job;
 pub mod platform;
 pub mod rules;
 pub mod stream;

@@ -67,11 +67,17 @@ impl Context {
     /// random bytes plus `n`. Ids sort by creation time, like the seeds'
     /// Mongo ids, and a command's ids are distinct.
     pub fn id(&self, n: u16) -> UserId {
+        self.id_at(u64::from(n))
+    }
+
+    /// The `n`th id of the seed, for `n` beyond `u16` (the rows of a bulk
+    /// job); the counter wraps at 48 bits.
+    pub fn id_at(&self, n: u64) -> UserId {
         let mut bytes = [0u8; 12];
         bytes[..6].copy_from_slice(&self.ids.millis.to_be_bytes()[2..]);
         let mut tail = [0u8; 8];
         tail[2..].copy_from_slice(&self.ids.random);
-        let counter = u64::from_be_bytes(tail).wrapping_add(u64::from(n)) & 0xffff_ffff_ffff;
+        let counter = u64::from_be_bytes(tail).wrapping_add(n) & 0xffff_ffff_ffff;
         bytes[6..].copy_from_slice(&counter.to_be_bytes()[2..]);
         UserId::from_bytes(bytes)
     }
@@ -97,6 +103,11 @@ impl StreamId {
 
     pub fn group(id: &str) -> StreamId {
         StreamId(format!("group-{id}"))
+    }
+
+    /// A bulk job.
+    pub fn job(id: &str) -> StreamId {
+        StreamId(format!("job-{id}"))
     }
 
     /// The platform config of one application.

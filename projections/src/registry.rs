@@ -1,4 +1,4 @@
-//! Every worker of the service in one place: the three read models, the
+//! Every worker of the service in one place: the four read models, the
 //! membership engine and the NATS relay. `serve` starts them
 //! ([`Workers::start`]), `migrate` creates their tables ([`migrate`]),
 //! `replay` and `bench` rebuild the read models by name ([`ReadModel`]),
@@ -8,6 +8,7 @@
 use crate::engine::Engine;
 use crate::read_models::attributes::AttributesProjection;
 use crate::read_models::groups::GroupsProjection;
+use crate::read_models::jobs::JobsProjection;
 use crate::read_models::users::UsersProjection;
 use crate::relay::{Relay, RelayConfig};
 use crate::{Projection, ProjectionError, Runner, RunnerHandle};
@@ -23,6 +24,7 @@ pub enum ReadModel {
     Users,
     Attributes,
     Groups,
+    Jobs,
 }
 
 /// Something to do with a read model's projection, whichever it is (the
@@ -34,7 +36,7 @@ pub trait WithProjection {
 }
 
 impl ReadModel {
-    pub const ALL: [ReadModel; 3] = [ReadModel::Users, ReadModel::Attributes, ReadModel::Groups];
+    pub const ALL: [ReadModel; 4] = [ReadModel::Users, ReadModel::Attributes, ReadModel::Groups, ReadModel::Jobs];
 
     /// Its projection's name: the checkpoint's key, and what `replay --projection` takes.
     pub fn name(self) -> &'static str {
@@ -42,6 +44,7 @@ impl ReadModel {
             ReadModel::Users => UsersProjection.name(),
             ReadModel::Attributes => AttributesProjection.name(),
             ReadModel::Groups => GroupsProjection.name(),
+            ReadModel::Jobs => JobsProjection.name(),
         }
     }
 
@@ -55,6 +58,7 @@ impl ReadModel {
             ReadModel::Users => f.call(UsersProjection).await,
             ReadModel::Attributes => f.call(AttributesProjection).await,
             ReadModel::Groups => f.call(GroupsProjection).await,
+            ReadModel::Jobs => f.call(JobsProjection).await,
         }
     }
 }
@@ -81,6 +85,7 @@ pub struct Workers {
     pub users: RunnerHandle,
     pub attributes: RunnerHandle,
     pub groups: RunnerHandle,
+    pub jobs: RunnerHandle,
     pub membership: RunnerHandle,
     pub relay: Option<RunnerHandle>,
     pub tasks: Vec<JoinHandle<()>>,
@@ -98,17 +103,20 @@ impl Workers {
         let users = Runner::new(log.clone(), UsersProjection).await?;
         let attributes = Runner::new(log.clone(), AttributesProjection).await?;
         let groups = Runner::new(log.clone(), GroupsProjection).await?;
+        let jobs = Runner::new(log.clone(), JobsProjection).await?;
         let engine = Engine::new(log.clone()).await?;
         let mut workers = Workers {
             users: users.handle(),
             attributes: attributes.handle(),
             groups: groups.handle(),
+            jobs: jobs.handle(),
             membership: engine.handle(),
             relay: None,
             tasks: vec![
                 tokio::spawn(users.run(cancel.clone(), poll)),
                 tokio::spawn(attributes.run(cancel.clone(), poll)),
                 tokio::spawn(groups.run(cancel.clone(), poll)),
+                tokio::spawn(jobs.run(cancel.clone(), poll)),
                 tokio::spawn(engine.run(cancel.clone(), poll)),
             ],
         };
@@ -122,7 +130,7 @@ impl Workers {
 
     /// Every worker's handle, for readiness.
     pub fn handles(&self) -> Vec<RunnerHandle> {
-        let all = [&self.users, &self.attributes, &self.groups, &self.membership];
+        let all = [&self.users, &self.attributes, &self.groups, &self.jobs, &self.membership];
         all.into_iter().cloned().chain(self.relay.clone()).collect()
     }
 }

@@ -58,6 +58,8 @@ pub enum Rejection {
     Attribute(#[from] AttrError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Job(#[from] userstream_domain::job::JobError),
     #[error("unknown user ids: {}", .0.join(", "))]
     UnknownUsers(Vec<String>),
     #[error("{kind} {value} is already taken")]
@@ -102,7 +104,7 @@ macro_rules! rejected_from {
         }
     )*};
 }
-rejected_from!(UserError, GroupError, AttrError, ConfigError);
+rejected_from!(UserError, GroupError, AttrError, ConfigError, userstream_domain::job::JobError);
 
 /// An append refused by the log: a conflict or a taken value is the
 /// caller's business, anything else a failure.

@@ -28,6 +28,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     use crate::attributes as a;
     use crate::events as ev;
     use crate::groups as g;
+    use crate::jobs::http as j;
     use crate::platform_config::{get_config, update_config};
     use crate::sessions::{create_session, delete_session, delete_sessions, list_sessions, use_session};
     vec![
@@ -62,6 +63,14 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::DELETE, "/user_attribute/user/{user_id}", delete(a::delete_values)),
         (Method::GET, "/user_attribute/attribute/{attribute_id}", get(a::value_by_id)),
         (Method::POST, "/user_attribute/users", post(a::filter_users)),
+        (Method::PATCH, "/user_attribute/bulk", patch(j::bulk_attributes)),
+        (Method::GET, "/user_attribute/bulk/{job_id}", get(j::get_attribute_job)),
+        (Method::POST, "/users/jobs/import", post(j::import_users)),
+        (Method::GET, "/users/jobs/import", get(j::list_imports)),
+        (Method::POST, "/users/jobs/export", post(j::export_users)),
+        (Method::GET, "/users/jobs/export", get(j::list_exports)),
+        (Method::GET, "/users/jobs/{job_id}", get(j::get_job)),
+        (Method::GET, "/jobs/{job_id}/files/{name}", get(j::download)),
         (Method::POST, "/user_group", post(g::create_group)),
         (Method::GET, "/user_group", get(g::list_groups)),
         (Method::GET, "/user_group/tags", get(g::group_tags)),

@@ -10,7 +10,8 @@
 //! - Surfaces, each depending on `http` and `commands` only: [`fynd`]
 //!   (customers; its sub-surfaces [`sessions`], [`platform_config`],
 //!   [`attributes`], [`groups`] with [`members_file`]), [`passage`],
-//!   [`events`] (feed, SSE, history, as-of), [`oauth`], [`ops`].
+//!   [`events`] (feed, SSE, history, as-of), [`jobs`] (bulk import, export
+//!   and attribute jobs, and their worker), [`oauth`], [`ops`].
 //! - [`access`], [`auth`]: credentials and the authentication middleware;
 //!   [`clock`]: the one place the time is read (tests move it by hand);
 //!   [`files`]: the files directory `file://` URLs are confined to;
@@ -28,6 +29,7 @@ pub mod files;
 pub mod fynd;
 pub mod groups;
 pub mod http;
+pub mod jobs;
 pub mod members_file;
 pub mod oauth;
 pub mod ops;
@@ -48,6 +50,7 @@ use userstream_eventlog::keys::KeyStore;
 use userstream_eventlog::{Db, SqlEventLog};
 use userstream_projections::read_models::attributes::AttributesQuery;
 use userstream_projections::read_models::groups::GroupsQuery;
+use userstream_projections::read_models::jobs::JobsQuery;
 use userstream_projections::read_models::users::UsersQuery;
 use userstream_projections::registry::Workers;
 use userstream_projections::relay::RelayConfig;
@@ -76,6 +79,11 @@ pub struct Config {
     pub clock: clock::Clock,
     /// The only directory `file://` URLs may name (`--files-dir`); created if missing.
     pub files_dir: std::path::PathBuf,
+    /// Size and row limits of a bulk job's file.
+    pub job_limits: jobs::Limits,
+    /// Run bulk jobs in the background (the `jobs` lease); off for a
+    /// process that runs one job itself (`userstream import`).
+    pub job_worker: bool,
 }
 
 impl Config {
@@ -92,6 +100,8 @@ impl Config {
             nats: None,
             clock: clock::Clock::system(),
             files_dir,
+            job_limits: jobs::Limits::default(),
+            job_worker: true,
         }
     }
 }
@@ -110,6 +120,8 @@ pub struct Shared {
     pub attributes: RunnerHandle,
     pub groups: RunnerHandle,
     pub engine: RunnerHandle,
+    pub jobs: RunnerHandle,
+    pub job_queries: JobsQuery,
     pub attribute_queries: AttributesQuery,
     pub group_queries: GroupsQuery,
     pub sealer: crypto::Sealer,
@@ -158,6 +170,7 @@ impl Service {
             queries: UsersQuery::new(db.clone()),
             attribute_queries: AttributesQuery::new(db.clone()),
             group_queries: GroupsQuery::new(db.clone()),
+            job_queries: JobsQuery::new(db.clone()),
             db,
             commands: Commands::new(log, clock),
             access,
@@ -166,9 +179,14 @@ impl Service {
             attributes: workers.attributes,
             groups: workers.groups,
             engine: workers.membership,
+            jobs: workers.jobs,
             sealer,
             files,
         });
+        if state.config.job_worker {
+            let worker = jobs::JobWorker::new(state.clone());
+            tasks.push(tokio::spawn(userstream_projections::worker::run(worker, cancel.clone(), poll)));
+        }
         Ok(Service { state, cancel, tasks })
     }
 

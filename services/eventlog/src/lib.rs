@@ -405,6 +405,16 @@ impl SqlEventLog {
         self.head.clone()
     }
 
+    /// The stream that holds the unique value `key` (`email:a@b.c`) in the
+    /// tenant, if any.
+    pub async fn holder(&self, tenant: &Tenant, key: &str) -> Result<Option<String>, StorageError> {
+        Ok(sqlx::query_scalar("SELECT stream FROM reservations WHERE scope = $1 AND key = $2")
+            .bind(tenant.scope())
+            .bind(key)
+            .fetch_optional(&self.db.pool)
+            .await?)
+    }
+
     /// Performs `request` in a transaction of its own and keeps that
     /// transaction open until [`HeldAppend::commit`]. Exists so tests can put
     /// a slow transaction beside the writer; production code uses `append`.

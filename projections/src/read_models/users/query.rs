@@ -215,3 +215,115 @@ impl UsersQuery {
         Ok(users)
     }
 }
+
+/// Rows of an export handed over at once.
+pub const EXPORT_PAGE: usize = 1_000;
+
+impl UsersQuery {
+    /// Every live user of the tenant matching `filter`, oldest first, as of
+    /// one log position, sent to `out` in pages. One transaction reads the
+    /// users projection's checkpoint and then the rows: a snapshot on both
+    /// backends (a SQLite read transaction, PostgreSQL `REPEATABLE READ`),
+    /// so the rows are exactly the read model at that checkpoint, which is
+    /// returned. Stops early (without error) when `out` is closed.
+    pub async fn export(
+        &self,
+        tenant: &Tenant,
+        filter: Option<&Filter>,
+        out: tokio::sync::mpsc::Sender<Vec<UserRow>>,
+    ) -> Result<i64, sqlx::Error> {
+        use futures_util::TryStreamExt;
+        let mut tx = self.db.pool.begin().await?;
+        if self.db.dialect == userstream_eventlog::Dialect::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        }
+        let position: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+            .bind(super::NAME)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let mut cond = SqlBuilder::starting_after(2);
+        if let Some(f) = filter {
+            cond.sql.push_str(" AND ");
+            f.to_sql(&mut cond);
+        }
+        let sql = format!(
+            "SELECT {COLUMNS} FROM users_v1 u WHERE u.company_id = $1 AND u.application_id = $2 AND u.archived = 0{} ORDER BY u.seq",
+            cond.sql
+        );
+        let mut query = sqlx::query(&sql).bind(&tenant.company_id).bind(&tenant.application_id);
+        for b in &cond.binds {
+            query = query.bind(b.as_str());
+        }
+        {
+            let mut rows = query.fetch(&mut *tx);
+            let mut page = Vec::with_capacity(EXPORT_PAGE);
+            while let Some(row) = rows.try_next().await? {
+                page.push(decode_row(&row)?);
+                if page.len() == EXPORT_PAGE && out.send(std::mem::take(&mut page)).await.is_err() {
+                    return Ok(position.unwrap_or(0));
+                }
+            }
+            if !page.is_empty() {
+                let _ = out.send(page).await;
+            }
+        }
+        tx.rollback().await?;
+        Ok(position.unwrap_or(0))
+    }
+}
+
+/// How a bulk row names its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UserKey {
+    Id,
+    Email,
+    Phone,
+}
+
+impl UsersQuery {
+    /// The live users of the tenant that `values` name (ids, emails or
+    /// phones, normalised as a search normalises them), as the value as
+    /// given → user id.
+    /// Index lookups, 500 values a statement.
+    pub async fn resolve(
+        &self,
+        tenant: &Tenant,
+        key: UserKey,
+        values: &[String],
+    ) -> Result<std::collections::HashMap<String, String>, sqlx::Error> {
+        let mut found = std::collections::HashMap::new();
+        let field = match key {
+            UserKey::Id => Field::UserId,
+            UserKey::Email => Field::Email,
+            UserKey::Phone => Field::Phone,
+        };
+        for part in values.chunks(500) {
+            let normal: Vec<String> = part.iter().map(|v| crate::read_models::filter::normalise(field, v)).collect();
+            let given: std::collections::HashMap<&str, &str> =
+                normal.iter().map(String::as_str).zip(part.iter().map(String::as_str)).collect();
+            let list: Vec<String> = (0..normal.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = match key {
+                UserKey::Id => format!(
+                    "SELECT u.user_id AS v, u.user_id FROM users_v1 u WHERE u.application_id = $1 AND u.company_id = $2 AND u.archived = 0 AND u.user_id IN ({})",
+                    list.join(", ")
+                ),
+                UserKey::Email | UserKey::Phone => format!(
+                    "SELECT c.value AS v, u.user_id FROM user_contacts_v1 c JOIN users_v1 u ON u.application_id = c.application_id AND u.user_id = c.user_id WHERE c.application_id = $1 AND u.company_id = $2 AND u.archived = 0 AND c.kind = '{}' AND c.value IN ({})",
+                    if key == UserKey::Email { "email" } else { "phone" },
+                    list.join(", ")
+                ),
+            };
+            let mut query = sqlx::query(&sql).bind(&tenant.application_id).bind(&tenant.company_id);
+            for v in &normal {
+                query = query.bind(v.as_str());
+            }
+            for row in query.fetch_all(&self.db.pool).await? {
+                let v: String = row.try_get("v")?;
+                if let Some(raw) = given.get(v.as_str()) {
+                    found.insert(raw.to_string(), row.try_get::<String, _>("user_id")?);
+                }
+            }
+        }
+        Ok(found)
+    }
+}

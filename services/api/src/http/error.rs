@@ -105,6 +105,8 @@ impl From<Rejection> for ApiError {
             Rejection::Attribute(AttrError::Rule { .. } | AttrError::Invalid { .. }) => {
                 (StatusCode::BAD_REQUEST, "invalid_request")
             }
+            Rejection::Job(userstream_domain::job::JobError::NotFound) => (StatusCode::NOT_FOUND, "not_found"),
+            Rejection::Job(_) => (StatusCode::CONFLICT, "job_finished"),
             Rejection::Taken { .. } => (StatusCode::CONFLICT, "duplicate"),
             Rejection::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
             Rejection::Contended { .. } => (StatusCode::CONFLICT, "contended"),

@@ -1,0 +1,119 @@
+//! A users export: the users read model (live users, optionally filtered
+//! like `GET …/customers/list?q=`), oldest first, as CSV (the CreateUser
+//! columns plus `user_id`, `blocked` and `created_at`) or JSONL (one user
+//! per line, in the shape `GET …/customers/{id}` answers), consistent as of
+//! one log position: the read model's checkpoint, read in the same
+//! snapshot as the rows and recorded in the job.
+//!
+//! An export is written whole on every run; a restart writes it again.
+
+use super::{Ending, JobRun, Proceed};
+use crate::dto::UserDto;
+use crate::http::ApiError;
+use tokio::io::AsyncWriteExt;
+use userstream_domain::job::{Counts, FileRef, JobCommand};
+use userstream_projections::read_models::filter::Filter;
+use userstream_projections::read_models::users::UserRow;
+
+use super::source::Format;
+
+const CSV_COLUMNS: [&str; 12] = [
+    "user_id",
+    "username",
+    "phone_number",
+    "email",
+    "first_name",
+    "last_name",
+    "gender",
+    "external_id",
+    "rr_id",
+    "meta",
+    "blocked",
+    "created_at",
+];
+
+/// The filter of an export request's `q`, as `/customers/list` reads it.
+pub fn filter_of(q: Option<&str>) -> Result<Option<Filter>, ApiError> {
+    match q.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(q) if q.starts_with('{') || q.starts_with('[') => {
+            Ok(Some(Filter::parse_json(q).map_err(|e| ApiError::invalid(format!("q: {e}")))?))
+        }
+        Some(q) => Ok(Some(Filter::email_or_phone(q))),
+    }
+}
+
+/// The file name of an export in its job's directory.
+pub fn output_name(format: Format) -> String {
+    format!("users.{}", format.as_str())
+}
+
+pub(crate) async fn run(run: &mut JobRun<'_>, _proceed: &mut impl Proceed) -> anyhow::Result<Ending> {
+    let format = Format::parse(&run.job.file_format).map_err(|e| anyhow::anyhow!(e.message))?;
+    let q = run.job.options.get("q").and_then(|q| q.as_str()).map(str::to_string);
+    let filter = match filter_of(q.as_deref()) {
+        Ok(filter) => filter,
+        Err(e) => return Ok(Ending::Failed(e.message)),
+    };
+    run.record(JobCommand::Start { total: 0, position: 0 }).await?;
+    // What was written before the export started is in it.
+    let head = run.state.commands.log().watch_head().borrow().to_owned();
+    run.state.users.wait_for(head, run.state.config.min_position_wait).await;
+    let name = output_name(format);
+    tokio::fs::create_dir_all(run.dir()).await?;
+    let partial = run.dir().join(format!("{name}.partial"));
+    let mut file = tokio::io::BufWriter::new(tokio::fs::File::create(&partial).await?);
+    if format == Format::Csv {
+        file.write_all(CSV_COLUMNS.join(",").as_bytes()).await?;
+        file.write_all(b"\n").await?;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<UserRow>>(4);
+    let queries = run.state.queries.clone();
+    let tenant = run.tenant.clone();
+    let reading = tokio::spawn(async move { queries.export(&tenant, filter.as_ref(), tx).await });
+    let mut rows = 0u64;
+    while let Some(page) = rx.recv().await {
+        let mut bytes = Vec::with_capacity(page.len() * 256);
+        for row in page {
+            encode(&mut bytes, format, row)?;
+            rows += 1;
+        }
+        file.write_all(&bytes).await?;
+    }
+    let position = reading.await??;
+    file.flush().await?;
+    file.get_ref().sync_all().await?;
+    tokio::fs::rename(&partial, run.dir().join(&name)).await?;
+    let counts = Counts { total: rows, success: rows, error: 0 };
+    let output = FileRef { url: String::new(), relative_url: format!("{}/{name}", super::job_dir(&run.job.id)) };
+    Ok(Ending::Done { counts, output, position })
+}
+
+fn encode(out: &mut Vec<u8>, format: Format, row: UserRow) -> anyhow::Result<()> {
+    match format {
+        Format::Jsonl => {
+            serde_json::to_writer(&mut *out, &UserDto::from(row))?;
+            out.push(b'\n');
+        }
+        Format::Csv => {
+            let meta = if row.meta.is_null() { String::new() } else { row.meta.to_string() };
+            let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(&mut *out);
+            writer.write_record([
+                row.user_id.as_str(),
+                row.username.as_str(),
+                row.phone.as_str(),
+                row.email.as_str(),
+                row.first_name.as_deref().unwrap_or(""),
+                row.last_name.as_deref().unwrap_or(""),
+                row.gender.as_deref().unwrap_or(""),
+                row.external_id.as_deref().unwrap_or(""),
+                row.rr_id.as_deref().unwrap_or(""),
+                meta.as_str(),
+                if row.blocked { "true" } else { "false" },
+                row.created_at.as_str(),
+            ])?;
+            writer.flush()?;
+        }
+    }
+    Ok(())
+}
