@@ -70,6 +70,22 @@ impl NatsArgs {
     }
 }
 
+#[derive(clap::Args, Clone)]
+struct JobLimitArgs {
+    /// Largest file a bulk job reads, in bytes.
+    #[arg(long = "job-max-bytes", env = "USERSTREAM_JOB_MAX_BYTES", default_value_t = 4 << 30)]
+    max_bytes: u64,
+    /// Most rows a bulk job's file may have.
+    #[arg(long = "job-max-rows", env = "USERSTREAM_JOB_MAX_ROWS", default_value_t = 10_000_000)]
+    max_rows: u64,
+}
+
+impl JobLimitArgs {
+    fn limits(&self) -> userstream_api::jobs::Limits {
+        userstream_api::jobs::Limits { max_bytes: self.max_bytes, max_rows: self.max_rows }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP API with its projections.
@@ -91,6 +107,8 @@ enum Command {
         /// Default: `files/` beside the SQLite database file, `./files` on PostgreSQL.
         #[arg(long = "files-dir", env = "USERSTREAM_FILES_DIR")]
         files_dir: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        job_limits: JobLimitArgs,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -139,11 +157,12 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { database, listen, min_position_wait_ms, attribute_key, files_dir, nats } => {
+        Command::Serve { database, listen, min_position_wait_ms, attribute_key, files_dir, job_limits, nats } => {
             let mut config = Config::new(database.url);
             if let Some(dir) = files_dir {
                 config.files_dir = dir;
             }
+            config.job_limits = job_limits.limits();
             config.min_position_wait = Duration::from_millis(min_position_wait_ms);
             config.attribute_key = attribute_key.filter(|k| !k.expose_secret().trim().is_empty());
             config.nats = nats.relay();
