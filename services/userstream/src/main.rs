@@ -1,8 +1,9 @@
-//! `userstream`: serve the API, migrate a database, or benchmark.
+//! `userstream`: serve the API, migrate a database, run bulk jobs, or benchmark.
 
 mod bench;
 mod bench_events;
 mod bench_groups;
+mod jobs;
 mod replay;
 mod tail;
 
@@ -128,6 +129,16 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Print the events the NATS relay publishes, as they arrive (a durable consumer).
     Tail(tail::TailArgs),
+    /// Run a bulk import job here, with a progress bar (Ctrl-C stops; run again to resume).
+    Import {
+        #[command(subcommand)]
+        what: jobs::ImportCommand,
+    },
+    /// Run a bulk export job here and write its file.
+    Export {
+        #[command(subcommand)]
+        what: jobs::ExportCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -190,6 +201,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args).await,
         Command::Tail(args) => tail::run(args).await,
         Command::Replay(args) => replay::run(args).await,
+        Command::Import { what } => jobs::import(what).await,
+        Command::Export { what } => jobs::export(what).await,
     }
 }
 

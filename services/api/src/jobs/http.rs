@@ -9,7 +9,6 @@
 
 use super::source::{self, Format};
 use super::{export, job_dir, ERROR_FILE};
-use crate::commands::Meta;
 use crate::http::{ApiError, Caller, JsonBody, QueryPairs, TenantOf};
 use crate::AppState;
 use axum::extract::{Path, State};
@@ -18,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use userstream_domain::job::{CreatedBy, FileRef, Job, JobCommand, JobCreated, JobKind, JobState, JobStatus, JobStream};
+use userstream_domain::job::{FileRef, Job, JobKind, JobState, JobStatus, JobStream};
 use userstream_domain::StreamId;
 use userstream_eventlog::{format_time, Tenant};
 use userstream_projections::read_models::jobs::JobFilter;
@@ -54,47 +53,6 @@ pub struct BulkAttributesBody {
     pub file_format: Option<String>,
 }
 
-/// Creates a job; returns its state.
-async fn create(
-    state: &AppState,
-    meta: &Meta,
-    kind: JobKind,
-    format: Format,
-    source: FileRef,
-    options: Value,
-    ctx: &userstream_domain::Context,
-) -> Result<Job, ApiError> {
-    let job_id = ctx.id(0).to_string();
-    let file_name = match kind {
-        JobKind::Export => export::output_name(format),
-        _ => file_name(&source.url),
-    };
-    let created = JobCreated {
-        job_id: job_id.clone(),
-        kind,
-        file_name,
-        file_format: format.as_str().to_string(),
-        source,
-        created_by: CreatedBy { name: meta.actor.clone(), user_id: meta.actor.clone() },
-        options,
-        id_millis: ctx.ids.millis,
-        id_random: ctx.ids.random,
-        at: ctx.now,
-    };
-    let stream = StreamId::job(&job_id);
-    let command = JobCommand::Create(Box::new(created));
-    let mut handled = state.commands.handle_new::<JobStream>(meta, stream, command, ctx).await?;
-    match handled.states.pop() {
-        Some((JobState::Created(job), _)) => Ok(*job),
-        _ => Err(ApiError::internal("a job just created is not there")),
-    }
-}
-
-fn file_name(url: &str) -> String {
-    let path = url.split(['?', '#']).next().unwrap_or(url);
-    path.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or(path).to_string()
-}
-
 /// Checks a source URL before a job names it.
 async fn check_source(state: &AppState, url: &str, format: Format, columns: source::Columns) -> Result<(), ApiError> {
     if source::is_remote(url) {
@@ -121,7 +79,7 @@ pub async fn import_users(
     check_source(&state, &body.absolute_url, format, super::import::COLUMNS).await?;
     let ctx = state.commands.context(&meta.tenant).await?;
     let source = FileRef { url: body.absolute_url.trim().to_string(), relative_url: body.relative_url };
-    let job = create(&state, &meta, JobKind::Import, format, source, Value::Null, &ctx).await?;
+    let job = super::create_job(&state, &meta, JobKind::Import, format, source, Value::Null, &ctx).await?;
     Ok((StatusCode::ACCEPTED, Json(model(&job, &meta.tenant, &headers))).into_response())
 }
 
@@ -136,7 +94,7 @@ pub async fn export_users(
     export::filter_of(body.q.as_deref())?;
     let ctx = state.commands.context(&meta.tenant).await?;
     let options = body.q.map_or(Value::Null, |q| json!({ "q": q }));
-    let job = create(&state, &meta, JobKind::Export, format, FileRef::default(), options, &ctx).await?;
+    let job = super::create_job(&state, &meta, JobKind::Export, format, FileRef::default(), options, &ctx).await?;
     Ok((StatusCode::ACCEPTED, Json(model(&job, &meta.tenant, &headers))).into_response())
 }
 
@@ -175,7 +133,7 @@ pub async fn bulk_attributes(
             (format, FileRef { url: url.trim().to_string(), relative_url: String::new() })
         }
     };
-    let job = create(&state, &meta, JobKind::Attributes, format, source, Value::Null, &ctx).await?;
+    let job = super::create_job(&state, &meta, JobKind::Attributes, format, source, Value::Null, &ctx).await?;
     let mut answer = model(&job, &meta.tenant, &headers);
     answer["job_id"] = json!(job.id);
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())

@@ -27,7 +27,10 @@ use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use userstream_domain::job::{Counts, FileRef, Job, JobCommand, JobKind, JobState, JobStream};
+use crate::http::ApiError;
+use serde_json::Value;
+use source::Format;
+use userstream_domain::job::{Counts, CreatedBy, FileRef, Job, JobCommand, JobCreated, JobKind, JobState, JobStream};
 use userstream_domain::StreamId;
 use userstream_eventlog::{Db, Tenant};
 use userstream_projections::worker::{Health, StepError, Turn, Worker};
@@ -162,6 +165,47 @@ impl JobRun<'_> {
         self.progress.send_replace((rows, counts));
         Ok(())
     }
+}
+
+/// Creates a job (pending; the worker or the CLI runs it); returns it.
+pub async fn create_job(
+    state: &AppState,
+    meta: &Meta,
+    kind: JobKind,
+    format: Format,
+    source: FileRef,
+    options: Value,
+    ctx: &userstream_domain::Context,
+) -> Result<Job, ApiError> {
+    let job_id = ctx.id(0).to_string();
+    let file_name = match kind {
+        JobKind::Export => export::output_name(format),
+        _ => file_name(&source.url),
+    };
+    let created = JobCreated {
+        job_id: job_id.clone(),
+        kind,
+        file_name,
+        file_format: format.as_str().to_string(),
+        source,
+        created_by: CreatedBy { name: meta.actor.clone(), user_id: meta.actor.clone() },
+        options,
+        id_millis: ctx.ids.millis,
+        id_random: ctx.ids.random,
+        at: ctx.now,
+    };
+    let stream = StreamId::job(&job_id);
+    let command = JobCommand::Create(Box::new(created));
+    let mut handled = state.commands.handle_new::<JobStream>(meta, stream, command, ctx).await?;
+    match handled.states.pop() {
+        Some((JobState::Created(job), _)) => Ok(*job),
+        _ => Err(ApiError::internal("a job just created is not there")),
+    }
+}
+
+fn file_name(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    path.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or(path).to_string()
 }
 
 /// Where a job's files live, relative to the files directory.
