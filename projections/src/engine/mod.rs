@@ -60,7 +60,7 @@ use userstream_eventlog::Dialect;
 use userstream_eventlog::{AppendRequest, Db, EventLog, ExpectedVersion, NewEvent, SqlEventLog, StreamAppend, Tenant};
 
 const NAME: &str = "membership";
-const BATCH: i64 = 1000;
+const BATCH: i64 = 2000;
 /// Users per `group.membership_changed` event of a full evaluation.
 const USERS_PER_EVENT: usize = 5000;
 const ROWS_PER_STATEMENT: usize = 400;

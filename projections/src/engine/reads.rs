@@ -17,15 +17,10 @@ impl Engine {
     pub(super) async fn prefetch(&self, events: &[RecordedEvent]) -> Result<Prefetched, sqlx::Error> {
         let mut by_app: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         for e in events {
+            // A user just created has nothing committed yet (values need a
+            // live user), so only archive and restore read what is stored.
             let user = match e.stream.strip_prefix("user-") {
-                Some(u)
-                    if matches!(
-                        e.event_type.as_str(),
-                        codec::USER_CREATED | codec::USER_ARCHIVED | codec::USER_RESTORED
-                    ) =>
-                {
-                    u
-                }
+                Some(u) if matches!(e.event_type.as_str(), codec::USER_ARCHIVED | codec::USER_RESTORED) => u,
                 Some(_) => continue,
                 None => match e.stream.strip_prefix("attrs-") {
                     Some(u) => u,

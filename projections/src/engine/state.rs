@@ -9,7 +9,7 @@ use sqlx::{AnyConnection, Executor};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use userstream_domain::attribute::Definition;
 use userstream_domain::rules::{self, Compiled, Condition};
-use userstream_eventlog::{delete_pairs, Dialect};
+use userstream_eventlog::{delete_pairs, statement_chunks, Dialect};
 
 /// A rule group as the engine holds it.
 #[derive(Debug, Clone)]
@@ -123,7 +123,7 @@ pub(super) async fn write_overlay(
 /// Users: their company and whether they are archived.
 async fn write_users(conn: &mut AnyConnection, o: &Overlay) -> Result<(), sqlx::Error> {
     let users: Vec<_> = o.users.iter().collect();
-    for chunk in users.chunks(ROWS_PER_STATEMENT) {
+    for chunk in statement_chunks(&users, ROWS_PER_STATEMENT) {
         let rows: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(4 * i + 1, 4))).collect();
         let sql = format!("INSERT INTO engine_users (application_id, user_id, company_id, archived) VALUES {} ON CONFLICT (application_id, user_id) DO UPDATE SET archived = excluded.archived", rows.join(", "));
         let mut q = sqlx::query(&sql);
@@ -169,7 +169,7 @@ async fn write_values(conn: &mut AnyConnection, o: &Overlay) -> Result<(), sqlx:
         .iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| (k, v, rules::index_keys(v))))
         .partition(|(_, _, (num, _))| num.is_some());
-    for chunk in numbers.chunks(ROWS_PER_STATEMENT).chain(others.chunks(ROWS_PER_STATEMENT)) {
+    for chunk in statement_chunks(&numbers, ROWS_PER_STATEMENT).chain(statement_chunks(&others, ROWS_PER_STATEMENT)) {
         let mut next = 1;
         let rows: Vec<String> = chunk
             .iter()
@@ -249,7 +249,7 @@ async fn write_members(conn: &mut AnyConnection, o: &Overlay) -> Result<(), sqlx
             .flat_map(|(g, members)| members.iter().filter(move |(_, m)| **m == joined).map(move |(u, _)| (g, u)))
             .collect()
     };
-    for chunk in pairs(true).chunks(ROWS_PER_STATEMENT) {
+    for chunk in statement_chunks(&pairs(true), ROWS_PER_STATEMENT) {
         let rows: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(2 * i + 1, 2))).collect();
         let sql =
             format!("INSERT INTO engine_members (group_id, user_id) VALUES {} ON CONFLICT DO NOTHING", rows.join(", "));
@@ -260,7 +260,7 @@ async fn write_members(conn: &mut AnyConnection, o: &Overlay) -> Result<(), sqlx
         q.execute(&mut *conn).await?;
     }
     let dialect = Dialect::of(conn);
-    for chunk in pairs(false).chunks(ROWS_PER_STATEMENT) {
+    for chunk in statement_chunks(&pairs(false), ROWS_PER_STATEMENT) {
         let sql = delete_pairs(dialect, "engine_members", ("group_id", "user_id"), chunk.len(), "");
         let mut q = sqlx::query(&sql);
         for (g, u) in chunk {

@@ -27,7 +27,7 @@ mod recent;
 mod writer;
 
 pub use db::{Db, Dialect, Migration};
-pub use writer::{delete_pairs, tuples as placeholders, Stats};
+pub use writer::{delete_pairs, statement_chunks, tuples as placeholders, Stats};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

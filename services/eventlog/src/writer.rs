@@ -41,6 +41,24 @@ pub(crate) struct Pending {
 /// Most requests one transaction takes; the rest wait for the next one.
 const MAX_BATCH: usize = 1024;
 
+/// `items` in slices for multi-row statements: `max` rows at a time, then
+/// the rest in powers of two (300 → 256, 32, 8, 4). The driver keeps the
+/// statements it prepared (up to 100 per connection); with any size from 1
+/// to `max` a bulk load filled every cache with large statements of every
+/// size (some 150 MB), while these sizes are a dozen statements per table.
+pub fn statement_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let n = if rest.len() >= max { max } else { 1 << rest.len().ilog2() };
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Some(head)
+    })
+}
+
 /// Rows per multi-row statement (keeps bind parameters under every backend's limit).
 const ROWS_PER_STATEMENT: usize = 500;
 
@@ -192,7 +210,7 @@ pub(crate) async fn write_batch(
     let (positions, payloads) = insert_events(conn, dialect, &rows_to_insert, now).await?;
     let recorded = recorded_events(&rows_to_insert, payloads, &positions, now);
     let (results, keys) = results(batch, verdicts, &positions)?;
-    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+    for chunk in statement_chunks(&keys, ROWS_PER_STATEMENT) {
         let sql = format!("INSERT INTO idempotency (scope, key, result) VALUES {}", rows(dialect, chunk.len(), 3));
         let mut q = sqlx::query(&sql);
         for (scope, key, stored) in chunk {
@@ -223,7 +241,7 @@ async fn write_reservations(
             }
         }
     }
-    for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
+    for chunk in statement_chunks(&deletes, ROWS_PER_STATEMENT) {
         let sql =
             format!("DELETE FROM reservations WHERE (scope, key) IN (VALUES {})", tuples(dialect, chunk.len(), 2, 0));
         let mut q = sqlx::query(&sql);
@@ -232,7 +250,7 @@ async fn write_reservations(
         }
         q.execute(&mut *conn).await?;
     }
-    for chunk in inserts.chunks(ROWS_PER_STATEMENT) {
+    for chunk in statement_chunks(&inserts, ROWS_PER_STATEMENT) {
         let sql = format!("INSERT INTO reservations (scope, key, stream) VALUES {}", rows(dialect, chunk.len(), 3));
         let mut q = sqlx::query(&sql);
         for (scope, key, stream) in chunk {
@@ -273,7 +291,7 @@ async fn insert_events(
     let recorded_at = format_time(now);
     let mut positions: HashMap<String, i64> = HashMap::with_capacity(rows_to_insert.len());
     let mut payloads: Vec<EventData> = Vec::with_capacity(rows_to_insert.len());
-    for chunk in rows_to_insert.chunks(ROWS_PER_STATEMENT) {
+    for chunk in statement_chunks(&rows_to_insert, ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO events (event_id, stream, version, event_type, schema_version, occurred_at, recorded_at, company_id, application_id, actor, correlation_id, causation_id, data) VALUES {} RETURNING position, event_id",
             rows(dialect, chunk.len(), 13)
@@ -481,7 +499,7 @@ async fn read_snapshot(
     streams.sort_unstable();
     streams.dedup();
     let mut versions = HashMap::with_capacity(streams.len());
-    for chunk in streams.chunks(ROWS_PER_STATEMENT) {
+    for chunk in statement_chunks(&streams, ROWS_PER_STATEMENT) {
         // One index probe per stream, whatever the planner thinks of the
         // table: as `stream IN (…) GROUP BY stream`, PostgreSQL chose a
         // sequential scan of the whole log when its statistics were off
@@ -535,7 +553,7 @@ async fn by_scope_key(
     keys: &[(String, String)],
 ) -> Result<Vec<(String, String, String)>, sqlx::Error> {
     let mut found = Vec::new();
-    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+    for chunk in statement_chunks(&keys, ROWS_PER_STATEMENT) {
         // One primary-key probe per key (see `read_snapshot` on why not a join).
         let sql = format!(
             "SELECT v.column1 AS scope, v.column2 AS key, \
@@ -611,6 +629,16 @@ fn rows(dialect: Dialect, n: usize, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statement_chunks_take_the_maximum_then_powers_of_two() {
+        let items: Vec<u32> = (0..1300).collect();
+        let sizes: Vec<usize> = statement_chunks(&items, 500).map(<[u32]>::len).collect();
+        assert_eq!(sizes, [500, 500, 256, 32, 8, 4]);
+        let flat: Vec<u32> = statement_chunks(&items, 500).flatten().copied().collect();
+        assert_eq!(flat, items);
+        assert_eq!(statement_chunks::<u32>(&[], 500).count(), 0);
+    }
 
     #[test]
     fn placeholders_are_numbered_across_tuples() {

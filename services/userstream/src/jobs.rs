@@ -81,6 +81,8 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Until the job was completed; the rest is read models catching up.
     pub job_elapsed: Duration,
+    /// When each worker reached the log head.
+    pub caught_up: Vec<(&'static str, Duration)>,
 }
 
 pub async fn import(command: ImportCommand) -> anyhow::Result<()> {
@@ -235,14 +237,17 @@ async fn run(service: &Service, tenant: &Tenant, job: Job, show: bool) -> anyhow
         Ran::Finished(job) => job,
     };
     let head = *state.commands.log().watch_head().borrow();
+    let mut caught_up = Vec::new();
     for runner in &state.runners {
         while !runner.wait_for(head, Duration::from_secs(60)).await {
             if show {
                 eprintln!("waiting for {} to catch up", runner.name);
             }
         }
+        caught_up.push((runner.name, started.elapsed()));
     }
-    Ok(Summary { job, elapsed: started.elapsed(), job_elapsed })
+    tracing::debug!(?caught_up, "read models caught up");
+    Ok(Summary { job, elapsed: started.elapsed(), job_elapsed, caught_up })
 }
 
 fn progress_bar(mut rows: watch::Receiver<(u64, Counts)>) -> (ProgressBar, tokio::task::JoinHandle<()>) {

@@ -202,7 +202,7 @@ pub(super) async fn insert_created(
     run: &[RecordedEvent],
 ) -> Result<(), ProjectionError> {
     let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
-    let mut chunks = run.chunks(ROWS_PER_STATEMENT);
+    let mut chunks = userstream_eventlog::statement_chunks(run, ROWS_PER_STATEMENT);
     let Some(first) = chunks.next() else {
         return Ok(());
     };
@@ -307,7 +307,7 @@ fn created_statements<'a>(
     let users_values = users.arguments.len();
     let mut users = Some(users);
     let mut statements = Vec::with_capacity(1);
-    for chunk in contacts.chunks(ROWS_PER_STATEMENT * 2) {
+    for chunk in userstream_eventlog::statement_chunks(&contacts, ROWS_PER_STATEMENT * 2) {
         let (mut statement, offset) = match users.take() {
             Some(users) => (users, users_values),
             None => (Statement::new(String::new(), chunk.len() * 4), 0),

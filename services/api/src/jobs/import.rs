@@ -90,23 +90,29 @@ pub(crate) async fn run(run: &mut JobRun<'_>, proceed: &mut impl Proceed) -> any
         source::read_rows(&path, format, COLUMNS, skip, CHUNK, |rows| tx.blocking_send(rows).is_ok())
     });
     let (config, _) = run.state.commands.config(&run.tenant).await?;
-    let required = [config.config.required_fields.clone(), config.config.register_required_fields.clone()];
-    let meta = run.meta();
-    let commands = &run.state.commands;
-    let job = run.job.clone();
+    let env = std::sync::Arc::new(RowEnv {
+        commands: run.state.commands.clone(),
+        meta: run.meta(),
+        job: run.job.clone(),
+        required: [config.config.required_fields.clone(), config.config.register_required_fields.clone()],
+        config: config.config,
+    });
     let mut lines: Vec<u32> = Vec::new();
-    let rows = tokio_stream_of(rx).flat_map(futures_util::stream::iter);
-    let mut verdicts = rows
+    // Each row is a task of its own, so the rows' decisions and encoding
+    // spread over the runtime's threads; they are awaited in file order.
+    let mut verdicts = tokio_stream_of(rx)
+        .flat_map(futures_util::stream::iter)
         .map(|row: Row| {
-            let (required, meta, job, config) = (&required, &meta, &job, &config.config);
-            async move {
-                let verdict = create(commands, meta, job, config, required, &row).await;
+            let env = env.clone();
+            tokio::spawn(async move {
+                let verdict = create(&env, &row).await;
                 (row.index, row.line, verdict)
-            }
+            })
         })
         .buffered(IN_FLIGHT);
     let mut done = skip;
-    while let Some((index, line, verdict)) = verdicts.next().await {
+    while let Some(next) = verdicts.next().await {
+        let (index, line, verdict) = next?;
         remember_line(&mut lines, index, line);
         match verdict {
             Verdict::Created => counts.success += 1,
@@ -116,7 +122,7 @@ pub(crate) async fn run(run: &mut JobRun<'_>, proceed: &mut impl Proceed) -> any
             }
             Verdict::Taken { kind, value } => {
                 counts.error += 1;
-                let reason = name_duplicate(commands, &meta, &job, &lines, &kind, &value).await;
+                let reason = name_duplicate(&env, &lines, &kind, &value).await;
                 run.reject(line, &reason).await?;
             }
             Verdict::Broken(e) => return Err(e),
@@ -172,14 +178,17 @@ fn remember_line(lines: &mut Vec<u32>, index: u64, line: u64) {
     lines[index] = u32::try_from(line).unwrap_or(u32::MAX);
 }
 
-async fn create(
-    commands: &crate::commands::Commands,
-    meta: &crate::commands::Meta,
-    job: &userstream_domain::job::Job,
-    config: &userstream_domain::platform::PlatformConfig,
-    required: &[userstream_domain::platform::RequiredFields; 2],
-    row: &Row,
-) -> Verdict {
+/// What every row of a run shares.
+struct RowEnv {
+    commands: crate::commands::Commands,
+    meta: crate::commands::Meta,
+    job: userstream_domain::job::Job,
+    config: userstream_domain::platform::PlatformConfig,
+    required: [userstream_domain::platform::RequiredFields; 2],
+}
+
+async fn create(env: &RowEnv, row: &Row) -> Verdict {
+    let RowEnv { commands, meta, job, config, required } = env;
     let fields = match &row.fields {
         Ok(fields) => fields.clone(),
         Err(reason) => return Verdict::Rejected(reason.clone()),
@@ -203,21 +212,14 @@ async fn create(
 
 /// A taken value as the reason of a rejected row: a duplicate of an
 /// earlier row of this file names that row's line.
-async fn name_duplicate(
-    commands: &crate::commands::Commands,
-    meta: &crate::commands::Meta,
-    job: &userstream_domain::job::Job,
-    lines: &[u32],
-    kind: &str,
-    value: &str,
-) -> String {
+async fn name_duplicate(env: &RowEnv, lines: &[u32], kind: &str, value: &str) -> String {
     let key = format!("{kind}:{value}");
-    let holder = commands.log().holder(&meta.tenant, &key).await.ok().flatten();
+    let holder = env.commands.log().holder(&env.meta.tenant, &key).await.ok().flatten();
     let row = holder
         .as_deref()
         .and_then(|s| s.strip_prefix("user-"))
         .and_then(|id| UserId::parse("user_id", id).ok())
-        .and_then(|id| job.row_of(&id));
+        .and_then(|id| env.job.row_of(&id));
     match row.and_then(|r| lines.get(r as usize).filter(|l| **l > 0)) {
         Some(line) => format!("{kind} {value} duplicates line {line} of this file"),
         None => format!("{kind} {value} is already taken"),
