@@ -95,6 +95,11 @@ impl RunnerHandle {
         }
     }
 
+    /// Changes whenever the reported position does.
+    pub fn watch(&self) -> watch::Receiver<i64> {
+        self.position.clone()
+    }
+
     /// Waits until the checkpoint reaches `position`, at most `timeout`.
     /// Returns whether it did.
     pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {

@@ -1,13 +1,15 @@
 // Drives every customers, session and platform-config method of the official
 // Fynd platform SDK (3.4.2) against a running userstream, with
 // strictResponseCheck on: any response that does not fit the SDK's models
-// rejects. Usage: node fynd-customers.js BASE_URL API_KEY API_SECRET
+// rejects. Usage: node fynd-customers.js BASE_URL API_KEY API_SECRET FILES_DIR
 "use strict";
+const fs = require("node:fs");
+const path = require("node:path");
 const assert = require("node:assert/strict");
 const { PlatformClient } = require("@gofynd/fdk-client-javascript");
 
-const [base, apiKey, apiSecret] = process.argv.slice(2);
-if (!apiSecret) throw new Error("usage: node fynd-customers.js BASE_URL API_KEY API_SECRET");
+const [base, apiKey, apiSecret, filesDir] = process.argv.slice(2);
+if (!filesDir) throw new Error("usage: node fynd-customers.js BASE_URL API_KEY API_SECRET FILES_DIR");
 
 const config = { companyId: "1", apiKey, apiSecret, domain: base, useAutoRenewTimer: false, logLevel: "ERROR" };
 const client = new PlatformClient(config, { strictResponseCheck: true });
@@ -191,6 +193,27 @@ async function main() {
   assert.ok(timeline.timeline.every((t) => t.visible === true && t.date.length > 0));
   assert.equal(timeline.timeline[timeline.timeline.length - 1].title, "Account created");
 
+  // Bulk jobs: an import from the files directory, followed to its end; the lists; an export.
+  fs.writeFileSync(path.join(filesDir, "sdk-import.csv"), "username,phone_number,email\nsdkbulk1,9555000001,b1@example.com\nsdkbulk2,9555000002,nope\n");
+  const job = await user.bulkImportStoreFrontUsers({
+    body: { absolute_url: "file://sdk-import.csv", file_format: "csv", relative_url: "sdk-import.csv" },
+  });
+  assert.equal(job.action_type, "import");
+  let done = job;
+  for (let i = 0; i < 200 && done.status !== "completed"; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    done = await user.getUsersJobByJobId({ jobId: job._id });
+  }
+  assert.equal(done.status, "completed");
+  assert.deepEqual(done.count, { total: 2, success: 1, error: 1 });
+  assert.ok(done.links.error.absolute_url.startsWith(base));
+  const imports = await user.getBulkImportUsersList({ pageNo: "1", pageSize: "10", fileFormat: "csv", status: "completed" });
+  assert.equal(imports.items[0]._id, job._id);
+  const exportJob = await user.createBulkExportUsers({ body: { file_format: "jsonl" } });
+  assert.equal(exportJob.action_type, "export");
+  const exports = await user.getBulkExportUsersList({ search: "users" });
+  assert.equal(exports.items[0]._id, exportJob._id);
+
   // Errors reach the caller as FDKServerResponseError with the status and our message.
   await assert.rejects(
     user.createUser({ body: { phone_number: "9000000001", username: "bad", email: "not-an-email" } }),
@@ -204,7 +227,7 @@ async function main() {
     user.blockOrUnblockUsers({ body: { user_id: ["aaaaaaaaaaaaaaaaaaaaaaaa"], status: false, reason: "x" } }),
     (e) => e.code === 404 && /aaaaaaaaaaaaaaaaaaaaaaaa/.test(e.message)
   );
-  console.log("fynd sdk: customers, timeline, session, config, attribute and group methods passed with strictResponseCheck");
+  console.log("fynd sdk: customers, timeline, session, config, attribute, group and bulk job methods passed with strictResponseCheck");
 }
 
 main().catch((e) => {

@@ -12,12 +12,16 @@ async fn the_fynd_sdk_drives_every_customers_session_and_config_method() {
         sdk.join("node_modules/@gofynd/fdk-client-javascript").exists(),
         "the SDK is not installed: run `npm ci --prefix tests/sdk` (deploy/test.sh does)"
     );
-    let app = TestApp::spawn().await;
+    let files = std::env::temp_dir().join(format!("userstream-sdk-files-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&files).expect("files dir");
+    let files_env = files.display().to_string();
+    let app = TestApp::spawn_on(userstream_tests::fresh_sqlite(), &[("USERSTREAM_FILES_DIR", &files_env)]).await;
     let output = tokio::process::Command::new("node")
         .arg("fynd-customers.js")
         .arg(&app.base)
         .arg(&app.key.api_key)
         .arg(&app.key.api_secret)
+        .arg(&files)
         .current_dir(&sdk)
         .output()
         .await
@@ -28,7 +32,8 @@ async fn the_fynd_sdk_drives_every_customers_session_and_config_method() {
         "SDK script failed:\nstdout: {stdout}\nstderr: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("customers, timeline, session, config, attribute and group methods passed"), "{stdout}");
+    assert!(stdout.contains("customers, timeline, session, config, attribute, group and bulk job methods passed"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&files);
 }
 
 /// The official Passage SDK (`passage-identity` 3.0.2): the generated client

@@ -2,6 +2,14 @@
 
 use userstream_tests::TestApp;
 
+/// The files directory of a service on a SQLite file: `files/` beside it.
+fn files_dir(app: &TestApp) -> std::path::PathBuf {
+    let path = app.db.url.trim_start_matches("sqlite://");
+    let dir = std::path::Path::new(path).parent().expect("database dir").join("files");
+    std::fs::create_dir_all(&dir).expect("files dir");
+    dir
+}
+
 #[tokio::test]
 async fn the_readme_walkthrough_runs_as_written() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README");
@@ -23,6 +31,7 @@ async fn the_readme_walkthrough_runs_as_written() {
         .args(["-euo", "pipefail", "-c", &script])
         .env("US_KEY", &app.key.api_key)
         .env("US_SECRET", &app.key.api_secret)
+        .env("FILES", files_dir(&app))
         .current_dir(&dir)
         .output()
         .await
@@ -37,6 +46,9 @@ async fn the_readme_walkthrough_runs_as_written() {
     assert!(stdout.contains("\"alice@example.com\""), "{stdout}");
     assert!(stdout.contains("\"ready\":true"), "{stdout}");
     assert!(stdout.contains("\"total_users\":1"), "the rule group was evaluated: {stdout}");
+    assert!(stdout.contains("\"count\":{\"error\":1,\"success\":1,\"total\":2}"), "the import job: {stdout}");
+    assert!(stdout.contains("3,") && stdout.contains("email"), "the error file: {stdout}");
+    assert!(stdout.contains("\"username\":"), "the export: {stdout}");
     // Bob was created once despite two attempts with one Idempotency-Key.
     let list: serde_json::Value = app
         .client

@@ -57,6 +57,16 @@ pub struct BenchArgs {
     /// With --events: events in the log before the replay is measured.
     #[arg(long, default_value_t = 1_000_000)]
     replay_events: u64,
+    /// Benchmark a bulk users import of this many generated rows instead
+    /// (as `userstream import users` runs it).
+    #[arg(long, default_value_t = 0)]
+    import: u64,
+    /// With --import: then a bulk attribute job of this many rows.
+    #[arg(long, default_value_t = 0)]
+    import_attributes: u64,
+    /// With --import-attributes: the users the rows are spread over.
+    #[arg(long, default_value_t = 100_000)]
+    attribute_users: u64,
 }
 
 const PREFIX: &str = "/service/platform/user/v1.0/company/1/application/000000000000000000000001";
@@ -252,7 +262,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "benchmarking on {backend} ({} cores)",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
-    let rows = if args.events {
+    let rows = if args.import > 0 {
+        let jobs = crate::bench_jobs::JobsBench {
+            users: args.import,
+            attribute_rows: args.import_attributes,
+            attribute_users: args.attribute_users,
+        };
+        crate::bench_jobs::run(bench.clone(), jobs).await?
+    } else if args.events {
         let events = crate::bench_events::EventsBench {
             samples: args.samples.min(2_000),
             rate: args.rate,
@@ -277,7 +294,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for (what, result) in rows {
         println!("| {what} | {result} |");
     }
-    if !args.events && !args.groups {
+    if !args.events && !args.groups && args.import == 0 {
         let Bench { service, .. } = Arc::try_unwrap(bench).map_err(|_| anyhow::anyhow!("bench still in use"))?;
         service.stop().await;
     }
@@ -295,6 +312,8 @@ async fn start(args: &BenchArgs) -> anyhow::Result<(Arc<Bench>, &'static str, St
         }
     };
     let mut config = Config::new(url.clone());
+    // The import bench runs its jobs itself, as the CLI does.
+    config.job_worker = args.import == 0;
     let prefix = format!("bench{}", std::process::id());
     if args.events {
         config.nats = args.nats_url.as_ref().map(|nats| {

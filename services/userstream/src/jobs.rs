@@ -246,7 +246,6 @@ async fn run(service: &Service, tenant: &Tenant, job: Job, show: bool) -> anyhow
         }
         caught_up.push((runner.name, started.elapsed()));
     }
-    tracing::debug!(?caught_up, "read models caught up");
     Ok(Summary { job, elapsed: started.elapsed(), job_elapsed, caught_up })
 }
 

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_events;
 mod bench_groups;
+mod bench_jobs;
 mod jobs;
 mod replay;
 mod tail;

@@ -14,7 +14,7 @@ pub struct ReplayArgs {
     /// `sqlite://FILE` or `postgres://…`: the database of the log and the read models.
     #[arg(long = "database", env = "DATABASE_URL", default_value = "sqlite://userstream.db")]
     database: String,
-    /// One read model (`users_v1`, `attributes_v1`, `groups_v1`); default: all.
+    /// One read model (`users_v1`, `attributes_v1`, `groups_v1`, `jobs_v1`); default: all.
     #[arg(long)]
     projection: Option<String>,
     /// Rebuild up to this position only and keep the result beside the live

@@ -283,44 +283,47 @@ pub enum UserKey {
 impl UsersQuery {
     /// The live users of the tenant that `values` name (ids, emails or
     /// phones, normalised as a search normalises them), as the value as
-    /// given → user id.
-    /// Index lookups, 500 values a statement.
+    /// given → user id. Two statements per 500 values, each naming only a
+    /// primary key (contacts by value, then users by id), so the plans are
+    /// key lookups whatever the planner believes; tenant and archive state
+    /// are checked on the rows (as [`UsersQuery::by_ids`] does).
     pub async fn resolve(
         &self,
         tenant: &Tenant,
         key: UserKey,
         values: &[String],
     ) -> Result<std::collections::HashMap<String, String>, sqlx::Error> {
-        let mut found = std::collections::HashMap::new();
         let field = match key {
             UserKey::Id => Field::UserId,
             UserKey::Email => Field::Email,
             UserKey::Phone => Field::Phone,
         };
+        let mut found = std::collections::HashMap::new();
         for part in values.chunks(500) {
             let normal: Vec<String> = part.iter().map(|v| crate::read_models::filter::normalise(field, v)).collect();
             let given: std::collections::HashMap<&str, &str> =
                 normal.iter().map(String::as_str).zip(part.iter().map(String::as_str)).collect();
-            let list: Vec<String> = (0..normal.len()).map(|i| format!("${}", i + 3)).collect();
-            let sql = match key {
-                UserKey::Id => format!(
-                    "SELECT u.user_id AS v, u.user_id FROM users_v1 u WHERE u.application_id = $1 AND u.company_id = $2 AND u.archived = 0 AND u.user_id IN ({})",
-                    list.join(", ")
-                ),
-                UserKey::Email | UserKey::Phone => format!(
-                    "SELECT c.value AS v, u.user_id FROM user_contacts_v1 c JOIN users_v1 u ON u.application_id = c.application_id AND u.user_id = c.user_id WHERE c.application_id = $1 AND u.company_id = $2 AND u.archived = 0 AND c.kind = '{}' AND c.value IN ({})",
-                    if key == UserKey::Email { "email" } else { "phone" },
-                    list.join(", ")
-                ),
-            };
-            let mut query = sqlx::query(&sql).bind(&tenant.application_id).bind(&tenant.company_id);
-            for v in &normal {
-                query = query.bind(v.as_str());
+            let list = (0..normal.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
+            // value → user id, by the contacts' primary key (ids are their own value).
+            let mut candidates: Vec<(String, String)> = Vec::new();
+            if key == UserKey::Id {
+                candidates.extend(normal.iter().map(|v| (v.clone(), v.clone())));
+            } else {
+                let kind = if key == UserKey::Email { "email" } else { "phone" };
+                let sql = format!("SELECT value, user_id FROM user_contacts_v1 WHERE application_id = $1 AND kind = '{kind}' AND value IN ({list})");
+                let mut query = sqlx::query(&sql).bind(&tenant.application_id);
+                for v in &normal {
+                    query = query.bind(v.as_str());
+                }
+                for row in query.fetch_all(&self.db.pool).await? {
+                    candidates.push((row.try_get("value")?, row.try_get("user_id")?));
+                }
             }
-            for row in query.fetch_all(&self.db.pool).await? {
-                let v: String = row.try_get("v")?;
-                if let Some(raw) = given.get(v.as_str()) {
-                    found.insert(raw.to_string(), row.try_get::<String, _>("user_id")?);
+            let ids: Vec<String> = candidates.iter().map(|(_, id)| id.clone()).collect();
+            let live: std::collections::HashSet<String> = self.by_ids(tenant, &ids).await?.into_iter().map(|u| u.user_id).collect();
+            for (value, id) in candidates {
+                if let (true, Some(raw)) = (live.contains(&id), given.get(value.as_str())) {
+                    found.insert(raw.to_string(), id);
                 }
             }
         }

@@ -288,8 +288,10 @@ impl Worker for JobWorker {
         "jobs".to_string()
     }
 
+    /// The queue is the jobs read model: it is read again when that moves
+    /// (or at the poll interval), not on every append to the log.
     fn watch_head(&self) -> watch::Receiver<i64> {
-        self.state.commands.log().watch_head()
+        self.state.jobs.watch()
     }
 
     async fn step(&mut self, turn: &mut Turn) -> Result<bool, StepError<String>> {
