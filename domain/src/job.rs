@@ -453,30 +453,34 @@ mod tests {
     fn a_job_runs_resumes_and_ends_once() {
         let mut ctx = Context::at(OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000));
         ctx.ids.random = [0xff, 0xff, 0xff, 0xff, 0xff, 0xf0];
-        let s = run(JobState::NotCreated, JobCommand::Create(Box::new(created(&ctx))), &ctx).unwrap();
-        assert_eq!(s.job().unwrap().status, JobStatus::Pending);
-        let s = run(s, JobCommand::Start { total: 3, position: 0 }, &ctx).unwrap();
+        let s = run(JobState::NotCreated, JobCommand::Create(Box::new(created(&ctx))), &ctx).expect("decided");
+        assert_eq!(s.job().expect("a job").status, JobStatus::Pending);
+        let s = run(s, JobCommand::Start { total: 3, position: 0 }, &ctx).expect("decided");
         let counts = Counts { total: 3, success: 1, error: 1 };
-        let s = run(s, JobCommand::Progress { rows: 2, counts, error_bytes: 10 }, &ctx).unwrap();
+        let s = run(s, JobCommand::Progress { rows: 2, counts, error_bytes: 10 }, &ctx).expect("decided");
         assert_eq!(decide(&s, JobCommand::Progress { rows: 2, counts, error_bytes: 10 }, &ctx), Ok(vec![]));
         assert!(matches!(
             decide(&s, JobCommand::Progress { rows: 1, counts, error_bytes: 0 }, &ctx),
             Err(JobError::Backwards { .. })
         ));
         // A restart starts it again where it stood.
-        let s = run(s, JobCommand::Start { total: 3, position: 0 }, &ctx).unwrap();
-        assert_eq!(s.job().unwrap().rows, 2);
+        let s = run(s, JobCommand::Start { total: 3, position: 0 }, &ctx).expect("decided");
+        assert_eq!(s.job().expect("a job").rows, 2);
         let done = Counts { total: 3, success: 2, error: 1 };
-        let s = run(s, JobCommand::Complete { counts: done, error_bytes: 10, output: FileRef::default(), position: 0 }, &ctx)
-            .unwrap();
-        assert_eq!(s.job().unwrap().status, JobStatus::Completed);
+        let s = run(
+            s,
+            JobCommand::Complete { counts: done, error_bytes: 10, output: FileRef::default(), position: 0 },
+            &ctx,
+        )
+        .expect("decided");
+        assert_eq!(s.job().expect("a job").status, JobStatus::Completed);
         assert_eq!(decide(&s, JobCommand::Fail { reason: "x".into() }, &ctx), Err(JobError::Finished("completed")));
         // Row ids are stable and lead back to their row, across the wrap of the counter.
-        let job = s.job().unwrap();
+        let job = s.job().expect("a job");
         for index in [0, 1, 15, 16, 999_999] {
             assert_eq!(job.row_of(&job.row_id(index)), Some(index));
         }
-        assert_eq!(job.row_of(&UserId::parse("id", "0123456789abcdef01234567").unwrap()), None);
+        assert_eq!(job.row_of(&UserId::parse("id", "0123456789abcdef01234567").expect("an id")), None);
     }
 
     #[test]
@@ -498,7 +502,7 @@ mod tests {
         for e in events {
             let encoded = encode(&e);
             let text = encoded.data.to_string();
-            assert_eq!(decode(encoded.event_type, 1, text.as_str()).unwrap(), e);
+            assert_eq!(decode(encoded.event_type, 1, text.as_str()).expect("decodes"), e);
         }
     }
 }

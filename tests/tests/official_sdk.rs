@@ -32,7 +32,10 @@ async fn the_fynd_sdk_drives_every_customers_session_and_config_method() {
         "SDK script failed:\nstdout: {stdout}\nstderr: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("customers, timeline, session, config, attribute, group and bulk job methods passed"), "{stdout}");
+    assert!(
+        stdout.contains("customers, timeline, session, config, attribute, group and bulk job methods passed"),
+        "{stdout}"
+    );
     let _ = std::fs::remove_dir_all(&files);
 }
 

@@ -54,13 +54,11 @@ impl Projection for JobsProjection {
             return Ok(());
         }
         let poison = |reason: String| ProjectionError::Poison { position: event.position, reason };
-        let decoded =
-            job::decode(&event.event_type, event.schema as u32, event.data.as_str()).map_err(|e| poison(e.to_string()))?;
+        let decoded = job::decode(&event.event_type, event.schema as u32, event.data.as_str())
+            .map_err(|e| poison(e.to_string()))?;
         let id = event.stream.trim_start_matches("job-");
-        let stored: Option<String> = sqlx::query_scalar("SELECT doc FROM jobs_v1 WHERE job_id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT doc FROM jobs_v1 WHERE job_id = $1").bind(id).fetch_optional(&mut *conn).await?;
         let state = match stored {
             Some(doc) => JobState::Created(Box::new(serde_json::from_str(&doc).map_err(|e| poison(e.to_string()))?)),
             None => JobState::NotCreated,
@@ -139,7 +137,10 @@ impl JobsQuery {
             cond.push_str(&format!(" AND file_format = {}", bind(&mut binds, f.to_lowercase())));
         }
         if let Some(s) = &filter.search {
-            cond.push_str(&format!(" AND LOWER(file_name) LIKE {}", bind(&mut binds, format!("%{}%", s.to_lowercase()))));
+            cond.push_str(&format!(
+                " AND LOWER(file_name) LIKE {}",
+                bind(&mut binds, format!("%{}%", s.to_lowercase()))
+            ));
         }
         if let Some(d) = &filter.start_date {
             cond.push_str(&format!(" AND created_at >= {}", bind(&mut binds, d.clone())));

@@ -291,7 +291,7 @@ async fn insert_events(
     let recorded_at = format_time(now);
     let mut positions: HashMap<String, i64> = HashMap::with_capacity(rows_to_insert.len());
     let mut payloads: Vec<EventData> = Vec::with_capacity(rows_to_insert.len());
-    for chunk in statement_chunks(&rows_to_insert, ROWS_PER_STATEMENT) {
+    for chunk in statement_chunks(rows_to_insert, ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO events (event_id, stream, version, event_type, schema_version, occurred_at, recorded_at, company_id, application_id, actor, correlation_id, causation_id, data) VALUES {} RETURNING position, event_id",
             rows(dialect, chunk.len(), 13)
@@ -553,7 +553,7 @@ async fn by_scope_key(
     keys: &[(String, String)],
 ) -> Result<Vec<(String, String, String)>, sqlx::Error> {
     let mut found = Vec::new();
-    for chunk in statement_chunks(&keys, ROWS_PER_STATEMENT) {
+    for chunk in statement_chunks(keys, ROWS_PER_STATEMENT) {
         // One primary-key probe per key (see `read_snapshot` on why not a join).
         let sql = format!(
             "SELECT v.column1 AS scope, v.column2 AS key, \

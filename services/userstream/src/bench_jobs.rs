@@ -55,6 +55,18 @@ fn last_worker(summary: &crate::jobs::Summary) -> String {
         .unwrap_or_default()
 }
 
+/// A bench row's result: time, rate, when the job completed, the last
+/// worker, peak RSS.
+fn result(summary: &crate::jobs::Summary, rows: u64, peak_mb: f64) -> String {
+    format!(
+        "{:.1} s ({:.0} rows/s; job completed at {:.1} s, {}); peak RSS {peak_mb:.0} MB",
+        summary.elapsed.as_secs_f64(),
+        rows as f64 / summary.elapsed.as_secs_f64(),
+        summary.job_elapsed.as_secs_f64(),
+        last_worker(summary)
+    )
+}
+
 fn write_file(path: &Path, header: &str, rows: u64, row: impl Fn(u64) -> String) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     writeln!(out, "{header}")?;
@@ -84,13 +96,7 @@ pub async fn run(bench: Arc<Bench>, b: JobsBench) -> anyhow::Result<Vec<(String,
     }
     rows.push((
         format!("import {} users from a local CSV, to completed with every read model caught up", b.users),
-        format!(
-            "{:.1} s ({:.0} rows/s; job completed at {:.1} s, {}); peak RSS {peak:.0} MB",
-            summary.elapsed.as_secs_f64(),
-            b.users as f64 / summary.elapsed.as_secs_f64(),
-            summary.job_elapsed.as_secs_f64(),
-            last_worker(&summary)
-        ),
+        result(&summary, b.users, peak),
     ));
     if b.attribute_rows > 0 {
         rows.push(attributes(&bench, &dir, &summary.job, &b).await?);
@@ -153,12 +159,6 @@ async fn attributes(
             "{} attribute rows over {users} users (10 definitions, 10 rule groups), to completed with groups caught up",
             b.attribute_rows
         ),
-        format!(
-            "{:.1} s ({:.0} rows/s; job completed at {:.1} s, {}); peak RSS {peak:.0} MB",
-            summary.elapsed.as_secs_f64(),
-            b.attribute_rows as f64 / summary.elapsed.as_secs_f64(),
-            summary.job_elapsed.as_secs_f64(),
-            last_worker(&summary)
-        ),
+        result(&summary, b.attribute_rows, peak),
     ))
 }

@@ -162,8 +162,7 @@ pub async fn import_file(
         }
         None => {
             let relative = place(state.files.root(), &original)?;
-            let source =
-                FileRef { url: format!("file://{relative}"), relative_url: original.display().to_string() };
+            let source = FileRef { url: format!("file://{relative}"), relative_url: original.display().to_string() };
             let ctx = state.commands.context(tenant).await?;
             jobs::create_job(state, &meta(tenant), kind, format, source, serde_json::Value::Null, &ctx)
                 .await
@@ -195,7 +194,8 @@ fn place(root: &Path, original: &Path) -> anyhow::Result<String> {
     let target = root.join(&relative);
     std::fs::create_dir_all(target.parent().unwrap_or(root))?;
     if std::fs::hard_link(original, &target).is_err() {
-        std::fs::copy(original, &target).with_context(|| format!("copying {} into the files directory", original.display()))?;
+        std::fs::copy(original, &target)
+            .with_context(|| format!("copying {} into the files directory", original.display()))?;
     }
     Ok(relative)
 }
@@ -234,7 +234,7 @@ async fn run(service: &Service, tenant: &Tenant, job: Job, show: bool) -> anyhow
     let job_elapsed = started.elapsed();
     let job = match ran? {
         Ran::Stopped => anyhow::bail!("stopped; the job {} resumes on the next run of the same command", job.id),
-        Ran::Finished(job) => job,
+        Ran::Finished(job) => *job,
     };
     let head = *state.commands.log().watch_head().borrow();
     let mut caught_up = Vec::new();

@@ -320,7 +320,8 @@ impl UsersQuery {
                 }
             }
             let ids: Vec<String> = candidates.iter().map(|(_, id)| id.clone()).collect();
-            let live: std::collections::HashSet<String> = self.by_ids(tenant, &ids).await?.into_iter().map(|u| u.user_id).collect();
+            let live: std::collections::HashSet<String> =
+                self.by_ids(tenant, &ids).await?.into_iter().map(|u| u.user_id).collect();
             for (value, id) in candidates {
                 if let (true, Some(raw)) = (live.contains(&id), given.get(value.as_str())) {
                     found.insert(raw.to_string(), id);

@@ -67,10 +67,11 @@ pub(crate) async fn run(run: &mut JobRun<'_>, proceed: &mut impl Proceed) -> any
         Err(reason) => return Ok(Ending::Failed(reason)),
     };
     let format = Format::parse(&run.job.file_format).map_err(|e| anyhow::anyhow!(e.message))?;
-    let total = match super::import::prepare(path.clone(), format, COLUMNS, run.state.config.job_limits.max_rows).await? {
-        Ok(total) => total,
-        Err(reason) => return Ok(Ending::Failed(reason)),
-    };
+    let total =
+        match super::import::prepare(path.clone(), format, COLUMNS, run.state.config.job_limits.max_rows).await? {
+            Ok(total) => total,
+            Err(reason) => return Ok(Ending::Failed(reason)),
+        };
     run.record(JobCommand::Start { total, position: 0 }).await?;
     let rows = run.state.attribute_queries.definitions(&run.tenant).await?;
     let mut definitions = Definitions { by_id: HashMap::new(), by_slug: HashMap::new() };
@@ -147,19 +148,23 @@ async fn apply_chunk(
         values.retain(|(_, v)| v.definition_id != c.value.definition_id);
         values.push((c.line, c.value));
     }
-    let meta = run.meta();
+    let meta = std::sync::Arc::new(run.meta());
+    let ctx = std::sync::Arc::new(ctx);
+    // Each user's command is a task of its own, so they spread over the
+    // runtime's threads.
     let mut outcomes = futures_util::stream::iter(per_user)
         .map(|(user, values)| {
-            let (meta, ctx) = (&meta, &ctx);
-            async move {
+            let (meta, ctx, commands) = (meta.clone(), ctx.clone(), state.commands.clone());
+            tokio::spawn(async move {
                 let lines: Vec<u64> = values.iter().map(|(l, _)| *l).collect();
                 let command = ValuesCommand::Upsert(values.into_iter().map(|(_, v)| v).collect());
                 let stream = StreamId::values(&user);
-                (lines, state.commands.handle::<ValuesStream>(meta, stream, command, None, ctx).await)
-            }
+                (lines, commands.handle::<ValuesStream>(&meta, stream, command, None, &ctx).await)
+            })
         })
         .buffer_unordered(IN_FLIGHT);
-    while let Some((lines, outcome)) = outcomes.next().await {
+    while let Some(next) = outcomes.next().await {
+        let (lines, outcome) = next?;
         match outcome {
             Ok(_) => {}
             Err(CommandError::Failed(f)) => return Err(f.into()),

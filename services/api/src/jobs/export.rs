@@ -1,6 +1,6 @@
 //! A users export: the users read model (live users, optionally filtered
-//! like `GET …/customers/list?q=`), oldest first, as CSV (the CreateUser
-//! columns plus `user_id`, `blocked` and `created_at`) or JSONL (one user
+//! like `GET …/customers/list?q=`), oldest first, as CSV (`user_id`, the
+//! import columns, `blocked` and `created_at`) or JSONL (one user
 //! per line, in the shape `GET …/customers/{id}` answers), consistent as of
 //! one log position: the read model's checkpoint, read in the same
 //! snapshot as the rows and recorded in the job.
@@ -17,20 +17,14 @@ use userstream_projections::read_models::users::UserRow;
 
 use super::source::Format;
 
-const CSV_COLUMNS: [&str; 12] = [
-    "user_id",
-    "username",
-    "phone_number",
-    "email",
-    "first_name",
-    "last_name",
-    "gender",
-    "external_id",
-    "rr_id",
-    "meta",
-    "blocked",
-    "created_at",
-];
+/// The columns of a CSV export: `user_id`, the import columns (so an
+/// export minus those extra columns imports again), `blocked`, `created_at`.
+fn csv_header() -> String {
+    let mut columns = vec!["user_id"];
+    columns.extend_from_slice(super::import::COLUMNS.allowed);
+    columns.extend(["blocked", "created_at"]);
+    columns.join(",")
+}
 
 /// The filter of an export request's `q`, as `/customers/list` reads it.
 pub fn filter_of(q: Option<&str>) -> Result<Option<Filter>, ApiError> {
@@ -64,7 +58,7 @@ pub(crate) async fn run(run: &mut JobRun<'_>, _proceed: &mut impl Proceed) -> an
     let partial = run.dir().join(format!("{name}.partial"));
     let mut file = tokio::io::BufWriter::new(tokio::fs::File::create(&partial).await?);
     if format == Format::Csv {
-        file.write_all(CSV_COLUMNS.join(",").as_bytes()).await?;
+        file.write_all(csv_header().as_bytes()).await?;
         file.write_all(b"\n").await?;
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<UserRow>>(4);
@@ -98,11 +92,12 @@ fn encode(out: &mut Vec<u8>, format: Format, row: UserRow) -> anyhow::Result<()>
         Format::Csv => {
             let meta = if row.meta.is_null() { String::new() } else { row.meta.to_string() };
             let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(&mut *out);
+            // In the order of `csv_header`.
             writer.write_record([
                 row.user_id.as_str(),
-                row.username.as_str(),
                 row.phone.as_str(),
                 row.email.as_str(),
+                row.username.as_str(),
                 row.first_name.as_deref().unwrap_or(""),
                 row.last_name.as_deref().unwrap_or(""),
                 row.gender.as_deref().unwrap_or(""),

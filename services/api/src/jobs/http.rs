@@ -198,7 +198,13 @@ async fn first_errors(state: &AppState, job: &Job) -> Result<Vec<Value>, ApiErro
 }
 
 /// GET `…/users/jobs/import` and `…/users/jobs/export`.
-async fn list(state: &AppState, tenant: &Tenant, headers: &HeaderMap, query: &QueryPairs, kind: JobKind) -> Result<Json<Value>, ApiError> {
+async fn list(
+    state: &AppState,
+    tenant: &Tenant,
+    headers: &HeaderMap,
+    query: &QueryPairs,
+    kind: JobKind,
+) -> Result<Json<Value>, ApiError> {
     let page_no = query.int("page_no", 1, 1..=1_000_000)?;
     let page_size = query.int("page_size", 10, 1..=500)?;
     let text = |k: &str| query.get(k).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
@@ -274,7 +280,10 @@ pub async fn download(
     let file_name = relative.rsplit('/').next().unwrap_or("file");
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok((
-        [(header::CONTENT_TYPE, kind.to_string()), (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{file_name}\""))],
+        [
+            (header::CONTENT_TYPE, kind.to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{file_name}\"")),
+        ],
         body,
     )
         .into_response())

@@ -22,7 +22,8 @@ use userstream_domain::job::{Counts, FileRef, JobCommand};
 use userstream_domain::user::UserError;
 use userstream_domain::UserId;
 
-/// The columns of an import file: the CreateUser fields.
+/// The columns of an import file: the CreateUser fields (an export's CSV
+/// has them in this order).
 pub const COLUMNS: Columns = Columns {
     allowed: &[
         "phone_number",
@@ -47,7 +48,10 @@ enum Verdict {
     Created,
     Rejected(String),
     /// A unique value (`email`, `phone`, `username`) another user holds.
-    Taken { kind: String, value: String },
+    Taken {
+        kind: String,
+        value: String,
+    },
     /// The log could not be written: the job stops and is retried.
     Broken(anyhow::Error),
 }
@@ -98,21 +102,22 @@ pub(crate) async fn run(run: &mut JobRun<'_>, proceed: &mut impl Proceed) -> any
         config: config.config,
     });
     let mut lines: Vec<u32> = Vec::new();
-    // Each row is a task of its own, so the rows' decisions and encoding
-    // spread over the runtime's threads; they are awaited in file order.
+    // The rows stay futures of this task (not tasks of their own): a row's
+    // first poll decides it and queues its append, and `buffered` polls
+    // them in file order, so the appends reach the log's writer in file
+    // order and the first row of a value is the one that wins.
     let mut verdicts = tokio_stream_of(rx)
         .flat_map(futures_util::stream::iter)
         .map(|row: Row| {
             let env = env.clone();
-            tokio::spawn(async move {
+            async move {
                 let verdict = create(&env, &row).await;
                 (row.index, row.line, verdict)
-            })
+            }
         })
         .buffered(IN_FLIGHT);
     let mut done = skip;
-    while let Some(next) = verdicts.next().await {
-        let (index, line, verdict) = next?;
+    while let Some((index, line, verdict)) = verdicts.next().await {
         remember_line(&mut lines, index, line);
         match verdict {
             Verdict::Created => counts.success += 1,
@@ -128,7 +133,7 @@ pub(crate) async fn run(run: &mut JobRun<'_>, proceed: &mut impl Proceed) -> any
             Verdict::Broken(e) => return Err(e),
         }
         done = index + 1;
-        if done % CHUNK as u64 == 0 {
+        if done.is_multiple_of(CHUNK as u64) {
             run.checkpoint(done, counts).await?;
             if !proceed.proceed().await {
                 return Ok(Ending::Stopped);

@@ -22,14 +22,14 @@ pub mod import;
 pub mod source;
 
 use crate::commands::{CommandError, Meta};
+use crate::http::ApiError;
 use crate::AppState;
+use serde_json::Value;
+use source::Format;
 use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use crate::http::ApiError;
-use serde_json::Value;
-use source::Format;
 use userstream_domain::job::{Counts, CreatedBy, FileRef, Job, JobCommand, JobCreated, JobKind, JobState, JobStream};
 use userstream_domain::StreamId;
 use userstream_eventlog::{Db, Tenant};
@@ -72,7 +72,7 @@ impl Proceed for CancellationToken {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ran {
     /// The job is completed or failed.
-    Finished(Job),
+    Finished(Box<Job>),
     /// It was stopped between two chunks; it resumes on the next run.
     Stopped,
 }
@@ -134,9 +134,9 @@ impl JobRun<'_> {
         use tokio::io::AsyncSeekExt;
         file.seek(std::io::SeekFrom::Start(keep)).await?;
         if keep == 0 {
-            file.write_all(b"line,reason\n").await?;
+            file.write_all(ERROR_HEADER).await?;
         }
-        self.error_bytes = keep.max(12);
+        self.error_bytes = keep.max(ERROR_HEADER.len() as u64);
         self.errors = Some(file);
         Ok(())
     }
@@ -215,6 +215,9 @@ pub fn job_dir(job_id: &str) -> String {
 
 pub const ERROR_FILE: &str = "errors.csv";
 
+/// The error file's first line: each rejected row's line and why.
+const ERROR_HEADER: &[u8] = b"line,reason\n";
+
 /// Runs the job `job_id` of `tenant` until it ends or `proceed` says stop.
 /// An IO failure (the log, the disk) is an error: the job is left as it
 /// was last recorded and the next run resumes it.
@@ -230,10 +233,9 @@ pub async fn run_job(
         anyhow::bail!("job {job_id} not found");
     };
     if job.status.finished() {
-        return Ok(Ran::Finished(*job));
+        return Ok(Ran::Finished(job));
     }
-    let mut run =
-        JobRun { state, tenant: tenant.clone(), job: *job, progress, errors: None, error_bytes: 0 };
+    let mut run = JobRun { state, tenant: tenant.clone(), job: *job, progress, errors: None, error_bytes: 0 };
     run.open_errors().await?;
     let ending = match run.job.kind {
         JobKind::Import => import::run(&mut run, proceed).await?,
@@ -252,7 +254,7 @@ pub async fn run_job(
             run.record(JobCommand::Fail { reason }).await?;
         }
     }
-    Ok(Ran::Finished(run.job))
+    Ok(Ran::Finished(Box::new(run.job)))
 }
 
 /// The background worker: takes the oldest unfinished job of any tenant
@@ -304,7 +306,9 @@ impl Worker for JobWorker {
             return Ok(false);
         };
         let (progress, _) = watch::channel((job.rows, job.counts));
-        let ran = run_job(&self.state, &tenant, &job.id, turn, progress).await.map_err(|e| StepError::Retry(e.to_string()))?;
+        let ran = run_job(&self.state, &tenant, &job.id, turn, progress)
+            .await
+            .map_err(|e| StepError::Retry(e.to_string()))?;
         self.seen = self.state.commands.log().watch_head().borrow().to_owned();
         Ok(matches!(ran, Ran::Finished(_)))
     }

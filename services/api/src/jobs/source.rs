@@ -148,7 +148,11 @@ pub fn check_header(path: &Path, format: Format, columns: Columns) -> Result<(),
 fn header_names(header: &csv::ByteRecord) -> Result<Vec<String>, String> {
     header
         .iter()
-        .map(|h| std::str::from_utf8(h).map(|s| s.trim().to_ascii_lowercase()).map_err(|_| "the header is not valid UTF-8".to_string()))
+        .map(|h| {
+            std::str::from_utf8(h)
+                .map(|s| s.trim().to_ascii_lowercase())
+                .map_err(|_| "the header is not valid UTF-8".to_string())
+        })
         .collect()
 }
 
@@ -205,7 +209,6 @@ pub fn read_rows(
         Format::Csv => csv_rows(reader, columns, &mut push)?,
         Format::Jsonl => jsonl_rows(reader, columns, &mut push)?,
     };
-    drop(push);
     if go_on && !rows.is_empty() {
         each(rows);
     }
@@ -288,7 +291,7 @@ mod tests {
 
     fn rows_of(text: &[u8], format: Format, skip: u64) -> Result<Vec<Row>, String> {
         let path = std::env::temp_dir().join(format!("userstream-rows-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, text).expect("write");
         let mut all = Vec::new();
         let result = read_rows(&path, format, COLUMNS, skip, 2, |chunk| {
             all.extend(chunk);
@@ -301,32 +304,34 @@ mod tests {
     #[test]
     fn csv_rows_are_numbered_and_bad_rows_are_row_errors() {
         let text = b"username,email,meta\nann,a@x.io,\"{\"\"k\"\":1}\"\nbob,b@\xff.io,\ncid\ndan,d@x.io,";
-        let rows = rows_of(text, Format::Csv, 0).unwrap();
+        let rows = rows_of(text, Format::Csv, 0).expect("read");
         assert_eq!(rows.len(), 4);
         assert_eq!((rows[0].index, rows[0].line), (0, 2));
-        assert_eq!(rows[0].fields.as_ref().unwrap()["meta"]["k"], 1);
-        assert!(rows[1].fields.as_ref().unwrap_err().contains("UTF-8"));
-        assert!(rows[2].fields.as_ref().unwrap_err().contains("1 fields"), "{:?}", rows[2].fields);
+        assert_eq!(rows[0].fields.as_ref().expect("read")["meta"]["k"], 1);
+        assert!(rows[1].fields.as_ref().expect_err("a row error").contains("UTF-8"));
+        assert!(rows[2].fields.as_ref().expect_err("a row error").contains("1 fields"), "{:?}", rows[2].fields);
         assert_eq!((rows[3].index, rows[3].line), (3, 5));
         assert!(rows[3].fields.is_ok());
-        let skipped = rows_of(text, Format::Csv, 2).unwrap();
+        let skipped = rows_of(text, Format::Csv, 2).expect("read");
         assert_eq!(skipped.iter().map(|r| r.index).collect::<Vec<_>>(), [2, 3]);
     }
 
     #[test]
     fn a_header_with_unknown_or_missing_columns_refuses_the_file() {
-        assert!(rows_of(b"username,phone\nann,1\n", Format::Csv, 0).unwrap_err().contains("unknown column"));
-        assert!(rows_of(b"email\na@x.io\n", Format::Csv, 0).unwrap_err().contains("username"));
+        assert!(rows_of(b"username,phone\nann,1\n", Format::Csv, 0)
+            .expect_err("a row error")
+            .contains("unknown column"));
+        assert!(rows_of(b"email\na@x.io\n", Format::Csv, 0).expect_err("a row error").contains("username"));
     }
 
     #[test]
     fn jsonl_rows_skip_blank_lines_and_report_a_truncated_last_line() {
         let text = b"{\"username\":\"ann\"}\n\n[1]\n{\"username\":\"bob\",\"x\":1}\n{\"username\":\"cid\"";
-        let rows = rows_of(text, Format::Jsonl, 0).unwrap();
+        let rows = rows_of(text, Format::Jsonl, 0).expect("read");
         assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), [1, 3, 4, 5]);
         assert!(rows[0].fields.is_ok());
-        assert!(rows[1].fields.as_ref().unwrap_err().contains("not a JSON object"));
-        assert!(rows[2].fields.as_ref().unwrap_err().contains("unknown field"));
-        assert!(rows[3].fields.as_ref().unwrap_err().contains("not JSON"));
+        assert!(rows[1].fields.as_ref().expect_err("a row error").contains("not a JSON object"));
+        assert!(rows[2].fields.as_ref().expect_err("a row error").contains("unknown field"));
+        assert!(rows[3].fields.as_ref().expect_err("a row error").contains("not JSON"));
     }
 }
