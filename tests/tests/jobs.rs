@@ -129,6 +129,17 @@ async fn a_csv_import_creates_every_valid_row_and_reports_every_rejected_one() {
         assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
         let (_, none) = call(app.client.get(format!("{}/users/jobs/import?status=failed", prefix(&app)))).await;
         assert_eq!(none["items"], json!([]), "{none}");
+        let (_, dated) = call(
+            app.client.get(format!("{}/users/jobs/import?start_date=2000-01-01&end_date=2999-12-31", prefix(&app))),
+        )
+        .await;
+        assert_eq!(dated["items"].as_array().map(Vec::len), Some(1), "{dated}");
+        let (_, later) =
+            call(app.client.get(format!("{}/users/jobs/import?start_date=2999-01-01", prefix(&app)))).await;
+        assert_eq!(later["items"], json!([]), "{later}");
+        let (status, _) =
+            call(app.client.get(format!("{}/users/jobs/import?start_date=yesterday", prefix(&app)))).await;
+        assert_eq!(status, 400);
         let (_, exports) = call(app.client.get(format!("{}/users/jobs/export", prefix(&app)))).await;
         assert_eq!(exports["items"], json!([]), "{exports}");
         let _ = std::fs::remove_dir_all(&dir);
