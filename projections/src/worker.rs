@@ -209,8 +209,10 @@ pub async fn run<W: Worker>(mut worker: W, cancel: CancellationToken, poll: Dura
             }
             Err(StepError::Stop(message)) => {
                 tracing::error!(worker = worker.health().name(), %message, "worker stopped");
-                worker.health().report_failure(Some(message.clone()));
+                // Stored first, so whoever sees the failure in `/readyz`
+                // finds it in the checkpoint row too.
                 record_failure(worker.db(), worker.health().name(), &message).await;
+                worker.health().report_failure(Some(message.clone()));
                 return;
             }
             Err(StepError::Retry(e)) => {

@@ -60,10 +60,10 @@ use userstream_eventlog::Dialect;
 use userstream_eventlog::{AppendRequest, Db, EventLog, ExpectedVersion, NewEvent, SqlEventLog, StreamAppend, Tenant};
 
 const NAME: &str = "membership";
-const BATCH: i64 = 2000;
+const BATCH: i64 = 5000;
 /// Users per `group.membership_changed` event of a full evaluation.
 const USERS_PER_EVENT: usize = 5000;
-const ROWS_PER_STATEMENT: usize = 400;
+const ROWS_PER_STATEMENT: usize = 128;
 
 /// Events the engine moves past without storing its checkpoint (SQLite).
 const SKIP_LIMIT: i64 = 10_000;

@@ -60,7 +60,7 @@ pub fn statement_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]
 }
 
 /// Rows per multi-row statement (keeps bind parameters under every backend's limit).
-const ROWS_PER_STATEMENT: usize = 500;
+const ROWS_PER_STATEMENT: usize = 128;
 
 pub(crate) async fn run(
     db: Db,

@@ -3,18 +3,18 @@
 //! file or inline (the request's rows are written to the job's directory as
 //! JSONL, so both run the same way).
 //!
-//! Rows are taken a chunk at a time: their users are looked up together,
+//! Rows are taken 20,000 at a time: their users are looked up together,
 //! each value is validated against its definition as a single upsert is,
 //! and each user's values of the chunk become **one** command on the user's
-//! values stream. The membership engine then evaluates each user once per
-//! chunk, not once per value. Within a chunk a later row for the same user
+//! values stream, so the engine sees each user's values of a chunk in one
+//! append. Within a chunk a later row for the same user
 //! and definition replaces an earlier one. Re-running a chunk after a
 //! restart changes nothing that is already stored (an upsert of an equal
 //! value appends nothing; encrypted values are sealed afresh and so are
 //! written again).
 
 use super::source::{self, Columns, Format, Row};
-use super::{Ending, JobRun, Proceed, CHUNK};
+use super::{Ending, JobRun, Proceed};
 use crate::attributes::attr_error;
 use crate::commands::CommandError;
 use futures_util::StreamExt;
@@ -32,7 +32,11 @@ pub const COLUMNS: Columns = Columns {
 };
 
 /// Users' commands in flight at once.
-const IN_FLIGHT: usize = 256;
+const IN_FLIGHT: usize = 1_024;
+
+/// Rows taken together: a user's rows in one chunk become one command, and
+/// the chunk's commands run at once (between chunks the pipeline drains).
+const ATTRIBUTE_CHUNK: usize = 20_000;
 
 /// The definitions of the tenant, by id and by slug.
 struct Definitions {
@@ -79,10 +83,10 @@ pub(crate) async fn run(run: &mut JobRun<'_>, proceed: &mut impl Proceed) -> any
         definitions.by_slug.insert(row.definition.slug.clone(), row.definition.id.clone());
         definitions.by_id.insert(row.definition.id.clone(), row.definition);
     }
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Row>>(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Row>>(1);
     let skip = run.job.rows;
     let reader = tokio::task::spawn_blocking(move || {
-        source::read_rows(&path, format, COLUMNS, skip, CHUNK, |rows| tx.blocking_send(rows).is_ok())
+        source::read_rows(&path, format, COLUMNS, skip, ATTRIBUTE_CHUNK, |rows| tx.blocking_send(rows).is_ok())
     });
     let mut counts = Counts { total, ..run.job.counts };
     let mut done = skip;
