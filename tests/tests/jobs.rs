@@ -205,6 +205,8 @@ async fn bad_requests_are_refused_before_a_job_exists() {
     let wrong_header = write(&dir, "wrong.csv", b"name,mail\nann,a@x.io\n");
     let no_header = write(&dir, "empty.csv", b"");
     let big = write(&dir, "big.csv", format!("username,email\n{}", "ann,a@x.io\n".repeat(40)).as_bytes());
+    std::fs::create_dir_all(dir.join("jobs/0123")).expect("jobs dir");
+    let own = write(&dir, "jobs/0123/errors.csv", b"username,email\nann,a@x.io\n");
     let cases = [
         (format!("file://{}", outside.display()), "csv", "inside the files directory"),
         ("file://../x.csv".to_string(), "csv", "inside the files directory"),
@@ -213,6 +215,7 @@ async fn bad_requests_are_refused_before_a_job_exists() {
         (wrong_header, "csv", "unknown column"),
         (no_header, "csv", "header"),
         (big, "csv", "limit"),
+        (own, "csv", "keeps for its jobs"),
         ("file://wrong.csv".to_string(), "xml", "csv or jsonl"),
     ];
     for (url, format, message) in cases {

@@ -16,11 +16,17 @@ impl Engine {
     /// whose events in `events` may need a re-evaluation.
     pub(super) async fn prefetch(&self, events: &[RecordedEvent]) -> Result<Prefetched, sqlx::Error> {
         let mut by_app: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let mut created = Vec::new();
         for e in events {
             // A user just created has nothing committed yet (values need a
-            // live user), so only archive and restore read what is stored.
+            // live user): it is covered with no values and no memberships,
+            // and only archive and restore read what is stored.
             let user = match e.stream.strip_prefix("user-") {
                 Some(u) if matches!(e.event_type.as_str(), codec::USER_ARCHIVED | codec::USER_RESTORED) => u,
+                Some(u) if e.event_type == codec::USER_CREATED => {
+                    created.push((e.application_id.clone(), u.to_string()));
+                    continue;
+                }
                 Some(_) => continue,
                 None => match e.stream.strip_prefix("attrs-") {
                     Some(u) => u,
@@ -30,6 +36,7 @@ impl Engine {
             by_app.entry(e.application_id.as_str()).or_default().insert(user);
         }
         let mut out = Prefetched::default();
+        out.covered.extend(created);
         for (app, users) in by_app {
             let users: Vec<&str> = users.into_iter().collect();
             for chunk in users.chunks(ROWS_PER_STATEMENT) {

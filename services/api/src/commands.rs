@@ -299,6 +299,25 @@ impl Commands {
         self.handle_targets::<S>(meta, vec![(stream, command)], None, ctx, Load::Nothing).await
     }
 
+    /// [`Commands::handle_new`] without its retry: a stream that exists
+    /// already is answered as a version conflict, and nothing is read. A
+    /// bulk job's rows use it: their ids are derived from the job and the
+    /// row, so an existing stream is a row appended before a restart, and
+    /// the row never waits for a connection of the pool.
+    pub async fn append_new<S: Stream>(
+        &self,
+        meta: &Meta,
+        stream: StreamId,
+        command: S::Command,
+        ctx: &Context,
+    ) -> Result<Handled<S>, CommandError>
+    where
+        Rejection: From<S::Rejection>,
+    {
+        let span = tracing::info_span!("command", kind = S::KIND, command = S::command_name(&command), stream = %stream, streams = 1);
+        self.attempt::<S>(meta, &[(stream, command)], None, ctx, Load::Nothing).instrument(span).await
+    }
+
     /// Runs each command on its stream and appends all their events in one
     /// transaction, or none. `pinned` is the version the caller saw (one
     /// target only): a different one is a 409, with no retry.

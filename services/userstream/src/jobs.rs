@@ -102,11 +102,12 @@ pub async fn export(command: ExportCommand) -> anyhow::Result<()> {
     let tenant = tenant(&args);
     let options = q.map_or(serde_json::Value::Null, |q| serde_json::json!({ "q": q }));
     let state = &service.state;
+    let lease = hold_lease(&service, true).await;
     let ctx = state.commands.context(&tenant).await?;
     let job = jobs::create_job(state, &meta(&tenant), JobKind::Export, format, FileRef::default(), options, &ctx)
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;
-    let outcome = run(&service, &tenant, job, true).await;
+    let outcome = run(&service, &tenant, job, lease, true).await;
     finish(service, outcome, Some(file)).await
 }
 
@@ -153,6 +154,8 @@ pub async fn import_file(
     let format = format_of(file, format)?;
     let original = std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))?;
     let state = &service.state;
+    // Held before the job exists, so no serving instance takes it up.
+    let lease = hold_lease(service, show).await;
     let job = match unfinished(service, tenant, kind, &original).await? {
         Some(job) => {
             if show {
@@ -169,7 +172,7 @@ pub async fn import_file(
                 .map_err(|e| anyhow::anyhow!(e.message))?
         }
     };
-    run(service, tenant, job, show).await
+    run(service, tenant, job, lease, show).await
 }
 
 /// An unfinished job of this kind whose source is `original`.
@@ -200,18 +203,35 @@ fn place(root: &Path, original: &Path) -> anyhow::Result<String> {
     Ok(relative)
 }
 
-/// Runs the job holding the `jobs` lease, with a progress bar, Ctrl-C
-/// stopping it between chunks; then waits for every read model.
-async fn run(service: &Service, tenant: &Tenant, job: Job, show: bool) -> anyhow::Result<Summary> {
-    let state = &service.state;
-    let started = Instant::now();
-    let mut lease = Lease::new(&state.db, "jobs");
+/// Waits until this process holds the `jobs` lease.
+async fn hold_lease(service: &Service, show: bool) -> Lease {
+    let mut lease = Lease::new(&service.state.db, "jobs");
     while !lease.hold().await {
         if show {
             eprintln!("another instance is running jobs; waiting for the jobs lease");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    lease
+}
+
+/// A CLI run goes on while it is not interrupted and still holds the lease.
+struct CliTurn {
+    stop: CancellationToken,
+    lease: Lease,
+}
+
+impl jobs::Proceed for CliTurn {
+    async fn proceed(&mut self) -> bool {
+        !self.stop.is_cancelled() && self.lease.hold().await
+    }
+}
+
+/// Runs the job holding the `jobs` lease, with a progress bar, Ctrl-C
+/// stopping it between chunks; then waits for every read model.
+async fn run(service: &Service, tenant: &Tenant, job: Job, lease: Lease, show: bool) -> anyhow::Result<Summary> {
+    let state = &service.state;
+    let started = Instant::now();
     let stop = CancellationToken::new();
     let ctrl_c = {
         let stop = stop.clone();
@@ -224,9 +244,8 @@ async fn run(service: &Service, tenant: &Tenant, job: Job, show: bool) -> anyhow
     };
     let (progress, rows) = watch::channel((job.rows, job.counts));
     let bar = show.then(|| progress_bar(rows.clone()));
-    let mut token = stop.clone();
-    let ran = jobs::run_job(state, tenant, &job.id, &mut token, progress).await;
-    ctrl_c.abort();
+    let mut turn = CliTurn { stop: stop.clone(), lease };
+    let ran = jobs::run_job(state, tenant, &job.id, &mut turn, progress).await;
     if let Some((bar, task)) = bar {
         task.abort();
         bar.finish_and_clear();
@@ -239,13 +258,24 @@ async fn run(service: &Service, tenant: &Tenant, job: Job, show: bool) -> anyhow
     let head = *state.commands.log().watch_head().borrow();
     let mut caught_up = Vec::new();
     for runner in &state.runners {
-        while !runner.wait_for(head, Duration::from_secs(60)).await {
-            if show {
+        let mut told = false;
+        while !runner.wait_for(head, Duration::from_secs(1)).await {
+            if stop.is_cancelled() {
+                anyhow::bail!(
+                    "stopped while {} catches up; the job {} is {}",
+                    runner.name,
+                    job.id,
+                    job.status.as_str()
+                );
+            }
+            if show && !told {
                 eprintln!("waiting for {} to catch up", runner.name);
+                told = true;
             }
         }
         caught_up.push((runner.name, started.elapsed()));
     }
+    ctrl_c.abort();
     Ok(Summary { job, elapsed: started.elapsed(), job_elapsed, caught_up })
 }
 

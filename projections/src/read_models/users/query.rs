@@ -301,8 +301,10 @@ impl UsersQuery {
         let mut found = std::collections::HashMap::new();
         for part in values.chunks(500) {
             let normal: Vec<String> = part.iter().map(|v| crate::read_models::filter::normalise(field, v)).collect();
-            let given: std::collections::HashMap<&str, &str> =
-                normal.iter().map(String::as_str).zip(part.iter().map(String::as_str)).collect();
+            let mut given: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
+            for (n, raw) in normal.iter().zip(part) {
+                given.entry(n.as_str()).or_default().push(raw.as_str());
+            }
             let list = (0..normal.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
             // value → user id, by the contacts' primary key (ids are their own value).
             let mut candidates: Vec<(String, String)> = Vec::new();
@@ -323,8 +325,9 @@ impl UsersQuery {
             let live: std::collections::HashSet<String> =
                 self.by_ids(tenant, &ids).await?.into_iter().map(|u| u.user_id).collect();
             for (value, id) in candidates {
-                if let (true, Some(raw)) = (live.contains(&id), given.get(value.as_str())) {
-                    found.insert(raw.to_string(), id);
+                let spellings = given.get(value.as_str()).filter(|_| live.contains(&id));
+                for raw in spellings.into_iter().flatten() {
+                    found.insert(raw.to_string(), id.clone());
                 }
             }
         }

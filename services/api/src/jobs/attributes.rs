@@ -77,6 +77,9 @@ pub(crate) async fn run(run: &mut JobRun<'_>, proceed: &mut impl Proceed) -> any
             Err(reason) => return Ok(Ending::Failed(reason)),
         };
     run.record(JobCommand::Start { total, position: 0 }).await?;
+    // Rows name users as the users read model knows them: it must hold
+    // everything written before the job started (an import just completed).
+    super::caught_up(run, &[&run.state.users, &run.state.attributes]).await?;
     let rows = run.state.attribute_queries.definitions(&run.tenant).await?;
     let mut definitions = Definitions { by_id: HashMap::new(), by_slug: HashMap::new() };
     for row in rows {
@@ -97,10 +100,10 @@ pub(crate) async fn run(run: &mut JobRun<'_>, proceed: &mut impl Proceed) -> any
             run.reject(line, &reason).await?;
         }
         done = last;
-        run.checkpoint(done, counts).await?;
         if !proceed.proceed().await {
             return Ok(Ending::Stopped);
         }
+        run.checkpoint(done, counts).await?;
     }
     if let Err(reason) = reader.await? {
         return Ok(Ending::Failed(reason));

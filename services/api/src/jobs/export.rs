@@ -51,8 +51,7 @@ pub(crate) async fn run(run: &mut JobRun<'_>, _proceed: &mut impl Proceed) -> an
     };
     run.record(JobCommand::Start { total: 0, position: 0 }).await?;
     // What was written before the export started is in it.
-    let head = run.state.commands.log().watch_head().borrow().to_owned();
-    run.state.users.wait_for(head, run.state.config.min_position_wait).await;
+    super::caught_up(run, &[&run.state.users]).await?;
     let name = output_name(format);
     tokio::fs::create_dir_all(run.dir()).await?;
     let partial = run.dir().join(format!("{name}.partial"));

@@ -62,6 +62,10 @@ async fn check_source(state: &AppState, url: &str, format: Format, columns: sour
         return Err(ApiError::invalid(format!("the file URL must be file:// or http(s)://, got {url:?}")));
     }
     let path = source::local(&state.files, url, state.config.job_limits.max_bytes).await?;
+    // Jobs' own files (other tenants' copies, error files, exports) are not sources.
+    if ["jobs", "imports"].iter().any(|dir| path.starts_with(state.files.root().join(dir))) {
+        return Err(ApiError::invalid(format!("{url} is a file the service keeps for its jobs, not a source")));
+    }
     tokio::task::spawn_blocking(move || source::check_header(&path, format, columns))
         .await
         .map_err(ApiError::internal)?

@@ -9,7 +9,10 @@
 //! wins; a later row with the same email, phone or username is a rejected
 //! row naming the line it duplicates. After a restart the rows after the
 //! last progress record are decided again: a row whose user exists already
-//! is one this job created before the restart, and counts as done.
+//! is one this job created before the restart, and counts as done: its
+//! append expects no stream and is refused as a version conflict, without
+//! reading anything (the rows' futures are polled only by the job's loop,
+//! so they must never wait for a pooled connection the loop itself needs).
 
 use super::source::{self, Columns, Format, Row};
 use super::{Ending, JobRun, Proceed, CHUNK};
@@ -19,7 +22,6 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use std::path::PathBuf;
 use userstream_domain::job::{Counts, FileRef, JobCommand};
-use userstream_domain::user::UserError;
 use userstream_domain::UserId;
 
 /// The columns of an import file: the CreateUser fields (an export's CSV
@@ -134,10 +136,12 @@ pub(crate) async fn run(run: &mut JobRun<'_>, proceed: &mut impl Proceed) -> any
         }
         done = index + 1;
         if done.is_multiple_of(CHUNK as u64) {
-            run.checkpoint(done, counts).await?;
+            // A run that lost the lease records nothing more: the new
+            // owner resumes from the last record (and cuts the error file).
             if !proceed.proceed().await {
                 return Ok(Ending::Stopped);
             }
+            run.checkpoint(done, counts).await?;
         }
     }
     drop(verdicts);
@@ -207,8 +211,11 @@ async fn create(env: &RowEnv, row: &Row) -> Verdict {
         Ok(command) => command,
         Err(e) => return Verdict::Rejected(e.message),
     };
-    match commands.create_user(meta, command, &ctx).await {
-        Ok(_) | Err(CommandError::Rejected(Rejection::User(UserError::AlreadyExists))) => Verdict::Created,
+    let stream = userstream_domain::StreamId::user(&command.user_id);
+    let create = userstream_domain::user::UserCommand::Create(command);
+    match commands.append_new::<userstream_domain::user::UserStream>(meta, stream, create, &ctx).await {
+        // The row's user exists: this job appended it before a restart.
+        Ok(_) | Err(CommandError::Rejected(Rejection::VersionConflict { .. })) => Verdict::Created,
         Err(CommandError::Rejected(Rejection::Taken { kind, value })) => Verdict::Taken { kind, value },
         Err(CommandError::Rejected(r)) => Verdict::Rejected(r.to_string()),
         Err(CommandError::Failed(f)) => Verdict::Broken(f.into()),

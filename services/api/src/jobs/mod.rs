@@ -208,6 +208,21 @@ fn file_name(url: &str) -> String {
     path.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or(path).to_string()
 }
 
+/// Waits until `models` hold everything in the log now; an error (the job
+/// is run again later) if they do not within the query wait.
+pub(crate) async fn caught_up(
+    run: &JobRun<'_>,
+    models: &[&userstream_projections::RunnerHandle],
+) -> anyhow::Result<()> {
+    let head = *run.state.commands.log().watch_head().borrow();
+    for model in models {
+        if !model.wait_for(head, run.state.config.min_position_wait).await {
+            anyhow::bail!("{} is behind the log (position {head}); the job runs again later", model.name);
+        }
+    }
+    Ok(())
+}
+
 /// Where a job's files live, relative to the files directory.
 pub fn job_dir(job_id: &str) -> String {
     format!("jobs/{job_id}")
@@ -250,6 +265,9 @@ pub async fn run_job(
             run.record(JobCommand::Complete { counts, error_bytes, output, position }).await?;
         }
         Ending::Failed(reason) => {
+            if let Some(file) = run.errors.as_mut() {
+                file.flush().await?;
+            }
             tracing::warn!(job = %run.job.id, %reason, "job failed");
             run.record(JobCommand::Fail { reason }).await?;
         }

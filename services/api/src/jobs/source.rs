@@ -145,12 +145,14 @@ pub fn check_header(path: &Path, format: Format, columns: Columns) -> Result<(),
     columns.check_header(&header)
 }
 
+/// The header's column names, lower case; a UTF-8 byte order mark (as
+/// spreadsheets write it) is dropped.
 fn header_names(header: &csv::ByteRecord) -> Result<Vec<String>, String> {
     header
         .iter()
         .map(|h| {
             std::str::from_utf8(h)
-                .map(|s| s.trim().to_ascii_lowercase())
+                .map(|s| s.trim_start_matches('\u{feff}').trim().to_ascii_lowercase())
                 .map_err(|_| "the header is not valid UTF-8".to_string())
         })
         .collect()
@@ -314,6 +316,12 @@ mod tests {
         assert!(rows[3].fields.is_ok());
         let skipped = rows_of(text, Format::Csv, 2).expect("read");
         assert_eq!(skipped.iter().map(|r| r.index).collect::<Vec<_>>(), [2, 3]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_header_is_dropped() {
+        let rows = rows_of("\u{feff}username,email\nann,a@x.io\n".as_bytes(), Format::Csv, 0).expect("read");
+        assert_eq!(rows[0].fields.as_ref().expect("read")["username"], "ann");
     }
 
     #[test]
