@@ -205,6 +205,18 @@ async fn get_user(
     Ok(response)
 }
 
+/// The filter of a `/customers/list` `q` (also an export's): an email or a
+/// phone, or a JSON filter of the documented subset.
+pub fn list_filter(q: Option<&str>) -> Result<Option<Filter>, ApiError> {
+    match q.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(q) if q.starts_with('{') || q.starts_with('[') => {
+            Ok(Some(Filter::parse_json(q).map_err(|e| ApiError::invalid(format!("q: {e}")))?))
+        }
+        Some(q) => Ok(Some(Filter::email_or_phone(q))),
+    }
+}
+
 async fn list_customers(
     State(state): State<AppState>,
     TenantOf(tenant): TenantOf,
@@ -213,13 +225,7 @@ async fn list_customers(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let page_no = query.int("page_no", 1, 1..=1_000_000)?;
     let page_size = query.int("page_size", 10, 1..=MAX_PAGE_SIZE)?;
-    let filter = match query.get("q").map(str::trim) {
-        None | Some("") => None,
-        Some(q) if q.starts_with('{') || q.starts_with('[') => {
-            Some(Filter::parse_json(q).map_err(|e| ApiError::invalid(format!("q: {e}")))?)
-        }
-        Some(q) => Some(Filter::email_or_phone(q)),
-    };
+    let filter = list_filter(query.get("q"))?;
     consistency.wait(&state, &[&state.users]).await?;
     let (rows, total) = state.queries.list(&tenant, filter.as_ref(), page_no, page_size).await?;
     let items: Vec<UserDto> = rows.into_iter().map(UserDto::from).collect();

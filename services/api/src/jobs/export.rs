@@ -9,10 +9,8 @@
 
 use super::{Ending, JobRun, Proceed};
 use crate::dto::UserDto;
-use crate::http::ApiError;
 use tokio::io::AsyncWriteExt;
 use userstream_domain::job::{Counts, FileRef, JobCommand};
-use userstream_projections::read_models::filter::Filter;
 use userstream_projections::read_models::users::UserRow;
 
 use super::source::Format;
@@ -26,17 +24,6 @@ fn csv_header() -> String {
     columns.join(",")
 }
 
-/// The filter of an export request's `q`, as `/customers/list` reads it.
-pub fn filter_of(q: Option<&str>) -> Result<Option<Filter>, ApiError> {
-    match q.map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(q) if q.starts_with('{') || q.starts_with('[') => {
-            Ok(Some(Filter::parse_json(q).map_err(|e| ApiError::invalid(format!("q: {e}")))?))
-        }
-        Some(q) => Ok(Some(Filter::email_or_phone(q))),
-    }
-}
-
 /// The file name of an export in its job's directory.
 pub fn output_name(format: Format) -> String {
     format!("users.{}", format.as_str())
@@ -45,7 +32,7 @@ pub fn output_name(format: Format) -> String {
 pub(crate) async fn run(run: &mut JobRun<'_>, _proceed: &mut impl Proceed) -> anyhow::Result<Ending> {
     let format = Format::parse(&run.job.file_format).map_err(|e| anyhow::anyhow!(e.message))?;
     let q = run.job.options.get("q").and_then(|q| q.as_str()).map(str::to_string);
-    let filter = match filter_of(q.as_deref()) {
+    let filter = match crate::fynd::list_filter(q.as_deref()) {
         Ok(filter) => filter,
         Err(e) => return Ok(Ending::Failed(e.message)),
     };

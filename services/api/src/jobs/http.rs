@@ -8,7 +8,7 @@
 //! to the same credential; the job's `links` give their URL.
 
 use super::source::{self, Format};
-use super::{export, job_dir, ERROR_FILE};
+use super::{job_dir, ERROR_FILE};
 use crate::http::{ApiError, Caller, JsonBody, QueryPairs, TenantOf};
 use crate::AppState;
 use axum::extract::{Path, State};
@@ -95,7 +95,7 @@ pub async fn export_users(
     JsonBody(body): JsonBody<ExportBody>,
 ) -> Result<Response, ApiError> {
     let format = Format::parse(&body.file_format)?;
-    export::filter_of(body.q.as_deref())?;
+    crate::fynd::list_filter(body.q.as_deref())?;
     let ctx = state.commands.context(&meta.tenant).await?;
     let options = body.q.map_or(Value::Null, |q| json!({ "q": q }));
     let job = super::create_job(&state, &meta, JobKind::Export, format, FileRef::default(), options, &ctx).await?;

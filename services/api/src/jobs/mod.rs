@@ -280,7 +280,6 @@ pub async fn run_job(
 pub struct JobWorker {
     state: AppState,
     health: Health,
-    db: Db,
     /// The log position after this worker's last job: the jobs read model
     /// must have reached it before the queue is read again.
     seen: i64,
@@ -288,8 +287,7 @@ pub struct JobWorker {
 
 impl JobWorker {
     pub fn new(state: AppState) -> JobWorker {
-        let db = state.db.clone();
-        JobWorker { state, health: Health::new("jobs", 0), db, seen: 0 }
+        JobWorker { state, health: Health::new("jobs", 0), seen: 0 }
     }
 }
 
@@ -301,7 +299,7 @@ impl Worker for JobWorker {
     }
 
     fn db(&self) -> &Db {
-        &self.db
+        &self.state.db
     }
 
     fn lease_name(&self) -> String {
