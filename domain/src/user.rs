@@ -120,6 +120,10 @@ pub struct CreateUser {
     pub meta: Option<Value>,
     pub external_id: Option<String>,
     pub rr_id: Option<String>,
+    /// Whether the email and phone arrive verified: the Fynd platform
+    /// vouches for the contacts it is given; a Passage user starts
+    /// unverified until a login proves them.
+    pub verified: bool,
 }
 
 /// A profile change; `None` leaves a field as it is, lists replace the old ones.
@@ -221,11 +225,11 @@ pub fn decide(state: &UserState, command: UserCommand, ctx: &Context) -> Result<
             gender: c.gender,
             emails: c
                 .email
-                .map(|email| vec![EmailEntry { email, primary: true, verified: true, active: true }])
+                .map(|email| vec![EmailEntry { email, primary: true, verified: c.verified, active: true }])
                 .unwrap_or_default(),
             phone_numbers: c
                 .phone
-                .map(|phone| vec![PhoneEntry { phone, primary: true, verified: true, active: true }])
+                .map(|phone| vec![PhoneEntry { phone, primary: true, verified: c.verified, active: true }])
                 .unwrap_or_default(),
             meta: c.meta.unwrap_or_else(|| Value::Object(Default::default())),
             external_id: c.external_id,

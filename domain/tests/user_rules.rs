@@ -26,6 +26,7 @@ fn create() -> UserCommand {
         meta: None,
         external_id: None,
         rr_id: None,
+        verified: true,
     })
 }
 

@@ -9,6 +9,7 @@ Any failure raises, so the process exits non-zero.
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 
 from passageidentity import Passage, PassageError
@@ -51,6 +52,20 @@ refused(lambda: wrong.list_paginated_users(app_id), 401, "invalid_access_token")
 ada = users.create_user(app_id, CreateUserArgs(email="Ada@Example.com", user_metadata={"plan": "pro"})).user
 assert ada.email == "ada@example.com" and ada.phone == "" and ada.status == "active", ada
 assert ada.login_count == 0 and ada.last_login_at.year == 1, ada
+assert ada.email_verified is False and ada.phone_verified is False, "a new Passage user starts unverified"
+# A taken identifier and a body that is not JSON are Passage's 400, not 409/422.
+refused(lambda: users.create_user(app_id, CreateUserArgs(email="ada@example.com")), 400, "identifier_already_exists")
+unparsable = urllib.request.Request(
+    f"{base}/v1/apps/{app_id}/users",
+    data=b'{"email": ',
+    headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"},
+    method="POST",
+)
+try:
+    urllib.request.urlopen(unparsable)
+    raise AssertionError("an unparsable body was accepted")
+except urllib.error.HTTPError as e:
+    assert e.code == 400 and json.load(e)["code"] == "invalid_request", e.code
 bob = users.create_user(app_id, CreateUserArgs(phone="+15555550123")).user
 assert bob.phone == "+15555550123" and bob.email == "", bob
 carol = users.create_user(app_id, CreateUserArgs(email="carol@example.com", phone="+15555550124")).user

@@ -20,6 +20,7 @@ fn create(id: &userstream_domain::UserId, email: &str) -> CreateUser {
         meta: None,
         external_id: None,
         rr_id: None,
+        verified: true,
     }
 }
 

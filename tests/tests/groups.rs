@@ -401,8 +401,8 @@ async fn manual_membership_from_json_and_csv_is_idempotent_and_counts_unmatched_
         (format!("file://{}", no_action.display()), "action column"),
         (format!("file://{}", bad_action.display()), "promote"),
         (format!("file://{}", too_many.display()), "at most"),
-        ("ftp://example.com/members.csv".to_string(), "file:// or http://"),
-        ("http://127.0.0.1:1/members.csv".to_string(), "unreachable"),
+        ("ftp://example.com/members.csv".to_string(), "file:// or http(s)://"),
+        ("http://127.0.0.1:1/members.csv".to_string(), "a loopback address"),
     ] {
         let (status, err) = call(app.client.patch(&url).json(&json!({"type": "file_url", "file_url": file_url}))).await;
         assert_eq!(status, 400, "{file_url}: {err}");

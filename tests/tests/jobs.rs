@@ -241,7 +241,8 @@ async fn bad_requests_are_refused_before_a_job_exists() {
 
 #[tokio::test]
 async fn an_unreachable_source_or_a_404_fails_the_job_with_the_reason() {
-    let (app, dir) = app_with_files(userstream_tests::fresh_sqlite(), &[]).await;
+    let allow = [("USERSTREAM_FETCH_ALLOW", "127.0.0.1")];
+    let (app, dir) = app_with_files(userstream_tests::fresh_sqlite(), &allow).await;
     let port = userstream_tests::free_port();
     let missing = format!("{}/nothing-here.csv", app.base);
     for (url, reason) in [(format!("http://127.0.0.1:{port}/users.csv"), "unreachable"), (missing, "404")] {

@@ -226,6 +226,7 @@ async fn rebuilding_the_users_read_model_from_zero_equals_the_live_one() {
                 meta: Some(json!({"i": i})),
                 external_id: Some(format!("ext-{i}")),
                 rr_id: None,
+                verified: true,
             };
             commands.create_user(&meta, create, &ctx).await.expect("create");
             ids.push(id);

@@ -87,6 +87,7 @@ impl CreateUserBody {
             meta: meta(self.meta)?,
             external_id: short_text("external_id", self.external_id)?,
             rr_id: short_text("rr_id", self.rr_id)?,
+            verified: true,
         })
     }
 }

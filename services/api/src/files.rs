@@ -97,7 +97,14 @@ mod tests {
         std::os::unix::fs::symlink(base.join("secret.txt"), files.root().join("link.csv")).expect("symlink");
         assert!(files.resolve("in.csv").await.is_ok());
         assert!(files.resolve(&files.root().join("in.csv").display().to_string()).await.is_ok());
-        for bad in ["../secret.txt", "link.csv", "/etc/passwd", "missing.csv", "."] {
+        // Not files: a directory, a FIFO (a read would block), a device.
+        std::fs::create_dir(files.root().join("sub")).expect("dir");
+        let fifo = std::process::Command::new("mkfifo").arg(files.root().join("pipe.csv")).status().expect("mkfifo");
+        assert!(fifo.success());
+        std::os::unix::fs::symlink("/dev/zero", files.root().join("zero.csv")).expect("symlink");
+        for bad in
+            ["../secret.txt", "link.csv", "/etc/passwd", "missing.csv", ".", "sub", "pipe.csv", "zero.csv", "/dev/zero"]
+        {
             let err = files.resolve(bad).await.expect_err(bad);
             assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST, "{bad}");
         }

@@ -221,7 +221,7 @@ pub async fn create_group(
     let details = body.apply(&state, &meta.tenant, GroupDetails::default()).await?;
     // Read the CSV before anything is appended: a bad file changes nothing.
     let rows = match &file_url {
-        Some(url) if !details.is_rule() => Some(crate::members_file::fetch(&state.files, url).await?),
+        Some(url) if !details.is_rule() => Some(crate::members_file::fetch(&state.files, &state.fetcher, url).await?),
         _ => None,
     };
     let ctx = state.commands.context(&meta.tenant).await?;
@@ -419,7 +419,7 @@ pub async fn patch_group(
                 .clone()
                 .filter(|u| !u.trim().is_empty())
                 .ok_or_else(|| ApiError::invalid("file_url is required for type file_url"))?;
-            crate::members_file::fetch(&state.files, &url).await?
+            crate::members_file::fetch(&state.files, &state.fetcher, &url).await?
         }
         other => return Err(ApiError::invalid(format!("type must be json or file_url, got {other:?}"))),
     };

@@ -15,6 +15,7 @@
 //! - [`access`], [`auth`]: credentials and the authentication middleware;
 //!   [`clock`]: the one place the time is read (tests move it by hand);
 //!   [`files`]: the files directory `file://` URLs are confined to;
+//!   [`fetch`]: `http(s)://` fetches, confined to public addresses;
 //!   [`crypto`]: encryption at rest of attribute values; [`dto`]: wire shapes.
 
 pub mod access;
@@ -25,6 +26,7 @@ pub mod commands;
 pub mod crypto;
 pub mod dto;
 pub mod events;
+pub mod fetch;
 pub mod files;
 pub mod fynd;
 pub mod groups;
@@ -79,6 +81,9 @@ pub struct Config {
     pub clock: clock::Clock,
     /// The only directory `file://` URLs may name (`--files-dir`); created if missing.
     pub files_dir: std::path::PathBuf,
+    /// The addresses `http(s)://` fetches may reach despite the rule
+    /// (`--fetch-allow`); none by default.
+    pub fetch_allow: fetch::FetchAllow,
     /// Size and row limits of a bulk job's file.
     pub job_limits: jobs::Limits,
     /// Run bulk jobs in the background (the `jobs` lease); off for a
@@ -100,6 +105,7 @@ impl Config {
             nats: None,
             clock: clock::Clock::system(),
             files_dir,
+            fetch_allow: fetch::FetchAllow::default(),
             job_limits: jobs::Limits::default(),
             job_worker: true,
         }
@@ -127,6 +133,8 @@ pub struct Shared {
     pub sealer: crypto::Sealer,
     /// Where `file://` sources are read from.
     pub files: files::FilesDir,
+    /// Where `http(s)://` sources are fetched through.
+    pub fetcher: fetch::Fetcher,
     /// Every projection of this process, for readiness.
     pub runners: Vec<RunnerHandle>,
 }
@@ -165,6 +173,7 @@ impl Service {
         let clock = config.clock.clone();
         let files = files::FilesDir::open(&config.files_dir)
             .map_err(|e| anyhow::anyhow!("files directory {}: {e}", config.files_dir.display()))?;
+        let fetcher = fetch::Fetcher::new(config.fetch_allow.clone())?;
         let state = AppState::new(Shared {
             config,
             queries: UsersQuery::new(db.clone()),
@@ -182,6 +191,7 @@ impl Service {
             jobs: workers.jobs,
             sealer,
             files,
+            fetcher,
         });
         if state.config.job_worker {
             let worker = jobs::JobWorker::new(state.clone());

@@ -1,10 +1,11 @@
 //! Membership rows from a CSV file named by URL (`file://` inside the files
-//! directory, or `http://`): a header with `action` and one of `user_id`,
+//! directory, or `http(s)://` through the confined [`Fetcher`]): a header with `action` and one of `user_id`,
 //! `email`, `phone_number`.
 //! The whole file is read and checked before any membership changes, so a
 //! bad file (unsupported scheme, unreachable host, missing `action` column,
 //! unknown action, too many rows) changes nothing.
 
+use crate::fetch::Fetcher;
 use crate::files::FilesDir;
 use crate::http::ApiError;
 use serde::Deserialize;
@@ -26,34 +27,24 @@ pub struct MemberRow {
 }
 
 /// Largest file read.
-const MAX_BYTES: usize = 5 * 1024 * 1024;
+const MAX_BYTES: u64 = 5 * 1024 * 1024;
 
-pub async fn fetch(files: &FilesDir, url: &str) -> Result<Vec<MemberRow>, ApiError> {
+/// Longest a fetch of a members file may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn fetch(files: &FilesDir, fetcher: &Fetcher, url: &str) -> Result<Vec<MemberRow>, ApiError> {
     let url = url.trim();
     let bytes = if let Some(path) = url.strip_prefix("file://") {
         let path = files.resolve(path).await?;
         let size = tokio::fs::metadata(&path).await.map_err(|e| ApiError::invalid(format!("file_url {url}: {e}")))?;
-        if size.len() > MAX_BYTES as u64 {
+        if size.len() > MAX_BYTES {
             return Err(ApiError::invalid(format!("file_url {url} is larger than {MAX_BYTES} bytes")));
         }
         tokio::fs::read(&path).await.map_err(|e| ApiError::invalid(format!("file_url {url}: {e}")))?
-    } else if url.starts_with("http://") {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(ApiError::internal)?;
-        let response = client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| ApiError::invalid(format!("file_url {url} is unreachable: {e}")))?;
-        if !response.status().is_success() {
-            return Err(ApiError::invalid(format!("file_url {url} answered {}", response.status())));
-        }
-        let data = response.bytes().await.map_err(|e| ApiError::invalid(format!("file_url {url}: {e}")))?;
-        if data.len() > MAX_BYTES {
-            return Err(ApiError::invalid(format!("file_url {url} is larger than {MAX_BYTES} bytes")));
-        }
-        data.to_vec()
+    } else if crate::jobs::source::is_remote(url) {
+        fetcher.bytes(url, MAX_BYTES, FETCH_TIMEOUT).await.map_err(|e| ApiError::invalid(format!("file_url {e}")))?
     } else {
-        return Err(ApiError::invalid(format!("file_url must be a file:// or http:// URL, got {url:?}")));
+        return Err(ApiError::invalid(format!("file_url must be a file:// or http(s):// URL, got {url:?}")));
     };
     parse(&bytes)
 }

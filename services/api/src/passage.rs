@@ -160,6 +160,7 @@ async fn create_user(
         meta: metadata(body.user_metadata)?,
         external_id: None,
         rr_id: None,
+        verified: false,
     };
     let meta = meta(tenant, &principal, &headers)?;
     let outcome = state.commands.create_user(&meta, command, &ctx).await?;

@@ -109,6 +109,11 @@ enum Command {
         /// Default: `files/` beside the SQLite database file, `./files` on PostgreSQL.
         #[arg(long = "files-dir", env = "USERSTREAM_FILES_DIR")]
         files_dir: Option<std::path::PathBuf>,
+        /// Hosts and networks (comma-separated names, addresses or CIDRs)
+        /// that `http(s)://` fetches may reach although they are loopback,
+        /// private, link-local or otherwise internal. Default: none.
+        #[arg(long = "fetch-allow", env = "USERSTREAM_FETCH_ALLOW", default_value = "")]
+        fetch_allow: userstream_api::fetch::FetchAllow,
         #[command(flatten)]
         job_limits: JobLimitArgs,
         #[command(flatten)]
@@ -169,8 +174,18 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { database, listen, min_position_wait_ms, attribute_key, files_dir, job_limits, nats } => {
+        Command::Serve {
+            database,
+            listen,
+            min_position_wait_ms,
+            attribute_key,
+            files_dir,
+            fetch_allow,
+            job_limits,
+            nats,
+        } => {
             let mut config = Config::new(database.url);
+            config.fetch_allow = fetch_allow;
             if let Some(dir) = files_dir {
                 config.files_dir = dir;
             }

@@ -150,9 +150,17 @@ impl IntoResponse for PassageError {
     }
 }
 
-/// Maps a Fynd-surface error onto Passage's codes, keeping status and text.
+/// Maps a Fynd-surface error onto Passage's codes and statuses. Passage's
+/// API description documents 400 for a body it cannot parse and for an
+/// identifier that is taken (no 409 or 422 on its Users API), so those two
+/// become 400 here; the text is kept.
 impl From<ApiError> for PassageError {
     fn from(e: ApiError) -> Self {
+        let status = match e.status {
+            StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+            StatusCode::CONFLICT if e.code == "duplicate" => StatusCode::BAD_REQUEST,
+            other => other,
+        };
         let code = match e.status {
             StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY | StatusCode::PAYLOAD_TOO_LARGE => {
                 "invalid_request"
@@ -165,7 +173,7 @@ impl From<ApiError> for PassageError {
             StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
             _ => "internal_server_error",
         };
-        PassageError { status: e.status, code, error: e.message }
+        PassageError { status, code, error: e.message }
     }
 }
 

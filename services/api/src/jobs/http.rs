@@ -56,7 +56,7 @@ pub struct BulkAttributesBody {
 /// Checks a source URL before a job names it.
 async fn check_source(state: &AppState, url: &str, format: Format, columns: source::Columns) -> Result<(), ApiError> {
     if source::is_remote(url) {
-        return Ok(());
+        return state.fetcher.check(url).await.map(drop).map_err(|e| ApiError::invalid(e.to_string()));
     }
     if !url.trim().starts_with("file://") {
         return Err(ApiError::invalid(format!("the file URL must be file:// or http(s)://, got {url:?}")));

@@ -71,7 +71,7 @@ pub(crate) async fn input(run: &JobRun<'_>) -> Result<PathBuf, String> {
     if tokio::fs::try_exists(&complete).await.unwrap_or(false) {
         return Ok(copy);
     }
-    source::download(&url, &copy, limits.max_bytes).await?;
+    source::download(&run.state.fetcher, &url, &copy, limits.max_bytes).await?;
     tokio::fs::write(&complete, b"").await.map_err(|e| e.to_string())?;
     Ok(copy)
 }

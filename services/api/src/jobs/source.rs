@@ -7,6 +7,7 @@
 //! line that is not a JSON object) is a row error; the rows after it are
 //! read on. A file without a usable header is refused as a whole.
 
+use crate::fetch::Fetcher;
 use crate::files::FilesDir;
 use crate::http::ApiError;
 use serde_json::{Map, Value};
@@ -101,30 +102,14 @@ pub fn is_remote(url: &str) -> bool {
     url.starts_with("http://") || url.starts_with("https://")
 }
 
-/// Copies an `http(s)://` source to `to`, streaming, refusing more than
-/// `max_bytes` or [`DOWNLOAD_TIMEOUT`]. The message says why it failed.
-pub async fn download(url: &str, to: &Path, max_bytes: u64) -> Result<(), String> {
+/// Copies an `http(s)://` source to `to` through the confined
+/// [`Fetcher`], streaming, refusing more than `max_bytes` or
+/// [`DOWNLOAD_TIMEOUT`]. The message says why it failed.
+pub async fn download(fetcher: &Fetcher, url: &str, to: &Path, max_bytes: u64) -> Result<(), String> {
     use tokio::io::AsyncWriteExt;
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(DOWNLOAD_TIMEOUT)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let response = client.get(url).send().await.map_err(|e| format!("{url} is unreachable: {e}"))?;
-    if !response.status().is_success() {
-        return Err(format!("{url} answered {}", response.status()));
-    }
-    if response.content_length().is_some_and(|n| n > max_bytes) {
-        return Err(format!("{url} is larger than the limit of {max_bytes} bytes"));
-    }
+    let mut download = fetcher.get(url, max_bytes, DOWNLOAD_TIMEOUT).await.map_err(|e| e.to_string())?;
     let mut file = tokio::fs::File::create(to).await.map_err(|e| e.to_string())?;
-    let mut response = response;
-    let mut written = 0u64;
-    while let Some(chunk) = response.chunk().await.map_err(|e| format!("{url}: {e}"))? {
-        written += chunk.len() as u64;
-        if written > max_bytes {
-            return Err(format!("{url} is larger than the limit of {max_bytes} bytes"));
-        }
+    while let Some(chunk) = download.chunk().await.map_err(|e| e.to_string())? {
         file.write_all(&chunk).await.map_err(|e| e.to_string())?;
     }
     file.sync_all().await.map_err(|e| e.to_string())
