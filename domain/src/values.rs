@@ -82,6 +82,10 @@ impl fmt::Display for UserId {
 pub struct Email(String);
 
 impl Email {
+    /// The address grammar of RFC 5322 / RFC 6531 (internationalised local
+    /// parts and domains), as the `email_address` crate checks it, with what
+    /// mail servers deliver to: no display name, no domain literal
+    /// (`a@[10.0.0.1]`), a domain of at least two labels.
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, ValueError> {
         let value = raw.trim().to_lowercase();
         if value.is_empty() {
@@ -90,29 +94,16 @@ impl Email {
         if value.len() > 254 {
             return Err(ValueError::TooLong { field, max: 254 });
         }
-        let Some((local, domain)) = value.split_once('@') else {
-            return Err(ValueError::InvalidEmail { field });
+        let options = email_address::Options {
+            minimum_sub_domains: 2,
+            allow_domain_literal: false,
+            allow_display_text: false,
+            allow_long_local_parts: false,
         };
-        let local_ok = !local.is_empty()
-            && local.len() <= 64
-            && !local.starts_with('.')
-            && !local.ends_with('.')
-            && !local.contains("..")
-            && local.chars().all(|c| c.is_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
-        let labels: Vec<&str> = domain.split('.').collect();
-        let domain_ok = labels.len() >= 2
-            && labels.iter().all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-                    && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-            })
-            && labels.last().is_some_and(|tld| tld.len() >= 2);
-        if local_ok && domain_ok {
-            Ok(Email(value))
-        } else {
-            Err(ValueError::InvalidEmail { field })
+        let tld_ok = value.rsplit_once('.').is_some_and(|(_, tld)| tld.chars().count() >= 2);
+        match email_address::EmailAddress::parse_with_options(&value, options) {
+            Ok(_) if tld_ok => Ok(Email(value)),
+            _ => Err(ValueError::InvalidEmail { field }),
         }
     }
 
@@ -121,14 +112,9 @@ impl Email {
     }
 }
 
-/// Country calling codes of one or two digits (ITU-T E.164 zones); every other
-/// code that follows a `+` without a separator is taken as three digits.
-const SHORT_COUNTRY_CODES: &[u16] = &[
-    1, 7, 20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55, 56, 57, 58, 60,
-    61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98,
-];
-
-/// A phone number: a country calling code and the national number (digits only).
+/// A phone number: a country calling code and the national significant
+/// number (digits only, Italian-style leading zeros kept), valid for its
+/// country by libphonenumber's metadata (the `phonenumber` crate).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Phone {
     pub country_code: u16,
@@ -140,8 +126,8 @@ impl Phone {
     pub const DEFAULT_COUNTRY_CODE: u16 = 91;
 
     /// Accepts `9876543210` (default country code), `+91 9876543210`,
-    /// `+91-9876543210` and `+919876543210`; spaces, dashes, dots and
-    /// brackets inside the national number are ignored.
+    /// `+91-98765-43210` and `+919876543210`; spaces, dashes, dots and
+    /// brackets are ignored, a national trunk prefix (`0…`) is dropped.
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, ValueError> {
         Self::parse_with_code(field, raw, None)
     }
@@ -154,55 +140,36 @@ impl Phone {
         if raw.is_empty() {
             return Err(ValueError::Empty { field });
         }
-        let (code, national) = if let Some(rest) = raw.strip_prefix('+') {
-            if let Some(pos) = rest.find([' ', '-']) {
-                let code = parse_code(field, &rest[..pos])?;
-                (code, &rest[pos + 1..])
-            } else {
-                let digits = rest;
-                if !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() < 2 {
-                    return Err(ValueError::InvalidPhone { field, reason: "only digits may follow +" });
-                }
-                let code_len = if digits.starts_with('1') || digits.starts_with('7') {
-                    1
-                } else if SHORT_COUNTRY_CODES.contains(&parse_code(field, &digits[..2])?) {
-                    2
-                } else {
-                    3
-                };
-                if digits.len() <= code_len {
-                    return Err(ValueError::InvalidPhone { field, reason: "no national number" });
-                }
-                (parse_code(field, &digits[..code_len])?, &digits[code_len..])
-            }
-        } else {
-            let code = match country_code {
-                Some(code) if !code.trim().is_empty() => parse_code(field, code.trim().trim_start_matches('+'))?,
-                _ => Self::DEFAULT_COUNTRY_CODE,
-            };
-            (code, raw)
-        };
-        let mut number = String::with_capacity(national.len());
-        for c in national.chars() {
-            match c {
-                '0'..='9' => number.push(c),
-                ' ' | '-' | '.' | '(' | ')' => {}
-                _ => {
-                    return Err(ValueError::InvalidPhone { field, reason: "contains a character that is not a digit" })
-                }
-            }
+        let national = raw.strip_prefix('+').unwrap_or(raw);
+        if !national.chars().all(|c| c.is_ascii_digit() || " -.()".contains(c)) {
+            return Err(ValueError::InvalidPhone { field, reason: "contains a character that is not a digit" });
         }
-        let total = number.len() + code.to_string().len();
-        if number.len() < 4 {
-            return Err(ValueError::InvalidPhone { field, reason: "fewer than 4 digits" });
-        }
-        if total > 15 {
+        if national.chars().filter(char::is_ascii_digit).count() > 17 {
             return Err(ValueError::InvalidPhone { field, reason: "more than 15 digits with the country code" });
         }
-        Ok(Phone { country_code: code, number })
+        let international = if raw.starts_with('+') {
+            raw.to_string()
+        } else {
+            let code = match country_code.map(str::trim) {
+                Some(code) if !code.is_empty() => parse_code(field, code.trim_start_matches('+'))?,
+                _ => Self::DEFAULT_COUNTRY_CODE,
+            };
+            format!("+{code} {raw}")
+        };
+        let parsed = phonenumber::parse(None, &international)
+            .map_err(|_| ValueError::InvalidPhone { field, reason: "not a phone number of any country" })?;
+        if !parsed.is_valid() {
+            return Err(ValueError::InvalidPhone {
+                field,
+                reason: "not a number in use in its country (libphonenumber's metadata)",
+            });
+        }
+        let national = parsed.national();
+        let zeros = "0".repeat(usize::from(national.zeros()));
+        Ok(Phone { country_code: parsed.code().value(), number: format!("{zeros}{}", national.value()) })
     }
 
-    /// `+{country_code}{number}`: the form used for uniqueness and search.
+    /// `+{country_code}{number}`: E.164, the form used for uniqueness and search.
     pub fn e164(&self) -> String {
         format!("+{}{}", self.country_code, self.number)
     }
@@ -330,7 +297,34 @@ mod tests {
         assert_eq!(Phone::parse("p", "+919876543210").map(|p| p.e164()), Ok("+919876543210".into()));
         assert_eq!(Phone::parse("p", "+14155550100").map(|p| p.country_code), Ok(1));
         assert_eq!(Phone::parse("p", "+353 861234567").map(|p| p.country_code), Ok(353));
-        assert_eq!(Phone::parse("p", "+3538612345").map(|p| p.country_code), Ok(353));
+        assert_eq!(Phone::parse("p", "+353861234567").map(|p| p.country_code), Ok(353));
+        assert_eq!(Phone::parse("p", "+12015550123").map(|p| p.e164()), Ok("+12015550123".into()));
+    }
+
+    #[test]
+    fn internationalised_addresses_pass_and_what_no_server_delivers_to_fails() {
+        for good in ["jörg@bücher.de", "用户@例子.广告", "a+tag@sub.example.co.in", "o'brien@example.ie"] {
+            assert!(Email::parse("email", good).is_ok(), "{good}");
+        }
+        for bad in ["a@[10.0.0.1]", "Ada <ada@example.com>", "a@b.c", "a@-b.com", "a\u{0}b@example.com"] {
+            assert!(Email::parse("email", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn numbers_not_in_use_in_their_country_are_refused() {
+        for bad in ["12345", "0000000000", "+91 12345", "+1 5555550123", "+44 20"] {
+            assert!(Phone::parse("p", bad).is_err(), "{bad}");
+        }
+        // Stored as E.164, whatever the spelling.
+        for (raw, e164) in [
+            ("+91 98765-43210", "+919876543210"),
+            ("098765 43210", "+919876543210"),
+            ("+39 06 1234 5678", "+390612345678"),
+            ("+44 (0)20 7946 0958", "+442079460958"),
+        ] {
+            assert_eq!(Phone::parse("p", raw).map(|p| p.e164()), Ok(e164.to_string()), "{raw}");
+        }
     }
 
     #[test]

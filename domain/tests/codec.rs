@@ -93,7 +93,9 @@ fn phones() -> impl Strategy<Value = Vec<PhoneEntry>> {
     proptest::collection::vec(("[0-9]{6,10}", any::<bool>()), 1..3).prop_map(|v| {
         v.into_iter()
             .map(|(d, p)| PhoneEntry {
-                phone: Phone::parse("p", &d).expect("valid"),
+                // Built, not parsed: the log holds numbers of any age, also
+                // ones today's metadata would refuse.
+                phone: Phone { country_code: 91, number: d },
                 primary: p,
                 verified: p,
                 active: true,

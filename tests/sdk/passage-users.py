@@ -66,14 +66,14 @@ try:
     raise AssertionError("an unparsable body was accepted")
 except urllib.error.HTTPError as e:
     assert e.code == 400 and json.load(e)["code"] == "invalid_request", e.code
-bob = users.create_user(app_id, CreateUserArgs(phone="+15555550123")).user
-assert bob.phone == "+15555550123" and bob.email == "", bob
-carol = users.create_user(app_id, CreateUserArgs(email="carol@example.com", phone="+15555550124")).user
+bob = users.create_user(app_id, CreateUserArgs(phone="+12015550123")).user
+assert bob.phone == "+12015550123" and bob.email == "", bob
+carol = users.create_user(app_id, CreateUserArgs(email="carol@example.com", phone="+12015550124")).user
 
 got = users.get_user(app_id, ada.id).user
 assert got.id == ada.id and got.user_metadata == {"plan": "pro"}, got
-updated = users.update_user(app_id, ada.id, UpdateUserArgs(phone="+15555550125", user_metadata={"plan": "team"})).user
-assert updated.phone == "+15555550125" and updated.email == "ada@example.com", updated
+updated = users.update_user(app_id, ada.id, UpdateUserArgs(phone="+12015550125", user_metadata={"plan": "team"})).user
+assert updated.phone == "+12015550125" and updated.email == "ada@example.com", updated
 assert updated.user_metadata == {"plan": "team"}, updated
 assert users.deactivate_user(app_id, bob.id).user.status == "inactive"
 assert users.get_user(app_id, bob.id).user.status == "inactive"
@@ -87,7 +87,7 @@ assert page.links.next.href and page.links.previous.href == "", page.links
 second = users.list_paginated_users(app_id, limit=2, page=2, order_by="created_at:ASC", created_before=page.created_before)
 assert [u.id for u in second.users] == [carol.id], second.users
 assert users.list_paginated_users(app_id, identifier="ADA@example.com").total_users == 1
-assert users.list_paginated_users(app_id, identifier="+15555550123").users[0].id == bob.id
+assert users.list_paginated_users(app_id, identifier="+12015550123").users[0].id == bob.id
 assert users.list_paginated_users(app_id, identifier="like:example.com").total_users == 2
 assert users.list_paginated_users(app_id, identifier="not_like:example.com").total_users == 1
 assert users.list_paginated_users(app_id, id=f"ne:{ada.id}").total_users == 2
