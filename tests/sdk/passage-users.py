@@ -20,13 +20,14 @@ from passageidentity.openapi_client.models import CreateUserArgs, UpdateUserArgs
 base, app_id, bearer = sys.argv[1:4]
 
 
-def refused(call, status, code):
-    """The call fails with `status` and a parsed Passage error `code`."""
+def refused(call, status, code, says=""):
+    """The call fails with `status` and a parsed Passage error `code` whose text holds `says`."""
     try:
         call()
     except ApiException as e:
         assert e.status == status, (e.status, e.body)
         assert e.data is not None and e.data.code == code, e.body
+        assert says in e.data.error, e.body
         return
     raise AssertionError(f"expected {status} {code}")
 
@@ -54,7 +55,7 @@ assert ada.email == "ada@example.com" and ada.phone == "" and ada.status == "act
 assert ada.login_count == 0 and ada.last_login_at.year == 1, ada
 assert ada.email_verified is False and ada.phone_verified is False, "a new Passage user starts unverified"
 # A taken identifier and a body that is not JSON are Passage's 400, not 409/422.
-refused(lambda: users.create_user(app_id, CreateUserArgs(email="ada@example.com")), 400, "identifier_already_exists")
+refused(lambda: users.create_user(app_id, CreateUserArgs(email="ada@example.com")), 400, "invalid_request", "already taken")
 unparsable = urllib.request.Request(
     f"{base}/v1/apps/{app_id}/users",
     data=b'{"email": ',

@@ -12,6 +12,10 @@
 //!   client asks for a new token with its credentials.
 //! - A Passage bearer is `<api_key>.<api_secret>`. Verified bearers are
 //!   remembered by their SHA-256 so the argon2 cost is paid once per process.
+//! - A revoked key keeps its row, marked. Every instance reloads the set of
+//!   revoked ids every [`REVOCATION_POLL`] ([`Access::follow_revocations`]),
+//!   and a token or cached bearer of a revoked key is refused from then on:
+//!   within a second of `userstream apikey revoke`, on every instance.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -23,7 +27,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use time::OffsetDateTime;
-use userstream_eventlog::keys::{KeyStore, StoredKey};
+use userstream_eventlog::keys::{KeyListing, KeyStore, StoredKey};
 use userstream_eventlog::Db;
 
 /// How long a Fynd access token lives.
@@ -31,6 +35,9 @@ pub const TOKEN_TTL_SECONDS: i64 = 3600;
 
 /// Most verified Passage bearers remembered at once; the cache is cleared when full.
 const BEARER_CACHE: usize = 10_000;
+
+/// How often every instance reloads the revoked keys.
+pub const REVOCATION_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A verified caller: which key, and the tenants it may touch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +77,7 @@ pub struct Access {
     keys: KeyStore,
     signing_key: secrecy::SecretSlice<u8>,
     bearers: Mutex<HashMap<[u8; 32], Credential>>,
+    revoked: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 fn random_b64(bytes: usize) -> String {
@@ -95,7 +103,61 @@ impl Access {
         let keys = KeyStore::open(db).await?;
         let stored = keys.shared_secret("signing", &random_b64(32)).await?;
         let signing_key = B64.decode(stored)?;
-        Ok(Access { keys, signing_key: signing_key.into(), bearers: Mutex::new(HashMap::new()) })
+        let access = Access {
+            keys,
+            signing_key: signing_key.into(),
+            bearers: Mutex::new(HashMap::new()),
+            revoked: Default::default(),
+        };
+        access.reload_revocations().await?;
+        Ok(access)
+    }
+
+    /// Reads the revoked keys again; forgets cached bearers of newly revoked ones.
+    pub async fn reload_revocations(&self) -> Result<(), sqlx::Error> {
+        let revoked: std::collections::HashSet<String> = self.keys.revoked().await?.into_iter().collect();
+        let grown = self.revoked.read().map(|r| r.len() != revoked.len()).unwrap_or(true);
+        if grown {
+            if let Ok(mut cache) = self.bearers.lock() {
+                cache.retain(|_, c| !revoked.contains(&c.key_id));
+            }
+            if let Ok(mut r) = self.revoked.write() {
+                *r = revoked;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reloads the revoked keys every [`REVOCATION_POLL`] until cancelled.
+    pub async fn follow_revocations(&self, cancel: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(REVOCATION_POLL) => {}
+            }
+            if let Err(e) = self.reload_revocations().await {
+                tracing::warn!(error = %e, "reloading revoked API keys failed; retrying");
+            }
+        }
+    }
+
+    fn is_revoked(&self, key_id: &str) -> bool {
+        self.revoked.read().map(|r| r.contains(key_id)).unwrap_or(true)
+    }
+
+    /// Every key (never a secret), optionally of one company.
+    pub async fn list_keys(&self, company_id: Option<&str>) -> Result<Vec<KeyListing>, sqlx::Error> {
+        self.keys.list(company_id).await
+    }
+
+    /// Revokes a key: its secret, its tokens and its bearers stop working.
+    /// `None` when no such key exists; otherwise when it was revoked.
+    pub async fn revoke_key(&self, key_id: &str) -> Result<Option<String>, sqlx::Error> {
+        let revoked = self.keys.revoke(key_id).await?;
+        if revoked.is_some() {
+            self.reload_revocations().await?;
+        }
+        Ok(revoked)
     }
 
     /// Creates an API key for a company (optionally bound to one application).
@@ -151,7 +213,7 @@ impl Access {
     pub async fn verify_bearer(&self, bearer: &str) -> Result<Option<Credential>, sqlx::Error> {
         let digest: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
         if let Some(hit) = self.bearers.lock().ok().and_then(|c| c.get(&digest).cloned()) {
-            return Ok(Some(hit));
+            return Ok((!self.is_revoked(&hit.key_id)).then_some(hit));
         }
         let Some((key, secret)) = bearer.split_once('.') else {
             return Ok(None);
@@ -205,7 +267,8 @@ impl Access {
     pub fn verify_token(&self, token: &str, now: OffsetDateTime) -> Option<Credential> {
         let body = self.unseal(token.strip_prefix("ust1.")?)?;
         let payload: TokenPayload = serde_json::from_slice(&B64.decode(body).ok()?).ok()?;
-        (payload.expires_at > now.unix_timestamp()).then_some(payload.credential)
+        (payload.expires_at > now.unix_timestamp() && !self.is_revoked(&payload.credential.key_id))
+            .then_some(payload.credential)
     }
 }
 

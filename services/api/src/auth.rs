@@ -12,14 +12,20 @@
 //!   key is a public constant; they prove nothing).
 //! - Operational routes and the token endpoint are open; the token endpoint
 //!   checks HTTP Basic credentials itself.
+//! - Secret checks (a Passage bearer here, HTTP Basic at the token endpoint)
+//!   pass [`crate::throttle`] first: too many failures → 429 with
+//!   `Retry-After`, before the secret is looked at. With `--rate-limit`,
+//!   every authenticated request counts against its credential's rate.
 
 use crate::access::Credential;
 use crate::http::error::{ApiError, PassageError};
+use crate::throttle::Refused;
 use crate::AppState;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use std::net::{IpAddr, SocketAddr};
 
 #[derive(Debug, Clone)]
 pub enum Principal {
@@ -72,8 +78,51 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty() && *t != "null")
 }
 
+/// The peer address of the connection, when the server was started with
+/// connect info (in-process tests have none). Forwarded headers are not
+/// trusted: any client can write them.
+pub fn client_address(request: &Request) -> Option<IpAddr> {
+    request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_canonical())
+}
+
+/// The `Retry-After` header of a 429.
+pub fn retry_after(mut response: Response, refused: Refused) -> Response {
+    response.headers_mut().insert(header::RETRY_AFTER, refused.seconds().into());
+    response
+}
+
+fn passage_too_many(refused: Refused, what: &str) -> Response {
+    let error = PassageError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", what.to_string());
+    retry_after(error.into_response(), refused)
+}
+
+/// A Passage bearer of an API key, checked under the failure limits.
+async fn verify_passage_key(state: &AppState, address: Option<IpAddr>, bearer: &str) -> Result<Credential, Response> {
+    let key = bearer.split_once('.').map(|(k, _)| k);
+    if let Err(refused) = state.throttle.before_check(address, key) {
+        return Err(passage_too_many(refused, "too many failed authentications; retry later"));
+    }
+    match state.access.verify_bearer(bearer).await {
+        Ok(Some(credential)) => {
+            state.throttle.succeeded(address, &credential.key_id);
+            Ok(credential)
+        }
+        Ok(None) => {
+            state.throttle.failed(address, key);
+            Err(PassageError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_access_token",
+                "a valid API key is required (Authorization: Bearer <api key>)",
+            )
+            .into_response())
+        }
+        Err(e) => Err(PassageError::from(ApiError::internal(e)).into_response()),
+    }
+}
+
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
+    let address = client_address(&request);
     let principal = match surface(&path) {
         Surface::Open => Principal::Anonymous,
         Surface::Fynd { company_id, application_id } => {
@@ -95,14 +144,22 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
                 )
                 .into_response();
             }
+            if let Err(refused) = state.throttle.request(&credential.key_id) {
+                let error = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_requests",
+                    "this credential is over its request rate (--rate-limit); retry later",
+                );
+                return retry_after(error.into_response(), refused);
+            }
             Principal::Key(credential)
         }
         Surface::Passage { app_id } => {
             let credential = match bearer(request.headers()) {
                 Some(token) if token.starts_with("ust1.") => state.access.verify_token(token, state.commands.now()),
-                Some(token) => match state.access.verify_bearer(token).await {
-                    Ok(c) => c,
-                    Err(e) => return PassageError::from(ApiError::internal(e)).into_response(),
+                Some(token) => match verify_passage_key(&state, address, token).await {
+                    Ok(c) => Some(c),
+                    Err(response) => return response,
                 },
                 None => None,
             };
@@ -121,6 +178,9 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
                     "this API key may not access this app",
                 )
                 .into_response();
+            }
+            if let Err(refused) = state.throttle.request(&credential.key_id) {
+                return passage_too_many(refused, "this API key is over its request rate (--rate-limit); retry later");
             }
             Principal::Key(credential)
         }

@@ -13,6 +13,7 @@
 //!   [`events`] (feed, SSE, history, as-of), [`jobs`] (bulk import, export
 //!   and attribute jobs, and their worker), [`oauth`], [`ops`].
 //! - [`access`], [`auth`]: credentials and the authentication middleware;
+//!   [`throttle`]: limits on failed credential checks and request rates;
 //!   [`clock`]: the one place the time is read (tests move it by hand);
 //!   [`files`]: the files directory `file://` URLs are confined to;
 //!   [`fetch`]: `http(s)://` fetches, confined to public addresses;
@@ -38,6 +39,7 @@ pub mod ops;
 pub mod passage;
 pub mod platform_config;
 pub mod sessions;
+pub mod throttle;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
@@ -89,6 +91,8 @@ pub struct Config {
     /// Run bulk jobs in the background (the `jobs` lease); off for a
     /// process that runs one job itself (`userstream import`).
     pub job_worker: bool,
+    /// Requests a second one credential may make (`--rate-limit`); `None`: no limit.
+    pub rate_limit: Option<u32>,
 }
 
 impl Config {
@@ -108,6 +112,7 @@ impl Config {
             fetch_allow: fetch::FetchAllow::default(),
             job_limits: jobs::Limits::default(),
             job_worker: true,
+            rate_limit: None,
         }
     }
 }
@@ -120,6 +125,8 @@ pub struct Shared {
     pub db: Db,
     pub commands: Commands,
     pub access: access::Access,
+    /// Limits on guessing credentials and on each credential's request rate.
+    pub throttle: throttle::Throttle,
     pub queries: UsersQuery,
     /// The users projection, which customer queries wait on.
     pub users: RunnerHandle,
@@ -174,8 +181,10 @@ impl Service {
         let files = files::FilesDir::open(&config.files_dir)
             .map_err(|e| anyhow::anyhow!("files directory {}: {e}", config.files_dir.display()))?;
         let fetcher = fetch::Fetcher::new(config.fetch_allow.clone())?;
+        let throttle = throttle::Throttle::new(clock.clone(), config.rate_limit);
         let state = AppState::new(Shared {
             config,
+            throttle,
             queries: UsersQuery::new(db.clone()),
             attribute_queries: AttributesQuery::new(db.clone()),
             group_queries: GroupsQuery::new(db.clone()),
@@ -193,6 +202,10 @@ impl Service {
             files,
             fetcher,
         });
+        {
+            let (state, cancel) = (state.clone(), cancel.clone());
+            tasks.push(tokio::spawn(async move { state.access.follow_revocations(cancel).await }));
+        }
         if state.config.job_worker {
             let worker = jobs::JobWorker::new(state.clone());
             tasks.push(tokio::spawn(userstream_projections::worker::run(worker, cancel.clone(), poll)));

@@ -6,11 +6,11 @@
 use crate::access::TOKEN_TTL_SECONDS;
 use crate::AppState;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::json;
@@ -45,9 +45,11 @@ fn basic(headers: &HeaderMap) -> Option<(String, String)> {
 async fn token(
     State(state): State<AppState>,
     Path(company_id): Path<String>,
+    peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let address = peer.map(|Extension(ConnectInfo(addr))| addr.ip().to_canonical());
     let Ok(form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "the body must be form-encoded");
     };
@@ -70,14 +72,26 @@ async fn token(
             "client authentication is required (HTTP Basic api_key:api_secret)",
         );
     };
+    if let Err(refused) = state.throttle.before_check(address, Some(&key)) {
+        let error = oauth_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "too many failed authentications; retry later",
+        );
+        return crate::auth::retry_after(error, refused);
+    }
     let credential = match state.access.verify_secret(&key, &secret).await {
-        Ok(Some(c)) if c.company_id == company_id => c,
+        Ok(Some(c)) if c.company_id == company_id => {
+            state.throttle.succeeded(address, &key);
+            c
+        }
         Ok(_) => {
+            state.throttle.failed(address, Some(&key));
             return oauth_error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "unknown API key, wrong secret, or a key of another company",
-            )
+            );
         }
         Err(e) => {
             tracing::error!(error = %e, "token request failed");

@@ -114,6 +114,10 @@ enum Command {
         /// private, link-local or otherwise internal. Default: none.
         #[arg(long = "fetch-allow", env = "USERSTREAM_FETCH_ALLOW", default_value = "")]
         fetch_allow: userstream_api::fetch::FetchAllow,
+        /// Requests a second each credential may make (bursts of as many);
+        /// over it, 429 with `Retry-After`. Default: no limit.
+        #[arg(long = "rate-limit", env = "USERSTREAM_RATE_LIMIT")]
+        rate_limit: Option<u32>,
         #[command(flatten)]
         job_limits: JobLimitArgs,
         #[command(flatten)]
@@ -163,6 +167,25 @@ enum ApikeyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List the API keys (never their secrets), revoked ones marked.
+    List {
+        #[command(flatten)]
+        database: DatabaseArg,
+        /// Only the keys of this company.
+        #[arg(long)]
+        company: Option<String>,
+        /// Print one JSON object a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key: its secret, tokens and Passage bearers stop
+    /// working on every instance within a second.
+    Revoke {
+        #[command(flatten)]
+        database: DatabaseArg,
+        /// The API key to revoke.
+        key: String,
+    },
 }
 
 #[tokio::main]
@@ -181,11 +204,13 @@ async fn main() -> anyhow::Result<()> {
             attribute_key,
             files_dir,
             fetch_allow,
+            rate_limit,
             job_limits,
             nats,
         } => {
             let mut config = Config::new(database.url);
             config.fetch_allow = fetch_allow;
+            config.rate_limit = rate_limit.filter(|n| *n > 0);
             if let Some(dir) = files_dir {
                 config.files_dir = dir;
             }
@@ -205,6 +230,38 @@ async fn main() -> anyhow::Result<()> {
                 print_key(&key, &company, application.as_deref());
             }
             Ok(())
+        }
+        Command::Apikey { action: ApikeyCommand::List { database, company, json } } => {
+            let db = Db::connect(&database.url).await.context("connecting to the database")?;
+            let keys = Access::open(db).await?.list_keys(company.as_deref()).await?;
+            for key in &keys {
+                if json {
+                    println!("{}", serde_json::to_string(key)?);
+                } else {
+                    println!(
+                        "{}  company {}  application {}  created {}  {}",
+                        key.api_key,
+                        key.company_id,
+                        key.application_id.as_deref().unwrap_or("*"),
+                        key.created_at,
+                        key.revoked_at.as_deref().map(|at| format!("revoked {at}")).unwrap_or("active".into()),
+                    );
+                }
+            }
+            if keys.is_empty() && !json {
+                println!("no API keys");
+            }
+            Ok(())
+        }
+        Command::Apikey { action: ApikeyCommand::Revoke { database, key } } => {
+            let db = Db::connect(&database.url).await.context("connecting to the database")?;
+            match Access::open(db).await?.revoke_key(&key).await? {
+                Some(at) => {
+                    println!("revoked {key} (at {at}); its tokens and bearers stop working within a second");
+                    Ok(())
+                }
+                None => anyhow::bail!("no API key {key}"),
+            }
         }
         Command::Migrate { database } => {
             let db = Db::connect(&database.url).await.context("connecting to the database")?;
@@ -237,7 +294,9 @@ async fn serve(config: Config, listen: &str) -> anyhow::Result<()> {
     // Tests and scripts read this line to find the port.
     println!("userstream listening on http://{addr}");
     tracing::info!(%addr, database = %redact(&database), "serving");
-    axum::serve(listener, service.router()).with_graceful_shutdown(shutdown_signal()).await?;
+    // Connect info: the peer address the credential-guessing limits count by.
+    let app = service.router().into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     service.stop().await;
     Ok(())
 }

@@ -153,7 +153,8 @@ impl IntoResponse for PassageError {
 /// Maps a Fynd-surface error onto Passage's codes and statuses. Passage's
 /// API description documents 400 for a body it cannot parse and for an
 /// identifier that is taken (no 409 or 422 on its Users API), so those two
-/// become 400 here; the text is kept.
+/// become 400 here, with `invalid_request`: the SDK's 400 model admits only
+/// that code and `custom_provider_required`. The text names the rule.
 impl From<ApiError> for PassageError {
     fn from(e: ApiError) -> Self {
         let status = match e.status {
@@ -165,10 +166,10 @@ impl From<ApiError> for PassageError {
             StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY | StatusCode::PAYLOAD_TOO_LARGE => {
                 "invalid_request"
             }
+            StatusCode::CONFLICT if e.code == "duplicate" => "invalid_request",
             StatusCode::UNAUTHORIZED => "invalid_access_token",
             StatusCode::FORBIDDEN => "operation_not_allowed",
             StatusCode::NOT_FOUND => "user_not_found",
-            StatusCode::CONFLICT if e.code == "duplicate" => "identifier_already_exists",
             StatusCode::CONFLICT => "conflict",
             StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
             _ => "internal_server_error",
