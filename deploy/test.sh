@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of userstream: the domain purity check, unit and property
 # tests, the event-log contract suite and the black-box HTTP tests, on SQLite
-# and on a throwaway PostgreSQL cluster (installed if missing).
+# and on a throwaway PostgreSQL cluster (installed if missing); and every
+# fuzz target for a bounded time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,9 @@ tests/sdk/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk
 
 echo "== build"
 cargo build --workspace --all-targets --locked
+
+echo "== fuzzing: every cargo-fuzz target for \${FUZZ_SECONDS:-30} s on its corpus"
+bash deploy/fuzz.sh
 
 runner=(cargo test --workspace --locked)
 if cargo nextest --version >/dev/null 2>&1; then

@@ -178,10 +178,21 @@ pub fn read_rows(
     columns: Columns,
     skip: u64,
     chunk: usize,
-    mut each: impl FnMut(Vec<Row>) -> bool,
+    each: impl FnMut(Vec<Row>) -> bool,
 ) -> Result<(), String> {
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let reader = BufReader::with_capacity(1 << 16, file);
+    read_rows_from(BufReader::with_capacity(1 << 16, file), format, columns, skip, chunk, each)
+}
+
+/// [`read_rows`] over any reader (the fuzz targets feed it bytes).
+pub fn read_rows_from(
+    reader: impl BufRead,
+    format: Format,
+    columns: Columns,
+    skip: u64,
+    chunk: usize,
+    mut each: impl FnMut(Vec<Row>) -> bool,
+) -> Result<(), String> {
     let mut rows = Vec::with_capacity(chunk);
     let mut push = |row: Row| {
         if row.index >= skip {
