@@ -6,6 +6,8 @@
 #   deploy/postgres.sh start        start one and print `export DATABASE_URL_TEST=…` and
 #                                   `export USERSTREAM_PG_DIR=…` (for eval)
 #   deploy/postgres.sh stop [DIR]   stop and remove it (DIR defaults to $USERSTREAM_PG_DIR)
+#   deploy/postgres.sh restart DIR  start the cluster in DIR again, on its port (after a
+#                                   crash: it recovers from its WAL)
 #
 # Installs Debian's `postgresql` package when no server binaries are found.
 set -euo pipefail
@@ -49,13 +51,18 @@ start() {
   port=$(free_port)
   as_postgres "$bindir/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; exit 1; }
-  as_postgres "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c max_connections=400 -c fsync=on" \
-    start >&2 || { cat "$dir/server.log" >&2; exit 1; }
   echo "$bindir" > "$dir/bindir"
   echo "$port" > "$dir/port"
+  run_server "$dir"
   log "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (data in $dir)"
   echo "$dir"
+}
+
+run_server() {
+  local dir=$1
+  as_postgres "$(cat "$dir/bindir")/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -c port=$(cat "$dir/port") -c unix_socket_directories=$dir -c max_connections=400 -c fsync=on" \
+    start >&2 || { cat "$dir/server.log" >&2; exit 1; }
 }
 
 stop() {
@@ -76,6 +83,9 @@ case "${1:-}" in
   stop)
     stop "${2:-}"
     ;;
+  restart)
+    run_server "${2:?usage: $0 restart DIR}"
+    ;;
   run)
     shift
     dir=$(start)
@@ -83,7 +93,7 @@ case "${1:-}" in
     DATABASE_URL_TEST=$(url_of "$dir") "$@"
     ;;
   *)
-    echo "usage: $0 start | stop [DIR] | run CMD..." >&2
+    echo "usage: $0 start | stop [DIR] | restart DIR | run CMD..." >&2
     exit 2
     ;;
 esac

@@ -481,3 +481,59 @@ impl InProcess {
         self.service.stop().await;
     }
 }
+
+/// Every read model with its tables, as `replay --projection` names them.
+pub const MODELS: [(&str, &[&str]); 3] = [
+    ("users_v1", &["users_v1", "user_contacts_v1", "user_counts_v1", "user_sessions_v1"]),
+    ("attributes_v1", &["attribute_definitions_v1", "attribute_values_v1"]),
+    ("groups_v1", &["groups_v1", "group_members_v1"]),
+];
+
+/// `userstream replay --database DB ARGS`; its stdout.
+pub fn replay(db: &TestDb, args: &[&str]) -> String {
+    let out = Command::new(binary())
+        .args(["replay", "--database", &db.url])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run userstream replay");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "replay {args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// The fresh tables a `replay --to` left for `projection`.
+pub async fn shadow(db: &TestDb, projection: &str) -> userstream_eventlog::Db {
+    let url = match db.backend {
+        "sqlite" => format!("{}.replay-{projection}", db.url.split('?').next().unwrap_or_default()),
+        _ => format!("{}?options=-c%20search_path%3Dreplay_{projection}", db.url),
+    };
+    userstream_eventlog::Db::connect(&url).await.expect("connect to the rebuilt tables")
+}
+
+/// Every row of each table, as text, in key order.
+pub async fn dumps(db: &userstream_eventlog::Db, tables: &[&str]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for t in tables {
+        out.push(userstream_projections::replay::dump_table(db, t).await.expect("dump"));
+    }
+    out
+}
+
+/// Waits until every projection has the log's head and the engine appends nothing more.
+pub async fn settle(app: &TestApp) {
+    for _ in 0..400 {
+        let (_, r) = app.readyz().await;
+        let head = r["head"].clone();
+        if r["projections"].as_object().is_some_and(|p| p.values().all(|p| p["position"] == head)) {
+            // The engine may still append membership events; settle again if it did.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if app.readyz().await.1["head"] == head {
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("projections did not settle");
+}
+

@@ -9,43 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use userstream_eventlog::Db;
-use userstream_projections::replay::dump_table;
-use userstream_tests::{binary, fresh_databases, position_of, TestApp, TestDb, APP, COMPANY};
-
-const MODELS: [(&str, &[&str]); 3] = [
-    ("users_v1", &["users_v1", "user_contacts_v1", "user_counts_v1", "user_sessions_v1"]),
-    ("attributes_v1", &["attribute_definitions_v1", "attribute_values_v1"]),
-    ("groups_v1", &["groups_v1", "group_members_v1"]),
-];
-
-fn replay(db: &TestDb, args: &[&str]) -> String {
-    let out = Command::new(binary())
-        .args(["replay", "--database", &db.url])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run userstream replay");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "replay {args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-    stdout
-}
-
-/// The fresh tables a `replay --to` left for `projection`.
-async fn shadow(db: &TestDb, projection: &str) -> Db {
-    let url = match db.backend {
-        "sqlite" => format!("{}.replay-{projection}", db.url.split('?').next().unwrap_or_default()),
-        _ => format!("{}?options=-c%20search_path%3Dreplay_{projection}", db.url),
-    };
-    Db::connect(&url).await.expect("connect to the rebuilt tables")
-}
-
-async fn dumps(db: &Db, tables: &[&str]) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    for t in tables {
-        out.push(dump_table(db, t).await.expect("dump"));
-    }
-    out
-}
+use userstream_tests::{binary, dumps, fresh_databases, position_of, replay, settle, shadow, TestApp, TestDb, APP, COMPANY, MODELS};
 
 /// The secondary indexes on `tables` (SQLite names a swapped-in index
 /// `name__r` when `name` was taken; both count as `name`).
@@ -88,22 +52,6 @@ async fn counts_some(db: &Db, count_sql: &str, tries: u32, every_ms: u64) -> boo
         tokio::time::sleep(Duration::from_millis(every_ms)).await;
     }
     false
-}
-
-async fn settle(app: &TestApp) {
-    for _ in 0..400 {
-        let (_, r) = app.readyz().await;
-        let head = r["head"].clone();
-        if r["projections"].as_object().is_some_and(|p| p.values().all(|p| p["position"] == head)) {
-            // The engine may still append membership events; settle again if it did.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if app.readyz().await.1["head"] == head {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("projections did not settle");
 }
 
 async fn populate(app: &TestApp) {

@@ -81,6 +81,25 @@ pub enum Failure {
     Undecodable { position: i64, source: DecodeError },
 }
 
+impl Failure {
+    /// The database ran out of space: the command wrote nothing.
+    pub fn is_storage_full(&self) -> bool {
+        self.storage().is_some_and(|e| e.is_storage_full())
+    }
+
+    /// The database could not be reached: retrying shortly may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        self.storage().is_some_and(|e| e.is_unavailable())
+    }
+
+    fn storage(&self) -> Option<&userstream_eventlog::StorageError> {
+        match self {
+            Failure::Append(AppendError::Storage(e)) | Failure::Read(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error(transparent)]

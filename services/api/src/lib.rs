@@ -226,9 +226,19 @@ impl Service {
     }
 }
 
-/// Answers 413 at once when the declared `Content-Length` is over the limit,
-/// so the client gets the answer before it sends the body. Bodies without a
-/// declared length are cut by [`DefaultBodyLimit`] as they stream.
+/// Most of an oversized body read (and dropped) before its 413 is sent.
+const DRAIN_BYTES: usize = 64 * 1024 * 1024;
+/// Longest an oversized body is read before its 413 is sent.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Answers 413 when the declared `Content-Length` is over the limit, before
+/// any handler runs. A client that asked `Expect: 100-continue` gets it at
+/// once and sends nothing. Any other client may be writing the whole body
+/// before it reads: the body is read and dropped first (at most
+/// [`DRAIN_BYTES`] and [`DRAIN_TIME`]), so the client finishes writing and
+/// reads its 413 instead of a reset connection; then the connection closes.
+/// Bodies without a declared length are cut by [`DefaultBodyLimit`] as they
+/// stream.
 async fn reject_oversized(
     axum::extract::State(limit): axum::extract::State<usize>,
     request: axum::extract::Request,
@@ -241,12 +251,31 @@ async fn reject_oversized(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return http::ApiError::new(
+        let continues = request
+            .headers()
+            .get(axum::http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !continues {
+            let mut body = request.into_body().into_data_stream();
+            let drain = async {
+                let mut read = 0;
+                while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut body).await {
+                    read += chunk.len();
+                    if read > DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+        }
+        let mut response = http::ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!("the request body is too large (limit {limit} bytes)"),
         )
         .into_response();
+        response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        return response;
     }
     next.run(request).await
 }

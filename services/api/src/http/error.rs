@@ -35,6 +35,28 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error")
     }
 
+    /// The database has no space left: nothing was written; 503 so clients retry.
+    pub fn storage_full(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "the database is out of space");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_full",
+            "the database has no space left: nothing was written; retry once space is freed",
+        )
+    }
+
+    /// The database could not be reached; 503 so clients retry. A command
+    /// whose commit was cut off may have committed: a retry with the same
+    /// `Idempotency-Key` tells.
+    pub fn unavailable(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "the database is unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "the database is unavailable; retry shortly (with the same Idempotency-Key, a retry never applies twice)",
+        )
+    }
+
     pub fn behind(position: i64) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -68,7 +90,13 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<userstream_eventlog::StorageError> for ApiError {
     fn from(e: userstream_eventlog::StorageError) -> Self {
-        ApiError::internal(e)
+        if e.is_storage_full() {
+            ApiError::storage_full(e)
+        } else if e.is_unavailable() {
+            ApiError::unavailable(e)
+        } else {
+            ApiError::internal(e)
+        }
     }
 }
 
@@ -76,6 +104,8 @@ impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         match e {
             CommandError::Rejected(r) => r.into(),
+            CommandError::Failed(f) if f.is_storage_full() => ApiError::storage_full(f),
+            CommandError::Failed(f) if f.is_unavailable() => ApiError::unavailable(f),
             CommandError::Failed(f) => ApiError::internal(f),
         }
     }
