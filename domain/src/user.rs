@@ -89,6 +89,8 @@ pub enum UserState {
     Live(User),
     /// Archived (deleted for the customer): hidden, its unique values released.
     Archived { user: User, archived_at: OffsetDateTime },
+    /// Erased: the person's data is gone for good; the id answers "not found".
+    Erased { erased_at: OffsetDateTime },
 }
 
 impl UserState {
@@ -150,6 +152,10 @@ pub enum UserCommand {
         reason: String,
     },
     Archive,
+    /// Erase the person (crypto-shredding); a second erase changes nothing.
+    Erase {
+        reason: String,
+    },
     Restore {
         reason: String,
     },
@@ -186,6 +192,7 @@ pub enum UserEvent {
     SessionStarted(v1::SessionStarted),
     SessionExtended(v1::SessionExtended),
     SessionsRevoked(v1::SessionsRevoked),
+    Erased(v1::UserErased),
 }
 
 /// A business rule said no. Nothing was appended.
@@ -257,6 +264,10 @@ pub fn decide(state: &UserState, command: UserCommand, ctx: &Context) -> Result<
             Ok(events)
         }
         (UserState::Archived { .. }, UserCommand::Archive) => Ok(vec![]),
+        (UserState::Live(_) | UserState::Archived { .. }, UserCommand::Erase { reason }) => {
+            Ok(vec![UserEvent::Erased(v1::UserErased { reason, at: ctx.now })])
+        }
+        (UserState::Erased { .. }, UserCommand::Erase { .. }) => Ok(vec![]),
         (UserState::Live(_), UserCommand::Restore { .. }) => Ok(vec![]),
         (UserState::Archived { archived_at, .. }, UserCommand::Restore { reason }) => {
             let window = Duration::days(i64::from(ctx.delete_account_day));
@@ -309,7 +320,7 @@ pub fn decide(state: &UserState, command: UserCommand, ctx: &Context) -> Result<
                 vec![UserEvent::SessionsRevoked(v1::SessionsRevoked { session_ids: ids, reason, at: ctx.now })]
             })
         }
-        (UserState::NotCreated | UserState::Archived { .. }, _) => Err(UserError::NotFound),
+        (UserState::NotCreated | UserState::Archived { .. } | UserState::Erased { .. }, _) => Err(UserError::NotFound),
     }
 }
 
@@ -459,6 +470,7 @@ pub fn evolve(state: UserState, event: &UserEvent) -> UserState {
             }
             UserState::Archived { user, archived_at }
         }
+        (_, UserEvent::Erased(e)) => UserState::Erased { erased_at: e.at },
         (UserState::Archived { mut user, .. }, UserEvent::Restored(e)) => {
             user.updated_at = e.at;
             UserState::Live(user)
@@ -546,6 +558,7 @@ impl crate::stream::Stream for UserStream {
             UserCommand::Block { .. } => "BlockUser",
             UserCommand::Unblock { .. } => "UnblockUser",
             UserCommand::Archive => "ArchiveUser",
+            UserCommand::Erase { .. } => "EraseUser",
             UserCommand::Restore { .. } => "RestoreUser",
             UserCommand::StartSession(_) => "StartSession",
             UserCommand::TouchSession { .. } => "TouchSession",

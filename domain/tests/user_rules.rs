@@ -154,7 +154,7 @@ fn login(id: &str, max_age: i64, rolling: bool) -> UserCommand {
 fn sessions_of(state: &UserState, now: OffsetDateTime) -> Vec<String> {
     match state {
         UserState::Live(u) | UserState::Archived { user: u, .. } => u.active_sessions(now),
-        UserState::NotCreated => vec![],
+        UserState::NotCreated | UserState::Erased { .. } => vec![],
     }
 }
 
@@ -338,4 +338,36 @@ fn a_blocked_user_stays_blocked_through_archive_and_restore() {
 fn evolve_ignores_events_that_do_not_fit_the_state() {
     let blocked = UserEvent::Blocked(userstream_domain::codec::v1::UserBlocked { reason: String::new(), at: T0 });
     assert_eq!(replay([&blocked]), UserState::NotCreated);
+}
+
+#[test]
+fn erasing_a_user_frees_its_values_and_every_later_command_is_not_found() {
+    let erase = || UserCommand::Erase { reason: "request".into() };
+    let erased = given(vec![(create(), T0), (erase(), T0)]);
+    assert!(matches!(erased, UserState::Erased { .. }));
+    assert!(erased.unique_keys().is_empty() && erased.live().is_none());
+    assert_eq!(decide(&erased, erase(), &ctx_at(T0)), Ok(vec![]), "a second erase changes nothing");
+    assert_eq!(decide(&erased, UserCommand::Restore { reason: String::new() }, &ctx_at(T0)), Err(UserError::NotFound));
+    assert_eq!(decide(&erased, UserCommand::Archive, &ctx_at(T0)), Err(UserError::NotFound));
+    let archived_then_erased = given(vec![(create(), T0), (UserCommand::Archive, T0), (erase(), T0)]);
+    assert!(matches!(archived_then_erased, UserState::Erased { .. }));
+    assert_eq!(decide(&UserState::NotCreated, erase(), &ctx_at(T0)), Err(UserError::NotFound));
+}
+
+#[test]
+fn personal_fields_are_named_per_event_type_and_subjects_are_users() {
+    use userstream_domain::codec::{personal_fields, subject_of};
+    let created =
+        serde_json::json!({"username": "a", "emails": [], "phone_numbers": [], "meta": {}, "account_type": "user"});
+    assert_eq!(personal_fields("user.created", &created), vec!["username", "emails", "phone_numbers", "meta"]);
+    assert_eq!(
+        personal_fields("user.session_started", &serde_json::json!({"ip": "1", "user_agent": "x", "domain": "d"})),
+        vec!["user_agent", "ip"]
+    );
+    assert!(personal_fields("attribute.upserted", &serde_json::json!({"value": 3})).is_empty());
+    assert_eq!(personal_fields("attribute.upserted", &serde_json::json!({"value": {"enc": "v1:x"}})), vec!["value"]);
+    assert!(personal_fields("user.blocked", &serde_json::json!({"reason": "r"})).is_empty());
+    assert_eq!(subject_of("attrs-abc").as_deref(), Some("user-abc"));
+    assert_eq!(subject_of("user-abc").as_deref(), Some("user-abc"));
+    assert_eq!(subject_of("group-abc"), None);
 }

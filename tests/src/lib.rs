@@ -536,4 +536,3 @@ pub async fn settle(app: &TestApp) {
     }
     panic!("projections did not settle");
 }
-

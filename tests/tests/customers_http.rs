@@ -289,8 +289,8 @@ async fn bad_input_gets_a_clear_json_error_and_changes_nothing() {
         assert!(message.contains(needle), "{needle:?} not in {body}");
         assert!(body["code"].is_string(), "{body}");
     }
-    // Over the body limit: the server answers 413 from the declared length,
-    // before the body arrives (a raw socket, so no client races the answer).
+    // Over the body limit: the server answers 413 from the declared length
+    // when no body follows (a raw socket, so no client races the answer).
     let path = url.trim_start_matches(&app.base).to_string();
     let addr = app.base.trim_start_matches("http://").to_string();
     let mut socket = tokio::net::TcpStream::connect(&addr).await.expect("connect");

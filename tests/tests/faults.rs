@@ -95,7 +95,8 @@ async fn create_many(app: &TestApp, count: usize, in_flight: usize, tag: &str, f
             let (client, url) = (app.client.clone(), url.clone());
             let body = json!({"phone_number": format!("9{:09}", first_phone + n), "username": format!("{tag}{n}")});
             async move {
-                let r = client.post(&url).json(&body).timeout(Duration::from_secs(60)).send().await.map_err(|_| None)?;
+                let r =
+                    client.post(&url).json(&body).timeout(Duration::from_secs(60)).send().await.map_err(|_| None)?;
                 let status = r.status().as_u16();
                 let v: Value = r.json().await.map_err(|_| Some(status))?;
                 match (status, v["user"]["_id"].as_str()) {
@@ -292,8 +293,11 @@ async fn a_full_disk_answers_503_loses_nothing_acknowledged_and_recovers() {
     }
     assert!(recovered, "commands still fail after space returned");
     let log = userstream_eventlog::Db::connect(&db.url).await.expect("connect");
-    let in_log: HashSet<String> =
-        created_in_log(&log).await.into_iter().filter_map(|(s, _)| s.strip_prefix("user-").map(str::to_string)).collect();
+    let in_log: HashSet<String> = created_in_log(&log)
+        .await
+        .into_iter()
+        .filter_map(|(s, _)| s.strip_prefix("user-").map(str::to_string))
+        .collect();
     let lost: Vec<_> = acknowledged.iter().filter(|id| !in_log.contains(*id)).collect();
     eprintln!(
         "full disk: sent {sent}, acknowledged {}, answered 503 {full}, found after recovery {}, lost {}",

@@ -481,7 +481,9 @@ async fn re_running_the_engine_over_the_whole_log_gives_the_same_memberships() {
         assert!(!live.is_empty());
 
         // Copy every event but the engine's output into a fresh log, in order.
-        let from = SqlEventLog::open(Db::connect(&app.db.url).await.expect("db")).await.expect("log");
+        // Read as the service reads it: personal fields opened.
+        let (from, _) =
+            userstream_api::open_log(&Db::connect(&app.db.url).await.expect("db"), None).await.expect("log");
         let to = SqlEventLog::open(Db::connect(&target.url).await.expect("db")).await.expect("log");
         for e in from.read_all(0, 100_000).await.expect("read") {
             if e.actor == "membership-engine" {

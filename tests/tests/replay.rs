@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use userstream_eventlog::Db;
-use userstream_tests::{binary, dumps, fresh_databases, position_of, replay, settle, shadow, TestApp, TestDb, APP, COMPANY, MODELS};
+use userstream_tests::{
+    binary, dumps, fresh_databases, position_of, replay, settle, shadow, TestApp, TestDb, APP, COMPANY, MODELS,
+};
 
 /// The secondary indexes on `tables` (SQLite names a swapped-in index
 /// `name__r` when `name` was taken; both count as `name`).

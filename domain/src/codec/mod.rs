@@ -35,6 +35,7 @@ pub const USER_RESTORED: &str = "user.restored";
 pub const USER_SESSION_STARTED: &str = "user.session_started";
 pub const USER_SESSION_EXTENDED: &str = "user.session_extended";
 pub const USER_SESSIONS_REVOKED: &str = "user.sessions_revoked";
+pub const USER_ERASED: &str = "user.erased";
 pub const PLATFORM_CONFIG_UPDATED: &str = "platform.config_updated";
 pub const DEFINITION_CREATED: &str = "attribute.definition_created";
 pub const DEFINITION_UPDATED: &str = "attribute.definition_updated";
@@ -72,6 +73,7 @@ pub const USER_EVENT_TYPES: &[&str] = &[
     USER_SESSION_STARTED,
     USER_SESSION_EXTENDED,
     USER_SESSIONS_REVOKED,
+    USER_ERASED,
 ];
 
 pub fn encode(event: &UserEvent) -> EncodedEvent {
@@ -85,6 +87,7 @@ pub fn encode(event: &UserEvent) -> EncodedEvent {
         UserEvent::SessionStarted(e) => (USER_SESSION_STARTED, serde_json::to_value(e)),
         UserEvent::SessionExtended(e) => (USER_SESSION_EXTENDED, serde_json::to_value(e)),
         UserEvent::SessionsRevoked(e) => (USER_SESSIONS_REVOKED, serde_json::to_value(e)),
+        UserEvent::Erased(e) => (USER_ERASED, serde_json::to_value(e)),
     };
     // Serialising plain structs of strings, numbers and JSON values cannot fail.
     EncodedEvent { event_type, schema: 1, data: data.unwrap_or(Value::Null) }
@@ -129,6 +132,7 @@ pub fn decode(event_type: &str, schema: u32, data: &(impl Payload + ?Sized)) -> 
         (USER_SESSION_STARTED, 1) => shape(event_type, schema, data).map(UserEvent::SessionStarted),
         (USER_SESSION_EXTENDED, 1) => shape(event_type, schema, data).map(UserEvent::SessionExtended),
         (USER_SESSIONS_REVOKED, 1) => shape(event_type, schema, data).map(UserEvent::SessionsRevoked),
+        (USER_ERASED, 1) => shape(event_type, schema, data).map(UserEvent::Erased),
         _ => Err(DecodeError::UnknownType { event_type: event_type.to_string(), schema }),
     }
 }
@@ -195,5 +199,39 @@ pub fn decode_group(event_type: &str, schema: u32, data: &(impl Payload + ?Sized
         (GROUP_MEMBERSHIP_CHANGED, 1) => shape(event_type, schema, data).map(GroupEvent::MembershipChanged),
         (GROUP_EVALUATED, 1) => shape(event_type, schema, data).map(GroupEvent::Evaluated),
         _ => Err(DecodeError::UnknownType { event_type: event_type.to_string(), schema }),
+    }
+}
+
+/// The fields of a stored event that hold personal data, sealed under the
+/// subject's data key in the log (crypto-shredding): names, username,
+/// emails, phones, meta and external ids of a user; the address and agent
+/// of a session; the value of an encrypted attribute (`{"enc": …}`).
+pub fn personal_fields(event_type: &str, data: &Value) -> Vec<&'static str> {
+    const PROFILE: &[&str] =
+        &["username", "first_name", "last_name", "emails", "phone_numbers", "meta", "external_id", "rr_id"];
+    let fields: &[&'static str] = match event_type {
+        USER_CREATED | USER_UPDATED => PROFILE,
+        USER_SESSION_STARTED => &["user_agent", "ip"],
+        ATTRIBUTE_UPSERTED if data.get("value").and_then(|v| v.get("enc")).is_some() => &["value"],
+        _ => &[],
+    };
+    fields.iter().copied().filter(|f| data.get(*f).is_some()).collect()
+}
+
+/// Whose personal data a stream holds: a user stream and the user's
+/// attribute values belong to that user (`user-{id}`); other streams hold none.
+pub fn subject_of(stream: &str) -> Option<String> {
+    if stream.starts_with("user-") {
+        Some(stream.to_string())
+    } else {
+        stream.strip_prefix("attrs-").map(|id| format!("user-{id}"))
+    }
+}
+
+/// The streams of a subject that may hold its personal data.
+pub fn streams_of(subject: &str) -> Vec<String> {
+    match subject.strip_prefix("user-") {
+        Some(id) => vec![subject.to_string(), format!("attrs-{id}")],
+        None => vec![subject.to_string()],
     }
 }

@@ -134,3 +134,12 @@ pub struct SessionsRevoked {
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }
+
+/// `user.erased` v1: the person was erased (crypto-shredding). Carries no
+/// personal data; the user's data key is destroyed once it is appended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserErased {
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}

@@ -113,8 +113,9 @@ impl Engine {
                     let groups = self.groups_matching_empty(overlay, &app).await?;
                     self.reevaluate(overlay, output, event, user, &groups).await?;
                 }
-                UserEvent::Archived(_) | UserEvent::Restored(_) => {
-                    let archived = matches!(decoded, UserEvent::Archived(_));
+                UserEvent::Archived(_) | UserEvent::Restored(_) | UserEvent::Erased(_) => {
+                    // An erased person leaves every rule group as an archived one does.
+                    let archived = !matches!(decoded, UserEvent::Restored(_));
                     overlay.users.insert(key, (event.company_id.clone(), archived));
                     let groups = self.all_rule_groups(overlay, &app).await?;
                     self.reevaluate(overlay, output, event, user, &groups).await?;

@@ -22,7 +22,14 @@ impl Engine {
             // live user): it is covered with no values and no memberships,
             // and only archive and restore read what is stored.
             let user = match e.stream.strip_prefix("user-") {
-                Some(u) if matches!(e.event_type.as_str(), codec::USER_ARCHIVED | codec::USER_RESTORED) => u,
+                Some(u)
+                    if matches!(
+                        e.event_type.as_str(),
+                        codec::USER_ARCHIVED | codec::USER_RESTORED | codec::USER_ERASED
+                    ) =>
+                {
+                    u
+                }
                 Some(u) if e.event_type == codec::USER_CREATED => {
                     created.push((e.application_id.clone(), u.to_string()));
                     continue;

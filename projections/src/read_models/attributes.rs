@@ -88,7 +88,9 @@ impl Projection for AttributesProjection {
     }
 
     fn handles(&self, event: &RecordedEvent) -> bool {
-        event.stream.starts_with("attrs-") || event.stream.starts_with("attrdef-")
+        event.stream.starts_with("attrs-")
+            || event.stream.starts_with("attrdef-")
+            || (event.event_type == codec::USER_ERASED && event.stream.starts_with("user-"))
     }
 
     fn migrations(&self) -> &'static [Migration] {
@@ -97,6 +99,17 @@ impl Projection for AttributesProjection {
 
     async fn apply(&self, conn: &mut AnyConnection, event: &RecordedEvent) -> Result<(), ProjectionError> {
         let app = event.application_id.as_str();
+        if let Some(user_id) = event.stream.strip_prefix("user-") {
+            // An erased person's values go with them.
+            if event.event_type == codec::USER_ERASED {
+                sqlx::query("DELETE FROM attribute_values_v1 WHERE application_id = $1 AND user_id = $2")
+                    .bind(app)
+                    .bind(user_id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            return Ok(());
+        }
         if let Some(definition_id) = event.stream.strip_prefix("attrdef-") {
             let decoded = codec::decode_definition(&event.event_type, event.schema as u32, event.data.as_str())
                 .map_err(|e| poison(event, e))?;

@@ -6,6 +6,9 @@
 //! once and kept in the database, which protects nothing against someone
 //! holding the database: set the variable in production.
 //!
+//! The same master key wraps the log's per-user data keys (through a key
+//! derived from it for that purpose): see `userstream_eventlog::shred`.
+//!
 //! The database also keeps a check value sealed with the key of the first
 //! start. A server started with another key refuses to start, naming the
 //! mismatch, instead of answering 500 (or worse) on every encrypted read.
@@ -14,12 +17,17 @@ use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
+use sha2::Sha256;
 use userstream_eventlog::keys::KeyStore;
 
 pub struct Sealer {
     cipher: Aes256Gcm,
+    /// Wraps the per-user data keys of the log (crypto-shredding): derived
+    /// from the same master key, for that one purpose.
+    wrapping: [u8; 32],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +74,14 @@ impl Sealer {
     pub fn from_base64(key: &str) -> Result<Sealer, CryptoError> {
         let bytes = B64.decode(key.trim()).map_err(|_| CryptoError::BadKey)?;
         let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey)?;
-        Ok(Sealer { cipher })
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey)?;
+        mac.update(b"userstream data-key wrapping v1");
+        Ok(Sealer { cipher, wrapping: mac.finalize().into_bytes().into() })
+    }
+
+    /// The key that wraps the log's per-user data keys.
+    pub fn wrapping_key(&self) -> &[u8; 32] {
+        &self.wrapping
     }
 
     /// A fresh random key, base64.

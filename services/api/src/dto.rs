@@ -200,6 +200,13 @@ pub struct BlockBody {
     pub reason: Option<String>,
 }
 
+/// POST `…/customers/{user_id}/erase`.
+#[derive(Debug, Deserialize)]
+pub struct EraseBody {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 pub struct ArchiveBody {
     pub user_id: String,

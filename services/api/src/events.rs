@@ -99,7 +99,7 @@ pub(crate) async fn stream_of(
 /// The user as the Fynd API shows it, or `None` before it was created.
 fn user_view(state: &UserState, application_id: &str) -> Option<Value> {
     let (user, archived) = match state {
-        UserState::NotCreated => return None,
+        UserState::NotCreated | UserState::Erased { .. } => return None,
         UserState::Live(u) => (u, false),
         UserState::Archived { user, .. } => (user, true),
     };
@@ -432,6 +432,7 @@ fn title(event_type: &str) -> String {
         "user.blocked" => "Account blocked",
         "user.unblocked" => "Account unblocked",
         "user.archived" => "Account deleted",
+        "user.erased" => "Personal data erased",
         "user.restored" => "Account restored",
         "user.session_started" => "Logged in",
         "user.session_extended" => "Session extended",

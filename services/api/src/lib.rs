@@ -10,7 +10,8 @@
 //! - Surfaces, each depending on `http` and `commands` only: [`fynd`]
 //!   (customers; its sub-surfaces [`sessions`], [`platform_config`],
 //!   [`attributes`], [`groups`] with [`members_file`]), [`passage`],
-//!   [`events`] (feed, SSE, history, as-of), [`jobs`] (bulk import, export
+//!   [`events`] (feed, SSE, history, as-of), [`erasure`] (erasing a
+//!   person by crypto-shredding), [`jobs`] (bulk import, export
 //!   and attribute jobs, and their worker), [`oauth`], [`ops`].
 //! - [`access`], [`auth`]: credentials and the authentication middleware;
 //!   [`throttle`]: limits on failed credential checks and request rates;
@@ -26,6 +27,7 @@ pub mod clock;
 pub mod commands;
 pub mod crypto;
 pub mod dto;
+pub mod erasure;
 pub mod events;
 pub mod fetch;
 pub mod files;
@@ -157,9 +159,8 @@ impl Service {
     /// Connects, migrates, and starts the log writer and the projection runners.
     pub async fn start(config: Config) -> anyhow::Result<Service> {
         let db = Db::connect(config.database_url.expose_secret()).await?;
-        let log = SqlEventLog::open(db.clone()).await?;
+        let (log, sealer) = open_log(&db, config.attribute_key.as_ref()).await?;
         let access = access::Access::open(db.clone()).await?;
-        let sealer = crypto::sealer(config.attribute_key.as_ref(), &KeyStore::open(db.clone()).await?).await?;
         let cancel = CancellationToken::new();
         let poll = config.poll_interval;
         let checkpointer = {
@@ -206,6 +207,15 @@ impl Service {
             let (state, cancel) = (state.clone(), cancel.clone());
             tasks.push(tokio::spawn(async move { state.access.follow_revocations(cancel).await }));
         }
+        if let Some(shredder) = state.commands.log().shredder().cloned() {
+            let cancel = cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = shredder.follow_erasures() => {}
+                }
+            }));
+        }
         if state.config.job_worker {
             let worker = jobs::JobWorker::new(state.clone());
             tasks.push(tokio::spawn(userstream_projections::worker::run(worker, cancel.clone(), poll)));
@@ -226,17 +236,50 @@ impl Service {
     }
 }
 
+/// The domain's rules of personal data, for the log's shredder.
+struct PersonalData;
+
+impl userstream_eventlog::shred::Policy for PersonalData {
+    fn subject(&self, stream: &str) -> Option<String> {
+        userstream_domain::codec::subject_of(stream)
+    }
+
+    fn personal(&self, event_type: &str, data: &serde_json::Value) -> Vec<&'static str> {
+        userstream_domain::codec::personal_fields(event_type, data)
+    }
+
+    fn streams(&self, subject: &str) -> Vec<String> {
+        userstream_domain::codec::streams_of(subject)
+    }
+}
+
+/// The event log as every part of the service reads and writes it: personal
+/// fields sealed under per-user keys wrapped by the master key (the
+/// attribute key, or one kept in the database), and the sealer of
+/// encrypted attribute values. `replay` and the jobs CLI open it the same way.
+pub async fn open_log(db: &Db, attribute_key: Option<&SecretString>) -> anyhow::Result<(SqlEventLog, crypto::Sealer)> {
+    let sealer = crypto::sealer(attribute_key, &KeyStore::open(db.clone()).await?).await?;
+    let policy = std::sync::Arc::new(PersonalData);
+    let shredder = userstream_eventlog::shred::Shredder::open(db.clone(), sealer.wrapping_key(), policy).await?;
+    let log = SqlEventLog::open(db.clone()).await?.with_shredder(std::sync::Arc::new(shredder));
+    Ok((log, sealer))
+}
+
 /// Most of an oversized body read (and dropped) before its 413 is sent.
 const DRAIN_BYTES: usize = 64 * 1024 * 1024;
 /// Longest an oversized body is read before its 413 is sent.
 const DRAIN_TIME: Duration = Duration::from_secs(10);
+/// A client that sends no body bytes for this long gets its 413 at once.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 /// Answers 413 when the declared `Content-Length` is over the limit, before
 /// any handler runs. A client that asked `Expect: 100-continue` gets it at
 /// once and sends nothing. Any other client may be writing the whole body
 /// before it reads: the body is read and dropped first (at most
-/// [`DRAIN_BYTES`] and [`DRAIN_TIME`]), so the client finishes writing and
-/// reads its 413 instead of a reset connection; then the connection closes.
+/// [`DRAIN_BYTES`] and [`DRAIN_TIME`], and only while it keeps coming: a
+/// client idle for [`DRAIN_IDLE`] is answered), so the client finishes
+/// writing and reads its 413 instead of a reset connection; then the
+/// connection closes.
 /// Bodies without a declared length are cut by [`DefaultBodyLimit`] as they
 /// stream.
 async fn reject_oversized(
@@ -259,7 +302,9 @@ async fn reject_oversized(
             let mut body = request.into_body().into_data_stream();
             let drain = async {
                 let mut read = 0;
-                while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut body).await {
+                while let Ok(Some(Ok(chunk))) =
+                    tokio::time::timeout(DRAIN_IDLE, futures_util::StreamExt::next(&mut body)).await
+                {
                     read += chunk.len();
                     if read > DRAIN_BYTES {
                         break;

@@ -45,8 +45,10 @@ pub struct Migration {
 }
 
 /// Every SQLite connection: waits for locks, LIKE as case-sensitive as on
-/// PostgreSQL.
-const SQLITE_SESSION: &str = "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; PRAGMA case_sensitive_like = ON;";
+/// PostgreSQL, and `secure_delete`: freed space is zeroed, so an erased
+/// person's rows leave no bytes behind in the file (see `shred`).
+const SQLITE_SESSION: &str =
+    "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; PRAGMA case_sensitive_like = ON; PRAGMA secure_delete = ON;";
 
 /// Every connection to the service's own file: WAL. A commit checkpoints the
 /// WAL itself only past 16,000 pages: [`Db::checkpoints`] does it in the

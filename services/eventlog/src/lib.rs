@@ -4,7 +4,9 @@
 //! log), `writer` (the group-commit writer), `db` (one handle for SQLite and
 //! PostgreSQL, migrations), [`keys`] (credential rows and shared secrets),
 //! [`lease`] (one worker per name across processes), `recent` (the last
-//! events in memory). It knows envelopes and JSON, not the domain.
+//! events in memory), [`shred`] (personal fields sealed per subject, and
+//! erasure by destroying the subject's key). It knows envelopes and JSON,
+//! not the domain: which fields are personal is a [`shred::Policy`] handed in.
 //!
 //! Guarantees, for both backends:
 //! - **Atomic appends**: one [`AppendRequest`] (many events, many streams,
@@ -24,6 +26,7 @@ mod db;
 pub mod keys;
 pub mod lease;
 mod recent;
+pub mod shred;
 mod writer;
 
 pub use db::{Db, Dialect, Migration};
@@ -377,6 +380,9 @@ pub struct SqlEventLog {
     stats: std::sync::Arc<Stats>,
     /// The events this process committed last, for readers at the head.
     recent: std::sync::Arc<recent::Recent>,
+    /// Seals personal fields on append and opens them on read; `None`
+    /// stores and reads payloads as they are.
+    shredder: Option<std::sync::Arc<shred::Shredder>>,
 }
 
 /// The advisory lock key that serialises position assignment on PostgreSQL.
@@ -439,7 +445,26 @@ impl SqlEventLog {
         }
         let recent = std::sync::Arc::new(recent::Recent::new(recent::CAPACITY, recent::CAPACITY_BYTES));
         tokio::spawn(writer::run(db.clone(), conn, rx, head_tx, stats.clone(), recent.clone()));
-        Ok(SqlEventLog { db, queue, head, stats, recent })
+        Ok(SqlEventLog { db, queue, head, stats, recent, shredder: None })
+    }
+
+    /// This log, sealing personal fields under their subjects' keys on
+    /// append and opening them on every read.
+    pub fn with_shredder(mut self, shredder: std::sync::Arc<shred::Shredder>) -> SqlEventLog {
+        self.shredder = Some(shredder);
+        self
+    }
+
+    pub fn shredder(&self) -> Option<&std::sync::Arc<shred::Shredder>> {
+        self.shredder.as_ref()
+    }
+
+    /// `events` as readers see them: sealed fields opened (or erased).
+    async fn opened(&self, mut events: Vec<RecordedEvent>) -> Result<Vec<RecordedEvent>, StorageError> {
+        if let Some(shredder) = &self.shredder {
+            shredder.open_events(&mut events).await?;
+        }
+        Ok(events)
     }
 
     pub fn db(&self) -> &Db {
@@ -573,13 +598,16 @@ impl SqlEventLog {
             Bind::Int(limit),
         ];
         args.extend(binds.iter().map(|b| Bind::Text(b)));
-        Ok(self.read_events(&sql, Order::Position, &args).await?)
+        let events = self.read_events(&sql, Order::Position, &args).await?;
+        self.opened(events).await
     }
 
     /// A stream's events up to `position` (inclusive), in version order.
     pub async fn read_stream_until(&self, stream: &str, position: i64) -> Result<Vec<RecordedEvent>, StorageError> {
         let args = [Bind::Text(stream), Bind::Int(position)];
-        Ok(self.read_events("WHERE stream = $1 AND position <= $2 ORDER BY version", Order::Version, &args).await?)
+        let events =
+            self.read_events("WHERE stream = $1 AND position <= $2 ORDER BY version", Order::Version, &args).await?;
+        self.opened(events).await
     }
 
     /// The events `rest` selects (what follows `FROM events`: filter, order,
@@ -635,22 +663,36 @@ async fn head_position(db: &Db) -> Result<i64, sqlx::Error> {
 }
 
 impl EventLog for SqlEventLog {
-    async fn append(&self, request: AppendRequest) -> Result<AppendResult, AppendError> {
+    async fn append(&self, mut request: AppendRequest) -> Result<AppendResult, AppendError> {
+        let keys = match &self.shredder {
+            Some(shredder) => shredder.seal(&mut request).await.map_err(StorageError::from)?,
+            None => Vec::new(),
+        };
         let (reply, answer) = oneshot::channel();
-        self.queue.send(writer::Pending { request, reply }).await.map_err(|_| AppendError::Closed)?;
-        answer.await.map_err(|_| AppendError::Closed)?
+        let new_keys = keys.iter().map(|(k, _)| k.clone()).collect();
+        self.queue.send(writer::Pending { request, keys: new_keys, reply }).await.map_err(|_| AppendError::Closed)?;
+        let result = answer.await.map_err(|_| AppendError::Closed)??;
+        if let (Some(shredder), false) = (&self.shredder, result.replayed) {
+            shredder.committed(&keys);
+        }
+        Ok(result)
     }
 
     async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StorageError> {
-        if let Some(events) = self.recent.after(after, limit) {
-            return Ok(events);
-        }
-        let args = [Bind::Int(after), Bind::Int(limit)];
-        Ok(self.read_events("WHERE position > $1 ORDER BY position LIMIT $2", Order::Position, &args).await?)
+        let events = match self.recent.after(after, limit) {
+            Some(events) => events,
+            None => {
+                let args = [Bind::Int(after), Bind::Int(limit)];
+                self.read_events("WHERE position > $1 ORDER BY position LIMIT $2", Order::Position, &args).await?
+            }
+        };
+        self.opened(events).await
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, StorageError> {
-        Ok(self.read_events("WHERE stream = $1 ORDER BY version", Order::Version, &[Bind::Text(stream)]).await?)
+        let events =
+            self.read_events("WHERE stream = $1 ORDER BY version", Order::Version, &[Bind::Text(stream)]).await?;
+        self.opened(events).await
     }
 
     async fn head(&self) -> Result<i64, StorageError> {

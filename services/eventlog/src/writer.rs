@@ -35,6 +35,8 @@ pub struct Stats {
 
 pub(crate) struct Pending {
     pub request: AppendRequest,
+    /// Data keys of new subjects, stored with the request's events.
+    pub keys: Vec<crate::shred::NewKey>,
     pub reply: oneshot::Sender<Result<AppendResult, AppendError>>,
 }
 
@@ -79,7 +81,10 @@ pub(crate) async fn run(
         let outcome = async {
             let _turn = db.write_turn().await;
             begin(&db, &mut conn).await?;
-            let written = write_batch(&mut conn, db.dialect, &requests).await;
+            let written = match write_batch(&mut conn, db.dialect, &requests).await {
+                Ok(written) => insert_keys(&mut conn, db.dialect, &batch, &written.0).await.map(|()| written),
+                Err(e) => Err(e),
+            };
             finish(&mut conn, written).await
         }
         .instrument(span)
@@ -219,6 +224,34 @@ pub(crate) async fn write_batch(
         q.execute(&mut *conn).await?;
     }
     Ok((results, recorded))
+}
+
+/// Stores the data keys of the requests that were appended (not refused,
+/// not replayed), in the batch's transaction.
+async fn insert_keys(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    batch: &[Pending],
+    results: &[Result<AppendResult, AppendError>],
+) -> Result<(), sqlx::Error> {
+    let keys: Vec<&crate::shred::NewKey> = batch
+        .iter()
+        .zip(results)
+        .filter(|(_, r)| r.as_ref().is_ok_and(|r| !r.replayed))
+        .flat_map(|(p, _)| &p.keys)
+        .collect();
+    for chunk in statement_chunks(&keys, ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO subject_keys (subject, wrapped) VALUES {} ON CONFLICT (subject) DO NOTHING",
+            rows(dialect, chunk.len(), 2)
+        );
+        let mut q = sqlx::query(&sql);
+        for key in chunk {
+            q = q.bind(&key.subject).bind(&key.wrapped);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// Writes the net change of every reservation key the batch touched.

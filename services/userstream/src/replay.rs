@@ -21,6 +21,10 @@ pub struct ReplayArgs {
     /// model (for an audit of that moment) instead of switching to it.
     #[arg(long)]
     to: Option<i64>,
+    /// The master key the service runs with (personal data in the log is
+    /// sealed under keys it wraps); without it, the one kept in the database.
+    #[arg(long = "attribute-key", env = "USERSTREAM_ATTRIBUTE_KEY", hide_env_values = true)]
+    attribute_key: Option<secrecy::SecretString>,
 }
 
 pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
@@ -38,7 +42,8 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         anyhow::bail!("--to must be a position (0 or more)");
     }
     let db = Db::connect(&args.database).await.context("connecting to the database")?;
-    let log = SqlEventLog::open(db).await?;
+    let key = args.attribute_key.as_ref().filter(|k| !secrecy::ExposeSecret::expose_secret(*k).trim().is_empty());
+    let (log, _) = userstream_api::open_log(&db, key).await?;
     for model in models {
         model.with(Replay { log: &log, to: args.to }).await?;
     }

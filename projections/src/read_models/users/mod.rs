@@ -17,8 +17,8 @@ mod query;
 mod writes;
 
 use writes::{
-    apply_archived, apply_restored, apply_session_extended, apply_session_started, apply_sessions_revoked,
-    apply_update, bump_counts, insert_created, set_flag,
+    apply_archived, apply_erased, apply_restored, apply_session_extended, apply_session_started,
+    apply_sessions_revoked, apply_update, bump_counts, insert_created, set_flag,
 };
 
 pub use query::{SessionRow, UserKey, UsersQuery, MAX_PAGE_SIZE, MAX_SEARCH_RESULTS};
@@ -378,6 +378,7 @@ impl Projection for UsersProjection {
             UserEvent::SessionStarted(e) => apply_session_started(conn, event, user_id, &e).await?,
             UserEvent::SessionExtended(e) => apply_session_extended(conn, event, user_id, &e).await?,
             UserEvent::SessionsRevoked(e) => apply_sessions_revoked(conn, event, user_id, &e).await?,
+            UserEvent::Erased(_) => apply_erased(conn, event, user_id).await?,
         }
         Ok(())
     }

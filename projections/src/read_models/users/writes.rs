@@ -34,6 +34,35 @@ pub(super) async fn apply_archived(
     Ok(())
 }
 
+/// Erasing: the person leaves the read model entirely (row, contacts,
+/// sessions); a live one leaves the counters too.
+pub(super) async fn apply_erased(
+    conn: &mut AnyConnection,
+    event: &RecordedEvent,
+    user_id: &str,
+) -> Result<(), sqlx::Error> {
+    let app = event.application_id.as_str();
+    let row = sqlx::query("SELECT archived, blocked FROM users_v1 WHERE application_id = $1 AND user_id = $2")
+        .bind(app)
+        .bind(user_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else { return Ok(()) };
+    let (archived, blocked): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+    delete_contacts(conn, app, user_id).await?;
+    for table in ["user_sessions_v1", "users_v1"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE application_id = $1 AND user_id = $2"))
+            .bind(app)
+            .bind(user_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if archived == 0 {
+        bump_counts(conn, &event.company_id, app, -1, -blocked).await?;
+    }
+    Ok(())
+}
+
 /// Restoring: the flag, the contacts taken back, the counters.
 pub(super) async fn apply_restored(
     conn: &mut AnyConnection,

@@ -1,0 +1,73 @@
+//! POST `…/customers/{user_id}/erase` `{reason}`: erasure of a person by
+//! crypto-shredding.
+//!
+//! In this order: `user.erased` is appended (no personal data; the user's
+//! unique email, phone and username are released in the same transaction),
+//! the user's data key is destroyed and its events written before sealing
+//! existed are rewritten with placeholders, every read model and the
+//! membership engine apply the erasure (the row, contacts, sessions and
+//! attribute values go; rule groups are left), and the database files give
+//! up the freed bytes (SQLite: zeroed by `secure_delete`, WAL checkpointed
+//! and truncated). The answer, 200, comes after all of it: "done" means no
+//! API answer and no file of a SQLite database holds the person's data.
+//! A second erase answers 200 again and changes nothing.
+
+use crate::dto::EraseBody;
+use crate::http::{command_response, parse_user_id, ApiError, Caller, JsonBody};
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use serde_json::json;
+use userstream_domain::user::UserCommand;
+use userstream_domain::StreamId;
+use userstream_eventlog::format_time;
+
+/// Tables that held the person's data, vacuumed on PostgreSQL afterwards.
+const TOUCHED: &[&str] = &[
+    "users_v1",
+    "user_contacts_v1",
+    "user_sessions_v1",
+    "attribute_values_v1",
+    "reservations",
+    "subject_keys",
+    "events",
+];
+
+pub async fn erase_customer(
+    State(state): State<AppState>,
+    Caller(meta): Caller,
+    Path((_, _, raw)): Path<(String, String, String)>,
+    JsonBody(body): JsonBody<EraseBody>,
+) -> Result<Response, ApiError> {
+    let id = parse_user_id(&raw)?;
+    let reason = body.reason.map(|r| r.trim().to_string()).unwrap_or_default();
+    if reason.is_empty() {
+        return Err(ApiError::invalid("reason is required: why the person is erased (kept in the log)"));
+    }
+    if reason.chars().count() > 500 {
+        return Err(ApiError::invalid("reason may have at most 500 characters"));
+    }
+    let outcome = state.commands.run(&meta, &id, UserCommand::Erase { reason }, None).await?;
+    let Some(shredder) = state.commands.log().shredder() else {
+        return Err(ApiError::internal("the event log has no shredder"));
+    };
+    let subject = StreamId::user(&id).to_string();
+    shredder.erase(&subject, &format_time(state.commands.now())).await.map_err(ApiError::internal)?;
+    for model in [&state.users, &state.attributes, &state.groups, &state.engine] {
+        if !model.wait_for(outcome.position, state.config.min_position_wait).await {
+            return Err(ApiError::behind(outcome.position));
+        }
+    }
+    match state.db.dialect {
+        userstream_eventlog::Dialect::Sqlite => shredder.scrub(TOUCHED).await?,
+        userstream_eventlog::Dialect::Postgres => {
+            let shredder = shredder.clone();
+            tokio::spawn(async move {
+                if let Err(e) = shredder.scrub(TOUCHED).await {
+                    tracing::warn!(error = %e, "vacuum after an erasure failed");
+                }
+            });
+        }
+    }
+    Ok(command_response(&outcome, json!({ "success": true, "user_id": id.to_string(), "erased": true })))
+}
