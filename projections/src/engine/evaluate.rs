@@ -119,6 +119,12 @@ impl Engine {
                     overlay.users.insert(key, (event.company_id.clone(), archived));
                     let groups = self.all_rule_groups(overlay, &app).await?;
                     self.reevaluate(overlay, output, event, user, &groups).await?;
+                    if matches!(decoded, UserEvent::Erased(_)) {
+                        // Its values go too (an encrypted one is sealed only by the master key).
+                        for definition in self.user_values(overlay, &app, user).await?.into_keys() {
+                            overlay.values.insert((app.clone(), user.to_string(), definition), None);
+                        }
+                    }
                 }
                 _ => {}
             }
