@@ -49,6 +49,7 @@ async fn the_readme_walkthrough_runs_as_written() {
     assert!(stdout.contains("\"count\":{\"error\":1,\"success\":1,\"total\":2}"), "the import job: {stdout}");
     assert!(stdout.contains("3,") && stdout.contains("email"), "the error file: {stdout}");
     assert!(stdout.contains("\"username\":"), "the export: {stdout}");
+    assert!(stdout.contains("\"erased\":true") && stdout.contains("Personal data erased"), "the erasure: {stdout}");
     // Bob was created once despite two attempts with one Idempotency-Key.
     let list: serde_json::Value = app
         .client
