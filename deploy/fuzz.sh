@@ -31,7 +31,7 @@ for target in $(cargo +nightly fuzz list); do
     failed=1
     grep -E 'panicked|SUMMARY|Test unit written' "$log" | head -n 20 >&2 || true
   fi
-  runs="$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -n 1)"
+  runs="$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -n 1 || true)"
   summary+=("$(printf '%-16s %12s executions  %d crash(es)' "$target" "${runs:-?}" "$crashes")")
   rm -rf "$scratch" "$log"
 done

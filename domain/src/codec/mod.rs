@@ -205,7 +205,11 @@ pub fn decode_group(event_type: &str, schema: u32, data: &(impl Payload + ?Sized
 /// The fields of a stored event that hold personal data, sealed under the
 /// subject's data key in the log (crypto-shredding): names, username,
 /// emails, phones, meta and external ids of a user; the address and agent
-/// of a session; the value of an encrypted attribute (`{"enc": …}`).
+/// of a session; the value of an encrypted attribute (`{"enc": …}`). Each
+/// is a text, a list or an object, whose placeholder (`"erased:…"`, empty)
+/// still decodes. Gender (one of a few values) and the values of attributes
+/// not marked `encrypted` are not sealed: an operator marks an attribute
+/// that holds personal data `encrypted`.
 pub fn personal_fields(event_type: &str, data: &Value) -> Vec<&'static str> {
     const PROFILE: &[&str] =
         &["username", "first_name", "last_name", "emails", "phone_numbers", "meta", "external_id", "rr_id"];

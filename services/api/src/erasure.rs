@@ -10,7 +10,9 @@
 //! up the freed bytes (SQLite: zeroed by `secure_delete`, WAL checkpointed
 //! and truncated). The answer, 200, comes after all of it: "done" means no
 //! API answer and no file of a SQLite database holds the person's data.
-//! A second erase answers 200 again and changes nothing.
+//! A second erase answers 200 again and changes nothing. If the process
+//! dies between the append and the key's destruction, the next start
+//! finishes the erasure ([`crate::open_log`]).
 
 use crate::dto::EraseBody;
 use crate::http::{command_response, parse_user_id, ApiError, Caller, JsonBody};
@@ -52,7 +54,8 @@ pub async fn erase_customer(
         return Err(ApiError::internal("the event log has no shredder"));
     };
     let subject = StreamId::user(&id).to_string();
-    shredder.erase(&subject, &format_time(state.commands.now())).await.map_err(ApiError::internal)?;
+    let at = format_time(state.commands.now());
+    shredder.erase(&subject, &at).await.map_err(|e| ApiError::from(userstream_eventlog::StorageError::from(e)))?;
     for model in [&state.users, &state.attributes, &state.groups, &state.engine] {
         if !model.wait_for(outcome.position, state.config.min_position_wait).await {
             return Err(ApiError::behind(outcome.position));

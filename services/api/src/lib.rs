@@ -260,8 +260,13 @@ impl userstream_eventlog::shred::Policy for PersonalData {
 pub async fn open_log(db: &Db, attribute_key: Option<&SecretString>) -> anyhow::Result<(SqlEventLog, crypto::Sealer)> {
     let sealer = crypto::sealer(attribute_key, &KeyStore::open(db.clone()).await?).await?;
     let policy = std::sync::Arc::new(PersonalData);
+    let log = SqlEventLog::open(db.clone()).await?;
     let shredder = userstream_eventlog::shred::Shredder::open(db.clone(), sealer.wrapping_key(), policy).await?;
-    let log = SqlEventLog::open(db.clone()).await?.with_shredder(std::sync::Arc::new(shredder));
+    let finished = shredder.finish_erasures(userstream_domain::codec::USER_ERASED).await?;
+    if finished > 0 {
+        tracing::warn!(finished, "finished erasures a stop had cut short");
+    }
+    let log = log.with_shredder(std::sync::Arc::new(shredder));
     Ok((log, sealer))
 }
 

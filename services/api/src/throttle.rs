@@ -102,10 +102,6 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
             }
         }
     }
-
-    fn forget(&self, key: &K) {
-        self.lock().remove(key);
-    }
 }
 
 /// Why a caller must wait, and for how long (the `Retry-After`).
@@ -177,12 +173,11 @@ impl Throttle {
         }
     }
 
-    /// A check succeeded: the address is now a holder of the key, and its
-    /// own failures with that key are forgiven.
+    /// A check succeeded: the address is now a holder of the key. Its
+    /// failures still count (a valid key must not reset a guesser's limit).
     pub fn succeeded(&self, address: Option<IpAddr>, key: &str) {
         let Some(address) = address else { return };
         let now = self.now();
-        self.addresses.forget(&address);
         let mut proven = self.proven.lock().unwrap_or_else(|p| p.into_inner());
         if proven.len() >= MAX_ENTRIES {
             proven.retain(|_, at| now - *at < PROVEN_FOR.as_secs_f64());

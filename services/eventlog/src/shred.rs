@@ -37,6 +37,9 @@ use std::time::Duration;
 pub const ERASURE_POLL: Duration = Duration::from_millis(250);
 /// Most unwrapped data keys kept in memory; the cache is cleared when full.
 const CACHED_KEYS: usize = 100_000;
+/// Most opened payloads kept in memory: the projections, the engine and the
+/// relay read the same new events one after another, and each would open them.
+const OPENED: usize = 16_384;
 /// The payload member that holds a sealed box.
 pub const SEALED: &str = "$sealed";
 
@@ -45,6 +48,11 @@ const DDL: &str = "
     CREATE TABLE IF NOT EXISTS erased_subjects (subject TEXT PRIMARY KEY, erased_at TEXT NOT NULL);";
 
 const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: DDL, postgres: DDL }];
+
+/// Creates the key tables (`userstream migrate`; [`Shredder::open`] does it too).
+pub async fn migrate(db: &Db) -> Result<(), sqlx::Error> {
+    db.migrate("shredding", MIGRATIONS).await
+}
 
 /// Which events hold whose personal data: the domain's knowledge, handed to the log.
 pub trait Policy: Send + Sync {
@@ -69,6 +77,8 @@ pub enum ShredError {
     Erased(String),
     #[error("a data key could not be unwrapped (wrong master key or damaged row)")]
     Unwrap,
+    #[error("no data key is stored for {0}, which is not erased")]
+    MissingKey(String),
     #[error(transparent)]
     Storage(#[from] sqlx::Error),
 }
@@ -79,6 +89,37 @@ pub struct Shredder {
     policy: Arc<dyn Policy>,
     keys: Mutex<HashMap<String, [u8; 32]>>,
     erased: RwLock<HashSet<String>>,
+    /// Payloads opened lately, by position (with the event id, to be sure),
+    /// oldest first out; cleared whenever a subject is erased.
+    opened: Mutex<Opened>,
+}
+
+#[derive(Default)]
+struct Opened {
+    by_position: HashMap<i64, (String, EventData)>,
+    order: std::collections::VecDeque<i64>,
+}
+
+impl Opened {
+    fn get(&self, position: i64, event_id: &str) -> Option<EventData> {
+        self.by_position.get(&position).filter(|(id, _)| id == event_id).map(|(_, d)| d.clone())
+    }
+
+    fn put(&mut self, position: i64, event_id: &str, data: EventData) {
+        if self.by_position.insert(position, (event_id.to_string(), data)).is_none() {
+            self.order.push_back(position);
+        }
+        while self.order.len() > OPENED {
+            if let Some(old) = self.order.pop_front() {
+                self.by_position.remove(&old);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_position.clear();
+        self.order.clear();
+    }
 }
 
 /// What a field reads as once its subject is erased: the same JSON kind, empty.
@@ -113,13 +154,14 @@ fn open_with(key: &[u8; 32], sealed: &str) -> Option<Vec<u8>> {
 impl Shredder {
     /// `master`: the 32-byte key that wraps every data key.
     pub async fn open(db: Db, master: &[u8; 32], policy: Arc<dyn Policy>) -> Result<Shredder, sqlx::Error> {
-        db.migrate("shredding", MIGRATIONS).await?;
+        migrate(&db).await?;
         let shredder = Shredder {
             db,
             master: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(master)),
             policy,
             keys: Mutex::new(HashMap::new()),
             erased: RwLock::new(HashSet::new()),
+            opened: Mutex::new(Opened::default()),
         };
         shredder.reload_erased().await?;
         Ok(shredder)
@@ -158,9 +200,21 @@ impl Shredder {
         }
     }
 
-    /// Stored keys of `subjects` that are not cached yet, unwrapped and cached.
-    async fn load(&self, subjects: &[String]) -> Result<(), ShredError> {
-        let missing: Vec<&String> = subjects.iter().filter(|s| self.cached(s).is_none()).collect();
+    /// The keys of `subjects`: cached ones, the rest read (one query per
+    /// 128) and cached. A subject without a stored key is left out. The
+    /// caller uses the map it gets, never the cache, which another task may
+    /// clear meanwhile.
+    async fn load(&self, subjects: &[String]) -> Result<HashMap<String, [u8; 32]>, ShredError> {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        for s in subjects {
+            match self.cached(s) {
+                Some(key) => {
+                    found.insert(s.clone(), key);
+                }
+                None => missing.push(s),
+            }
+        }
         for chunk in missing.chunks(128) {
             let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let list = list.join(", ");
@@ -172,30 +226,40 @@ impl Shredder {
             for (subject, wrapped) in q.fetch_all(&self.db.pool).await? {
                 let key = self.unwrap_key(&wrapped)?;
                 self.remember(&subject, key);
+                found.insert(subject, key);
             }
         }
-        Ok(())
+        Ok(found)
     }
 
     /// The key of a subject that has events already (created before
     /// sealing existed, or not cached here): loaded, or made now in a
     /// transaction of its own (one key wins if two processes race).
     async fn existing_key(&self, subject: &str) -> Result<[u8; 32], ShredError> {
-        self.load(&[subject.to_string()]).await?;
-        if let Some(key) = self.cached(subject) {
+        if let Some(key) = self.load(&[subject.to_string()]).await?.remove(subject) {
             return Ok(key);
         }
         let candidate: [u8; 32] = rand::random();
         {
+            // Never for a subject erased meanwhile (by another process,
+            // whose erasure this one may not have heard of yet).
             let _turn = self.db.write_turn().await;
-            sqlx::query("INSERT INTO subject_keys (subject, wrapped) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING")
-                .bind(subject)
-                .bind(self.wrap(&candidate))
-                .execute(&self.db.pool)
-                .await?;
+            sqlx::query(
+                "INSERT INTO subject_keys (subject, wrapped) SELECT $1, $2 \
+                 WHERE NOT EXISTS (SELECT 1 FROM erased_subjects WHERE subject = $1) ON CONFLICT (subject) DO NOTHING",
+            )
+            .bind(subject)
+            .bind(self.wrap(&candidate))
+            .execute(&self.db.pool)
+            .await?;
         }
-        self.load(&[subject.to_string()]).await?;
-        self.cached(subject).ok_or(ShredError::Unwrap)
+        match self.load(&[subject.to_string()]).await?.remove(subject) {
+            Some(key) => Ok(key),
+            None => {
+                self.reload_erased().await?;
+                Err(ShredError::Erased(subject.to_string()))
+            }
+        }
     }
 
     /// Seals the personal fields of every event of `request`. Keys of new
@@ -246,38 +310,70 @@ impl Shredder {
     }
 
     /// Opens the sealed fields of `events` in place (placeholders for erased
-    /// subjects), and redacts clear personal fields of erased subjects.
+    /// subjects), and redacts clear personal fields of erased subjects. A
+    /// sealed event whose subject has no key and is not erased is an error:
+    /// never shown as erased.
     pub async fn open_events(&self, events: &mut [RecordedEvent]) -> Result<(), ShredError> {
         let any_erased = self.erased.read().map(|e| !e.is_empty()).unwrap_or(true);
         let mut subjects = Vec::new();
-        for e in events.iter() {
+        let mut done = vec![false; events.len()];
+        if let Ok(opened) = self.opened.lock() {
+            for (e, done) in events.iter_mut().zip(&mut done) {
+                if let Some(data) = opened.get(e.position, &e.event_id) {
+                    e.data = data;
+                    *done = true;
+                }
+            }
+        }
+        for e in events.iter().zip(&done).filter(|(_, d)| !**d).map(|(e, _)| e) {
             if e.data.as_str().contains(SEALED) {
                 if let Some(s) = self.policy.subject(&e.stream) {
-                    if !subjects.contains(&s) && self.cached(&s).is_none() && !self.is_erased(&s) {
+                    if !subjects.contains(&s) && !self.is_erased(&s) {
                         subjects.push(s);
                     }
                 }
             }
         }
-        self.load(&subjects).await?;
-        for e in events.iter_mut() {
-            let sealed = e.data.as_str().contains(SEALED);
-            if !sealed && !any_erased {
+        let mut keys = self.load(&subjects).await?;
+        if subjects.iter().any(|s| !keys.contains_key(s)) {
+            // Erased by another process since the last reload, or its key is gone.
+            self.reload_erased().await?;
+            keys = self.load(&subjects).await?;
+        }
+        let mut newly_opened = Vec::new();
+        for (e, _) in events.iter_mut().zip(&done).filter(|(_, d)| !**d) {
+            let maybe_sealed = e.data.as_str().contains(SEALED);
+            if !maybe_sealed && !any_erased {
                 continue;
             }
             let Some(subject) = self.policy.subject(&e.stream) else { continue };
-            if !sealed && !self.is_erased(&subject) {
+            let erased = self.is_erased(&subject);
+            if !maybe_sealed && !erased {
                 continue;
             }
             let mut data = e.data.value();
+            let sealed = data.get(SEALED).is_some_and(Value::is_object);
             let changed = if sealed {
-                let key = if self.is_erased(&subject) { None } else { self.cached(&subject) };
-                open_event(&subject, key.as_ref(), &mut data)
-            } else {
+                let key = if erased { None } else { keys.get(&subject) };
+                if key.is_none() && !erased {
+                    return Err(ShredError::MissingKey(subject));
+                }
+                open_event(key, &mut data)
+            } else if erased {
                 redact(&subject, &self.policy.personal(&e.event_type, &data), &mut data)
+            } else {
+                false
             };
             if changed {
                 e.data = EventData::from_value(&data);
+                if sealed && !erased {
+                    newly_opened.push((e.position, e.event_id.clone(), e.data.clone()));
+                }
+            }
+        }
+        if let Ok(mut opened) = self.opened.lock() {
+            for (position, id, data) in newly_opened {
+                opened.put(position, &id, data);
             }
         }
         Ok(())
@@ -306,6 +402,9 @@ impl Shredder {
         if let Ok(mut erased) = self.erased.write() {
             erased.insert(subject.to_string());
         }
+        if let Ok(mut opened) = self.opened.lock() {
+            opened.clear();
+        }
         self.redact_stored(subject).await
     }
 
@@ -318,10 +417,10 @@ impl Shredder {
                     .fetch_all(&self.db.pool)
                     .await?;
             for (position, event_type, text) in rows {
-                if text.contains(SEALED) {
+                let mut data: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                if data.get(SEALED).is_some_and(Value::is_object) {
                     continue;
                 }
-                let mut data: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 if redact(subject, &self.policy.personal(&event_type, &data), &mut data) {
                     let _turn = self.db.write_turn().await;
                     sqlx::query("UPDATE events SET data = $1 WHERE position = $2")
@@ -353,7 +452,29 @@ impl Shredder {
         if let Ok(mut erased) = self.erased.write() {
             *erased = all.into_iter().collect();
         }
+        if let Ok(mut opened) = self.opened.lock() {
+            opened.clear();
+        }
         Ok(())
+    }
+
+    /// Finishes erasures a crash cut short: every subject with an erasure
+    /// event in the log (`event_type`) but no record of its key's
+    /// destruction is erased now. Run at start.
+    pub async fn finish_erasures(&self, event_type: &str) -> Result<usize, ShredError> {
+        let streams: Vec<(String, String)> = sqlx::query_as(
+            "SELECT stream, recorded_at FROM events WHERE event_type = $1 \
+             AND stream NOT IN (SELECT subject FROM erased_subjects)",
+        )
+        .bind(event_type)
+        .fetch_all(&self.db.pool)
+        .await?;
+        for (stream, at) in &streams {
+            if let Some(subject) = self.policy.subject(stream) {
+                self.erase(&subject, at).await?;
+            }
+        }
+        Ok(streams.len())
     }
 
     /// Reloads the erased subjects every [`ERASURE_POLL`], for as long as
@@ -375,8 +496,21 @@ impl Shredder {
     pub async fn scrub(&self, tables: &[&str]) -> Result<(), sqlx::Error> {
         match self.db.dialect {
             Dialect::Sqlite => {
-                let _turn = self.db.write_turn().await;
-                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.db.pool).await?;
+                // A reader can hold the checkpoint back: SQLite then answers
+                // busy = 1 instead of failing. Tried again, then an error.
+                for _ in 0..50 {
+                    let done = {
+                        let _turn = self.db.write_turn().await;
+                        let (busy, log, moved): (i64, i64, i64) =
+                            sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&self.db.pool).await?;
+                        busy == 0 && log == moved
+                    };
+                    if done {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                return Err(sqlx::Error::Protocol("the WAL could not be checkpointed: readers hold it".into()));
             }
             Dialect::Postgres => {
                 for table in tables {
@@ -411,7 +545,7 @@ fn seal_event(subject: &str, key: &[u8; 32], fields: &[&str], data: &mut Value) 
 
 /// Puts the sealed fields back (or their placeholders without a key).
 /// Whether `data` changed.
-fn open_event(subject: &str, key: Option<&[u8; 32]>, data: &mut Value) -> bool {
+fn open_event(key: Option<&[u8; 32]>, data: &mut Value) -> bool {
     let Some(object) = data.as_object_mut() else { return false };
     let Some(sealed) = object.remove(SEALED) else { return false };
     let opened: Option<Map<String, Value>> = key
@@ -425,7 +559,6 @@ fn open_event(subject: &str, key: Option<&[u8; 32]>, data: &mut Value) -> bool {
                     object.insert(field.clone(), shape.clone());
                 }
             }
-            let _ = subject;
         }
     }
     true
@@ -461,13 +594,13 @@ mod tests {
         let text = data.to_string();
         assert!(!text.contains("ada") && !text.contains("a@b.co"), "{text}");
         let mut opened = data.clone();
-        assert!(open_event("user-1", Some(&key), &mut opened));
+        assert!(open_event(Some(&key), &mut opened));
         assert_eq!(opened, original);
         let mut erased = data.clone();
-        assert!(open_event("user-1", None, &mut erased));
+        assert!(open_event(None, &mut erased));
         assert_eq!(erased, json!({"username": "erased:user-1", "emails": [], "meta": {}, "account_type": "user"}));
         let mut wrong = data;
-        open_event("user-1", Some(&rand::random()), &mut wrong);
+        open_event(Some(&rand::random()), &mut wrong);
         assert_eq!(wrong["username"], "erased:user-1", "a wrong key opens nothing");
     }
 

@@ -267,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
             let db = Db::connect(&database.url).await.context("connecting to the database")?;
             let log = SqlEventLog::open(db.clone()).await?;
             userstream_projections::registry::migrate(&log).await?;
+            userstream_eventlog::shred::migrate(&db).await?;
             Access::open(db).await?;
             println!("migrated {}", redact(&database.url));
             Ok(())
