@@ -669,13 +669,9 @@ impl EventLog for SqlEventLog {
             None => Vec::new(),
         };
         let (reply, answer) = oneshot::channel();
-        let new_keys = keys.iter().map(|(k, _)| k.clone()).collect();
-        self.queue.send(writer::Pending { request, keys: new_keys, reply }).await.map_err(|_| AppendError::Closed)?;
-        let result = answer.await.map_err(|_| AppendError::Closed)??;
-        if let (Some(shredder), false) = (&self.shredder, result.replayed) {
-            shredder.committed(&keys);
-        }
-        Ok(result)
+        let pending = writer::Pending { request, keys, shredder: self.shredder.clone(), reply };
+        self.queue.send(pending).await.map_err(|_| AppendError::Closed)?;
+        answer.await.map_err(|_| AppendError::Closed)?
     }
 
     async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StorageError> {

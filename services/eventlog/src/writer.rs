@@ -35,8 +35,11 @@ pub struct Stats {
 
 pub(crate) struct Pending {
     pub request: AppendRequest,
-    /// Data keys of new subjects, stored with the request's events.
-    pub keys: Vec<crate::shred::NewKey>,
+    /// Data keys of new subjects, stored with the request's events, and
+    /// the shredder that caches them once they are committed (before any
+    /// reader can see the events they seal).
+    pub keys: Vec<(crate::shred::NewKey, [u8; 32])>,
+    pub shredder: Option<Arc<crate::shred::Shredder>>,
     pub reply: oneshot::Sender<Result<AppendResult, AppendError>>,
 }
 
@@ -91,6 +94,13 @@ pub(crate) async fn run(
         .await;
         match outcome {
             Ok((results, recorded)) => {
+                for (pending, result) in batch.iter().zip(&results) {
+                    if let (Some(shredder), Ok(r)) = (&pending.shredder, result) {
+                        if !r.replayed {
+                            shredder.committed(&pending.keys);
+                        }
+                    }
+                }
                 recent.remember(recorded);
                 let top = results.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.last_position).max();
                 if let Some(top) = top {
@@ -238,7 +248,7 @@ async fn insert_keys(
         .iter()
         .zip(results)
         .filter(|(_, r)| r.as_ref().is_ok_and(|r| !r.replayed))
-        .flat_map(|(p, _)| &p.keys)
+        .flat_map(|(p, _)| p.keys.iter().map(|(k, _)| k))
         .collect();
     for chunk in statement_chunks(&keys, ROWS_PER_STATEMENT) {
         let sql = format!(
