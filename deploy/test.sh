@@ -12,9 +12,13 @@ if cargo tree -p userstream-domain -e normal --prefix none | grep -E '^(tokio|sq
   exit 1
 fi
 
+# The KurrentDB adapter builds, lints and runs its contract tests (with
+# EVENTSTORE_URL) with everything else: one build, with the feature.
+features=(--features userstream-tests/eventstore)
+
 echo "== format and lints"
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
 
 echo "== official SDKs"
 command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
@@ -25,14 +29,14 @@ python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/n
 tests/sdk/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
 
 echo "== build"
-cargo build --workspace --all-targets --locked
+cargo build --workspace --all-targets --locked "${features[@]}"
 
 echo "== fuzzing: every cargo-fuzz target for \${FUZZ_SECONDS:-30} s on its corpus"
 bash deploy/fuzz.sh
 
-runner=(cargo test --workspace --locked)
+runner=(cargo test --workspace --locked "${features[@]}")
 if cargo nextest --version >/dev/null 2>&1; then
-  runner=(cargo nextest run --workspace --locked --no-fail-fast)
+  runner=(cargo nextest run --workspace --locked --no-fail-fast "${features[@]}")
 fi
 
 echo "== tests (${runner[*]}) on SQLite, PostgreSQL and NATS JetStream"

@@ -1,5 +1,7 @@
 //! The event-log contract, run against every backend (SQLite always,
-//! PostgreSQL when `DATABASE_URL_TEST` names a test cluster).
+//! PostgreSQL when `DATABASE_URL_TEST` names a test cluster, and KurrentDB
+//! when `EVENTSTORE_URL` names a server: the trait's part of the contract;
+//! the group-commit and head-watch tests are the SQL log's own).
 
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -17,6 +19,24 @@ async fn logs() -> Vec<(&'static str, SqlEventLog)> {
         out.push((db.backend, log));
     }
     out
+}
+
+/// The log on a KurrentDB server when `EVENTSTORE_URL` names one (built
+/// with `--features userstream-eventlog/eventstore`), under a prefix of its
+/// own so every test starts from an empty log.
+#[cfg(feature = "eventstore")]
+async fn kurrent() -> Option<userstream_eventlog::kurrent::KurrentEventLog> {
+    let url = std::env::var("EVENTSTORE_URL").ok()?;
+    let prefix = format!("t{}-", uuid::Uuid::now_v7().simple());
+    Some(userstream_eventlog::kurrent::KurrentEventLog::connect(&url, &prefix).expect("EVENTSTORE_URL"))
+}
+
+#[cfg(not(feature = "eventstore"))]
+async fn kurrent() -> Option<SqlEventLog> {
+    if std::env::var("EVENTSTORE_URL").is_ok() {
+        panic!("EVENTSTORE_URL is set: build the tests with --features eventstore");
+    }
+    None
 }
 
 fn tenant() -> Tenant {
@@ -53,109 +73,144 @@ fn one(stream: &str, expected: ExpectedVersion, n: i64) -> AppendRequest {
 #[tokio::test]
 async fn appended_events_read_back_with_their_envelope() {
     for (backend, log) in logs().await {
-        let e = event(1);
-        let id = e.event_id.to_string();
-        let req = request(vec![StreamAppend {
-            stream: "s-1".into(),
-            expected: ExpectedVersion::NoStream,
-            events: vec![e, event(2)],
-        }]);
-        let result = log.append(req).await.expect("append");
-        assert_eq!(result.streams, vec![("s-1".to_string(), 2)], "{backend}");
-        let all = log.read_all(0, 100).await.expect("read");
-        assert_eq!(all.len(), 2, "{backend}");
-        assert_eq!(all[0].event_id, id, "{backend}");
-        assert_eq!((all[0].version, all[1].version), (1, 2), "{backend}");
-        assert!(all[0].position < all[1].position, "{backend}");
-        assert_eq!(all[1].position, result.last_position, "{backend}");
-        assert_eq!(
-            (all[0].actor.as_str(), all[0].correlation_id.as_str(), all[0].causation_id.as_deref()),
-            ("tester", "corr-1", Some("cause-1")),
-            "{backend}"
-        );
-        assert_eq!((all[0].company_id.as_str(), all[0].application_id.as_str()), ("1", "app"), "{backend}");
-        assert_eq!(all[0].data.value(), json!({"n": 1}), "{backend}");
-        assert_eq!(log.read_stream("s-1").await.expect("stream"), all, "{backend}");
-        assert_eq!(log.head().await.expect("head"), result.last_position, "{backend}");
+        check_appended_events_read_back_with_their_envelope(backend, log).await;
     }
+    if let Some(log) = kurrent().await {
+        check_appended_events_read_back_with_their_envelope("kurrentdb", log).await;
+    }
+}
+
+async fn check_appended_events_read_back_with_their_envelope(backend: &str, log: impl EventLog) {
+    let e = event(1);
+    let id = e.event_id.to_string();
+    let req = request(vec![StreamAppend {
+        stream: "s-1".into(),
+        expected: ExpectedVersion::NoStream,
+        events: vec![e, event(2)],
+    }]);
+    let result = log.append(req).await.expect("append");
+    assert_eq!(result.streams, vec![("s-1".to_string(), 2)], "{backend}");
+    let all = log.read_all(0, 100).await.expect("read");
+    assert_eq!(all.len(), 2, "{backend}");
+    assert_eq!(all[0].event_id, id, "{backend}");
+    assert_eq!((all[0].version, all[1].version), (1, 2), "{backend}");
+    assert!(all[0].position < all[1].position, "{backend}");
+    assert_eq!(all[1].position, result.last_position, "{backend}");
+    assert_eq!(
+        (all[0].actor.as_str(), all[0].correlation_id.as_str(), all[0].causation_id.as_deref()),
+        ("tester", "corr-1", Some("cause-1")),
+        "{backend}"
+    );
+    assert_eq!((all[0].company_id.as_str(), all[0].application_id.as_str()), ("1", "app"), "{backend}");
+    assert_eq!(all[0].data.value(), json!({"n": 1}), "{backend}");
+    assert_eq!(log.read_stream("s-1").await.expect("stream"), all, "{backend}");
+    assert_eq!(log.head().await.expect("head"), result.last_position, "{backend}");
 }
 
 #[tokio::test]
 async fn a_stale_expected_version_is_a_conflict_and_appends_nothing() {
     for (backend, log) in logs().await {
-        log.append(one("s", ExpectedVersion::NoStream, 1)).await.expect("first");
-        let stale = log.append(one("s", ExpectedVersion::Exact(0), 2)).await;
-        assert!(matches!(stale, Err(AppendError::Conflict { actual: 1, .. })), "{backend}: {stale:?}");
-        let again = log.append(one("s", ExpectedVersion::NoStream, 3)).await;
-        assert!(matches!(again, Err(AppendError::Conflict { .. })), "{backend}: {again:?}");
-        log.append(one("s", ExpectedVersion::Exact(1), 4)).await.expect("right version");
-        let versions: Vec<i64> = log.read_stream("s").await.expect("read").iter().map(|e| e.version).collect();
-        assert_eq!(versions, vec![1, 2], "{backend}");
+        check_a_stale_expected_version_is_a_conflict_and_appends_nothing(backend, log).await;
     }
+    if let Some(log) = kurrent().await {
+        check_a_stale_expected_version_is_a_conflict_and_appends_nothing("kurrentdb", log).await;
+    }
+}
+
+async fn check_a_stale_expected_version_is_a_conflict_and_appends_nothing(backend: &str, log: impl EventLog) {
+    log.append(one("s", ExpectedVersion::NoStream, 1)).await.expect("first");
+    let stale = log.append(one("s", ExpectedVersion::Exact(0), 2)).await;
+    assert!(matches!(stale, Err(AppendError::Conflict { actual: 1, .. })), "{backend}: {stale:?}");
+    let again = log.append(one("s", ExpectedVersion::NoStream, 3)).await;
+    assert!(matches!(again, Err(AppendError::Conflict { .. })), "{backend}: {again:?}");
+    log.append(one("s", ExpectedVersion::Exact(1), 4)).await.expect("right version");
+    let versions: Vec<i64> = log.read_stream("s").await.expect("read").iter().map(|e| e.version).collect();
+    assert_eq!(versions, vec![1, 2], "{backend}");
 }
 
 #[tokio::test]
 async fn a_multi_stream_append_is_all_or_nothing() {
     for (backend, log) in logs().await {
-        log.append(one("b", ExpectedVersion::NoStream, 1)).await.expect("b");
-        let req = request(vec![
-            StreamAppend { stream: "a".into(), expected: ExpectedVersion::NoStream, events: vec![event(1)] },
-            StreamAppend { stream: "b".into(), expected: ExpectedVersion::Exact(7), events: vec![event(2)] },
-        ]);
-        assert!(log.append(req).await.is_err(), "{backend}");
-        assert!(log.read_stream("a").await.expect("read").is_empty(), "{backend}: stream a must not exist");
-        assert_eq!(log.read_all(0, 10).await.expect("read").len(), 1, "{backend}");
+        check_a_multi_stream_append_is_all_or_nothing(backend, log).await;
     }
+    if let Some(log) = kurrent().await {
+        check_a_multi_stream_append_is_all_or_nothing("kurrentdb", log).await;
+    }
+}
+
+async fn check_a_multi_stream_append_is_all_or_nothing(backend: &str, log: impl EventLog) {
+    log.append(one("b", ExpectedVersion::NoStream, 1)).await.expect("b");
+    let req = request(vec![
+        StreamAppend { stream: "a".into(), expected: ExpectedVersion::NoStream, events: vec![event(1)] },
+        StreamAppend { stream: "b".into(), expected: ExpectedVersion::Exact(7), events: vec![event(2)] },
+    ]);
+    assert!(log.append(req).await.is_err(), "{backend}");
+    assert!(log.read_stream("a").await.expect("read").is_empty(), "{backend}: stream a must not exist");
+    assert_eq!(log.read_all(0, 10).await.expect("read").len(), 1, "{backend}");
 }
 
 #[tokio::test]
 async fn the_same_idempotency_key_never_appends_twice() {
     for (backend, log) in logs().await {
-        let mut req = one("s", ExpectedVersion::Any, 1);
-        req.idempotency_key = Some("key-1".into());
-        let first = log.append(req.clone()).await.expect("first");
-        assert!(!first.replayed, "{backend}");
-        let mut retry = one("other", ExpectedVersion::Any, 2);
-        retry.idempotency_key = Some("key-1".into());
-        let second = log.append(retry).await.expect("second");
-        assert!(second.replayed, "{backend}");
-        assert_eq!((second.last_position, &second.streams), (first.last_position, &first.streams), "{backend}");
-        assert_eq!(log.read_all(0, 10).await.expect("read").len(), 1, "{backend}");
-        // Keys are scoped to the tenant.
-        let mut foreign = one("t", ExpectedVersion::Any, 3);
-        foreign.tenant.application_id = "other-app".into();
-        foreign.idempotency_key = Some("key-1".into());
-        assert!(!log.append(foreign).await.expect("foreign").replayed, "{backend}");
+        check_the_same_idempotency_key_never_appends_twice(backend, log).await;
     }
+    if let Some(log) = kurrent().await {
+        check_the_same_idempotency_key_never_appends_twice("kurrentdb", log).await;
+    }
+}
+
+async fn check_the_same_idempotency_key_never_appends_twice(backend: &str, log: impl EventLog) {
+    let mut req = one("s", ExpectedVersion::Any, 1);
+    req.idempotency_key = Some("key-1".into());
+    let first = log.append(req.clone()).await.expect("first");
+    assert!(!first.replayed, "{backend}");
+    let mut retry = one("other", ExpectedVersion::Any, 2);
+    retry.idempotency_key = Some("key-1".into());
+    let second = log.append(retry).await.expect("second");
+    assert!(second.replayed, "{backend}");
+    assert_eq!((second.last_position, &second.streams), (first.last_position, &first.streams), "{backend}");
+    assert_eq!(log.read_all(0, 10).await.expect("read").len(), 1, "{backend}");
+    // Keys are scoped to the tenant.
+    let mut foreign = one("t", ExpectedVersion::Any, 3);
+    foreign.tenant.application_id = "other-app".into();
+    foreign.idempotency_key = Some("key-1".into());
+    assert!(!log.append(foreign).await.expect("foreign").replayed, "{backend}");
 }
 
 #[tokio::test]
 async fn reservations_are_exclusive_until_released() {
     for (backend, log) in logs().await {
-        let claim = |stream: &str, key: &str| {
-            let mut r = one(stream, ExpectedVersion::Any, 0);
-            r.reserve = vec![Reservation { key: key.into(), stream: stream.into() }];
-            r
-        };
-        log.append(claim("user-a", "email:x@y.co")).await.expect("a claims");
-        let taken = log.append(claim("user-b", "email:x@y.co")).await;
-        assert!(matches!(&taken, Err(AppendError::Reserved { key }) if key == "email:x@y.co"), "{backend}: {taken:?}");
-        assert!(log.read_stream("user-b").await.expect("read").is_empty(), "{backend}: rejected append left events");
-        // Re-claiming one's own key is fine; another tenant has its own keys.
-        log.append(claim("user-a", "email:x@y.co")).await.expect("own key");
-        let mut other_tenant = claim("user-c", "email:x@y.co");
-        other_tenant.tenant.company_id = "2".into();
-        log.append(other_tenant).await.expect("other tenant");
-        // Only the holder's release frees it.
-        let mut wrong = one("user-b", ExpectedVersion::Any, 0);
-        wrong.release = vec![Reservation { key: "email:x@y.co".into(), stream: "user-b".into() }];
-        log.append(wrong).await.expect("no-op release");
-        assert!(log.append(claim("user-b", "email:x@y.co")).await.is_err(), "{backend}");
-        let mut release = one("user-a", ExpectedVersion::Any, 0);
-        release.release = vec![Reservation { key: "email:x@y.co".into(), stream: "user-a".into() }];
-        log.append(release).await.expect("release");
-        log.append(claim("user-b", "email:x@y.co")).await.expect("free again");
+        check_reservations_are_exclusive_until_released(backend, log).await;
     }
+    if let Some(log) = kurrent().await {
+        check_reservations_are_exclusive_until_released("kurrentdb", log).await;
+    }
+}
+
+async fn check_reservations_are_exclusive_until_released(backend: &str, log: impl EventLog) {
+    let claim = |stream: &str, key: &str| {
+        let mut r = one(stream, ExpectedVersion::Any, 0);
+        r.reserve = vec![Reservation { key: key.into(), stream: stream.into() }];
+        r
+    };
+    log.append(claim("user-a", "email:x@y.co")).await.expect("a claims");
+    let taken = log.append(claim("user-b", "email:x@y.co")).await;
+    assert!(matches!(&taken, Err(AppendError::Reserved { key }) if key == "email:x@y.co"), "{backend}: {taken:?}");
+    assert!(log.read_stream("user-b").await.expect("read").is_empty(), "{backend}: rejected append left events");
+    // Re-claiming one's own key is fine; another tenant has its own keys.
+    log.append(claim("user-a", "email:x@y.co")).await.expect("own key");
+    let mut other_tenant = claim("user-c", "email:x@y.co");
+    other_tenant.tenant.company_id = "2".into();
+    log.append(other_tenant).await.expect("other tenant");
+    // Only the holder's release frees it.
+    let mut wrong = one("user-b", ExpectedVersion::Any, 0);
+    wrong.release = vec![Reservation { key: "email:x@y.co".into(), stream: "user-b".into() }];
+    log.append(wrong).await.expect("no-op release");
+    assert!(log.append(claim("user-b", "email:x@y.co")).await.is_err(), "{backend}");
+    let mut release = one("user-a", ExpectedVersion::Any, 0);
+    release.release = vec![Reservation { key: "email:x@y.co".into(), stream: "user-a".into() }];
+    log.append(release).await.expect("release");
+    log.append(claim("user-b", "email:x@y.co")).await.expect("free again");
 }
 
 #[tokio::test]

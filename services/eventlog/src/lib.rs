@@ -4,7 +4,8 @@
 //! log), `writer` (the group-commit writer), `db` (one handle for SQLite and
 //! PostgreSQL, migrations), [`keys`] (credential rows and shared secrets),
 //! [`lease`] (one worker per name across processes), `recent` (the last
-//! events in memory), [`shred`] (personal fields sealed per subject, and
+//! events in memory), `kurrent` (the log on KurrentDB, feature
+//! `eventstore`), [`shred`] (personal fields sealed per subject, and
 //! erasure by destroying the subject's key). It knows envelopes and JSON,
 //! not the domain: which fields are personal is a [`shred::Policy`] handed in.
 //!
@@ -24,6 +25,8 @@
 
 mod db;
 pub mod keys;
+#[cfg(feature = "eventstore")]
+pub mod kurrent;
 pub mod lease;
 mod recent;
 pub mod shred;
