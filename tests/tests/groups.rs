@@ -391,6 +391,11 @@ async fn manual_membership_from_json_and_csv_is_idempotent_and_counts_unmatched_
     let outside = std::env::temp_dir().join(format!("userstream-outside-{}.csv", uuid::Uuid::now_v7().simple()));
     std::fs::write(&outside, format!("user_id,action\n{},add\n", users[4])).expect("write");
     std::os::unix::fs::symlink(&outside, dir.join("link.csv")).expect("symlink");
+    // Not regular files: a directory, a FIFO (a read would wait forever), a device.
+    std::fs::create_dir_all(dir.join("folder.csv")).expect("dir");
+    let fifo = std::process::Command::new("mkfifo").arg(dir.join("pipe.csv")).status().expect("mkfifo");
+    assert!(fifo.success());
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.csv")).expect("symlink");
     let head = app.head().await;
     for (file_url, needle) in [
         (format!("file://{}", outside.display()), "inside the files directory"),
@@ -398,6 +403,10 @@ async fn manual_membership_from_json_and_csv_is_idempotent_and_counts_unmatched_
         ("file://link.csv".to_string(), "inside the files directory"),
         ("file:///etc/passwd".to_string(), "inside the files directory"),
         ("file://missing.csv".to_string(), "names no file"),
+        ("file://folder.csv".to_string(), "regular file"),
+        ("file://pipe.csv".to_string(), "regular file"),
+        ("file://zero.csv".to_string(), "inside the files directory"),
+        ("file:///dev/zero".to_string(), "inside the files directory"),
         (format!("file://{}", no_action.display()), "action column"),
         (format!("file://{}", bad_action.display()), "promote"),
         (format!("file://{}", too_many.display()), "at most"),

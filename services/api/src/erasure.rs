@@ -9,7 +9,8 @@
 //! attribute values go; rule groups are left), and the database files give
 //! up the freed bytes (SQLite: zeroed by `secure_delete`, WAL checkpointed
 //! and truncated). The answer, 200, comes after all of it: "done" means no
-//! API answer and no file of a SQLite database holds the person's data.
+//! API answer and no file of a SQLite database holds the person's sealed
+//! data (what `codec::personal_fields` names; the README says what is not).
 //! A second erase answers 200 again and changes nothing. If the process
 //! dies between the append and the key's destruction, the next start
 //! finishes the erasure ([`crate::open_log`]).

@@ -55,7 +55,11 @@ impl FilesDir {
         }
         match tokio::fs::metadata(&real).await {
             Ok(meta) if meta.is_file() => Ok(real),
-            _ => Err(missing()),
+            // A directory, a FIFO (whose read would wait for a writer) or a device.
+            Ok(_) => Err(ApiError::invalid(format!(
+                "file_url must name a regular file, not a directory, FIFO or device: {path:?}"
+            ))),
+            Err(_) => Err(missing()),
         }
     }
 }
