@@ -74,6 +74,26 @@ pub struct KurrentEventLog {
     prefix: String,
 }
 
+/// Numbers events within their writes as they are read in order: a new
+/// commit position starts a write at index 0.
+#[derive(Default)]
+struct Numbering {
+    write: Option<u64>,
+    index: u64,
+}
+
+impl Numbering {
+    fn next(&mut self, commit: u64) -> u64 {
+        if self.write == Some(commit) {
+            self.index += 1;
+        } else {
+            self.write = Some(commit);
+            self.index = 0;
+        }
+        self.index
+    }
+}
+
 fn position(commit: u64, index: u64) -> i64 {
     ((commit << INDEX_BITS) | index.min((1 << INDEX_BITS) - 1)) as i64
 }
@@ -201,16 +221,11 @@ impl KurrentEventLog {
         let options = ReadAllOptions::default().forwards().position(start).filter(filter).max_count(limit + 64);
         let mut read = self.client.read_all(&options).await.map_err(storage)?;
         let internal = format!("{}{INTERNAL}", self.prefix);
-        let (mut out, mut group, mut index) = (Vec::new(), None, 0u64);
+        let (mut out, mut numbering) = (Vec::new(), Numbering::default());
         while out.len() < limit {
             let Some(event) = read.next().await.map_err(storage)? else { break };
             let e = event.get_original_event();
-            if group == Some(e.position.commit) {
-                index += 1;
-            } else {
-                group = Some(e.position.commit);
-                index = 0;
-            }
+            let index = numbering.next(e.position.commit);
             if e.stream_id().starts_with(&internal) {
                 continue;
             }
@@ -326,18 +341,12 @@ impl EventLog for KurrentEventLog {
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, StorageError> {
         let options = ReadStreamOptions::default().forwards().position(StreamPosition::Start).max_count(usize::MAX);
         let mut read = self.client.read_stream(self.name(stream), &options).await.map_err(storage)?;
-        let (mut out, mut group, mut index) = (Vec::new(), None, 0u64);
+        let (mut out, mut numbering) = (Vec::new(), Numbering::default());
         loop {
             match read.next().await {
                 Ok(Some(event)) => {
                     let e = event.get_original_event();
-                    if group == Some(e.position.commit) {
-                        index += 1;
-                    } else {
-                        group = Some(e.position.commit);
-                        index = 0;
-                    }
-                    out.push(self.recorded(e, index)?);
+                    out.push(self.recorded(e, numbering.next(e.position.commit))?);
                 }
                 Ok(None) | Err(kurrentdb::Error::ResourceNotFound) => return Ok(out),
                 Err(e) => return Err(storage(e)),
@@ -376,5 +385,12 @@ mod tests {
         assert!(position(100, 0) < position(100, 1));
         assert!(position(100, 65_535) < position(101, 0));
         assert_eq!(split(position(12_345, 7)), (12_345, 7));
+    }
+
+    #[test]
+    fn events_are_numbered_within_their_write() {
+        let mut n = Numbering::default();
+        let indexes: Vec<u64> = [5, 5, 5, 9, 12, 12].into_iter().map(|c| n.next(c)).collect();
+        assert_eq!(indexes, [0, 1, 2, 0, 0, 1]);
     }
 }
