@@ -299,3 +299,69 @@ async fn subscribers_get_user_erased_and_a_fresh_database_file_keeps_no_erased_b
         }
     }
 }
+
+/// A stop between the `user.erased` append and the key's destruction: the
+/// next start finishes the erasure.
+#[tokio::test]
+async fn an_erasure_cut_short_by_a_stop_is_finished_at_the_next_start() {
+    for db in fresh_databases().await {
+        let backend = db.backend;
+        let mut app = TestApp::spawn_on(db.clone(), &[]).await;
+        let ada = create_ada(&app).await;
+        let stream = format!("user-{}", ada.id);
+        // What the erase endpoint had done when the stop came: the erasure
+        // recorded as begun, its event appended, the key not yet destroyed.
+        let conn = Db::connect(&db.url).await.expect("db");
+        sqlx::query("INSERT INTO erasures_begun (subject, begun_at) VALUES ($1, $2)")
+            .bind(&stream)
+            .bind("2026-01-01T00:00:00Z")
+            .execute(&conn.pool)
+            .await
+            .expect("begun");
+        let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM events WHERE stream = $1")
+            .bind(&stream)
+            .fetch_one(&conn.pool)
+            .await
+            .expect("version");
+        let raw = SqlEventLog::open(conn.clone()).await.expect("log");
+        raw.append(AppendRequest {
+            tenant: Tenant { company_id: COMPANY.into(), application_id: APP.into() },
+            actor: "erase endpoint".into(),
+            correlation_id: "cut-short".into(),
+            causation_id: None,
+            streams: vec![StreamAppend {
+                stream: stream.clone(),
+                expected: ExpectedVersion::Exact(version),
+                events: vec![NewEvent {
+                    event_id: uuid::Uuid::now_v7(),
+                    event_type: "user.erased".into(),
+                    schema: 1,
+                    occurred_at: OffsetDateTime::now_utc(),
+                    data: json!({"reason": "cut short", "at": "2026-01-01T00:00:00Z"}),
+                }],
+            }],
+            reserve: vec![],
+            release: vec![],
+            idempotency_key: None,
+        })
+        .await
+        .expect("append");
+        let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM subject_keys WHERE subject = $1")
+            .bind(&stream)
+            .fetch_one(&conn.pool)
+            .await
+            .expect("keys");
+        assert_eq!(keys, 1, "{backend}: the key outlived the erasure event");
+
+        app.crash_and_restart();
+        let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM subject_keys WHERE subject = $1")
+            .bind(&stream)
+            .fetch_one(&conn.pool)
+            .await
+            .expect("keys");
+        assert_eq!(keys, 0, "{backend}: the start destroyed the key");
+        let (status, history) = call(app.client.get(format!("{}/{}/history", app.customers(), ada.id))).await;
+        assert_eq!(status, 200, "{backend}: {history}");
+        shows_none(&format!("{backend}: history after the restart"), &history.to_string(), SECRETS);
+    }
+}

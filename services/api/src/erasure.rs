@@ -11,19 +11,23 @@
 //! and truncated). The answer, 200, comes after all of it: "done" means no
 //! API answer and no file of a SQLite database holds the person's sealed
 //! data (what `codec::personal_fields` names; the README says what is not).
-//! A second erase answers 200 again and changes nothing. If the process
-//! dies between the append and the key's destruction, the next start
-//! finishes the erasure ([`crate::open_log`]).
+//! A second erase answers 200 again and changes nothing. The erasure is
+//! recorded as begun before its event is appended: if the process stops
+//! between the append and the key's destruction, the next start finishes
+//! it ([`crate::open_log`]).
 
+use crate::commands::CommandError;
 use crate::dto::EraseBody;
 use crate::http::{command_response, parse_user_id, ApiError, Caller, JsonBody};
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use serde_json::json;
-use userstream_domain::user::UserCommand;
+use axum::http::StatusCode;
+use userstream_domain::user::{UserCommand, UserState, UserStream};
 use userstream_domain::StreamId;
 use userstream_eventlog::format_time;
+use userstream_eventlog::shred::ShredError;
 
 /// Tables that held the person's data, vacuumed on PostgreSQL afterwards.
 const TOUCHED: &[&str] = &[
@@ -50,13 +54,33 @@ pub async fn erase_customer(
     if reason.chars().count() > 500 {
         return Err(ApiError::invalid("reason may have at most 500 characters"));
     }
-    let outcome = state.commands.run(&meta, &id, UserCommand::Erase { reason }, None).await?;
     let Some(shredder) = state.commands.log().shredder() else {
         return Err(ApiError::internal("the event log has no shredder"));
     };
-    let subject = StreamId::user(&id).to_string();
+    let failed = |e: ShredError| ApiError::from(userstream_eventlog::StorageError::from(e));
+    let stream = StreamId::user(&id);
+    // Unknown, or another tenant's: 404 before anything is written.
+    let current = state.commands.state::<UserStream>(&meta.tenant, &stream).await.map_err(CommandError::from)?;
+    match current {
+        Some((UserState::NotCreated, _)) | None => {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {raw} not found")))
+        }
+        Some(_) => {}
+    }
+    let subject = stream.to_string();
     let at = format_time(state.commands.now());
-    shredder.erase(&subject, &at).await.map_err(|e| ApiError::from(userstream_eventlog::StorageError::from(e)))?;
+    shredder.begin_erasure(&subject, &at).await.map_err(failed)?;
+    let outcome = match state.commands.run(&meta, &id, UserCommand::Erase { reason }, None).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            // Refused after all (a race): nothing was appended.
+            if matches!(e, CommandError::Rejected(_)) {
+                shredder.abandon_erasure(&subject).await.map_err(failed)?;
+            }
+            return Err(e.into());
+        }
+    };
+    shredder.erase(&subject, &at).await.map_err(failed)?;
     for model in [&state.users, &state.attributes, &state.groups, &state.engine] {
         if !model.wait_for(outcome.position, state.config.min_position_wait).await {
             return Err(ApiError::behind(outcome.position));

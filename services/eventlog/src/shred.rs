@@ -47,7 +47,13 @@ const DDL: &str = "
     CREATE TABLE IF NOT EXISTS subject_keys (subject TEXT PRIMARY KEY, wrapped TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS erased_subjects (subject TEXT PRIMARY KEY, erased_at TEXT NOT NULL);";
 
-const MIGRATIONS: &[Migration] = &[Migration { version: 1, sqlite: DDL, postgres: DDL }];
+/// Erasures begun and not finished yet (see [`Shredder::begin_erasure`]).
+const PENDING: &str = "CREATE TABLE IF NOT EXISTS erasures_begun (subject TEXT PRIMARY KEY, begun_at TEXT NOT NULL)";
+
+const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, sqlite: DDL, postgres: DDL },
+    Migration { version: 2, sqlite: PENDING, postgres: PENDING },
+];
 
 /// Creates the key tables (`userstream migrate`; [`Shredder::open`] does it too).
 pub async fn migrate(db: &Db) -> Result<(), sqlx::Error> {
@@ -458,23 +464,50 @@ impl Shredder {
         Ok(())
     }
 
-    /// Finishes erasures a crash cut short: every subject with an erasure
-    /// event in the log (`event_type`) but no record of its key's
-    /// destruction is erased now. Run at start.
+    /// Records that an erasure of `subject` begins, before its erasure event
+    /// is appended: a stop between that append and the key's destruction is
+    /// then finished at the next start ([`Shredder::finish_erasures`]).
+    pub async fn begin_erasure(&self, subject: &str, at: &str) -> Result<(), ShredError> {
+        let _turn = self.db.write_turn().await;
+        sqlx::query("INSERT INTO erasures_begun (subject, begun_at) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING")
+            .bind(subject)
+            .bind(at)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets an erasure that was refused before anything was appended.
+    pub async fn abandon_erasure(&self, subject: &str) -> Result<(), ShredError> {
+        let _turn = self.db.write_turn().await;
+        sqlx::query("DELETE FROM erasures_begun WHERE subject = $1").bind(subject).execute(&self.db.pool).await?;
+        Ok(())
+    }
+
+    /// Finishes the erasures a stop cut short: each begun one whose
+    /// erasure event (`event_type`) is in the log is carried out now; one
+    /// whose event never committed is forgotten. Run at start; reads only
+    /// the begun erasures and one index probe each.
     pub async fn finish_erasures(&self, event_type: &str) -> Result<usize, ShredError> {
-        let streams: Vec<(String, String)> = sqlx::query_as(
-            "SELECT stream, recorded_at FROM events WHERE event_type = $1 \
-             AND stream NOT IN (SELECT subject FROM erased_subjects)",
-        )
-        .bind(event_type)
-        .fetch_all(&self.db.pool)
-        .await?;
-        for (stream, at) in &streams {
-            if let Some(subject) = self.policy.subject(stream) {
-                self.erase(&subject, at).await?;
+        let begun: Vec<(String, String)> =
+            sqlx::query_as("SELECT subject, begun_at FROM erasures_begun").fetch_all(&self.db.pool).await?;
+        let mut finished = 0;
+        for (subject, at) in begun {
+            let appended: Option<i64> = sqlx::query_scalar(
+                "SELECT position FROM events WHERE stream = $1 AND event_type = $2 ORDER BY version LIMIT 1",
+            )
+            .bind(&subject)
+            .bind(event_type)
+            .fetch_optional(&self.db.pool)
+            .await?;
+            if appended.is_some() {
+                self.erase(&subject, &at).await?;
+                finished += 1;
+            } else {
+                self.abandon_erasure(&subject).await?;
             }
         }
-        Ok(streams.len())
+        Ok(finished)
     }
 
     /// Reloads the erased subjects every [`ERASURE_POLL`], for as long as
