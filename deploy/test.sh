@@ -31,7 +31,7 @@ tests/sdk/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk
 echo "== build"
 cargo build --workspace --all-targets --locked "${features[@]}"
 
-echo "== fuzzing: every cargo-fuzz target for \${FUZZ_SECONDS:-30} s on its corpus"
+echo "== fuzzing: every cargo-fuzz target for ${FUZZ_SECONDS:-30} s on its corpus"
 bash deploy/fuzz.sh
 
 runner=(cargo test --workspace --locked "${features[@]}")
