@@ -435,10 +435,13 @@ async fn acknowledged_users_survive_kill_9_and_projections_resume() {
                 })
             })
             .collect();
-        // Let the writers get going, then crash the server under them.
+        // Let the writers get going, then crash the server under them. Each
+        // of the 8 writers has at most one command in flight, whose commit
+        // the kill may cut off from its answer: 308 commits mean at least
+        // 300 answers.
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            if app.head().await >= 300 {
+            if app.head().await >= 308 {
                 break;
             }
         }
