@@ -536,3 +536,48 @@ pub async fn settle(app: &TestApp) {
     }
     panic!("projections did not settle");
 }
+
+/// The real server with its log (stderr) kept in a file: `RUST_LOG` and
+/// extra arguments as given. [`Logged::text`] reads what it logged so far.
+pub struct Logged {
+    pub base: String,
+    child: Child,
+    path: PathBuf,
+}
+
+impl Logged {
+    pub fn spawn(db: &TestDb, rust_log: &str, args: &[&str]) -> Logged {
+        let path = std::env::temp_dir().join(format!("userstream-log-{}.txt", uuid::Uuid::now_v7().simple()));
+        let log = std::fs::File::create(&path).expect("log file");
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--database", &db.url])
+            .args(args)
+            .env("RUST_LOG", rust_log)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn userstream");
+        let stdout = child.stdout.take().expect("stdout");
+        let base = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("userstream listening on ").map(str::to_string))
+            .expect("listening line");
+        Logged { base, child, path }
+    }
+
+    /// Stops the server and returns everything it logged.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.path).expect("log")
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -5,11 +5,10 @@
 //! the logs.
 
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use userstream_tests::{alice, binary, call, client_with, create_key, fresh_databases, TestApp, APP, COMPANY};
+use userstream_tests::{alice, binary, call, client_with, create_key, fresh_databases, Logged, TestApp, APP, COMPANY};
 
 fn token_url(app: &TestApp) -> String {
     format!("{}/service/panel/authentication/v1.0/company/{COMPANY}/oauth/token", app.base)
@@ -189,21 +188,8 @@ async fn a_revoked_key_stops_working_on_every_instance_within_a_second() {
 async fn tokens_secrets_and_cookies_never_reach_the_logs() {
     let db = userstream_tests::fresh_sqlite();
     let (key, _) = create_key(&db, COMPANY, None).await;
-    let log_path = std::env::temp_dir().join(format!("userstream-log-{}.txt", uuid::Uuid::now_v7().simple()));
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = Command::new(binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--database", &db.url])
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let base = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("userstream listening on ").map(str::to_string))
-        .expect("listening line");
+    let server = Logged::spawn(&db, "trace", &[]);
+    let base = server.base.clone();
 
     let http = reqwest::Client::new();
     let token_url = format!("{base}/service/panel/authentication/v1.0/company/{COMPANY}/oauth/token");
@@ -239,10 +225,7 @@ async fn tokens_secrets_and_cookies_never_reach_the_logs() {
         401
     );
 
-    let _ = child.kill();
-    let _ = child.wait();
-    let logged = std::fs::read_to_string(&log_path).expect("log");
-    let _ = std::fs::remove_file(&log_path);
+    let logged = server.stop();
     assert!(logged.lines().count() > 5, "trace logging was on: {} lines", logged.lines().count());
     let (session_id, signature) = cookie.split_once('.').expect("signed cookie");
     let token_mac = token.rsplit_once('.').expect("signed token").1;

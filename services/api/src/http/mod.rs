@@ -8,6 +8,7 @@
 //! - [`consistency`]: the one place a query waits for the writes it must see.
 //! - [`respond`]: envelope metadata of a command, and the position and
 //!   version headers of its response.
+//! - [`request_id`]: the id of every request (`X-Request-Id`).
 //!
 //! Surfaces (`fynd`, `passage`, `events`, `ops`) depend on this module; it
 //! depends on none of them.
@@ -16,6 +17,7 @@ pub mod caller;
 pub mod consistency;
 pub mod error;
 pub mod extract;
+pub mod request_id;
 pub mod respond;
 
 pub use caller::{Caller, TenantOf};

@@ -19,7 +19,10 @@ pub fn meta(tenant: Tenant, principal: &Principal, headers: &HeaderMap) -> Resul
     Ok(Meta {
         tenant,
         actor: principal.actor(),
+        // The client's correlation id, else the request's id (set for every
+        // request by `request_id::assign`).
         correlation_id: header("x-correlation-id")
+            .or_else(|| header(crate::http::request_id::HEADER))
             .map(|c| c.chars().take(128).collect())
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
         idempotency_key,
