@@ -25,7 +25,7 @@ const SECRETS: &[&str] = &[
 ];
 
 /// A person whose events were written before sealing existed (in clear).
-const LEGACY: &[&str] = &["legacy.person@example.com", "Legacyname", "legacyuser"];
+const LEGACY: &[&str] = &["legacy.person@example.com", "Legacyname", "legacyuser", "Legacynew"];
 
 struct Ada {
     id: String,
@@ -191,6 +191,17 @@ async fn an_erased_person_is_in_no_answer_no_read_model_and_no_database_file() {
             .await
             .expect("legacy");
         assert_eq!(r.status(), 200, "{backend}: the legacy user is read like any other");
+        // Changing it seals the new value under a key made for it now.
+        let r = app.put_customers(&format!("/{legacy}"), json!({"first_name": "Legacynew"})).await;
+        assert_eq!(r.status(), 200, "{backend}: {}", r.text().await.unwrap_or_default());
+        let (status, got) = call(app.client.get(format!("{}/{legacy}", app.customers()))).await;
+        assert_eq!((status, got["user"]["first_name"].as_str()), (200, Some("Legacynew")), "{backend}: {got}");
+        let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM subject_keys WHERE subject = $1")
+            .bind(format!("user-{legacy}"))
+            .fetch_one(&conn.pool)
+            .await
+            .expect("keys");
+        assert_eq!(keys, 1, "{backend}: a key was made for the legacy user");
         let before = app.head().await;
 
         // Refusals first: nothing is erased by them.
