@@ -99,6 +99,15 @@ async fn create_legacy(db: &TestDb) -> (String, i64) {
     (id, result.last_position)
 }
 
+/// How many data keys are stored for `subject`.
+async fn keys_of(conn: &Db, subject: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM subject_keys WHERE subject = $1")
+        .bind(subject)
+        .fetch_one(&conn.pool)
+        .await
+        .expect("keys")
+}
+
 fn shows_none(what: &str, text: &str, secrets: &[&str]) {
     for secret in secrets {
         assert!(!text.contains(secret), "{what} shows {secret:?}: {text}");
@@ -196,11 +205,7 @@ async fn an_erased_person_is_in_no_answer_no_read_model_and_no_database_file() {
         assert_eq!(r.status(), 200, "{backend}: {}", r.text().await.unwrap_or_default());
         let (status, got) = call(app.client.get(format!("{}/{legacy}", app.customers()))).await;
         assert_eq!((status, got["user"]["first_name"].as_str()), (200, Some("Legacynew")), "{backend}: {got}");
-        let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM subject_keys WHERE subject = $1")
-            .bind(format!("user-{legacy}"))
-            .fetch_one(&conn.pool)
-            .await
-            .expect("keys");
+        let keys = keys_of(&conn, &format!("user-{legacy}")).await;
         assert_eq!(keys, 1, "{backend}: a key was made for the legacy user");
         let before = app.head().await;
 
@@ -357,19 +362,11 @@ async fn an_erasure_cut_short_by_a_stop_is_finished_at_the_next_start() {
         })
         .await
         .expect("append");
-        let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM subject_keys WHERE subject = $1")
-            .bind(&stream)
-            .fetch_one(&conn.pool)
-            .await
-            .expect("keys");
+        let keys = keys_of(&conn, &stream).await;
         assert_eq!(keys, 1, "{backend}: the key outlived the erasure event");
 
         app.crash_and_restart();
-        let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM subject_keys WHERE subject = $1")
-            .bind(&stream)
-            .fetch_one(&conn.pool)
-            .await
-            .expect("keys");
+        let keys = keys_of(&conn, &stream).await;
         assert_eq!(keys, 0, "{backend}: the start destroyed the key");
         let (status, history) = call(app.client.get(format!("{}/{}/history", app.customers(), ada.id))).await;
         assert_eq!(status, 200, "{backend}: {history}");

@@ -128,13 +128,11 @@ impl Access {
         Ok(())
     }
 
-    /// Reloads the revoked keys every [`REVOCATION_POLL`] until cancelled.
-    pub async fn follow_revocations(&self, cancel: tokio_util::sync::CancellationToken) {
+    /// Reloads the revoked keys every [`REVOCATION_POLL`], for as long as
+    /// the caller polls it.
+    pub async fn follow_revocations(&self) {
         loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(REVOCATION_POLL) => {}
-            }
+            tokio::time::sleep(REVOCATION_POLL).await;
             if let Err(e) = self.reload_revocations().await {
                 tracing::warn!(error = %e, "reloading revoked API keys failed; retrying");
             }

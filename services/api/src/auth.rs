@@ -79,9 +79,13 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The peer address of the connection, when the server was started with
-/// connect info (in-process tests have none). Forwarded headers are not
+/// connect info (in-process tests have none); every request carries it as
+/// an extension from [`authenticate`] on. Forwarded headers are not
 /// trusted: any client can write them.
-pub fn client_address(request: &Request) -> Option<IpAddr> {
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub Option<IpAddr>);
+
+fn client_address(request: &Request) -> Option<IpAddr> {
     request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_canonical())
 }
 
@@ -123,6 +127,7 @@ async fn verify_passage_key(state: &AppState, address: Option<IpAddr>, bearer: &
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
     let address = client_address(&request);
+    request.extensions_mut().insert(ClientAddress(address));
     let principal = match surface(&path) {
         Surface::Open => Principal::Anonymous,
         Surface::Fynd { company_id, application_id } => {

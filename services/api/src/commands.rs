@@ -82,17 +82,8 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// The database ran out of space: the command wrote nothing.
-    pub fn is_storage_full(&self) -> bool {
-        self.storage().is_some_and(|e| e.is_storage_full())
-    }
-
-    /// The database could not be reached: retrying shortly may succeed.
-    pub fn is_unavailable(&self) -> bool {
-        self.storage().is_some_and(|e| e.is_unavailable())
-    }
-
-    fn storage(&self) -> Option<&userstream_eventlog::StorageError> {
+    /// The storage error behind this failure, if storage is what failed.
+    pub fn storage(&self) -> Option<&userstream_eventlog::StorageError> {
         match self {
             Failure::Append(AppendError::Storage(e)) | Failure::Read(e) => Some(e),
             _ => None,

@@ -203,19 +203,17 @@ impl Service {
             files,
             fetcher,
         });
-        {
-            let (state, cancel) = (state.clone(), cancel.clone());
-            tasks.push(tokio::spawn(async move { state.access.follow_revocations(cancel).await }));
-        }
-        if let Some(shredder) = state.commands.log().shredder().cloned() {
-            let cancel = cancel.clone();
-            tasks.push(tokio::spawn(async move {
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = shredder.follow_erasures() => {}
+        // Revoked keys and erased users, as other processes record them.
+        let (followed, stop) = (state.clone(), cancel.clone());
+        tasks.push(tokio::spawn(async move {
+            let follow = async {
+                match followed.commands.log().shredder() {
+                    Some(shredder) => tokio::join!(followed.access.follow_revocations(), shredder.follow_erasures()).0,
+                    None => followed.access.follow_revocations().await,
                 }
-            }));
-        }
+            };
+            stop.run_until_cancelled(follow).await;
+        }));
         if state.config.job_worker {
             let worker = jobs::JobWorker::new(state.clone());
             tasks.push(tokio::spawn(userstream_projections::worker::run(worker, cancel.clone(), poll)));

@@ -4,9 +4,10 @@
 //! `message` for the SDK.
 
 use crate::access::TOKEN_TTL_SECONDS;
+use crate::auth::ClientAddress;
 use crate::AppState;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -45,11 +46,10 @@ fn basic(headers: &HeaderMap) -> Option<(String, String)> {
 async fn token(
     State(state): State<AppState>,
     Path(company_id): Path<String>,
-    peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+    Extension(ClientAddress(address)): Extension<ClientAddress>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let address = peer.map(|Extension(ConnectInfo(addr))| addr.ip().to_canonical());
     let Ok(form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "the body must be form-encoded");
     };

@@ -148,59 +148,40 @@ impl StorageError {
     pub fn new(cause: impl std::error::Error + Send + Sync + 'static) -> StorageError {
         StorageError(std::sync::Arc::new(cause))
     }
-}
 
-impl StorageError {
+    /// The cause and its sources, outermost first.
+    fn causes(&self) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+        std::iter::successors(Some(self.0.as_ref() as &(dyn std::error::Error + 'static)), |e| e.source())
+    }
+
     /// The database ran out of space (SQLite `SQLITE_FULL`, PostgreSQL
     /// `53100 disk_full`, or an I/O error saying so): nothing was written,
     /// and the same request may succeed once space returns.
     pub fn is_storage_full(&self) -> bool {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self.0.as_ref());
-        while let Some(e) = cause {
-            if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() {
-                // SQLite reports the primary code 13 (SQLITE_FULL) or an extended one of it.
+        self.causes().any(|e| match e.downcast_ref::<sqlx::Error>() {
+            // SQLite reports the primary code 13 (SQLITE_FULL) or an extended one of it.
+            Some(sqlx::Error::Database(db)) => {
                 let code = db.code().unwrap_or_default();
-                if code == "53100" || code.parse::<i64>().is_ok_and(|c| c & 0xff == 13) {
-                    return true;
-                }
+                code == "53100" || code.parse::<i64>().is_ok_and(|c| c & 0xff == 13)
             }
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if io.kind() == std::io::ErrorKind::StorageFull {
-                    return true;
-                }
-            }
-            let text = e.to_string();
-            if text.contains("database or disk is full") || text.contains("No space left on device") {
-                return true;
-            }
-            cause = e.source();
-        }
-        false
+            _ => e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull),
+        })
     }
-}
 
-impl StorageError {
     /// The database could not be reached or went away mid-request (a lost
     /// connection, a server restarting, no connection free in time): the
     /// request may or may not have committed if it was a commit that broke,
     /// and the same request may succeed shortly.
     pub fn is_unavailable(&self) -> bool {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self.0.as_ref());
-        while let Some(e) = cause {
-            match e.downcast_ref::<sqlx::Error>() {
-                Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => return true,
-                Some(sqlx::Error::Database(db)) => {
-                    // Class 08: connection exception; 57P01-57P03: shutdown, crash, starting up.
-                    let code = db.code().unwrap_or_default();
-                    if code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03") {
-                        return true;
-                    }
-                }
-                _ => {}
+        self.causes().any(|e| match e.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => true,
+            // Class 08: connection exception; 57P01-57P03: shutdown, crash, starting up.
+            Some(sqlx::Error::Database(db)) => {
+                let code = db.code().unwrap_or_default();
+                code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
             }
-            cause = e.source();
-        }
-        false
+            _ => false,
+        })
     }
 }
 

@@ -88,15 +88,23 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl ApiError {
+    /// A failed storage operation: 503 when the database is full or out of
+    /// reach (a retry may succeed), 500 otherwise; `cause` is what is logged.
+    pub fn storage(e: &userstream_eventlog::StorageError, cause: impl std::fmt::Display) -> Self {
+        if e.is_storage_full() {
+            ApiError::storage_full(cause)
+        } else if e.is_unavailable() {
+            ApiError::unavailable(cause)
+        } else {
+            ApiError::internal(cause)
+        }
+    }
+}
+
 impl From<userstream_eventlog::StorageError> for ApiError {
     fn from(e: userstream_eventlog::StorageError) -> Self {
-        if e.is_storage_full() {
-            ApiError::storage_full(e)
-        } else if e.is_unavailable() {
-            ApiError::unavailable(e)
-        } else {
-            ApiError::internal(e)
-        }
+        ApiError::storage(&e, &e)
     }
 }
 
@@ -104,9 +112,10 @@ impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         match e {
             CommandError::Rejected(r) => r.into(),
-            CommandError::Failed(f) if f.is_storage_full() => ApiError::storage_full(f),
-            CommandError::Failed(f) if f.is_unavailable() => ApiError::unavailable(f),
-            CommandError::Failed(f) => ApiError::internal(f),
+            CommandError::Failed(f) => match f.storage() {
+                Some(e) => ApiError::storage(e, &f),
+                None => ApiError::internal(f),
+            },
         }
     }
 }
