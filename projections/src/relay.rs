@@ -72,6 +72,10 @@ impl RelayConfig {
     }
 }
 
+/// The `reason` label of `userstream_nats_publish_failures_total`, one per
+/// kind of [`RelayError`].
+pub const FAILURE_REASONS: [&str; 4] = ["unreachable", "stream", "publish", "storage"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("NATS unreachable at {url}: {reason}")]
@@ -369,6 +373,13 @@ impl Worker for Relay {
     }
 
     fn failed(&mut self, error: &RelayError) {
+        let reason = match error {
+            RelayError::Unreachable { .. } => FAILURE_REASONS[0],
+            RelayError::Stream { .. } => FAILURE_REASONS[1],
+            RelayError::Publish { .. } => FAILURE_REASONS[2],
+            RelayError::Storage(_) | RelayError::Log(_) => FAILURE_REASONS[3],
+        };
+        metrics::counter!("userstream_nats_publish_failures_total", "reason" => reason).increment(1);
         self.report(Some(error.to_string()));
     }
 }

@@ -11,6 +11,7 @@
 
 use std::fmt::Display;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -29,6 +30,8 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from
 pub struct RunnerStatus {
     pub position: i64,
     pub failure: Option<String>,
+    /// Whether this process holds the worker's lease.
+    pub owner: bool,
 }
 
 /// A worker's position and failure, as it publishes them.
@@ -36,11 +39,12 @@ pub struct Health {
     name: &'static str,
     position: watch::Sender<i64>,
     failure: Arc<Mutex<Option<String>>>,
+    owner: Arc<AtomicBool>,
 }
 
 impl Health {
     pub fn new(name: &'static str, position: i64) -> Health {
-        Health { name, position: watch::channel(position).0, failure: Arc::default() }
+        Health { name, position: watch::channel(position).0, failure: Arc::default(), owner: Arc::default() }
     }
 
     pub fn name(&self) -> &'static str {
@@ -48,7 +52,17 @@ impl Health {
     }
 
     pub fn handle(&self) -> RunnerHandle {
-        RunnerHandle { name: self.name, position: self.position.subscribe(), failure: self.failure.clone() }
+        RunnerHandle {
+            name: self.name,
+            position: self.position.subscribe(),
+            failure: self.failure.clone(),
+            owner: self.owner.clone(),
+        }
+    }
+
+    /// Records whether this process holds the lease.
+    pub fn report_owner(&self, owner: bool) {
+        self.owner.store(owner, Ordering::Relaxed);
     }
 
     pub fn position(&self) -> i64 {
@@ -85,6 +99,7 @@ pub struct RunnerHandle {
     pub name: &'static str,
     position: watch::Receiver<i64>,
     failure: Arc<Mutex<Option<String>>>,
+    owner: Arc<AtomicBool>,
 }
 
 impl RunnerHandle {
@@ -92,6 +107,7 @@ impl RunnerHandle {
         RunnerStatus {
             position: *self.position.borrow(),
             failure: self.failure.lock().map(|f| f.clone()).unwrap_or(None),
+            owner: self.owner.load(Ordering::Relaxed),
         }
     }
 
@@ -182,7 +198,9 @@ pub async fn run<W: Worker>(mut worker: W, cancel: CancellationToken, poll: Dura
         if turn.cancel.is_cancelled() {
             return;
         }
-        if !turn.lease.hold().await {
+        let held = turn.lease.hold().await;
+        worker.health().report_owner(held);
+        if !held {
             owner = false;
             worker.follow().await;
             if sleep_or_cancel(&turn.cancel, STANDBY_POLL).await {

@@ -549,8 +549,10 @@ impl Logged {
     pub fn spawn(db: &TestDb, rust_log: &str, args: &[&str]) -> Logged {
         let path = std::env::temp_dir().join(format!("userstream-log-{}.txt", uuid::Uuid::now_v7().simple()));
         let log = std::fs::File::create(&path).expect("log file");
+        let listen = if args.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] };
         let mut child = Command::new(binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--database", &db.url])
+            .args(["serve", "--database", &db.url])
+            .args(listen)
             .args(args)
             .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())

@@ -65,3 +65,37 @@ async fn every_request_has_an_id_that_reaches_the_log_and_the_events() {
     }
     assert!(!logged.contains("bad id"), "a malformed id is never logged raw");
 }
+
+/// A 5xx is logged once, at error, inside the request's span (with its
+/// id): the handler logs the cause; the trace layer does not log it again.
+#[tokio::test]
+async fn a_server_error_is_logged_once_in_its_request_span() {
+    let db = fresh_sqlite();
+    let (_, token) = create_key(&db, COMPANY, None).await;
+    let server = Logged::spawn(&db, "info", &["--log-format", "json"]);
+    let client = client_with(&format!("Bearer {token}"));
+    let customers = format!("{}/service/platform/user/v1.0/company/{COMPANY}/application/{APP}/customers", server.base);
+    let r = client.post(&customers).json(&user_body(1)).send().await.expect("create");
+    assert_eq!(r.status(), 200);
+    // Break the read model under the running server: its next query fails.
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url).await.expect("connect");
+    sqlx::Executor::execute(&mut conn, "DROP TABLE users_v1").await.expect("drop");
+    let r = client.get(format!("{customers}/list")).header("x-request-id", "boom-1").send().await.expect("list");
+    assert_eq!(r.status(), 500);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body, json!({"message": "internal error", "code": "internal_error"}), "the cause is not sent");
+
+    let logged = server.stop();
+    let errors: Vec<Value> = logged
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["level"] == "ERROR")
+        .collect();
+    let ours: Vec<&Value> = errors.iter().filter(|l| l["span"]["request_id"] == "boom-1").collect();
+    assert_eq!(ours.len(), 1, "logged once in the request span: {errors:#?}");
+    assert!(
+        ours[0]["fields"]["error"].as_str().is_some_and(|e| e.contains("users_v1")),
+        "with its cause: {:?}",
+        ours[0]
+    );
+}

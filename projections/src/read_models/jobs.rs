@@ -180,4 +180,12 @@ impl JobsQuery {
         })
         .transpose()
     }
+
+    /// How many jobs of each kind are in each status, over every tenant.
+    pub async fn counts_by_status(&self) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+        let rows = sqlx::query("SELECT kind, status, COUNT(*) AS n FROM jobs_v1 GROUP BY kind, status")
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("kind")?, r.try_get("status")?, r.try_get("n")?))).collect()
+    }
 }

@@ -54,8 +54,16 @@ impl Principal {
 
 /// Which surface a path belongs to, with the tenant ids it names.
 enum Surface<'a> {
-    Fynd { company_id: &'a str, application_id: &'a str },
-    Passage { app_id: &'a str },
+    Fynd {
+        company_id: &'a str,
+        application_id: &'a str,
+    },
+    Passage {
+        app_id: &'a str,
+    },
+    /// `/metrics`, `/openapi.json`, `/docs`: loopback, any valid credential,
+    /// or anyone with `--ops-public`.
+    Ops,
     Open,
 }
 
@@ -68,6 +76,7 @@ fn surface(path: &str) -> Surface<'_> {
             Surface::Fynd { company_id, application_id }
         }
         ["v1", "apps", app_id, ..] => Surface::Passage { app_id },
+        [route] if crate::ops::GUARDED.contains(route) => Surface::Ops,
         _ => Surface::Open,
     }
 }
@@ -100,6 +109,28 @@ fn passage_too_many(refused: Refused, what: &str) -> Response {
     retry_after(error.into_response(), refused)
 }
 
+/// The caller of an operational route: anyone with `--ops-public` or from
+/// loopback, else the holder of any valid credential (an access token or a
+/// Passage key, checked under the failure limits), else 401.
+async fn ops_caller(state: &AppState, address: Option<IpAddr>, headers: &HeaderMap) -> Result<Principal, Response> {
+    if state.config.ops_public || address.is_some_and(|a| a.is_loopback()) {
+        return Ok(Principal::Anonymous);
+    }
+    let credential = match bearer(headers) {
+        Some(token) if token.starts_with("ust1.") => state.access.verify_token(token, state.commands.now()),
+        Some(token) => Some(verify_passage_key(state, address, token).await?),
+        None => None,
+    };
+    credential.map(Principal::Key).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "operational routes answer loopback, or any valid credential (Authorization: Bearer …); see --ops-public",
+        )
+        .into_response()
+    })
+}
+
 /// A Passage bearer of an API key, checked under the failure limits.
 async fn verify_passage_key(state: &AppState, address: Option<IpAddr>, bearer: &str) -> Result<Credential, Response> {
     let key = bearer.split_once('.').map(|(k, _)| k);
@@ -130,6 +161,10 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     request.extensions_mut().insert(ClientAddress(address));
     let principal = match surface(&path) {
         Surface::Open => Principal::Anonymous,
+        Surface::Ops => match ops_caller(&state, address, request.headers()).await {
+            Ok(principal) => principal,
+            Err(response) => return response,
+        },
         Surface::Fynd { company_id, application_id } => {
             let Some(credential) =
                 bearer(request.headers()).and_then(|t| state.access.verify_token(t, state.commands.now()))

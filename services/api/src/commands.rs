@@ -68,6 +68,25 @@ pub enum Rejection {
     VersionConflict { expected: i64, actual: i64 },
     #[error("too many concurrent changes to {stream}; try again")]
     Contended { stream: String },
+    #[error(
+        "this Idempotency-Key was used for another request (another kind of change, or another target); use a new key"
+    )]
+    IdempotencyKeyReused,
+}
+
+/// Counts a command by name and outcome (`ok`, `rejected`, `conflict`,
+/// `failed`) and records how long it took. The name is the domain's static
+/// command name: never an id.
+fn record_command<T>(command: &'static str, started: std::time::Instant, result: &Result<T, CommandError>) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(CommandError::Rejected(Rejection::VersionConflict { .. } | Rejection::Contended { .. })) => "conflict",
+        Err(CommandError::Rejected(_)) => "rejected",
+        Err(CommandError::Failed(_)) => "failed",
+    };
+    metrics::counter!("userstream_commands_total", "command" => command, "outcome" => outcome).increment(1);
+    metrics::histogram!("userstream_command_duration_seconds", "command" => command)
+        .record(started.elapsed().as_secs_f64());
 }
 
 /// The log could not be read or written, or holds what cannot be decoded.
@@ -324,8 +343,12 @@ impl Commands {
     where
         Rejection: From<S::Rejection>,
     {
-        let span = tracing::info_span!("command", kind = S::KIND, command = S::command_name(&command), stream = %stream, streams = 1);
-        self.attempt::<S>(meta, &[(stream, command)], None, ctx, Load::Nothing).instrument(span).await
+        let name = S::command_name(&command);
+        let span = tracing::info_span!("command", kind = S::KIND, command = name, stream = %stream, streams = 1);
+        let started = std::time::Instant::now();
+        let result = self.attempt::<S>(meta, &[(stream, command)], None, ctx, Load::Nothing).instrument(span).await;
+        record_command(name, started, &result);
+        result
     }
 
     /// Runs each command on its stream and appends all their events in one
@@ -357,7 +380,8 @@ impl Commands {
     {
         let first = targets.first().map(|(s, c)| (s.to_string(), S::command_name(c))).unwrap_or_default();
         let span = tracing::info_span!("command", kind = S::KIND, command = first.1, stream = %first.0, streams = targets.len());
-        async {
+        let started = std::time::Instant::now();
+        let result = async {
             for _ in 0..MAX_ATTEMPTS {
                 match self.attempt::<S>(meta, &targets, pinned, ctx, load).await {
                     // A "new" stream that exists after all is decided on
@@ -371,7 +395,9 @@ impl Commands {
             Err(Rejection::Contended { stream: first.0.clone() }.into())
         }
         .instrument(span)
-        .await
+        .await;
+        record_command(first.1, started, &result);
+        result
     }
 
     /// One load → decide → append cycle.
@@ -452,6 +478,16 @@ impl Commands {
         // then, on the streams of this kind it wrote then (a retried create
         // named a new id; a key reused by another kind of command wrote others).
         let kind = targets.first().and_then(|(s, _)| s.as_str().split_once('-')).map_or("", |(k, _)| k);
+        let wrote = |stream: &str| result.streams.iter().any(|(s, _)| s == stream);
+        let reused = match load {
+            // Existing targets: the first request changed these very streams.
+            Load::Streams => !targets.iter().all(|(s, _)| wrote(s.as_str())),
+            // A minted id: the first request minted one of this kind.
+            Load::Nothing => !result.streams.iter().any(|(s, _)| s.split_once('-').is_some_and(|(k, _)| k == kind)),
+        };
+        if reused {
+            return Err(Rejection::IdempotencyKeyReused.into());
+        }
         let mut states = Vec::with_capacity(result.streams.len());
         for (stream, _) in result.streams.iter().filter(|(s, _)| s.split_once('-').is_some_and(|(k, _)| k == kind)) {
             let loaded = self.load::<S>(&meta.tenant, &StreamId::recorded(stream.as_str())).await?;

@@ -12,7 +12,7 @@ use userstream_domain::{Email, Gender, Name, Phone, UserId, Username};
 use userstream_eventlog::format_time;
 use userstream_projections::read_models::users::{emails_json, phones_json, UserRow};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateUserBody {
     #[serde(default)]
     pub phone_number: Option<String>,
@@ -26,6 +26,7 @@ pub struct CreateUserBody {
     #[serde(default)]
     pub gender: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub meta: Option<Value>,
     #[serde(default)]
     pub external_id: Option<String>,
@@ -92,7 +93,7 @@ impl CreateUserBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EmailBody {
     pub email: String,
     #[serde(default)]
@@ -103,7 +104,7 @@ pub struct EmailBody {
     pub active: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PhoneBody {
     pub phone: String,
     /// A string in the SDK's request model; numbers are accepted too.
@@ -117,7 +118,7 @@ pub struct PhoneBody {
     pub active: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct UpdateUserBody {
     #[serde(default)]
     pub first_name: Option<String>,
@@ -130,6 +131,7 @@ pub struct UpdateUserBody {
     #[serde(default)]
     pub rr_id: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub meta: Option<Value>,
     #[serde(default)]
     pub emails: Option<Vec<EmailBody>>,
@@ -192,8 +194,9 @@ impl TryFrom<UpdateUserBody> for UpdateUser {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct BlockBody {
+    #[schema(min_items = 1, max_items = 500)]
     pub user_id: Vec<String>,
     pub status: bool,
     #[serde(default)]
@@ -201,18 +204,19 @@ pub struct BlockBody {
 }
 
 /// POST `…/customers/{user_id}/erase`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EraseBody {
     #[serde(default)]
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 500)]
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ArchiveBody {
     pub user_id: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct UndeleteBody {
     pub user_id: String,
     #[serde(default)]
@@ -222,7 +226,8 @@ pub struct UndeleteBody {
 }
 
 /// `UserSchema` / `UserSearchSchema` of the Fynd API.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = UserSchema)]
 pub struct UserDto {
     #[serde(rename = "_id")]
     pub id: String,
@@ -235,8 +240,11 @@ pub struct UserDto {
     pub last_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gender: Option<String>,
+    #[schema(value_type = Vec<Object>)]
     pub emails: Value,
+    #[schema(value_type = Vec<Object>)]
     pub phone_numbers: Value,
+    #[schema(value_type = Object)]
     pub meta: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
@@ -309,7 +317,8 @@ impl UserDto {
 }
 
 /// `PaginationSchema`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = PaginationSchema)]
 pub struct Page {
     #[serde(rename = "type")]
     pub kind: &'static str,

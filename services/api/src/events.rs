@@ -43,7 +43,7 @@ pub enum AsOf {
 impl AsOf {
     /// `as_of` from the query, if sent: an RFC 3339 time or a position, not in the future.
     pub async fn from_query(state: &AppState, query: &QueryPairs) -> Result<Option<AsOf>, ApiError> {
-        let Some(raw) = query.get("as_of").map(str::trim) else { return Ok(None) };
+        let Some(raw) = query.get("as_of").map(str::trim).filter(|r| !r.is_empty()) else { return Ok(None) };
         let as_of = if let Ok(position) = raw.parse::<i64>() {
             let head = state.commands.log().head().await?;
             if position < 0 {
@@ -250,7 +250,11 @@ fn feed_filter(query: &QueryPairs) -> Result<FeedFilter, ApiError> {
 
 /// Where a reader resumes: `Last-Event-ID` (SSE reconnects), else `after`.
 fn resume_after(headers: &HeaderMap, query: &QueryPairs) -> Result<i64, ApiError> {
-    if let Some(raw) = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::trim) {
+    // Checked even when the header wins: a bad value is never ignored.
+    let after = query.int("after", 0, 0..=i64::MAX)?;
+    let header = headers.get("last-event-id").map(|v| v.to_str().map(str::trim));
+    let header = header.transpose().map_err(|_| ApiError::invalid("Last-Event-ID must be an event position"))?;
+    if let Some(raw) = header {
         if !raw.is_empty() {
             return raw
                 .parse::<i64>()
@@ -259,7 +263,7 @@ fn resume_after(headers: &HeaderMap, query: &QueryPairs) -> Result<i64, ApiError
                 .ok_or_else(|| ApiError::invalid("Last-Event-ID must be an event position (0 or more)"));
         }
     }
-    query.int("after", 0, 0..=i64::MAX)
+    Ok(after)
 }
 
 fn wants_sse(headers: &HeaderMap) -> bool {

@@ -33,29 +33,42 @@ use userstream_projections::read_models::users::MAX_PAGE_SIZE;
 
 type GroupPath = Path<(String, String, String)>;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = ConditionsInput)]
 pub struct ConditionBody {
     pub user_attribute_definition_id: String,
     #[serde(rename = "type")]
+    #[schema(value_type = crate::openapi::schemas::ConditionOperator)]
     pub op: String,
+    /// A string, a list (joined with `,`) or any value (as JSON text).
     #[serde(default)]
     pub value: Option<Value>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
+#[schema(as = CreateUserGroup)]
 pub struct GroupBody {
+    /// Required on create.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub name: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
+    /// Free text; `conditional` or `manual` when none is given.
     #[serde(rename = "type", default)]
     pub kind: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 64)]
     pub category: Option<String>,
+    /// At most 20, each 1 to 64 characters.
     #[serde(default)]
+    #[schema(max_items = 20)]
     pub tags: Option<Vec<String>>,
+    /// All must hold; a group with conditions is a rule group.
     #[serde(default)]
     pub conditions: Option<Vec<ConditionBody>>,
+    /// A CSV of membership rows (`file://` or `http(s)://`), read for a manual group.
     #[serde(default)]
     pub file_url: Option<String>,
 }
@@ -224,6 +237,9 @@ pub async fn create_group(
         Some(url) if !details.is_rule() => Some(crate::members_file::fetch(&state.files, &state.fetcher, url).await?),
         _ => None,
     };
+    if let Some(rows) = &rows {
+        member_terms(rows)?;
+    }
     let ctx = state.commands.context(&meta.tenant).await?;
     let id = ctx.id(0).to_string();
     // The next uid is claimed by the group's unique key; a concurrent create
@@ -344,9 +360,12 @@ pub async fn refresh_group(
     Ok(with_position((StatusCode::ACCEPTED, Json(body)).into_response(), position))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = PartialUserGroupUpdateSchema)]
 pub struct PatchBody {
+    /// Where the membership rows are: `user_data` (`json`, the default) or `file_url`.
     #[serde(rename = "type", default)]
+    #[schema(value_type = Option<crate::openapi::schemas::PatchSource>)]
     pub kind: Option<String>,
     #[serde(default)]
     pub user_data: Option<Vec<MemberRow>>,
@@ -359,10 +378,40 @@ pub struct PatchBody {
 }
 
 /// Resolves rows to users and applies them; returns the position.
-async fn patch_members(state: &AppState, meta: &Meta, id: &str, rows: Vec<MemberRow>) -> Result<i64, ApiError> {
+/// Each membership row's action (`add` or `remove`) and the user it names
+/// (its `user_id`, `email` or `phone_number`), checked before anything is
+/// read or written: a bad row refuses the whole request.
+fn member_terms(rows: &[MemberRow]) -> Result<Vec<(bool, &str)>, ApiError> {
     if rows.len() > MAX_MEMBER_ROWS {
         return Err(ApiError::invalid(format!("at most {MAX_MEMBER_ROWS} membership rows per request")));
     }
+    rows.iter()
+        .enumerate()
+        .map(|(index, row)| {
+            let adding = match row.action.trim().to_ascii_lowercase().as_str() {
+                "add" => true,
+                "remove" => false,
+                other => {
+                    return Err(ApiError::invalid(format!("row {index}: action must be add or remove, got {other:?}")))
+                }
+            };
+            let term = row
+                .user_id
+                .as_deref()
+                .or(row.email.as_deref())
+                .or(row.phone_number.as_deref())
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    ApiError::invalid(format!("row {index}: one of user_id, email or phone_number is required"))
+                })?;
+            Ok((adding, term))
+        })
+        .collect()
+}
+
+async fn patch_members(state: &AppState, meta: &Meta, id: &str, rows: Vec<MemberRow>) -> Result<i64, ApiError> {
+    let terms = member_terms(&rows)?;
     let mut add = BTreeSet::new();
     let mut remove = BTreeSet::new();
     let mut unmatched = 0;
@@ -370,24 +419,7 @@ async fn patch_members(state: &AppState, meta: &Meta, id: &str, rows: Vec<Member
     if !state.users.wait_for(head, state.config.min_position_wait).await {
         return Err(ApiError::behind(head));
     }
-    for (index, row) in rows.iter().enumerate() {
-        let adding = match row.action.trim().to_ascii_lowercase().as_str() {
-            "add" => true,
-            "remove" => false,
-            other => {
-                return Err(ApiError::invalid(format!("row {index}: action must be add or remove, got {other:?}")))
-            }
-        };
-        let term = row
-            .user_id
-            .as_deref()
-            .or(row.email.as_deref())
-            .or(row.phone_number.as_deref())
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::invalid(format!("row {index}: one of user_id, email or phone_number is required"))
-            })?;
+    for (adding, term) in terms {
         match state.queries.search(&meta.tenant, &[term.to_string()]).await?.first() {
             Some(user) if adding => {
                 add.insert(user.user_id.clone());

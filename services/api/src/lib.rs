@@ -36,7 +36,9 @@ pub mod groups;
 pub mod http;
 pub mod jobs;
 pub mod members_file;
+pub mod metrics;
 pub mod oauth;
+pub mod openapi;
 pub mod ops;
 pub mod passage;
 pub mod platform_config;
@@ -95,6 +97,9 @@ pub struct Config {
     pub job_worker: bool,
     /// Requests a second one credential may make (`--rate-limit`); `None`: no limit.
     pub rate_limit: Option<u32>,
+    /// `/metrics`, `/openapi.json` and `/docs` open to everyone
+    /// (`--ops-public`); by default loopback or a valid credential.
+    pub ops_public: bool,
 }
 
 impl Config {
@@ -115,6 +120,7 @@ impl Config {
             job_limits: jobs::Limits::default(),
             job_worker: true,
             rate_limit: None,
+            ops_public: false,
         }
     }
 }
@@ -146,6 +152,8 @@ pub struct Shared {
     pub fetcher: fetch::Fetcher,
     /// Every projection of this process, for readiness.
     pub runners: Vec<RunnerHandle>,
+    /// The bulk-job worker's handle, once it runs in this process.
+    pub job_runner: std::sync::OnceLock<RunnerHandle>,
 }
 
 /// The service's parts, running: the log, its writer and the projections.
@@ -194,6 +202,7 @@ impl Service {
             commands: Commands::new(log, clock),
             access,
             runners,
+            job_runner: std::sync::OnceLock::new(),
             users: workers.users,
             attributes: workers.attributes,
             groups: workers.groups,
@@ -216,7 +225,14 @@ impl Service {
         }));
         if state.config.job_worker {
             let worker = jobs::JobWorker::new(state.clone());
+            let _ = state.job_runner.set(userstream_projections::worker::Worker::health(&worker).handle());
             tasks.push(tokio::spawn(userstream_projections::worker::run(worker, cancel.clone(), poll)));
+        }
+        if metrics::install().is_some() {
+            let stop = cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                stop.run_until_cancelled(metrics::upkeep()).await;
+            }));
         }
         Ok(Service { state, cancel, tasks })
     }
@@ -297,6 +313,7 @@ async fn reject_oversized(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
+        let passage = request.uri().path().starts_with("/v1/apps/");
         let continues = request
             .headers()
             .get(axum::http::header::EXPECT)
@@ -316,12 +333,15 @@ async fn reject_oversized(
             };
             let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
         }
-        let mut response = http::ApiError::new(
+        let error = http::ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!("the request body is too large (limit {limit} bytes)"),
-        )
-        .into_response();
+        );
+        let mut response = match passage {
+            true => http::error::PassageError::from(error).into_response(),
+            false => error.into_response(),
+        };
         response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
         return response;
     }
@@ -334,6 +354,14 @@ pub fn route_table() -> Vec<(Method, String)> {
     let fynd = fynd::routes().into_iter().map(|(m, p, _)| (m, format!("{}{p}", fynd::PREFIX)));
     let passage = passage::routes().into_iter().map(|(m, p, _)| (m, format!("{}{p}", passage::PREFIX)));
     fynd.chain(passage).collect()
+}
+
+/// The routes outside both surfaces: the token endpoint and the
+/// operational routes.
+pub fn other_routes() -> Vec<(Method, String)> {
+    let mut routes = vec![(Method::POST, oauth::TOKEN_PATH.to_string())];
+    routes.extend(ops::ROUTES.iter().map(|p| (Method::GET, p.to_string())));
+    routes
 }
 
 fn nest(routes: Vec<(Method, &'static str, MethodRouter<AppState>)>) -> Router<AppState> {
@@ -349,12 +377,20 @@ pub fn app(state: AppState) -> Router {
         .merge(oauth::router())
         .merge(ops::router())
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(limit, reject_oversized))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-            let id = req.headers().get(http::request_id::HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
-            tracing::info_span!("http.request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-        }))
+        // A 5xx is logged once, where its cause is known (`ApiError::internal`
+        // and the storage errors), inside this span: not again by the layer.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    let id =
+                        req.headers().get(http::request_id::HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    tracing::info_span!("http.request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                })
+                .on_failure(()),
+        )
         .layer(axum::middleware::from_fn(http::request_id::assign))
         .with_state(state)
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 pub const MAX_MEMBER_ROWS: usize = 10_000;
 
 /// One membership row, from JSON or CSV.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = UserGroupUpdateData)]
 pub struct MemberRow {
     #[serde(default)]
     pub user_id: Option<String>,
@@ -23,6 +24,8 @@ pub struct MemberRow {
     pub email: Option<String>,
     #[serde(default)]
     pub phone_number: Option<String>,
+    /// `add` or `remove` (any case).
+    #[schema(value_type = crate::openapi::schemas::MemberAction)]
     pub action: String,
 }
 

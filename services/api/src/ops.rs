@@ -1,15 +1,45 @@
-//! Operational endpoints: liveness and readiness.
+//! Operational endpoints: liveness and readiness (open to all), the
+//! OpenAPI document, its reference page and the metrics (loopback, any
+//! valid credential, or everyone with `--ops-public`: see [`crate::auth`]).
 
 use crate::AppState;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use userstream_eventlog::EventLog;
 
+/// Every operational route.
+pub const ROUTES: [&str; 5] = ["/healthz", "/readyz", "/openapi.json", "/docs", "/metrics"];
+
+/// The operational routes that not everyone may read (without the `/`).
+pub const GUARDED: [&str; 3] = ["openapi.json", "docs", "metrics"];
+
 pub fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+        .route("/docs", get(docs))
+        .route("/metrics", get(crate::metrics::render))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::openapi::json()).into_response()
+}
+
+/// The API reference: a page of our own that renders `/openapi.json`.
+async fn docs() -> Response {
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+        ),
+    ];
+    (headers, include_str!("openapi/docs.html")).into_response()
 }
 
 async fn healthz() -> Json<Value> {

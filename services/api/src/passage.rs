@@ -42,13 +42,18 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     ]
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = PassageUserArgs)]
 pub struct UserArgs {
+    /// On update, `""` removes the email.
     #[serde(default)]
     pub email: Option<String>,
+    /// E.164; on update, `""` removes the phone.
     #[serde(default)]
     pub phone: Option<String>,
+    /// At most 16 KiB.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub user_metadata: Option<Value>,
 }
 

@@ -28,12 +28,15 @@ use userstream_eventlog::{format_time, Tenant};
 
 pub const COOKIE: &str = "f.session";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateSessionBody {
     pub user_id: String,
     #[serde(default)]
+    #[schema(max_length = 253)]
     pub domain: Option<String>,
+    /// Seconds; without it the application's `session_config` decides.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 31_622_400)]
     pub max_age: Option<i64>,
 }
 
@@ -68,7 +71,7 @@ pub async fn create_session(
         None => config.config.session_config.seconds(),
     };
     let domain = body.domain.unwrap_or_default();
-    if domain.len() > 253 {
+    if domain.chars().count() > 253 {
         return Err(ApiError::invalid("domain is longer than 253 characters"));
     }
     let ctx = state.commands.context_of(&config.config);

@@ -81,6 +81,7 @@ pub(crate) async fn run(
         stats.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let span = tracing::debug_span!("eventlog.append", batch = batch.len());
         let requests: Vec<&AppendRequest> = batch.iter().map(|p| &p.request).collect();
+        let started = std::time::Instant::now();
         let outcome = async {
             let _turn = db.write_turn().await;
             begin(&db, &mut conn).await?;
@@ -92,8 +93,13 @@ pub(crate) async fn run(
         }
         .instrument(span)
         .await;
+        let ok = if outcome.is_ok() { "ok" } else { "error" };
+        metrics::histogram!("userstream_append_batch_duration_seconds", "outcome" => ok)
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("userstream_append_batch_size", "outcome" => ok).record(batch.len() as f64);
         match outcome {
             Ok((results, recorded)) => {
+                metrics::counter!("userstream_events_appended_total").increment(recorded.len() as u64);
                 for (pending, result) in batch.iter().zip(&results) {
                     if let (Some(shredder), Ok(r)) = (&pending.shredder, result) {
                         if !r.replayed {

@@ -128,6 +128,10 @@ enum Command {
         /// over it, 429 with `Retry-After`. Default: no limit.
         #[arg(long = "rate-limit", env = "USERSTREAM_RATE_LIMIT")]
         rate_limit: Option<u32>,
+        /// Open `/metrics`, `/openapi.json` and `/docs` to everyone. By
+        /// default they answer loopback, or any valid credential.
+        #[arg(long = "ops-public", env = "USERSTREAM_OPS_PUBLIC")]
+        ops_public: bool,
         #[command(flatten)]
         job_limits: JobLimitArgs,
         #[command(flatten)]
@@ -216,12 +220,14 @@ async fn main() -> anyhow::Result<()> {
             files_dir,
             fetch_allow,
             rate_limit,
+            ops_public,
             job_limits,
             nats,
         } => {
             let mut config = Config::new(database.url);
             config.fetch_allow = fetch_allow;
             config.rate_limit = rate_limit.filter(|n| *n > 0);
+            config.ops_public = ops_public;
             if let Some(dir) = files_dir {
                 config.files_dir = dir;
             }

@@ -20,7 +20,8 @@ use userstream_projections::read_models::attributes::{DefinitionFilter, Definiti
 use userstream_projections::read_models::users::MAX_PAGE_SIZE;
 
 /// The wire body of create and update. Both spellings of multi-value are accepted.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
+#[schema(as = CreateUserAttributeDefinition)]
 pub struct DefinitionBody {
     #[serde(default)]
     pub name: Option<String>,
@@ -28,11 +29,14 @@ pub struct DefinitionBody {
     pub slug: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Required on create.
     #[serde(rename = "type", default)]
+    #[schema(value_type = Option<crate::openapi::schemas::AttributeType>)]
     pub kind: Option<AttrType>,
     #[serde(default, alias = "multi_value")]
     pub is_multi_value: Option<bool>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<crate::openapi::schemas::UserAttributeDefinitionValidation>>)]
     pub validations: Option<Vec<Validation>>,
     #[serde(default)]
     pub default_value: Option<Value>,

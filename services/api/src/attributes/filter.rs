@@ -14,20 +14,27 @@ use userstream_domain::rules;
 use userstream_projections::read_models::attribute_filter::AttributeFilter;
 use userstream_projections::read_models::users::{UserRow, MAX_PAGE_SIZE};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct FilterCondition {
     pub definition_id: String,
     #[serde(rename = "type")]
+    #[schema(value_type = crate::openapi::schemas::ConditionOperator)]
     pub op: String,
+    /// A string, a list (joined with `,`) or any value (as JSON text).
     #[serde(default)]
     pub value: Value,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct FilterQuery {
+    /// Conditions are always combined with and.
     #[serde(rename = "type", default)]
+    #[schema(value_type = Option<crate::openapi::schemas::FilterQueryType>)]
     pub kind: Option<String>,
+    #[schema(minimum = 1, maximum = 500)]
     pub limit: i64,
+    /// From 1; `page × limit` at most 10000.
+    #[schema(minimum = 1, maximum = 10_000)]
     pub page: i64,
     pub conditions: Vec<FilterCondition>,
     #[serde(default)]
@@ -36,7 +43,7 @@ pub struct FilterQuery {
     pub phone: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct FilterBody {
     pub query: FilterQuery,
 }
@@ -79,7 +86,7 @@ impl FilterQuery {
         if !(1..=MAX_PAGE_SIZE).contains(&self.limit) {
             return Err(ApiError::invalid(format!("query.limit must be from 1 to {MAX_PAGE_SIZE}")));
         }
-        if self.page < 1 || self.page * self.limit > 10_000 {
+        if self.page < 1 || self.page.saturating_mul(self.limit) > 10_000 {
             return Err(ApiError::invalid("query.page must be at least 1, and page × limit at most 10000"));
         }
         if self.kind.as_deref().is_some_and(|k| !matches!(k, "" | "and" | "all" | "user" | "users")) {

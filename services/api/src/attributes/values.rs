@@ -30,8 +30,10 @@ async fn live_user(state: &AppState, tenant: &Tenant, raw: &str) -> Result<UserI
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = CreateUserAttributeRequest)]
 pub struct UpsertBody {
+    #[schema(value_type = crate::openapi::schemas::UserAttributeKeyValue)]
     pub attribute: Value,
     #[serde(default, alias = "customer_overriden")]
     pub customer_overridden: Option<bool>,
@@ -128,14 +130,15 @@ pub async fn delete_value(
 /// Most attributes one request may set or delete for a user.
 pub const MAX_ATTRIBUTES_PER_REQUEST: usize = 200;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct BulkValue {
     pub definition_id: String,
     pub value: Value,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct BulkUpsertBody {
+    #[schema(min_items = 1, max_items = 200)]
     pub attributes: Vec<BulkValue>,
     #[serde(default, alias = "customer_overriden")]
     pub customer_overridden: Option<bool>,
@@ -191,8 +194,9 @@ pub async fn upsert_values(
     Ok(position_header(Json(json!({ "success": true, "attributes": attributes })).into_response(), position))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct BulkDeleteBody {
+    #[schema(min_items = 1, max_items = 200)]
     pub definition_ids: Vec<String>,
 }
 

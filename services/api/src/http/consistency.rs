@@ -15,7 +15,8 @@
 //!   the answer may miss the latest writes.
 //!
 //! A read model that does not get there in time answers 503
-//! `read_model_behind` with `Retry-After`.
+//! `read_model_behind` with `Retry-After`; a position past the log's head
+//! (which no write answered) is a 400.
 
 use crate::http::ApiError;
 use crate::AppState;
@@ -42,16 +43,30 @@ impl Consistency {
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
         let query: Vec<(String, String)> =
             serde_urlencoded::from_str(parts.uri.query().unwrap_or("")).unwrap_or_default();
+        for name in ["min_position", "consistency"] {
+            if query.iter().filter(|(k, _)| k == name).count() > 1 {
+                return Err(ApiError::invalid(format!("{name} may be given once")));
+            }
+        }
         let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim());
-        if let Some(raw) = header("x-min-position").or_else(|| param("min_position")) {
-            let position = raw.parse().map_err(|_| ApiError::invalid("min_position must be an integer"))?;
-            return Ok(Consistency::AtLeast(position));
-        }
-        match header("x-consistency").or_else(|| param("consistency")) {
-            None | Some("") | Some("latest") => Ok(Consistency::Latest),
-            Some("eventual") => Ok(Consistency::Eventual),
-            Some(other) => Err(ApiError::invalid(format!("consistency must be latest or eventual, got {other:?}"))),
-        }
+        let position = |raw: &str| {
+            raw.parse()
+                .ok()
+                .filter(|p: &i64| *p >= 0)
+                .ok_or_else(|| ApiError::invalid("min_position must be an integer of at least 0"))
+        };
+        let kind = |raw: &str| match raw {
+            "" | "latest" => Ok(Consistency::Latest),
+            "eventual" => Ok(Consistency::Eventual),
+            other => Err(ApiError::invalid(format!("consistency must be latest or eventual, got {other:?}"))),
+        };
+        // Every value given is checked, also those a header overrides.
+        let min = [header("x-min-position"), param("min_position")].map(|raw| raw.map(position).transpose());
+        let wanted = [header("x-consistency"), param("consistency")].map(|raw| raw.map(kind).transpose());
+        let [min_header, min_param] = min;
+        let [kind_header, kind_param] = wanted;
+        let (min, kind) = (min_header?.or(min_param?), kind_header?.or(kind_param?));
+        Ok(min.map(Consistency::AtLeast).or(kind).unwrap_or(Consistency::Latest))
     }
 
     /// Waits until each of `models` has reached what this consistency asks
@@ -59,7 +74,17 @@ impl Consistency {
     pub async fn wait(self, state: &AppState, models: &[&RunnerHandle]) -> Result<(), ApiError> {
         let position = match self {
             Consistency::Eventual => return Ok(()),
-            Consistency::AtLeast(position) => position,
+            Consistency::AtLeast(position) => {
+                // No write has answered a position past the head: a client
+                // error, not something to wait for.
+                let head = state.commands.log().head().await?;
+                if position > head {
+                    return Err(ApiError::invalid(format!(
+                        "min_position {position} is past the log's last position {head}: no write returned it"
+                    )));
+                }
+                position
+            }
             Consistency::Latest => state.commands.log().head().await?,
         };
         for model in models {

@@ -149,6 +149,7 @@ impl From<Rejection> for ApiError {
             Rejection::Taken { .. } => (StatusCode::CONFLICT, "duplicate"),
             Rejection::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
             Rejection::Contended { .. } => (StatusCode::CONFLICT, "contended"),
+            Rejection::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
         };
         ApiError::new(status, code, message)
     }

@@ -8,8 +8,9 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use userstream_eventlog::Tenant;
 
-/// A JSON body: unparsable JSON → 422, JSON of the wrong shape → 400 naming
-/// the field, over the body limit → 413.
+/// A JSON body: unparsable JSON → 422, JSON of the wrong shape (anything but
+/// an object at the top; serde would take an array for a struct's fields in
+/// order) → 400 naming the field, over the body limit → 413.
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
@@ -31,6 +32,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 format!("the body is not valid JSON: {e}"),
             )
         })?;
+        if !parsed.is_object() {
+            return Err(ApiError::invalid("the body must be a JSON object"));
+        }
         serde_path_to_error::deserialize(parsed).map(JsonBody).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
@@ -48,16 +52,32 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 }
 
 /// The query string as key/value pairs, repeated keys kept (`query=a&query=b`).
+/// On the Fynd surface only the list parameters ([`REPEATABLE`]) may be
+/// repeated: another parameter given twice is a 400, never a silent choice
+/// of one value. (The Passage list reads its filters itself.)
 pub struct QueryPairs(pub Vec<(String, String)>);
+
+/// The Fynd query parameters that take several values.
+pub const REPEATABLE: [&str; 5] = ["query", "types", "type", "tags", "excluding_ids"];
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let raw = parts.uri.query().unwrap_or("");
-        serde_urlencoded::from_str::<Vec<(String, String)>>(raw)
-            .map(QueryPairs)
-            .map_err(|e| ApiError::invalid(format!("invalid query string: {e}")))
+        let pairs = serde_urlencoded::from_str::<Vec<(String, String)>>(raw)
+            .map_err(|e| ApiError::invalid(format!("invalid query string: {e}")))?;
+        // The full path: a nested router sees its own part only.
+        let original = parts.extensions.get::<axum::extract::OriginalUri>().map(|u| u.0.path().to_string());
+        if original.as_deref().unwrap_or(parts.uri.path()).starts_with("/service/platform/") {
+            let single = |key: &str| !REPEATABLE.contains(&key.strip_suffix("[]").unwrap_or(key));
+            for (index, (key, _)) in pairs.iter().enumerate() {
+                if single(key) && pairs[..index].iter().any(|(k, _)| k == key) {
+                    return Err(ApiError::invalid(format!("{key} may be given once")));
+                }
+            }
+        }
+        Ok(QueryPairs(pairs))
     }
 }
 

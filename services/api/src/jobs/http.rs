@@ -27,29 +27,38 @@ type JobPath = Path<(String, String, String)>;
 /// Inline rows one bulk attribute request may carry.
 pub const MAX_INLINE_ROWS: usize = 10_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ImportBody {
+    /// `file://` inside the files directory, or `http(s)://` (fetched when the job runs).
     pub absolute_url: String,
+    #[schema(value_type = crate::openapi::schemas::JobFileFormatInput)]
     pub file_format: String,
     #[serde(default)]
     pub relative_url: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ExportBody {
+    #[schema(value_type = crate::openapi::schemas::JobFileFormatInput)]
     pub file_format: String,
     /// A `/customers/list` filter: an email or phone, or a JSON filter.
     #[serde(default)]
     pub q: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct BulkAttributesBody {
+    /// Inline rows (1 to 10000): `user_id`, `email` or `phone_number`; `definition_id` or `slug`; `value`
+    /// (and `customer_overridden`). Or `file_url`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>, min_items = 1, max_items = 10_000)]
     pub rows: Option<Vec<serde_json::Map<String, Value>>>,
+    /// `file://` inside the files directory, or `http(s)://`; or `rows`.
     #[serde(default)]
     pub file_url: Option<String>,
+    /// The format of `file_url` (default `csv`).
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::schemas::JobFileFormatInput>)]
     pub file_format: Option<String>,
 }
 

@@ -162,7 +162,12 @@ impl JobRun<'_> {
         }
         let error_bytes = self.error_bytes;
         self.record(JobCommand::Progress { rows, counts, error_bytes }).await?;
-        self.progress.send_replace((rows, counts));
+        let (_, before) = self.progress.send_replace((rows, counts));
+        let kind = self.job.kind.as_str();
+        metrics::counter!("userstream_job_rows_total", "kind" => kind, "outcome" => "success")
+            .increment(counts.success.saturating_sub(before.success));
+        metrics::counter!("userstream_job_rows_total", "kind" => kind, "outcome" => "error")
+            .increment(counts.error.saturating_sub(before.error));
         Ok(())
     }
 }
