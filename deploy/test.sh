@@ -30,6 +30,9 @@ tests/sdk/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk
 echo "== schemathesis and openapi-spec-validator (for the OpenAPI tests)"
 [ -x tests/ops/.venv/bin/python ] || python3 -m venv tests/ops/.venv
 tests/ops/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/ops/requirements.txt
+# Only the Compose Specification's JSON schema is read from this package
+# (tests/ops/check_deploy.py); its own dependencies are not wanted.
+tests/ops/.venv/bin/pip install --quiet --disable-pip-version-check --no-deps docker-compose==1.29.2
 
 echo "== build"
 cargo build --workspace --all-targets --locked "${features[@]}"

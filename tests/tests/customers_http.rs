@@ -381,15 +381,93 @@ async fn another_tenant_sees_nothing() {
     assert_eq!(get_json(&app, &format!("{other_company}/customers/{id}"), p).await.0, 403);
 }
 
+/// A position no write answered (past the log's head) is the client's
+/// mistake: a 400 at once, not a wait and a 503. (A read model that is
+/// really behind answers 503: `read_your_writes.rs`.)
 #[tokio::test]
-async fn a_query_waits_for_its_min_position_then_gives_up_with_503() {
-    let app = TestApp::spawn_on(userstream_tests::fresh_sqlite(), &[("USERSTREAM_MIN_POSITION_WAIT_MS", "200")]).await;
+async fn a_min_position_past_the_head_is_a_400() {
+    let app = TestApp::spawn().await;
     let (_, p) = app.create_user(alice()).await;
     let (status, list) = get_json(&app, &format!("{}/list", app.customers()), p).await;
     assert_eq!((status, list["page"]["item_total"].clone()), (StatusCode::OK, json!(1)));
-    let r = app.client.get(format!("{}/list?min_position={}", app.customers(), p + 1000)).send().await.expect("get");
-    assert_eq!(r.status(), 503);
-    assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    for url in [format!("{}/list?min_position={}", app.customers(), p + 1000), format!("{}/list", app.customers())] {
+        let r = app.client.get(url).header("x-min-position", (p + 1000).to_string()).send().await.expect("get");
+        assert_eq!(r.status(), 400);
+        let body: Value = r.json().await.expect("json");
+        assert!(body["message"].as_str().is_some_and(|m| m.contains("past the log's last position")), "{body}");
+    }
+}
+
+/// An `Idempotency-Key` is kept per kind of change: reused for another
+/// kind, it is a new request (never the first change's answer passed off as
+/// this one's); reused for the same kind on another target, it is a 422
+/// that changes nothing. An erasure under such a key destroys no key (it
+/// did, before: the person stayed, unreadable).
+#[tokio::test]
+async fn an_idempotency_key_reused_for_another_change_never_answers_the_first_one() {
+    let app = TestApp::spawn().await;
+    let (ada, _) = app.create_user(alice()).await;
+    let ada = ada["_id"].as_str().expect("id").to_string();
+    let (bob, _) = app.create_user(userstream_tests::user_body(7)).await;
+    let bob = bob["_id"].as_str().expect("id").to_string();
+    let update = |id: &str, name: &str| {
+        app.client
+            .put(format!("{}/{id}", app.customers()))
+            .header("idempotency-key", "k-1")
+            .json(&json!({"first_name": name}))
+    };
+    assert_eq!(update(&ada, "Ada").send().await.expect("update").status(), 200);
+    let head = app.head().await;
+    // The same kind of change to another target: 422, nothing appended.
+    let r = update(&bob, "Bobby").send().await.expect("update");
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["code"], "idempotency_key_reused", "{body}");
+    let erase = |id: &str| {
+        app.client
+            .post(format!("{}/{id}/erase", app.customers()))
+            .header("idempotency-key", "e-1")
+            .json(&json!({"reason": "request"}))
+    };
+    assert_eq!(erase(&bob).send().await.expect("erase").status(), 200);
+    let head = head.max(app.head().await);
+    let r = erase(&ada).send().await.expect("erase");
+    assert_eq!(r.status(), 422, "Ada's erasure under Bob's key");
+    assert_eq!(app.head().await, head, "nothing was appended");
+    let (status, user) = get_json(&app, &format!("{}/{ada}", app.customers()), head).await;
+    assert_eq!((status, user["user"]["first_name"].clone()), (StatusCode::OK, json!("Ada")), "Ada is intact: {user}");
+    // Another kind of change under a used key is a change of its own.
+    let r =
+        app.client.post(app.customers()).header("idempotency-key", "k-1").json(&userstream_tests::user_body(8)).send();
+    let created: Value = r.await.expect("create").json().await.expect("json");
+    assert!(created["user"]["_id"].is_string() && created["user"]["_id"] != json!(ada), "{created}");
+    let group = app.client.post(format!("{}/user_group", app.fynd(COMPANY, APP))).header("idempotency-key", "k-1");
+    let r = group.json(&json!({"name": "vip", "type": "manual"})).send().await.expect("group");
+    assert_eq!(r.status(), 201);
+    // And the same request again is still a harmless retry.
+    let head = app.head().await;
+    assert_eq!(update(&ada, "Ada").send().await.expect("retry").status(), 200);
+    assert_eq!(app.head().await, head);
+}
+
+/// Bodies are JSON objects; a parameter that takes one value takes one.
+#[tokio::test]
+async fn an_array_body_and_a_repeated_parameter_are_refused() {
+    let app = TestApp::spawn().await;
+    let (ada, p) = app.create_user(alice()).await;
+    let ada = ada["_id"].as_str().expect("id").to_string();
+    let r = app.client.put(format!("{}/{ada}", app.customers())).json(&json!(["Ada", null])).send().await.expect("put");
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["message"], "the body must be a JSON object");
+    let (status, body) = get_json(&app, &format!("{}/list?page_no=1&page_no=2", app.customers()), p).await;
+    assert_eq!((status, body["message"].clone()), (StatusCode::BAD_REQUEST, json!("page_no may be given once")));
+    let (status, _) =
+        get_json(&app, &format!("{}/list?consistency=latest&consistency=eventual", app.customers()), p).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // List parameters repeat as before.
+    let (status, found) = get_json(&app, &format!("{}/search?query={ada}&query=nobody", app.customers()), p).await;
+    assert_eq!((status, found["users"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)));
 }
 
 #[tokio::test]

@@ -43,6 +43,7 @@ pub struct Meta {
     pub tenant: Tenant,
     pub actor: String,
     pub correlation_id: String,
+    /// The client's `Idempotency-Key`; the log keeps it per command name.
     pub idempotency_key: Option<String>,
 }
 
@@ -68,9 +69,7 @@ pub enum Rejection {
     VersionConflict { expected: i64, actual: i64 },
     #[error("too many concurrent changes to {stream}; try again")]
     Contended { stream: String },
-    #[error(
-        "this Idempotency-Key was used for another request (another kind of change, or another target); use a new key"
-    )]
+    #[error("this Idempotency-Key was used for the same kind of change to another target; use a new key")]
     IdempotencyKeyReused,
 }
 
@@ -468,7 +467,12 @@ impl Commands {
             streams: appends,
             reserve,
             release,
-            idempotency_key: meta.idempotency_key.clone(),
+            // Kept per command: a key the client reused for another kind of
+            // change never answers that change's result for this one.
+            idempotency_key: meta.idempotency_key.as_ref().map(|key| {
+                let command = targets.first().map_or("", |(_, c)| S::command_name(c));
+                format!("{command}:{key}")
+            }),
         };
         let result = self.log.append(request).await.map_err(|e| refused(e, expected))?;
         if !result.replayed {
