@@ -12,6 +12,17 @@ use userstream_tests::{
 };
 
 /// Waits (bounded) until `/readyz` satisfies `pred`; returns the last answer.
+/// The sum of every sample of `/metrics` whose line starts with `series`
+/// (a name, or a name with its first labels).
+async fn metric_sum(app: &TestApp, series: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", app.base)).await.expect("metrics").text().await.expect("text");
+    let prefix = series.trim_end_matches('}');
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with(['{', ' ', ',', '}']))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
 async fn wait_readyz(app: &TestApp, what: &str, pred: impl Fn(u16, &Value) -> bool) -> Value {
     let started = Instant::now();
     loop {
@@ -104,10 +115,17 @@ async fn relay_publishes_every_event_once_in_order_through_a_nats_outage() {
         // the writers were.
         app.create_user(user_body(999)).await;
         wait_readyz(&app, "NATS outage noticed", |s, b| s == 503 && b["reasons"].to_string().contains("nats")).await;
+        // The metrics show the outage: failures counted, the relay behind.
+        let failures = metric_sum(&app, "userstream_nats_publish_failures_total").await;
+        assert!(failures > 0.0, "{}: failures counted during the outage", db.backend);
+        assert!(metric_sum(&app, "userstream_worker_lag_events{worker=\"nats-relay\"}").await > 0.0);
+        assert!(metric_sum(&app, "userstream_worker_lag_seconds{worker=\"nats-relay\"}").await > 0.0);
         nats.start(&bin);
         let head = app.head().await;
         wait_readyz(&app, "relay catches up", |s, b| s == 200 && b["projections"]["nats-relay"]["position"] == head)
             .await;
+        assert_eq!(metric_sum(&app, "userstream_worker_lag_events{worker=\"nats-relay\"}").await, 0.0);
+        assert_eq!(metric_sum(&app, "userstream_worker_lease_owned{worker=\"nats-relay\"}").await, 1.0);
 
         let messages = stream_messages(&nats.url(), &stream).await;
         let positions: Vec<i64> = messages.iter().map(|(_, _, e)| e["position"].as_i64().expect("position")).collect();

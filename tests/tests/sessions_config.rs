@@ -27,7 +27,7 @@ async fn platform_config_has_defaults_takes_updates_as_events_and_refuses_bad_va
             ),
             (json!({"session_config": {"duration": 0}}), "session_config.duration"),
             (json!({"session_config": {"duration": 400, "type": "Days"}}), "session_config.duration"),
-            (json!([1, 2]), "PlatformSchema"),
+            (json!([1, 2]), "must be a JSON object"),
         ];
         for (body, field) in bad {
             let (status, err) = json_of(app.client.post(&url).json(&body).send().await.expect("post")).await;

@@ -78,12 +78,12 @@ impl Described for Op {
     fn consistent(self) -> Self {
         self.header(
             "X-Min-Position",
-            integer(),
+            int_in(0, i64::MAX),
             "wait (at most --min-position-wait-ms, then 503) until the read model has this log position \
              (an X-Event-Position of a command); by default the log's head when the request arrives",
         )
         .header("X-Consistency", one_of(&["", "latest", "eventual"]), "`eventual`: never wait (default `latest`)")
-        .query("min_position", integer(), "the same as X-Min-Position (the header wins)")
+        .query("min_position", int_in(0, i64::MAX), "the same as X-Min-Position (the header wins)")
         .query(
             "consistency",
             one_of(&["", "latest", "eventual"]),
@@ -139,14 +139,15 @@ impl Described for Op {
         }
         if has("X-Min-Position") {
             causes.push(
-                "an X-Min-Position (min_position) that is no integer, or an X-Consistency (consistency) other \
-                 than latest or eventual",
+                "an X-Min-Position (min_position) that is no integer of at least 0, or past the log's last \
+                 position; an X-Consistency (consistency) other than latest or eventual",
             );
         }
         causes.push(if passage {
             "an app_id that is not 1 to 64 letters, digits, - or _"
         } else {
-            "a company_id or application_id that is not 1 to 64 letters, digits, - or _"
+            "a company_id or application_id that is not 1 to 64 letters, digits, - or _; a query parameter that \
+             takes one value given twice"
         });
         let shared = causes.join("; ");
         let mut list: Vec<(u16, String)> = failures.iter().map(|(s, d)| (*s, d.to_string())).collect();
@@ -154,8 +155,18 @@ impl Described for Op {
             Some((_, d)) => *d = format!("{d}; {shared}"),
             None => list.push((400, shared)),
         }
-        if self.body.is_some() && !passage && !list.iter().any(|(s, _)| *s == 422) {
-            list.push((422, "the body is not valid JSON (unparsable_json)".to_string()));
+        let reused = "the Idempotency-Key was used for this kind of change to another target (idempotency_key_reused)";
+        if !passage {
+            let mut unprocessable = Vec::new();
+            if self.body.is_some() {
+                unprocessable.push("the body is not valid JSON (unparsable_json)");
+            }
+            if has("Idempotency-Key") {
+                unprocessable.push(reused);
+            }
+            if !unprocessable.is_empty() && !list.iter().any(|(s, _)| *s == 422) {
+                list.push((422, unprocessable.join("; ")));
+            }
         }
         list.sort_by_key(|(s, _)| *s);
         let refs: Vec<(u16, &str)> = list.iter().map(|(s, d)| (*s, d.as_str())).collect();
