@@ -72,8 +72,10 @@ impl RelayConfig {
     }
 }
 
-/// The `reason` label of `userstream_nats_publish_failures_total`, one per
-/// kind of [`RelayError`].
+/// Counter: failed relay steps, by `reason` ([`FAILURE_REASONS`]).
+pub const PUBLISH_FAILURES: &str = "userstream_nats_publish_failures_total";
+
+/// The `reason` label of [`PUBLISH_FAILURES`], one per kind of [`RelayError`].
 pub const FAILURE_REASONS: [&str; 4] = ["unreachable", "stream", "publish", "storage"];
 
 #[derive(Debug, thiserror::Error)]
@@ -379,7 +381,7 @@ impl Worker for Relay {
             RelayError::Publish { .. } => FAILURE_REASONS[2],
             RelayError::Storage(_) | RelayError::Log(_) => FAILURE_REASONS[3],
         };
-        metrics::counter!("userstream_nats_publish_failures_total", "reason" => reason).increment(1);
+        metrics::counter!(PUBLISH_FAILURES, "reason" => reason).increment(1);
         self.report(Some(error.to_string()));
     }
 }

@@ -125,11 +125,13 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
          expected-statuses = [\"400\", \"401\", \"403\", \"404\", \"405\", \"406\", \"409\", \"413\", \"415\", \"422\", \"428\", \"429\"]\n"
     );
     std::fs::write(dir.join("schemathesis.toml"), config).expect("config");
+    // One worker: with two, hypothesis' lambda descriptions race inside
+    // schemathesis (a runtime error of the tool, not a finding).
     let examples = std::env::var("SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "50".to_string());
     let out = tokio::process::Command::new(python.with_file_name("st"))
         .args(["--config-file", "schemathesis.toml", "run"])
         .arg(format!("{}/openapi.json", server.base))
-        .args(["--checks", "all", "--max-examples", &examples, "--seed", "1", "--workers", "2"])
+        .args(["--checks", "all", "--max-examples", &examples, "--seed", "1", "--workers", "1"])
         // Excluded, with the reason (the README's Operating it says it too):
         // positive_data_acceptance expects every schema-valid request to
         // succeed, but validity also depends on state and rules no schema

@@ -83,9 +83,8 @@ fn record_command<T>(command: &'static str, started: std::time::Instant, result:
         Err(CommandError::Rejected(_)) => "rejected",
         Err(CommandError::Failed(_)) => "failed",
     };
-    metrics::counter!("userstream_commands_total", "command" => command, "outcome" => outcome).increment(1);
-    metrics::histogram!("userstream_command_duration_seconds", "command" => command)
-        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(crate::metrics::COMMANDS, "command" => command, "outcome" => outcome).increment(1);
+    metrics::histogram!(crate::metrics::COMMAND_DURATION, "command" => command).record(started.elapsed().as_secs_f64());
 }
 
 /// The log could not be read or written, or holds what cannot be decoded.

@@ -281,10 +281,7 @@ pub async fn list_groups(
         name: text("name"),
         kind: text("type"),
         status: text("status"),
-        uid: match text("group_uid") {
-            Some(v) => Some(v.parse().map_err(|_| ApiError::invalid("group_uid must be a number"))?),
-            None => None,
-        },
+        uid: query.opt_int("group_uid")?,
         category: text("category"),
         tags,
     };

@@ -19,6 +19,10 @@
 //!   [`files`]: the files directory `file://` URLs are confined to;
 //!   [`fetch`]: `http(s)://` fetches, confined to public addresses;
 //!   [`crypto`]: encryption at rest of attribute values; [`dto`]: wire shapes.
+//! - [`openapi`]: the OpenAPI document, one operation per route of the
+//!   surfaces' route tables (a test holds them together); [`metrics`]: the
+//!   Prometheus recorder, the request layer and the gauges read at a scrape.
+//!   Both are served by [`ops`].
 
 pub mod access;
 pub mod attributes;

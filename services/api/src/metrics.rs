@@ -28,27 +28,52 @@ const BATCH: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 51
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// Histogram: requests by `method`, `route` (template) and `status`.
+pub const HTTP_REQUEST_DURATION: &str = "userstream_http_request_duration_seconds";
+/// Counter: commands by `command` and `outcome`.
+pub const COMMANDS: &str = "userstream_commands_total";
+/// Histogram: command durations by `command`.
+pub const COMMAND_DURATION: &str = "userstream_command_duration_seconds";
+/// Gauge: 1 when the log answered the last scrape.
+pub const LOG_REACHABLE: &str = "userstream_log_reachable";
+/// Gauge: the log's last position.
+pub const LOG_HEAD: &str = "userstream_log_head_position";
+/// Gauge by `worker`: the position it has reached.
+pub const WORKER_POSITION: &str = "userstream_worker_position";
+/// Gauge by `worker`: events between its position and the head.
+pub const WORKER_LAG_EVENTS: &str = "userstream_worker_lag_events";
+/// Gauge by `worker`: age of the oldest event it has not processed.
+pub const WORKER_LAG_SECONDS: &str = "userstream_worker_lag_seconds";
+/// Gauge by `worker`: 1 on the process holding its lease.
+pub const WORKER_LEASE_OWNED: &str = "userstream_worker_lease_owned";
+/// Gauge by `worker`: 1 when it stopped on a poison event.
+pub const WORKER_FAILED: &str = "userstream_worker_failed";
+/// Gauge: bulk jobs by `kind` and `status`.
+pub const JOBS: &str = "userstream_jobs";
+/// Counter: job rows by `kind` and `outcome`.
+pub const JOB_ROWS: &str = "userstream_job_rows_total";
+
 /// Every metric the service exports, with its help text.
 pub const NAMES: [(&str, &str); 16] = [
+    (HTTP_REQUEST_DURATION, "Requests by method, route template and status, and how long they took."),
+    (COMMANDS, "Commands by name and outcome (ok, rejected, conflict, failed)."),
+    (COMMAND_DURATION, "How long commands took, by name."),
+    (userstream_eventlog::metric::APPEND_BATCH_SIZE, "Append requests per event-log transaction."),
+    (userstream_eventlog::metric::APPEND_BATCH_DURATION, "How long an event-log transaction took, by outcome."),
+    (userstream_eventlog::metric::EVENTS_APPENDED, "Events appended to the log by this process."),
+    (LOG_REACHABLE, "1 when the event log answered the last scrape."),
+    (LOG_HEAD, "Position of the last event of the log."),
+    (WORKER_POSITION, "The position each worker has reached."),
+    (WORKER_LAG_EVENTS, "Events between each worker's position and the log head."),
+    (WORKER_LAG_SECONDS, "Age of the oldest event a worker has not processed yet (0 when caught up)."),
+    (WORKER_LEASE_OWNED, "1 when this process holds the worker's lease (runs it), else 0."),
+    (WORKER_FAILED, "1 when the worker stopped on an event it cannot process."),
+    (JOBS, "Bulk jobs by kind and status, over every tenant."),
+    (JOB_ROWS, "Rows of bulk jobs processed by this process, by kind and outcome."),
     (
-        "userstream_http_request_duration_seconds",
-        "Requests by method, route template and status, and how long they took.",
+        userstream_projections::relay::PUBLISH_FAILURES,
+        "Failed relay steps (NATS unreachable, stream, publish, storage).",
     ),
-    ("userstream_commands_total", "Commands by name and outcome (ok, rejected, conflict, failed)."),
-    ("userstream_command_duration_seconds", "How long commands took, by name."),
-    ("userstream_append_batch_size", "Append requests per event-log transaction."),
-    ("userstream_append_batch_duration_seconds", "How long an event-log transaction took, by outcome."),
-    ("userstream_events_appended_total", "Events appended to the log by this process."),
-    ("userstream_log_reachable", "1 when the event log answered the last scrape."),
-    ("userstream_log_head_position", "Position of the last event of the log."),
-    ("userstream_worker_position", "The position each worker has reached."),
-    ("userstream_worker_lag_events", "Events between each worker's position and the log head."),
-    ("userstream_worker_lag_seconds", "Age of the oldest event a worker has not processed yet (0 when caught up)."),
-    ("userstream_worker_lease_owned", "1 when this process holds the worker's lease (runs it), else 0."),
-    ("userstream_worker_failed", "1 when the worker stopped on an event it cannot process."),
-    ("userstream_jobs", "Bulk jobs by kind and status, over every tenant."),
-    ("userstream_job_rows_total", "Rows of bulk jobs processed by this process, by kind and outcome."),
-    ("userstream_nats_publish_failures_total", "Failed relay steps (NATS unreachable, stream, publish, storage)."),
 ];
 
 /// Installs the process's recorder once; `None` when another recorder was
@@ -58,7 +83,12 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &LATENCY)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("userstream_append_batch_size".into()), &BATCH));
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(userstream_eventlog::metric::APPEND_BATCH_SIZE.into()),
+                        &BATCH,
+                    )
+                });
             match builder.and_then(PrometheusBuilder::install_recorder) {
                 Ok(handle) => {
                     describe();
@@ -82,13 +112,13 @@ fn describe() {
     use userstream_domain::job::JobKind;
     for kind in [JobKind::Import, JobKind::Export, JobKind::Attributes].map(JobKind::as_str) {
         for outcome in ["success", "error"] {
-            metrics::counter!("userstream_job_rows_total", "kind" => kind, "outcome" => outcome).increment(0);
+            metrics::counter!(JOB_ROWS, "kind" => kind, "outcome" => outcome).increment(0);
         }
     }
     for reason in userstream_projections::relay::FAILURE_REASONS {
-        metrics::counter!("userstream_nats_publish_failures_total", "reason" => reason).increment(0);
+        metrics::counter!(userstream_projections::relay::PUBLISH_FAILURES, "reason" => reason).increment(0);
     }
-    metrics::counter!("userstream_events_appended_total").increment(0);
+    metrics::counter!(userstream_eventlog::metric::EVENTS_APPENDED).increment(0);
 }
 
 /// Drains the histograms' buffers every few seconds (as scrapes do), so a
@@ -114,7 +144,7 @@ pub async fn track(request: Request, next: Next) -> Response {
         ("route", route.unwrap_or_else(|| "unmatched".to_string())),
         ("status", response.status().as_u16().to_string()),
     ];
-    metrics::histogram!("userstream_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(HTTP_REQUEST_DURATION, &labels).record(started.elapsed().as_secs_f64());
     response
 }
 
@@ -148,11 +178,11 @@ pub async fn render(State(state): State<AppState>) -> Response {
 async fn observe(state: &AppState) {
     let log = state.commands.log();
     let Ok(head) = log.head().await else {
-        metrics::gauge!("userstream_log_reachable").set(0.0);
+        metrics::gauge!(LOG_REACHABLE).set(0.0);
         return;
     };
-    metrics::gauge!("userstream_log_reachable").set(1.0);
-    metrics::gauge!("userstream_log_head_position").set(head as f64);
+    metrics::gauge!(LOG_REACHABLE).set(1.0);
+    metrics::gauge!(LOG_HEAD).set(head as f64);
     let now = state.commands.now();
     for runner in state.runners.iter().chain(state.job_runner.get()) {
         let status = runner.status();
@@ -165,12 +195,11 @@ async fn observe(state: &AppState) {
             },
         };
         let worker = runner.name;
-        metrics::gauge!("userstream_worker_position", "worker" => worker).set(status.position as f64);
-        metrics::gauge!("userstream_worker_lag_events", "worker" => worker).set(behind as f64);
-        metrics::gauge!("userstream_worker_lag_seconds", "worker" => worker).set(seconds);
-        metrics::gauge!("userstream_worker_lease_owned", "worker" => worker).set(f64::from(u8::from(status.owner)));
-        metrics::gauge!("userstream_worker_failed", "worker" => worker)
-            .set(f64::from(u8::from(status.failure.is_some())));
+        metrics::gauge!(WORKER_POSITION, "worker" => worker).set(status.position as f64);
+        metrics::gauge!(WORKER_LAG_EVENTS, "worker" => worker).set(behind as f64);
+        metrics::gauge!(WORKER_LAG_SECONDS, "worker" => worker).set(seconds);
+        metrics::gauge!(WORKER_LEASE_OWNED, "worker" => worker).set(f64::from(u8::from(status.owner)));
+        metrics::gauge!(WORKER_FAILED, "worker" => worker).set(f64::from(u8::from(status.failure.is_some())));
     }
     if let Ok(counts) = state.job_queries.counts_by_status().await {
         use userstream_domain::job::{JobKind, JobStatus};
@@ -179,7 +208,7 @@ async fn observe(state: &AppState) {
                 [JobStatus::Pending, JobStatus::Running, JobStatus::Completed, JobStatus::Failed].map(JobStatus::as_str)
             {
                 let n = counts.iter().find(|(k, s, _)| k == kind && s == status).map_or(0, |(_, _, n)| *n);
-                metrics::gauge!("userstream_jobs", "kind" => kind, "status" => status).set(n as f64);
+                metrics::gauge!(JOBS, "kind" => kind, "status" => status).set(n as f64);
             }
         }
     }

@@ -3,7 +3,8 @@
 //! Modules: this file (the [`EventLog`] trait, envelopes, reads, the SQL
 //! log), `writer` (the group-commit writer), `db` (one handle for SQLite and
 //! PostgreSQL, migrations), [`keys`] (credential rows and shared secrets),
-//! [`lease`] (one worker per name across processes), `recent` (the last
+//! [`lease`] (one worker per name across processes), [`metric`] (the names
+//! of what the writer records), `recent` (the last
 //! events in memory), `kurrent` (the log on KurrentDB, feature
 //! `eventstore`), [`shred`] (personal fields sealed per subject, and
 //! erasure by destroying the subject's key). It knows envelopes and JSON,
@@ -28,6 +29,7 @@ pub mod keys;
 #[cfg(feature = "eventstore")]
 pub mod kurrent;
 pub mod lease;
+pub mod metric;
 mod recent;
 pub mod shred;
 mod writer;

@@ -94,12 +94,12 @@ pub(crate) async fn run(
         .instrument(span)
         .await;
         let ok = if outcome.is_ok() { "ok" } else { "error" };
-        metrics::histogram!("userstream_append_batch_duration_seconds", "outcome" => ok)
+        metrics::histogram!(crate::metric::APPEND_BATCH_DURATION, "outcome" => ok)
             .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("userstream_append_batch_size", "outcome" => ok).record(batch.len() as f64);
+        metrics::histogram!(crate::metric::APPEND_BATCH_SIZE, "outcome" => ok).record(batch.len() as f64);
         match outcome {
             Ok((results, recorded)) => {
-                metrics::counter!("userstream_events_appended_total").increment(recorded.len() as u64);
+                metrics::counter!(crate::metric::EVENTS_APPENDED).increment(recorded.len() as u64);
                 for (pending, result) in batch.iter().zip(&results) {
                     if let (Some(shredder), Ok(r)) = (&pending.shredder, result) {
                         if !r.replayed {

@@ -211,10 +211,7 @@ pub async fn list_definitions(
         customer_editable: bool_param(&query, "customer_editable")?,
         encrypted: bool_param(&query, "encrypted")?,
         pinned: bool_param(&query, "pinned")?,
-        pin_order: match text("pin_order") {
-            Some(v) => Some(v.parse().map_err(|_| ApiError::invalid("pin_order must be an integer"))?),
-            None => None,
-        },
+        pin_order: query.opt_int("pin_order")?,
         is_locked: bool_param(&query, "is_locked")?,
     };
     consistent(&state).await?;

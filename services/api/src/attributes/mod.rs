@@ -81,7 +81,7 @@ pub(crate) fn value_json(
 
 pub(crate) fn bool_param(query: &QueryPairs, key: &str) -> Result<Option<bool>, ApiError> {
     match query.get(key).map(str::trim) {
-        None | Some("") => Ok(None),
+        None => Ok(None),
         Some("true") => Ok(Some(true)),
         Some("false") => Ok(Some(false)),
         Some(_) => Err(ApiError::invalid(format!("{key} must be true or false"))),

@@ -92,10 +92,19 @@ impl QueryPairs {
         self.0.iter().filter(|(k, _)| k == key || *k == bracketed).map(|(_, v)| v.clone()).collect()
     }
 
-    /// An integer parameter within `range`, or `default` when absent.
+    /// An integer parameter, or `None` when absent (an empty value is no
+    /// integer: a 400).
+    pub fn opt_int(&self, key: &str) -> Result<Option<i64>, ApiError> {
+        self.get(key)
+            .map(|raw| raw.trim().parse::<i64>().map_err(|_| ApiError::invalid(format!("{key} must be an integer"))))
+            .transpose()
+    }
+
+    /// An integer parameter within `range`, or `default` when absent (an
+    /// empty value is no integer: a 400, like any other).
     pub fn int(&self, key: &str, default: i64, range: std::ops::RangeInclusive<i64>) -> Result<i64, ApiError> {
         match self.get(key) {
-            None | Some("") => Ok(default),
+            None => Ok(default),
             Some(raw) => match raw.trim().parse::<i64>() {
                 Ok(v) if range.contains(&v) => Ok(v),
                 _ => Err(ApiError::invalid(format!(

@@ -164,9 +164,9 @@ impl JobRun<'_> {
         self.record(JobCommand::Progress { rows, counts, error_bytes }).await?;
         let (_, before) = self.progress.send_replace((rows, counts));
         let kind = self.job.kind.as_str();
-        metrics::counter!("userstream_job_rows_total", "kind" => kind, "outcome" => "success")
+        metrics::counter!(crate::metrics::JOB_ROWS, "kind" => kind, "outcome" => "success")
             .increment(counts.success.saturating_sub(before.success));
-        metrics::counter!("userstream_job_rows_total", "kind" => kind, "outcome" => "error")
+        metrics::counter!(crate::metrics::JOB_ROWS, "kind" => kind, "outcome" => "error")
             .increment(counts.error.saturating_sub(before.error));
         Ok(())
     }

@@ -46,7 +46,7 @@ pub(super) trait Described: Sized {
     /// `X-Min-Position` / `X-Consistency` (and their query spellings).
     fn consistent(self) -> Self;
     /// `as_of`: the state rebuilt from the log at a position or a time.
-    fn as_of(self) -> Self;
+    fn rebuilt_as_of(self) -> Self;
     /// `page_no` and `page_size`, with the largest page size.
     fn paged(self, max: i64) -> Self;
     /// `X-Event-Position` on the last answer added.
@@ -91,7 +91,7 @@ impl Described for Op {
         )
     }
 
-    fn as_of(self) -> Self {
+    fn rebuilt_as_of(self) -> Self {
         self.query(
             "as_of",
             string(),
@@ -308,7 +308,7 @@ fn customers() -> Vec<Op> {
                  up to then (archived users too), and `X-As-Of-Position` names the last of them.",
             )
             .consistent()
-            .as_of()
+            .rebuilt_as_of()
             .reply::<UserObjectSchema>(200, "the customer")
             .reply_header("X-As-Of-Position", "with as_of: the position of the last event the user was rebuilt from")
             .done(&[
@@ -558,7 +558,7 @@ fn attributes() -> Vec<Op> {
             ATTRIBUTES,
             "Get a user's attribute value",
         )
-        .as_of()
+        .rebuilt_as_of()
         .reply::<UserAttribute>(200, "the value")
         .done(&[
             (400, "an as_of that is neither a position nor an RFC 3339 time, or is in the future"),
@@ -777,7 +777,7 @@ fn groups() -> Vec<Op> {
             .reply::<UserGroupCategoriesDetail>(200, "each category with its number of groups")
             .done(&[]),
         Op::new(Method::GET, "/user_group/{group_id}", GROUPS, "Get a user group")
-            .as_of()
+            .rebuilt_as_of()
             .reply::<UserGroupResponseSchema>(200, "the group")
             .done(&[
                 (400, "an as_of that is neither a position nor an RFC 3339 time, or is in the future"),
@@ -829,7 +829,7 @@ fn groups() -> Vec<Op> {
             .query("direction", one_of(&["", "next", "prev", "previous"]), "after the cursor, or before it")
             .query("cursor", string(), "a user id of a previous page's next_cursor or prev_cursor")
             .query("q", string(), "only members whose email, phone or id contains this (not with as_of)")
-            .as_of()
+            .rebuilt_as_of()
             .reply::<UserGroupUsersDetail>(200, "a page of members, by user id")
             .done(&[
                 (

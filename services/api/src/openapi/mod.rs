@@ -101,16 +101,6 @@ pub fn object() -> RefOr<Schema> {
     ObjectBuilder::new().schema_type(Type::Object).into()
 }
 
-/// `schema`, or the empty string.
-fn or_empty(schema: RefOr<Schema>) -> RefOr<Schema> {
-    if matches!(schema, RefOr::T(Schema::Array(_))) {
-        // A repeated parameter: each value is one item; none is an empty list.
-        return schema;
-    }
-    let empty = ObjectBuilder::new().schema_type(Type::String).max_length(Some(0));
-    utoipa::openapi::schema::AnyOfBuilder::new().item(schema).item(empty).into()
-}
-
 /// A string schema with a closed set of values.
 pub fn one_of(values: &[&str]) -> RefOr<Schema> {
     ObjectBuilder::new().schema_type(Type::String).enum_values(Some(values.iter().copied())).into()
@@ -325,11 +315,7 @@ impl Op {
             );
         }
         for p in op.params {
-            // An empty query value is taken as not sent (`QueryPairs`).
-            let schema = match (&p.location, p.required) {
-                (ParameterIn::Query, false) => or_empty(p.schema),
-                _ => p.schema,
-            };
+            let schema = p.schema;
             builder = builder.parameter(
                 ParameterBuilder::new()
                     .name(p.name)
@@ -504,7 +490,7 @@ pub fn document() -> OpenApi {
         "Auth",
         "Operations",
     ]
-    .map(|name| Tag::new(name));
+    .map(Tag::new);
     OpenApiBuilder::new()
         .info(
             InfoBuilder::new()

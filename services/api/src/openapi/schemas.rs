@@ -1145,20 +1145,17 @@ pub struct PassageEmpty {}
 
 // -- closed sets of request values ---------------------------------------------
 
-/// How the conditions of an attribute filter combine (always with and).
-#[derive(ToSchema)]
-pub enum FilterQueryType {
-    #[serde(rename = "")]
-    Empty,
-    #[serde(rename = "and")]
-    And,
-    #[serde(rename = "all")]
-    All,
-    #[serde(rename = "user")]
-    User,
-    #[serde(rename = "users")]
-    Users,
+/// How the conditions of an attribute filter combine (always with and; the
+/// empty string too). Written by hand: the derive drops an empty name.
+pub struct FilterQueryType;
+
+impl utoipa::PartialSchema for FilterQueryType {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        super::one_of(&["", "and", "all", "user", "users"])
+    }
 }
+
+impl ToSchema for FilterQueryType {}
 
 /// A job file format as requested (any case).
 #[derive(ToSchema)]
