@@ -417,7 +417,13 @@ impl crate::stream::Stream for JobStream {
 
     fn command_name(command: &JobCommand) -> &'static str {
         match command {
-            JobCommand::Create(_) => "CreateJob",
+            // One name per kind: an idempotency key is kept per command name,
+            // so an export never answers as the import a reused key made.
+            JobCommand::Create(c) => match c.kind {
+                JobKind::Import => "CreateImportJob",
+                JobKind::Export => "CreateExportJob",
+                JobKind::Attributes => "CreateAttributesJob",
+            },
             JobCommand::Start { .. } => "StartJob",
             JobCommand::Progress { .. } => "RecordJobProgress",
             JobCommand::Complete { .. } => "CompleteJob",

@@ -188,8 +188,15 @@ impl Turn {
     }
 }
 
-/// Runs `worker` until `cancel` fires or it stops on a poison event.
-pub async fn run<W: Worker>(mut worker: W, cancel: CancellationToken, poll: Duration) {
+/// Runs `worker` until `cancel` fires or it stops on a poison event; then
+/// the lease is gone, and the health says so.
+pub async fn run<W: Worker>(worker: W, cancel: CancellationToken, poll: Duration) {
+    let owner = worker.health().owner.clone();
+    drive(worker, cancel, poll).await;
+    owner.store(false, Ordering::Relaxed);
+}
+
+async fn drive<W: Worker>(mut worker: W, cancel: CancellationToken, poll: Duration) {
     let lease = Lease::new(worker.db(), worker.lease_name());
     let mut turn = Turn { lease, head: worker.watch_head(), cancel, poll };
     let mut backoff = BACKOFF.0;

@@ -8,7 +8,7 @@ test (tests/tests/deploy.rs) compares with the binary.
   kubernetes-validate, strictly (unknown fields are errors).
 
 Prints one JSON object: images, commands, environment names, ports and
-probe paths, per file.
+probe paths, per file, and the Prometheus scrape jobs.
 """
 
 import json
@@ -73,5 +73,15 @@ for path in sorted((root / "k8s").glob("*.yaml")):
             "selector": spec.get("selector"),
             "labels": spec.get("template", {}).get("metadata", {}).get("labels"),
         })
+
+prometheus = yaml.safe_load((root / "prometheus.yml").read_text())
+facts["prometheus"] = [
+    {
+        "metrics_path": job.get("metrics_path", "/metrics"),
+        "authorization": job.get("authorization", {}).get("type"),
+        "targets": [t for c in job.get("static_configs", []) for t in c.get("targets", [])],
+    }
+    for job in prometheus["scrape_configs"]
+]
 
 print(json.dumps(facts))

@@ -390,8 +390,12 @@ async fn a_min_position_past_the_head_is_a_400() {
     let (_, p) = app.create_user(alice()).await;
     let (status, list) = get_json(&app, &format!("{}/list", app.customers()), p).await;
     assert_eq!((status, list["page"]["item_total"].clone()), (StatusCode::OK, json!(1)));
-    for url in [format!("{}/list?min_position={}", app.customers(), p + 1000), format!("{}/list", app.customers())] {
-        let r = app.client.get(url).header("x-min-position", (p + 1000).to_string()).send().await.expect("get");
+    let past = (p + 1000).to_string();
+    for r in [
+        app.client.get(format!("{}/list?min_position={past}", app.customers())),
+        app.client.get(format!("{}/list", app.customers())).header("x-min-position", &past),
+    ] {
+        let r = r.send().await.expect("get");
         assert_eq!(r.status(), 400);
         let body: Value = r.json().await.expect("json");
         assert!(body["message"].as_str().is_some_and(|m| m.contains("past the log's last position")), "{body}");
@@ -401,8 +405,7 @@ async fn a_min_position_past_the_head_is_a_400() {
 /// An `Idempotency-Key` is kept per kind of change: reused for another
 /// kind, it is a new request (never the first change's answer passed off as
 /// this one's); reused for the same kind on another target, it is a 422
-/// that changes nothing. An erasure under such a key destroys no key (it
-/// did, before: the person stayed, unreadable).
+/// that changes nothing; an erasure under such a key destroys no key.
 #[tokio::test]
 async fn an_idempotency_key_reused_for_another_change_never_answers_the_first_one() {
     let app = TestApp::spawn().await;
@@ -448,6 +451,41 @@ async fn an_idempotency_key_reused_for_another_change_never_answers_the_first_on
     let head = app.head().await;
     assert_eq!(update(&ada, "Ada").send().await.expect("retry").status(), 200);
     assert_eq!(app.head().await, head);
+}
+
+/// A create retried with its `Idempotency-Key` answers what its first try
+/// created, on every surface: the same id, nothing appended again.
+#[tokio::test]
+async fn a_retried_create_answers_what_its_first_try_created() {
+    let app = TestApp::spawn().await;
+    let fynd = app.fynd(COMPANY, APP);
+    let creates = [
+        (
+            app.passage.post(format!("{}/users", app.passage_app(APP))),
+            json!({"email": "retry@example.com"}),
+            "/user/id",
+        ),
+        (app.client.post(format!("{fynd}/user_group")), json!({"name": "vip", "type": "manual"}), "/_id"),
+        (
+            app.client.post(format!("{fynd}/user_attribute/definition")),
+            json!({"name": "Tier", "slug": "tier", "type": "string"}),
+            "/_id",
+        ),
+    ];
+    for (n, (request, body, id_at)) in creates.into_iter().enumerate() {
+        let key = format!("create-{n}");
+        let retry = request.try_clone().expect("clonable");
+        let r = request.header("idempotency-key", &key).json(&body).send().await.expect("first");
+        assert_eq!(r.status(), 201);
+        let first: Value = r.json().await.expect("json");
+        let head = app.head().await;
+        let r = retry.header("idempotency-key", &key).json(&body).send().await.expect("retry");
+        assert_eq!(r.status(), 201, "{body}");
+        let again: Value = r.json().await.expect("json");
+        assert!(first.pointer(id_at).is_some_and(Value::is_string), "{first}");
+        assert_eq!(first.pointer(id_at), again.pointer(id_at), "{body}: the retry answers the first create");
+        assert_eq!(app.head().await, head, "{body}: the retry appended nothing");
+    }
 }
 
 /// Bodies are JSON objects; a parameter that takes one value takes one.

@@ -2,6 +2,7 @@
 //! against their published schemas (`tests/ops/check_deploy.py`), and
 //! against the binary: images, subcommands, environment names, ports and
 //! probe paths agree with what `userstream` reads and serves; the
+//! Prometheus configuration scrapes exactly the compose instances; the
 //! Dockerfile is a multi-stage build of that binary; the Grafana dashboard
 //! asks only for metrics the service exports. No container engine runs on
 //! the test machines, so the image itself is not built here.
@@ -131,6 +132,15 @@ async fn compose_and_kubernetes_follow_their_schemas_and_the_binary() {
         .expect("a load balancer");
     assert!(lb["volumes"][0].as_str().is_some_and(|v| v.starts_with("./nginx.conf:")));
 
+    // Prometheus scrapes exactly the instances, on /metrics, with a credential.
+    for job in facts["prometheus"].as_array().expect("scrape jobs") {
+        assert_eq!(job["metrics_path"], "/metrics");
+        assert_eq!(job["authorization"], "Bearer", "a credential: /metrics is closed to others");
+        let targets: BTreeSet<String> =
+            job["targets"].as_array().expect("targets").iter().filter_map(Value::as_str).map(str::to_string).collect();
+        assert_eq!(targets, expected);
+    }
+
     // Kubernetes: the image, subcommands, environment, ports and probes.
     let server = Logged::spawn(&fresh_sqlite(), "warn", &[]);
     let mut deployments = 0;
@@ -223,7 +233,7 @@ async fn the_grafana_dashboard_queries_only_exported_metrics() {
         &std::fs::read_to_string(repo().join("deploy/grafana/userstream.json")).expect("dashboard"),
     )
     .expect("JSON");
-    let exported: Vec<&str> = userstream_api::metrics::NAMES.iter().map(|(name, _)| *name).collect();
+    let exported: Vec<&str> = userstream_api::metrics::NAMES.iter().map(|(name, _, _)| *name).collect();
     let mut used = BTreeSet::new();
     for panel in dashboard["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().expect("targets") {

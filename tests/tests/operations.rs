@@ -238,7 +238,7 @@ async fn metrics_name_route_templates_commands_and_workers_never_ids_or_request_
     assert_eq!(r.status(), 404);
 
     let text = reqwest::get(format!("{}/metrics", server.base)).await.expect("metrics").text().await.expect("text");
-    for (name, _) in userstream_api::metrics::NAMES {
+    for (name, _, _) in userstream_api::metrics::NAMES {
         assert!(text.contains(&format!("\n{name}")), "no {name} in\n{text}");
     }
     let customer_route =

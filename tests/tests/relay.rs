@@ -11,7 +11,6 @@ use userstream_tests::{
     binary, fresh_databases, nats_env, nats_server_bin, stream_messages, user_body, NatsServer, TestApp, APP, COMPANY,
 };
 
-/// Waits (bounded) until `/readyz` satisfies `pred`; returns the last answer.
 /// The sum of every sample of `/metrics` whose line starts with `series`
 /// (a name, or a name with its first labels).
 async fn metric_sum(app: &TestApp, series: &str) -> f64 {
@@ -23,6 +22,7 @@ async fn metric_sum(app: &TestApp, series: &str) -> f64 {
         .sum()
 }
 
+/// Waits (bounded) until `/readyz` satisfies `pred`; returns the last answer.
 async fn wait_readyz(app: &TestApp, what: &str, pred: impl Fn(u16, &Value) -> bool) -> Value {
     let started = Instant::now();
     loop {

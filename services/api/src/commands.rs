@@ -154,9 +154,20 @@ pub struct Handled<S: Stream> {
     pub position: i64,
     /// Each target's state and version after the command, in target order.
     pub states: Vec<(S::State, i64)>,
+    /// The stream of each state (on a replayed `Idempotency-Key`, the
+    /// streams the first request wrote: a retried create's minted id).
+    pub streams: Vec<String>,
     /// The events appended (none when nothing changed or the idempotency
     /// key was seen before).
     pub events: Vec<S::Event>,
+}
+
+impl<S: Stream> Handled<S> {
+    /// The id of the first stream (`group-{id}` → `id`): what a create
+    /// minted, or, on a retry, what its first request minted.
+    pub fn first_id(&self) -> Option<&str> {
+        self.streams.first().and_then(|s| s.split_once('-')).map(|(_, id)| id)
+    }
 }
 
 /// What a user command did.
@@ -455,7 +466,8 @@ impl Commands {
             return Err(combine(rejections, targets.len()).into());
         }
         if appends.is_empty() {
-            return Ok(Handled { position, states, events: all_events });
+            let streams = targets.iter().map(|(s, _)| s.to_string()).collect();
+            return Ok(Handled { position, states, streams, events: all_events });
         }
         let expected = pinned.unwrap_or(0);
         let request = AppendRequest {
@@ -475,7 +487,8 @@ impl Commands {
         };
         let result = self.log.append(request).await.map_err(|e| refused(e, expected))?;
         if !result.replayed {
-            return Ok(Handled { position: result.last_position, states, events: all_events });
+            let streams = targets.iter().map(|(s, _)| s.to_string()).collect();
+            return Ok(Handled { position: result.last_position, states, streams, events: all_events });
         }
         // The same idempotency key was used before: answer with what it did
         // then, on the streams of this kind it wrote then (a retried create
@@ -492,11 +505,13 @@ impl Commands {
             return Err(Rejection::IdempotencyKeyReused.into());
         }
         let mut states = Vec::with_capacity(result.streams.len());
+        let mut streams = Vec::with_capacity(result.streams.len());
         for (stream, _) in result.streams.iter().filter(|(s, _)| s.split_once('-').is_some_and(|(k, _)| k == kind)) {
             let loaded = self.load::<S>(&meta.tenant, &StreamId::recorded(stream.as_str())).await?;
             states.push((loaded.state, loaded.version));
+            streams.push(stream.clone());
         }
-        Ok(Handled { position: result.last_position, states, events: Vec::new() })
+        Ok(Handled { position: result.last_position, states, streams, events: Vec::new() })
     }
 
     // -- users -------------------------------------------------------------

@@ -16,7 +16,7 @@
 //! between the append and the key's destruction, the next start finishes
 //! it ([`crate::open_log`]).
 
-use crate::commands::{CommandError, Rejection};
+use crate::commands::CommandError;
 use crate::dto::EraseBody;
 use crate::http::{command_response, parse_user_id, ApiError, Caller, JsonBody};
 use crate::AppState;
@@ -80,11 +80,6 @@ pub async fn erase_customer(
             return Err(e.into());
         }
     };
-    // Only a person this request (or its first try) erased loses the key.
-    if !matches!(outcome.states.first(), Some((UserState::Erased { .. }, _))) {
-        shredder.abandon_erasure(&subject).await.map_err(failed)?;
-        return Err(CommandError::from(Rejection::IdempotencyKeyReused).into());
-    }
     shredder.erase(&subject, &at).await.map_err(failed)?;
     for model in [&state.users, &state.attributes, &state.groups, &state.engine] {
         if !model.wait_for(outcome.position, state.config.min_position_wait).await {

@@ -244,7 +244,7 @@ pub async fn create_group(
     let id = ctx.id(0).to_string();
     // The next uid is claimed by the group's unique key; a concurrent create
     // that took it first makes this one try the uid after.
-    let mut claimed = None;
+    let mut claimed: Option<(i64, String)> = None;
     for _ in 0..10 {
         consistent(&state).await?;
         let uid = state.group_queries.max_uid(&meta.tenant).await? + 1;
@@ -252,12 +252,15 @@ pub async fn create_group(
         match state.commands.handle_new::<GroupStream>(&meta, StreamId::group(&id), command, &ctx).await {
             Err(CommandError::Rejected(Rejection::Taken { .. })) => continue,
             other => {
-                claimed = Some(other?.position);
+                // A retried request answers with the group its first try created.
+                let handled = other?;
+                claimed = Some((handled.position, handled.first_id().unwrap_or(&id).to_string()));
                 break;
             }
         }
     }
-    let mut position = claimed.ok_or_else(|| Rejection::Contended { stream: StreamId::group(&id).to_string() })?;
+    let (mut position, id) =
+        claimed.ok_or_else(|| Rejection::Contended { stream: StreamId::group(&id).to_string() })?;
     if let Some(rows) = rows {
         position = position.max(patch_members(&state, &meta, &id, rows).await?);
     }

@@ -317,7 +317,7 @@ async fn reject_oversized(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        let passage = request.uri().path().starts_with("/v1/apps/");
+        let passage = request.uri().path().starts_with(passage::PREFIX.split('{').next().unwrap_or_default());
         let continues = request
             .headers()
             .get(axum::http::header::EXPECT)
@@ -381,9 +381,9 @@ pub fn app(state: AppState) -> Router {
         .merge(oauth::router())
         .merge(ops::router())
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
-        .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(limit, reject_oversized))
+        .layer(axum::middleware::from_fn(metrics::track))
         // A 5xx is logged once, where its cause is known (`ApiError::internal`
         // and the storage errors), inside this span: not again by the layer.
         .layer(

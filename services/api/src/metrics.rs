@@ -53,25 +53,38 @@ pub const JOBS: &str = "userstream_jobs";
 /// Counter: job rows by `kind` and `outcome`.
 pub const JOB_ROWS: &str = "userstream_job_rows_total";
 
-/// Every metric the service exports, with its help text.
-pub const NAMES: [(&str, &str); 16] = [
-    (HTTP_REQUEST_DURATION, "Requests by method, route template and status, and how long they took."),
-    (COMMANDS, "Commands by name and outcome (ok, rejected, conflict, failed)."),
-    (COMMAND_DURATION, "How long commands took, by name."),
-    (userstream_eventlog::metric::APPEND_BATCH_SIZE, "Append requests per event-log transaction."),
-    (userstream_eventlog::metric::APPEND_BATCH_DURATION, "How long an event-log transaction took, by outcome."),
-    (userstream_eventlog::metric::EVENTS_APPENDED, "Events appended to the log by this process."),
-    (LOG_REACHABLE, "1 when the event log answered the last scrape."),
-    (LOG_HEAD, "Position of the last event of the log."),
-    (WORKER_POSITION, "The position each worker has reached."),
-    (WORKER_LAG_EVENTS, "Events between each worker's position and the log head."),
-    (WORKER_LAG_SECONDS, "Age of the oldest event a worker has not processed yet (0 when caught up)."),
-    (WORKER_LEASE_OWNED, "1 when this process holds the worker's lease (runs it), else 0."),
-    (WORKER_FAILED, "1 when the worker stopped on an event it cannot process."),
-    (JOBS, "Bulk jobs by kind and status, over every tenant."),
-    (JOB_ROWS, "Rows of bulk jobs processed by this process, by kind and outcome."),
+/// What a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric the service exports, with its kind and help text.
+pub const NAMES: [(&str, Kind, &str); 16] = [
+    (HTTP_REQUEST_DURATION, Kind::Histogram, "Requests by method, route template and status, and how long they took."),
+    (COMMANDS, Kind::Counter, "Commands by name and outcome (ok, rejected, conflict, failed)."),
+    (COMMAND_DURATION, Kind::Histogram, "How long commands took, by name."),
+    (userstream_eventlog::metric::APPEND_BATCH_SIZE, Kind::Histogram, "Append requests per event-log transaction."),
+    (
+        userstream_eventlog::metric::APPEND_BATCH_DURATION,
+        Kind::Histogram,
+        "How long an event-log transaction took, by outcome.",
+    ),
+    (userstream_eventlog::metric::EVENTS_APPENDED, Kind::Counter, "Events appended to the log by this process."),
+    (LOG_REACHABLE, Kind::Gauge, "1 when the event log answered the last scrape."),
+    (LOG_HEAD, Kind::Gauge, "Position of the last event of the log."),
+    (WORKER_POSITION, Kind::Gauge, "The position each worker has reached (projections, engine, relay)."),
+    (WORKER_LAG_EVENTS, Kind::Gauge, "Events between each worker's position and the log head."),
+    (WORKER_LAG_SECONDS, Kind::Gauge, "Age of the oldest event a worker has not processed yet (0 when caught up)."),
+    (WORKER_LEASE_OWNED, Kind::Gauge, "1 when this process holds the worker's lease (runs it), else 0."),
+    (WORKER_FAILED, Kind::Gauge, "1 when the worker stopped on an event it cannot process."),
+    (JOBS, Kind::Gauge, "Bulk jobs by kind and status, over every tenant."),
+    (JOB_ROWS, Kind::Counter, "Rows of bulk jobs processed by this process, by kind and outcome."),
     (
         userstream_projections::relay::PUBLISH_FAILURES,
+        Kind::Counter,
         "Failed relay steps (NATS unreachable, stream, publish, storage).",
     ),
 ];
@@ -106,8 +119,12 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 /// Help texts, and the counters that must show before their first event
 /// (at zero), so dashboards and alerts see them from the start.
 fn describe() {
-    for (name, help) in NAMES {
-        metrics::describe_counter!(name, help);
+    for (name, kind, help) in NAMES {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
     }
     use userstream_domain::job::JobKind;
     for kind in [JobKind::Import, JobKind::Export, JobKind::Attributes].map(JobKind::as_str) {
@@ -184,7 +201,13 @@ async fn observe(state: &AppState) {
     metrics::gauge!(LOG_REACHABLE).set(1.0);
     metrics::gauge!(LOG_HEAD).set(head as f64);
     let now = state.commands.now();
-    for runner in state.runners.iter().chain(state.job_runner.get()) {
+    // The bulk-job worker follows jobs, not positions: its lease and failure only.
+    if let Some(jobs) = state.job_runner.get() {
+        let status = jobs.status();
+        metrics::gauge!(WORKER_LEASE_OWNED, "worker" => jobs.name).set(f64::from(u8::from(status.owner)));
+        metrics::gauge!(WORKER_FAILED, "worker" => jobs.name).set(f64::from(u8::from(status.failure.is_some())));
+    }
+    for runner in &state.runners {
         let status = runner.status();
         let behind = (head - status.position).max(0);
         let seconds = match behind {

@@ -169,7 +169,9 @@ async fn create_user(
     };
     let meta = meta(tenant, &principal, &headers)?;
     let outcome = state.commands.create_user(&meta, command, &ctx).await?;
-    user_response(&state, &meta.tenant, id.as_str(), &outcome, StatusCode::CREATED).await
+    // A retried request answers with the user its first try created.
+    let created = outcome.first_id().unwrap_or(id.as_str()).to_string();
+    user_response(&state, &meta.tenant, &created, &outcome, StatusCode::CREATED).await
 }
 
 async fn get_user(

@@ -186,8 +186,18 @@ pub async fn create_definition(
     let handled =
         state.commands.handle_new::<DefinitionStream>(&meta, StreamId::definition(&id), command, &ctx).await?;
     let position = handled.position;
-    let at = userstream_eventlog::format_time(ctx.now);
-    let body = definition_json(&meta.tenant, &definition, &at, &at, 1);
+    let body = match handled.first_id().filter(|first| *first != id) {
+        // A retried request answers with the definition its first try created.
+        Some(first) => {
+            consistent(&state).await?;
+            let row = state.attribute_queries.definition(&meta.tenant, first).await?;
+            row_json(&meta.tenant, &row.ok_or_else(|| attr_error(AttrError::NotFound))?)
+        }
+        None => {
+            let at = userstream_eventlog::format_time(ctx.now);
+            definition_json(&meta.tenant, &definition, &at, &at, 1)
+        }
+    };
     Ok(position_header((StatusCode::CREATED, Json(body)).into_response(), position))
 }
 

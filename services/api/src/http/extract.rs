@@ -58,7 +58,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 pub struct QueryPairs(pub Vec<(String, String)>);
 
 /// The Fynd query parameters that take several values.
-pub const REPEATABLE: [&str; 5] = ["query", "types", "type", "tags", "excluding_ids"];
+pub const REPEATABLE: [&str; 4] = ["query", "types", "tags", "excluding_ids"];
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
     type Rejection = ApiError;
@@ -69,10 +69,12 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
             .map_err(|e| ApiError::invalid(format!("invalid query string: {e}")))?;
         // The full path: a nested router sees its own part only.
         let original = parts.extensions.get::<axum::extract::OriginalUri>().map(|u| u.0.path().to_string());
-        if original.as_deref().unwrap_or(parts.uri.path()).starts_with("/service/platform/") {
+        let fynd = crate::fynd::PREFIX.split('{').next().unwrap_or_default();
+        if original.as_deref().unwrap_or(parts.uri.path()).starts_with(fynd) {
             let single = |key: &str| !REPEATABLE.contains(&key.strip_suffix("[]").unwrap_or(key));
-            for (index, (key, _)) in pairs.iter().enumerate() {
-                if single(key) && pairs[..index].iter().any(|(k, _)| k == key) {
+            let mut seen = std::collections::HashSet::new();
+            for (key, _) in &pairs {
+                if single(key) && !seen.insert(key.as_str()) {
                     return Err(ApiError::invalid(format!("{key} may be given once")));
                 }
             }

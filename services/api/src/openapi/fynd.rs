@@ -436,7 +436,7 @@ fn config_and_events() -> Vec<Op> {
                 strings(),
                 "event types (`user.created`) or prefixes (`user.*`), repeated or comma-separated; at most 50",
             )
-            .query("type", strings(), "the same as types")
+            .query("type", string(), "one more type or prefix, as in types (once)")
             .header(
                 "Last-Event-ID",
                 ObjectBuilder::new().schema_type(Type::String).pattern(Some(r"^\s*[0-9]*\s*$")).into(),
@@ -718,6 +718,7 @@ fn jobs() -> Vec<Op> {
                  has started). A JSONL export is served as `application/x-ndjson`.",
             )
             .reply_as(200, "the file", "text/csv", Some(string()))
+            .reply_also("application/x-ndjson", string())
             .done(&[(
                 404,
                 "no job of the application has this id, or it has no such file (yet), or the file is gone \
@@ -855,6 +856,12 @@ fn groups() -> Vec<Op> {
     ]
 }
 
+/// What a guarded operational route answers a caller it refuses.
+const OPS_FAILURES: &[(u16, &str)] = &[
+    (401, "not from loopback and no valid credential (see --ops-public)"),
+    (429, "an API key bearer after too many failed checks from this address or for this key"),
+];
+
 /// The token endpoint and the operational routes (full paths).
 pub fn other_operations() -> Vec<Op> {
     vec![
@@ -867,7 +874,9 @@ pub fn other_operations() -> Vec<Op> {
                 (400, "no grant_type, or not client_credentials"),
                 (401, "a wrong or revoked key or secret"),
                 (429, "too many failed checks from this address or for this key"),
-            ]),
+            ])
+            .errors(Errors::Fynd)
+            .fails(&[(413, "the body is over the body limit (--body-limit)")]),
         Op::new(Method::GET, "/healthz", "Operations", "Liveness")
             .security(Security::None)
             .reply::<Health>(200, "the process answers"),
@@ -878,14 +887,15 @@ pub fn other_operations() -> Vec<Op> {
         Op::new(Method::GET, "/openapi.json", "Operations", "This document")
             .security(Security::Ops)
             .reply_as(200, "the OpenAPI document", "application/json", Some(super::object()))
-            .fails(&[(401, "not from loopback and no valid credential (see --ops-public)")]),
+            .fails(OPS_FAILURES),
         Op::new(Method::GET, "/docs", "Operations", "The API reference page")
             .security(Security::Ops)
             .reply_as(200, "an HTML page that renders /openapi.json", "text/html", Some(string()))
-            .fails(&[(401, "not from loopback and no valid credential (see --ops-public)")]),
+            .fails(OPS_FAILURES),
         Op::new(Method::GET, "/metrics", "Operations", "Prometheus metrics")
             .security(Security::Ops)
             .reply_as(200, "the metrics in the Prometheus text format", "text/plain", Some(string()))
-            .fails(&[(401, "not from loopback and no valid credential (see --ops-public)")]),
+            .fails(OPS_FAILURES)
+            .fails(&[(503, "this process records no metrics (another recorder was installed first)")]),
     ]
 }

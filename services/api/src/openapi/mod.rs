@@ -279,7 +279,7 @@ impl Op {
             }
             Security::Basic | Security::None | Security::Ops => {}
         }
-        if op.body.is_some() {
+        if op.body.is_some() && op.errors != Errors::OAuth {
             common.push((413, "the body is over the body limit (--body-limit)"));
         }
         if matches!(op.security, Security::FyndToken | Security::PassageBearer) {
@@ -441,7 +441,7 @@ fn security_schemes() -> Vec<(&'static str, SecurityScheme)> {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("An API key `key:secret` (`userstream apikey create`), or a Fynd access token."))
+                    .description(Some("An API key `key.secret` (`userstream apikey create`'s bearer), or a Fynd access token."))
                     .build(),
             ),
         ),
@@ -511,7 +511,9 @@ pub fn document() -> OpenApi {
 /// The document as JSON, built once.
 pub fn json() -> &'static str {
     static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DOC.get_or_init(|| serde_json::to_string(&document()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")))
+    DOC.get_or_init(|| {
+        serde_json::to_string(&document()).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
+    })
 }
 
 #[cfg(test)]

@@ -75,8 +75,8 @@ pub fn token_form() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
 // -- customers ----------------------------------------------------------------
 
 /// `CreateUserResponseSchema`: the user after a create or an update. `user`
-/// is left out when the command leaves no live user to show (an
-/// `Idempotency-Key` replayed from a command on other streams).
+/// is left out when the command leaves no live user to show (a retried
+/// create whose user was archived or erased since).
 #[derive(ToSchema)]
 pub struct CreateUserResponseSchema {
     pub user: Option<crate::dto::UserDto>,
