@@ -276,6 +276,20 @@ async fn rule_groups_follow_attribute_changes_and_record_why() {
         assert!(changes.iter().any(|c| c["left"] == json!([users[4]])), "{changes:?}");
         assert!(changes.iter().any(|c| c["left"] == json!([users[2]]) && c["cause"]["event_type"] == "user.archived"));
 
+        // Why is user 0 in the group: the membership event, and what caused it.
+        let (status, mine) = call(app.client.get(format!("{}/customers/{}/groups", api.p, users[0]))).await;
+        assert_eq!(status, 200, "{mine}");
+        let groups = mine["groups"].as_array().expect("groups");
+        let entry = groups.iter().find(|g| g["_id"] == json!(id)).expect("user 0 is in the rule group");
+        assert_eq!(entry["joined"]["event_type"], "group.membership_changed", "{entry}");
+        assert_eq!(entry["joined"]["cause"], joined_user0["cause"], "{entry}");
+        assert!(entry["conditions"].as_array().is_some_and(|c| !c.is_empty()), "the rule is shown: {entry}");
+        // User 4 left: not in it; an unknown user is a 404.
+        let (_, theirs) = call(app.client.get(format!("{}/customers/{}/groups", api.p, users[4]))).await;
+        assert!(!theirs["groups"].as_array().expect("groups").iter().any(|g| g["_id"] == json!(id)), "{theirs}");
+        let (status, _) = call(app.client.get(format!("{}/customers/ffffffffffffffffffffffff/groups", api.p))).await;
+        assert_eq!(status, 404);
+
         // Editing the rule re-evaluates it over all users; refresh answers 202.
         let (status, _) = call(app.client.put(format!("{}/user_group/{id}", api.p)).json(&json!({
             "conditions": [{"user_attribute_definition_id": age, "type": "between", "value": "30,40"}]

@@ -4,7 +4,7 @@
 //! command appends; `--log-format json` writes one JSON object a line.
 
 use serde_json::{json, Value};
-use userstream_tests::{client_with, create_key, fresh_sqlite, user_body, Logged, APP, COMPANY};
+use userstream_tests::{client_with, create_key, fresh_sqlite, position_of, user_body, Logged, APP, COMPANY};
 
 fn request_id(r: &reqwest::Response) -> String {
     r.headers().get("x-request-id").and_then(|v| v.to_str().ok()).expect("X-Request-Id").to_string()
@@ -77,6 +77,10 @@ async fn a_server_error_is_logged_once_in_its_request_span() {
     let customers = format!("{}/service/platform/user/v1.0/company/{COMPANY}/application/{APP}/customers", server.base);
     let r = client.post(&customers).json(&user_body(1)).send().await.expect("create");
     assert_eq!(r.status(), 200);
+    // The read model has the user before it is broken (else its projection
+    // fails first, and the query waits for it: a 503, not this 500).
+    let r = client.get(format!("{customers}/list")).header("x-min-position", position_of(&r).to_string()).send();
+    assert_eq!(r.await.expect("list").status(), 200);
     // Break the read model under the running server: its next query fails.
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url).await.expect("connect");
     sqlx::Executor::execute(&mut conn, "DROP TABLE users_v1").await.expect("drop");

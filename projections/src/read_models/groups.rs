@@ -375,6 +375,26 @@ impl GroupsQuery {
         Ok(row.try_get::<Option<i64>, _>("m")?.unwrap_or(0))
     }
 
+    /// The live groups of the tenant `user_id` is a member of, each with the
+    /// position of the membership event that made them join. One primary-key
+    /// probe per group of the tenant (an application has hundreds or
+    /// thousands), so no index by user is needed.
+    pub async fn groups_of(&self, tenant: &Tenant, user_id: &str) -> Result<Vec<(GroupRow, i64)>, sqlx::Error> {
+        let columns = GROUP_COLUMNS.split(',').map(|c| format!("g.{}", c.trim())).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT {columns}, m.joined_at_position FROM groups_v1 g JOIN group_members_v1 m \
+             ON m.group_id = g.group_id AND m.user_id = $3 \
+             WHERE g.company_id = $1 AND g.application_id = $2 AND g.deleted = 0 ORDER BY g.uid"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&tenant.company_id)
+            .bind(&tenant.application_id)
+            .bind(user_id)
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter().map(|r| Ok((decode_group(r)?, r.try_get::<i64, _>("joined_at_position")?))).collect()
+    }
+
     /// A page of member ids by user id (keyset: stable while members come and
     /// go): after `cursor` going forward, or before it going back. `q` narrows
     /// to members whose email or phone contains it.

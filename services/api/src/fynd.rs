@@ -50,6 +50,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::GET, "/customers/{user_id}/history", get(ev::customer_history)),
         (Method::GET, "/customers/{user_id}/timeline", get(ev::customer_timeline)),
         (Method::POST, "/customers/{user_id}/erase", post(crate::erasure::erase_customer)),
+        (Method::GET, "/customers/{user_id}/groups", get(g::customer_groups)),
         (Method::GET, "/events", get(ev::feed)),
         (Method::POST, "/user_attribute/definition", post(a::create_definition)),
         (Method::GET, "/user_attribute/definition", get(a::list_definitions)),

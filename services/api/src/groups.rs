@@ -566,3 +566,43 @@ pub async fn group_members(
     }
     Ok(Json(json!({ "items": items, "page": page })))
 }
+
+/// GET `…/customers/{user_id}/groups`: the groups the customer is in, each
+/// with why: the `group.membership_changed` event that made them join (its
+/// position and time, and its cause: the attribute, user or definition
+/// event a rule group followed, a full evaluation of the rule, or a manual
+/// patch). 404 for an unknown customer or another tenant's.
+pub async fn customer_groups(
+    State(state): State<AppState>,
+    TenantOf(tenant): TenantOf,
+    Path((_, _, raw)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let id = crate::http::parse_user_id(&raw)?;
+    latest(&state, &[&state.users, &state.groups]).await?;
+    if state.queries.get(&tenant, id.as_str()).await?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "user_not_found", format!("user {raw} not found")));
+    }
+    let mut groups = Vec::new();
+    for (group, position) in state.group_queries.groups_of(&tenant, id.as_str()).await? {
+        let joined = state.commands.log().read_all(position - 1, 1).await?;
+        let why = match joined.first().filter(|e| e.position == position) {
+            Some(e) => {
+                let data = e.data.value();
+                json!({
+                    "position": e.position,
+                    "event_id": e.event_id,
+                    "event_type": e.event_type,
+                    "at": data.get("at").cloned().unwrap_or(Value::Null),
+                    "cause": data.get("cause").cloned().unwrap_or(Value::Null),
+                })
+            }
+            None => json!({ "position": position }),
+        };
+        let mut entry = group_json(&group);
+        if let Some(map) = entry.as_object_mut() {
+            map.insert("joined".to_string(), why);
+        }
+        groups.push(entry);
+    }
+    Ok(Json(json!({ "user_id": id.as_str(), "groups": groups })))
+}

@@ -323,6 +323,15 @@ fn customers() -> Vec<Op> {
             .describe("The history as the Fynd timeline shows it, newest first.")
             .reply::<UserTimelineResponse>(200, "the user's timeline")
             .done(&[(404, "the application has no user of this id (user_not_found)")]),
+        Op::new(Method::GET, "/customers/{user_id}/groups", CUSTOMERS, "A customer's groups, and why they are in each")
+            .describe(
+                "Every live group the customer is a member of, each with `joined`: the group.membership_changed \
+                 event that made them join, and its cause (the attribute, user or definition event a rule group \
+                 followed, a full evaluation of the rule, or a manual patch). Waits for the read models to reach \
+                 the log's head.",
+            )
+            .reply::<CustomerGroupsResponse>(200, "the customer's groups")
+            .done(&[(404, NO_USER)]),
         Op::new(Method::POST, "/customers/{user_id}/erase", CUSTOMERS, "Erase a person (crypto-shredding)")
             .describe(
                 "Appends `user.erased` (the reason is kept), destroys the user's data key and waits until every \

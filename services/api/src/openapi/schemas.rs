@@ -1183,3 +1183,35 @@ pub enum MemberAction {
     Add,
     Remove,
 }
+
+/// `GET …/customers/{user_id}/groups`.
+#[derive(ToSchema)]
+pub struct CustomerGroupsResponse {
+    pub user_id: String,
+    pub groups: Vec<CustomerGroup>,
+}
+
+/// A group the customer is in (`UserGroupResponseSchema`), with why.
+#[derive(ToSchema)]
+pub struct CustomerGroup {
+    #[serde(flatten)]
+    pub group: UserGroupResponseSchema,
+    pub joined: JoinedBecause,
+}
+
+/// The `group.membership_changed` event that made the customer join.
+#[derive(ToSchema)]
+pub struct JoinedBecause {
+    /// Its log position.
+    pub position: i64,
+    pub event_id: Option<String>,
+    /// `group.membership_changed`.
+    pub event_type: Option<String>,
+    /// When the membership changed (RFC 3339).
+    pub at: Option<String>,
+    /// `{"kind": "event", "position", "event_type"}` (the attribute, user or
+    /// definition event a rule group followed), `{"kind": "evaluation",
+    /// "rule_version"}` or `{"kind": "manual"}`.
+    #[schema(value_type = Option<Object>)]
+    pub cause: Option<serde_json::Value>,
+}
