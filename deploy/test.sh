@@ -27,6 +27,9 @@ python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/n
   || { apt-get update -qq && apt-get install -y -qq python3-venv; }
 [ -x tests/sdk/.venv/bin/python ] || python3 -m venv tests/sdk/.venv
 tests/sdk/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+echo "== the console's browser: Debian's Chromium, driven by playwright-core"
+command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+npm ci --prefix tests/console --no-audit --no-fund --loglevel=error
 echo "== schemathesis and openapi-spec-validator (for the OpenAPI tests)"
 [ -x tests/ops/.venv/bin/python ] || python3 -m venv tests/ops/.venv
 tests/ops/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/ops/requirements.txt

@@ -22,13 +22,15 @@
 //! - [`openapi`]: the OpenAPI document, one operation per route of the
 //!   surfaces' route tables (a test holds them together); [`metrics`]: the
 //!   Prometheus recorder, the request layer and the gauges read at a scrape.
-//!   Both are served by [`ops`].
+//!   Both are served by [`ops`]. [`console`]: the admin console's page,
+//!   a client of the public API like any other.
 
 pub mod access;
 pub mod attributes;
 pub mod auth;
 pub mod clock;
 pub mod commands;
+pub mod console;
 pub mod crypto;
 pub mod dto;
 pub mod erasure;
@@ -380,6 +382,7 @@ pub fn app(state: AppState) -> Router {
         .nest(passage::PREFIX, nest(passage::routes()))
         .merge(oauth::router())
         .merge(ops::router())
+        .merge(console::router())
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(limit, reject_oversized))
