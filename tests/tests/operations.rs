@@ -132,7 +132,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
         .args(["--config-file", "schemathesis.toml", "run"])
         .arg(format!("{}/openapi.json", server.base))
         .args(["--checks", "all", "--max-examples", &examples, "--seed", "1", "--workers", "1"])
-        // Excluded, with the reason (the README's Operating it says it too):
+        // Excluded, with the reason (docs/operating.md says it too):
         // positive_data_acceptance expects every schema-valid request to
         // succeed, but validity also depends on state and rules no schema
         // states (a phone number's country, a definition that must exist, the
