@@ -583,3 +583,29 @@ impl Drop for Logged {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// Runs a client script (`node`, the SDK venv's `python`) in `dir` and
+/// returns what it printed; fails the test with its stdout and stderr when
+/// it does not succeed.
+pub async fn run_script(
+    program: &std::path::Path,
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> String {
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{} failed:\nstdout: {stdout}\nstderr: {}",
+        args.first().copied().unwrap_or_default(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}

@@ -23,20 +23,8 @@ async fn the_console_signs_in_finds_a_customer_shows_its_history_and_blocks_it()
     let xss_id = xss_user["_id"].as_str().expect("id").to_string();
     let email = alice()["email"].as_str().expect("email").to_string();
     let shots = std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default();
-    let output = tokio::process::Command::new("node")
-        .arg("console.mjs")
-        .args([&app.base, COMPANY, APP, &app.key.api_key, &app.key.api_secret, &email, &xss_id, &shots])
-        .env("CHROMIUM", &chromium)
-        .current_dir(&dir)
-        .output()
-        .await
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "console script failed:\nstdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let args = ["console.mjs", &app.base, COMPANY, APP, &app.key.api_key, &app.key.api_secret, &email, &xss_id, &shots];
+    let stdout = userstream_tests::run_script(Path::new("node"), &dir, &args, &[("CHROMIUM", &chromium)]).await;
     assert!(stdout.contains("passed"), "{stdout}");
 }
 

@@ -16,22 +16,9 @@ async fn the_fynd_sdk_drives_every_customers_session_and_config_method() {
     std::fs::create_dir_all(&files).expect("files dir");
     let files_env = files.display().to_string();
     let app = TestApp::spawn_on(userstream_tests::fresh_sqlite(), &[("USERSTREAM_FILES_DIR", &files_env)]).await;
-    let output = tokio::process::Command::new("node")
-        .arg("fynd-customers.js")
-        .arg(&app.base)
-        .arg(&app.key.api_key)
-        .arg(&app.key.api_secret)
-        .arg(&files)
-        .current_dir(&sdk)
-        .output()
-        .await
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "SDK script failed:\nstdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let files_arg = files.display().to_string();
+    let args = ["fynd-customers.js", &app.base, &app.key.api_key, &app.key.api_secret, &files_arg];
+    let stdout = userstream_tests::run_script(Path::new("node"), &sdk, &args, &[]).await;
     assert!(
         stdout.contains("customers, timeline, session, config, attribute, group and bulk job methods passed"),
         "{stdout}"
@@ -51,20 +38,7 @@ async fn the_passage_sdk_drives_all_seven_user_calls_and_the_list_filters() {
         "the Passage SDK venv is missing: python3 -m venv tests/sdk/.venv && tests/sdk/.venv/bin/pip install -r tests/sdk/requirements.txt (deploy/test.sh does)"
     );
     let app = TestApp::spawn().await;
-    let output = tokio::process::Command::new(&python)
-        .arg("passage-users.py")
-        .arg(&app.base)
-        .arg(userstream_tests::APP)
-        .arg(&app.key.bearer)
-        .current_dir(&sdk)
-        .output()
-        .await
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "SDK script failed:\nstdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let args = ["passage-users.py", &app.base, userstream_tests::APP, &app.key.bearer];
+    let stdout = userstream_tests::run_script(&python, &sdk, &args, &[]).await;
     assert!(stdout.contains("all seven user calls and the list filters passed"), "{stdout}");
 }

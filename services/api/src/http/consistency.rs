@@ -74,6 +74,8 @@ impl Consistency {
     pub async fn wait(self, state: &AppState, models: &[&RunnerHandle]) -> Result<(), ApiError> {
         let position = match self {
             Consistency::Eventual => return Ok(()),
+            // Already there (the usual case): no need to read the head.
+            Consistency::AtLeast(position) if models.iter().all(|m| m.status().position >= position) => return Ok(()),
             Consistency::AtLeast(position) => {
                 // No write has answered a position past the head: a client
                 // error, not something to wait for.
