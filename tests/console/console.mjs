@@ -1,22 +1,31 @@
 // Drives the admin console in headless Chromium (Debian's, through
-// playwright-core): sign in (a wrong secret first), find a customer by
-// email, see a timeline entry appear after an update, block the customer,
-// an invalid filter's 400 message, and a name full of HTML shown as text.
-// Usage: node console.mjs BASE COMPANY APPLICATION KEY SECRET EMAIL XSS_USER_ID [SCREENSHOT_DIR]
+// playwright-core) against a server the Rust test prepared: sign in (a
+// wrong secret first), find a customer by email, see a timeline entry
+// appear after an update, block, archive and restore it, find it by an
+// attribute, watch a rule group gain it live, follow the event feed, run an
+// import and download its error file, sign in again after the token
+// expired without losing a half-filled form, another tenant's id, and a
+// name full of HTML shown as text, an invalid filter's 400.
+// Usage: node console.mjs SETUP_JSON (see tests/tests/console.rs)
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
 
-const [base, company, application, key, secret, email, xssId, shots] = process.argv.slice(2);
-const token = async () => {
-  const r = await fetch(`${base}/service/panel/authentication/v1.0/company/${company}/oauth/token`, {
-    method: "POST",
-    headers: { authorization: "Basic " + Buffer.from(`${key}:${secret}`).toString("base64"),
-               "content-type": "application/x-www-form-urlencoded" },
-    body: "grant_type=client_credentials",
-  });
-  return (await r.json()).access_token;
-};
+const setup = JSON.parse(process.argv[2]);
+const { base, company, application, key, secret, email, screenshots: shots } = setup;
 const fynd = `${base}/service/platform/user/v1.0/company/${company}/application/${application}`;
+const call = async (method, path, body) => {
+  const r = await fetch(`${fynd}${path}`, {
+    method, headers: { authorization: `Bearer ${setup.token}`, "content-type": "application/json" },
+    body: body && JSON.stringify(body),
+  });
+  const text = await r.text();
+  assert.ok(r.ok, `${method} ${path}: ${r.status} ${text}`);
+  return JSON.parse(text);
+};
+const shot = async (page, name, fullPage = true) => {
+  if (shots) await page.screenshot({ path: `${shots}/${name}.png`, fullPage });
+};
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -25,23 +34,26 @@ const browser = await chromium.launch({
 });
 const failures = [];
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
   page.on("pageerror", (e) => failures.push(`page error: ${e.message}`));
   await page.goto(`${base}/console`);
+  const signIn = async (withSecret) => {
+    await page.getByLabel("Company id").fill(company);
+    await page.getByLabel("Application id").fill(application);
+    await page.getByLabel("API key").fill(key);
+    await page.getByLabel("API secret").fill(withSecret);
+    await page.getByLabel("API secret").press("Enter");
+  };
 
   // A wrong secret: a clear message, no token kept.
-  await page.getByLabel("Company id").fill(company);
-  await page.getByLabel("Application id").fill(application);
-  await page.getByLabel("API key").fill(key);
-  await page.getByLabel("API secret").fill("not-the-secret");
-  await page.getByRole("button", { name: "Sign in" }).click();
+  await signIn("not-the-secret");
   await page.getByRole("alert").filter({ hasText: "Wrong API key or secret." }).waitFor();
   assert.equal(await page.evaluate(() => sessionStorage.getItem("userstream.console")), null);
 
-  // Sign in with the keyboard.
+  // Sign in with the keyboard (Enter in the secret field).
   await page.getByLabel("API secret").fill(secret);
   await page.getByLabel("API secret").press("Enter");
-  await page.getByRole("searchbox", { name: "Search customers" }).or(page.getByLabel("Search customers")).waitFor();
+  await page.getByLabel("Search customers").waitFor();
   assert.ok(!page.url().includes(await page.evaluate(() => JSON.parse(sessionStorage.getItem("userstream.console")).token)),
     "the token is never in the URL");
 
@@ -50,35 +62,96 @@ try {
   await page.getByLabel("Search customers").press("Enter");
   const link = page.locator("#results a").first();
   await link.waitFor();
+  await shot(page, "console-search", false);
   await link.click();
   await page.getByRole("heading", { level: 1 }).waitFor();
   const id = page.url().split("/").pop();
-  if (shots) await page.screenshot({ path: `${shots}/console-customer.png`, fullPage: true });
+  await page.getByRole("heading", { name: "History" }).waitFor();
+  await page.getByText("user.created").first().waitFor();
+  await shot(page, "console-customer");
 
   // An update through the API appears in the history.
-  const bearer = await token();
-  const r = await fetch(`${fynd}/customers/${id}`, {
-    method: "PUT", headers: { authorization: `Bearer ${bearer}`, "content-type": "application/json" },
-    body: JSON.stringify({ first_name: "Augusta" }),
-  });
-  assert.equal(r.status, 200);
+  await call("PUT", `/customers/${id}`, { first_name: "Augusta" });
   await page.reload();
   await page.getByText("user.updated").first().waitFor();
   await page.getByText('"Augusta"').first().waitFor();
 
-  // Block it.
+  // Block it; archive it, restore it.
   await page.getByRole("button", { name: "Block" }).click();
   await page.getByRole("button", { name: "Unblock" }).waitFor();
   await page.locator("td", { hasText: /^blocked$/ }).first().waitFor();
+  await page.getByRole("button", { name: "Archive" }).click();
+  await page.getByRole("button", { name: "Restore" }).click();
+  await page.getByRole("button", { name: "Archive" }).waitFor();
+  await page.getByText("user.restored").first().waitFor();
+
+  // Find it by an attribute condition.
+  await page.goto(`${base}/console#/search`);
+  await page.getByRole("combobox", { name: /^Attribute/ }).selectOption(setup.city);
+  await page.getByRole("combobox", { name: /^Operator/ }).selectOption("eq");
+  await page.getByLabel("Value").fill("goa");
+  await page.getByRole("button", { name: "Find" }).click();
+  await page.locator(`#results a[href="#/customer/${id}"]`).waitFor();
+
+  // A rule group gains the customer live, with why.
+  await page.goto(`${base}/console#/group/${setup.group_id}`);
+  await page.locator("#live-state", { hasText: "live" }).waitFor();
+  assert.equal(await page.locator("#total").textContent(), "0");
+  await page.getByText("city eq \"pune\"").waitFor();
+  await call("PUT", `/user_attribute/definition/${setup.city}/user/${id}`, { attribute: { value: "pune" }, customer_overridden: true });
+  const change = page.locator("#changes li", { hasText: id });
+  await change.waitFor();
+  assert.match(await change.textContent(), /joined at position \d+ .*attribute/);
+  assert.equal(await page.locator("#total").textContent(), "1");
+  await page.locator(`#members a[href="#/customer/${id}"]`).waitFor();
+  await shot(page, "console-group");
+
+  // The event feed, live, filtered by type.
+  await page.goto(`${base}/console#/events?types=user.*&from=now`);
+  await page.locator("#live-state", { hasText: "live" }).waitFor();
+  await call("PUT", `/customers/${id}`, { last_name: "Live" });
+  await call("PUT", `/user_attribute/definition/${setup.city}/user/${id}`, { attribute: { value: "goa" }, customer_overridden: true });
+  await page.locator("#feed li", { hasText: "user.updated" }).first().waitFor();
+  await shot(page, "console-events", false);
+  assert.equal(await page.locator("#feed li", { hasText: "attribute." }).count(), 0, "the type filter holds");
+
+  // An import: progress, then the error file.
+  await page.goto(`${base}/console#/jobs`);
+  await page.getByLabel("File").fill("file://users.csv");
+  await page.getByRole("button", { name: "Start the import" }).click();
+  await page.locator("#jobs td", { hasText: /^completed$/ }).waitFor();
+  await page.getByText("1 done, 1 rejected of 2").waitFor();
+  const [download] = await Promise.all([page.waitForEvent("download"),
+    page.getByRole("button", { name: "Download the errors" }).click()]);
+  const errors = await readFile(await download.path(), "utf8");
+  assert.match(errors, /^3,email is not a valid email/m, "the error file names the rejected row and why");
+  await shot(page, "console-jobs", false);
+
+  // The token expires while a form is half filled: sign in again, the
+  // form is as it was, and nothing was started with the dead token.
+  await page.getByLabel("File").fill("file://later.csv");
+  await page.evaluate((token) => {
+    const s = JSON.parse(sessionStorage.getItem("userstream.console"));
+    sessionStorage.setItem("userstream.console", JSON.stringify({ ...s, token }));
+  }, setup.expired_token);
+  await page.getByRole("button", { name: "Start the import" }).click();
+  await page.getByRole("heading", { name: "Sign in" }).waitFor();
+  await signIn(secret);
+  await page.getByRole("heading", { name: "Bulk jobs" }).waitFor();
+  assert.equal(await page.getByLabel("File").inputValue(), "file://later.csv");
+  assert.equal((await call("GET", "/users/jobs/import?search=later")).items.length, 0);
 
   // An invalid filter: the server's 400 message, not a blank page.
   await page.goto(`${base}/console#/search?q=${encodeURIComponent("{\"$where\": 1}")}`);
-  const alert = page.getByRole("alert");
-  await alert.waitFor();
-  assert.match(await alert.textContent(), /q:/, "the server's message");
+  await page.locator("#results [role=alert]").waitFor();
+  assert.match(await page.locator("#results [role=alert]").textContent(), /q:/, "the server's message");
+
+  // Another tenant's customer: the 404 is shown.
+  await page.goto(`${base}/console#/customer/${setup.other_id}`);
+  await page.getByRole("alert").filter({ hasText: /not found/i }).waitFor();
 
   // HTML in a name is text: nothing runs.
-  await page.goto(`${base}/console#/customer/${xssId}`);
+  await page.goto(`${base}/console#/customer/${setup.xss_id}`);
   await page.getByRole("heading", { level: 1 }).waitFor();
   assert.match(await page.getByRole("heading", { level: 1 }).textContent(), /<img src=x onerror=/);
   assert.equal(await page.evaluate(() => window.__xss), undefined, "the injected handler never ran");
@@ -87,9 +160,17 @@ try {
   await page.setViewportSize({ width: 390, height: 800 });
   await page.goto(`${base}/console#/customer/${id}`);
   await page.getByRole("heading", { name: "History" }).waitFor();
-  if (shots) await page.screenshot({ path: `${shots}/console-phone.png`, fullPage: false });
+  await shot(page, "console-phone", false);
+} catch (e) {
+  // What the page showed when a step failed, and its status line.
+  const [page] = browser.contexts().flatMap((c) => c.pages());
+  if (page) {
+    await shot(page, "console-failed").catch(() => {});
+    e.message += `\nat ${page.url()}; status: ${await page.locator("#status").textContent().catch(() => "?")}`;
+  }
+  throw e;
 } finally {
   await browser.close();
 }
 assert.deepEqual(failures, []);
-console.log("console: sign-in, search, history, block, bad filter and HTML-as-text passed");
+console.log("console: every step passed");

@@ -288,11 +288,13 @@ pub async fn feed(
         return Ok(sse(state.commands.log().clone(), tenant, after, filter).into_response());
     }
     let limit = query.int("limit", 100, 1..=MAX_FEED_PAGE)?;
+    // Read before the page, so a stream started `after` it misses nothing.
+    let head = *state.commands.log().watch_head().borrow();
     let mut events = state.commands.log().read_tenant(&tenant, after, limit + 1, &filter).await?;
     let has_more = events.len() as i64 > limit;
     events.truncate(limit as usize);
     let next = events.last().map_or(after, |e| e.position);
-    Ok(Json(json!({ "events": events, "next": next, "has_more": has_more })).into_response())
+    Ok(Json(json!({ "events": events, "next": next, "has_more": has_more, "head": head })).into_response())
 }
 
 /// The live feed. Pull-based: the next batch is read only when the client

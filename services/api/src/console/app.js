@@ -32,22 +32,107 @@ class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
+// The access token expired or was revoked: keep what was typed on this
+// page (never a password), sign in again, come back to it.
+function expired() {
+  const fields = {};
+  for (const f of main.querySelectorAll("input[name], select[name], textarea[name]")) {
+    if (f.type !== "password" && f.value) fields[f.name] = f.value;
+  }
+  if (location.hash !== "#/signin") {
+    sessionStorage.setItem(KEY + ".return", location.hash);
+    sessionStorage.setItem(KEY + ".draft", JSON.stringify({ hash: location.hash, fields }));
+  }
+  sessionStorage.removeItem(KEY);
+  location.hash = "#/signin";
+  return new ApiError(401, "your session ended: sign in again");
+}
+
+// Puts back what `expired` kept, in the fields of `root` that have its names.
+function restore(root) {
+  let draft;
+  try { draft = JSON.parse(sessionStorage.getItem(KEY + ".draft") || "null"); } catch { draft = null; }
+  if (!draft || draft.hash !== location.hash) return;
+  for (const f of root.querySelectorAll("input[name], select[name], textarea[name]")) {
+    if (f.name in draft.fields) { f.value = draft.fields[f.name]; delete draft.fields[f.name]; }
+  }
+  if (Object.keys(draft.fields).length) sessionStorage.setItem(KEY + ".draft", JSON.stringify(draft));
+  else sessionStorage.removeItem(KEY + ".draft");
+}
+
+function headers(s, extra) {
+  return { authorization: `Bearer ${s.token}`, ...extra };
+}
+
 async function api(path, options = {}) {
   const s = session();
-  if (!s) { location.hash = "#/signin"; throw new ApiError(401, "signed out"); }
-  const headers = { authorization: `Bearer ${s.token}`, ...(options.body ? { "content-type": "application/json" } : {}) };
-  const r = await fetch(base(s) + path, { ...options, credentials: "omit", headers: { ...headers, ...(options.headers || {}) } });
+  if (!s) throw expired();
+  const extra = options.body ? { "content-type": "application/json" } : {};
+  const r = await fetch(base(s) + path, { ...options, credentials: "omit", headers: headers(s, { ...extra, ...(options.headers || {}) }) });
   const text = await r.text();
   let body = null;
   try { body = text ? JSON.parse(text) : null; } catch { body = { message: text }; }
-  if (r.status === 401) {
-    sessionStorage.removeItem(KEY);
-    sessionStorage.setItem(KEY + ".return", location.hash);
-    location.hash = "#/signin";
-    throw new ApiError(401, "your session ended: sign in again");
-  }
+  if (r.status === 401) throw expired();
   if (!r.ok) throw new ApiError(r.status, (body && (body.message || body.error)) || `HTTP ${r.status}`);
   return body;
+}
+
+// A file of the API (a job's export or error file) saved by the browser.
+async function download(url, name) {
+  const s = session();
+  if (!s) throw expired();
+  const r = await fetch(url, { credentials: "omit", headers: headers(s) });
+  if (r.status === 401) throw expired();
+  if (!r.ok) throw new ApiError(r.status, `HTTP ${r.status}`);
+  const href = URL.createObjectURL(await r.blob());
+  const a = el("a", { href, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(href), 10000);
+}
+
+// What the current page keeps running (a live stream, a poll): stopped when
+// the page changes.
+let running = new AbortController();
+
+// Follows the feed live from `after` (Server-Sent Events read with fetch,
+// since EventSource cannot send a bearer), reconnecting from the last event
+// seen; `onEvent` gets each event, `onState` "live" or "reconnecting".
+async function follow(query, after, onEvent, onState) {
+  const signal = running.signal;
+  while (!signal.aborted) {
+    try {
+      const s = session();
+      if (!s) throw expired();
+      const r = await fetch(`${base(s)}/events?${query}`, { credentials: "omit", signal,
+        headers: headers(s, { accept: "text/event-stream", "last-event-id": String(after) }) });
+      if (r.status === 401) throw expired();
+      if (!r.ok) throw new ApiError(r.status, `HTTP ${r.status}`);
+      onState("live");
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart()).join("\n");
+          if (!data) continue;
+          const event = JSON.parse(data);
+          after = event.position;
+          onEvent(event);
+        }
+      }
+    } catch (e) {
+      if (signal.aborted || e.status === 401) return;
+    }
+    onState("reconnecting");
+    await new Promise((done) => setTimeout(done, 1000));
+  }
 }
 
 function say(text, error) {
@@ -57,7 +142,23 @@ function say(text, error) {
 
 function show(...nodes) {
   main.replaceChildren(...nodes);
+  restore(main);
   main.focus();
+}
+
+function problem(e) {
+  return el("p", { class: "error", role: "alert" }, e.message);
+}
+
+function name(u) {
+  return [u.first_name, u.last_name].filter(Boolean).join(" ") || u.username || u._id;
+}
+
+function pager(page, go) {
+  return el("div", { class: "row pager" },
+    el("span", {}, page.item_total !== undefined ? `${page.item_total} in all` : ""),
+    el("button", { type: "button", disabled: !(page.has_prev || page.current > 1), onclick: () => go(-1) }, "Previous"),
+    el("button", { type: "button", disabled: !page.has_next, onclick: () => go(1) }, "Next"));
 }
 
 // -- sign in ------------------------------------------------------------------
@@ -107,17 +208,19 @@ function userRows(users) {
   return el("table", {},
     el("thead", {}, el("tr", {}, ["Name", "Email", "Phone", "Status", "Id"].map((h) => el("th", {}, h)))),
     el("tbody", {}, users.map((u) => el("tr", {},
-      el("td", {}, el("a", { href: `#/customer/${u._id}` }, [u.first_name, u.last_name].filter(Boolean).join(" ") || u.username)),
+      el("td", {}, el("a", { href: `#/customer/${u._id}` }, name(u))),
       el("td", {}, (u.emails || []).map((e) => e.email).join(", ")),
       el("td", {}, (u.phone_numbers || []).map((p) => p.phone).join(", ")),
       el("td", {}, u.archive ? "archived" : u.status),
       el("td", {}, el("code", {}, u._id))))));
 }
 
+const OPERATORS = ["eq", "neq", "gt", "gte", "lt", "lte", "in", "nin", "contains", "exists", "not_exists", "between"];
+
 function search(params) {
   const q = params.get("q") || "";
   const page = Number(params.get("page") || "1");
-  const results = el("div", { id: "results" });
+  const results = el("div", { id: "results", "aria-live": "polite" });
   const input = el("input", { name: "q", value: q, "aria-label": "Search customers",
     placeholder: "email, phone, username, id, or a JSON filter like {\"gender\":\"female\"}" });
   const form = el("form", { role: "search" }, el("div", { class: "row" }, input, el("button", { type: "submit" }, "Search")));
@@ -125,24 +228,60 @@ function search(params) {
     event.preventDefault();
     location.hash = `#/search?q=${encodeURIComponent(input.value.trim())}`;
   });
-  show(section(el("h1", {}, "Customers"), form), section(results));
+  const byAttribute = el("form", { "aria-label": "Search by attribute" }, el("p", { class: "muted" }, "Loading attributes…"));
+  show(section(el("h1", {}, "Customers"), form), section(el("h2", {}, "By attribute"), byAttribute), section(results));
   input.focus();
+  attributeSearch(byAttribute, results).catch((e) => byAttribute.replaceChildren(problem(e)));
   (async () => {
     try {
       if (q.startsWith("{") || q.startsWith("[") || !q) {
         const list = await api(`/customers/list?page_size=20&page_no=${page}${q ? "&q=" + encodeURIComponent(q) : ""}`);
-        const pager = el("p", {}, `${list.page.item_total} customers `,
-          page > 1 ? el("a", { href: `#/search?q=${encodeURIComponent(q)}&page=${page - 1}` }, "previous") : null, " ",
-          list.page.has_next ? el("a", { href: `#/search?q=${encodeURIComponent(q)}&page=${page + 1}` }, "next") : null);
-        results.replaceChildren(userRows(list.items), pager);
+        results.replaceChildren(userRows(list.items), pager(list.page, (step) => {
+          location.hash = `#/search?q=${encodeURIComponent(q)}&page=${page + step}`;
+        }));
       } else {
         const found = await api(`/customers/search?query=${encodeURIComponent(q)}`);
         results.replaceChildren(userRows(found.users));
       }
     } catch (e) {
-      results.replaceChildren(el("p", { class: "error", role: "alert" }, e.message));
+      results.replaceChildren(problem(e));
     }
   })();
+}
+
+// Conditions on attribute values (all must hold): POST /user_attribute/users.
+async function attributeSearch(form, results) {
+  const definitions = (await api("/user_attribute/definition?page_size=100")).items;
+  if (!definitions.length) return form.replaceChildren(el("p", { class: "muted" }, "No attribute is defined."));
+  const rows = el("div", {});
+  const addRow = () => {
+    const n = rows.children.length;
+    rows.append(el("div", { class: "row" },
+      el("label", {}, "Attribute", el("select", { name: `attribute_${n}` },
+        definitions.map((d) => el("option", { value: d._id }, `${d.name} (${d.slug})`)))),
+      el("label", {}, "Operator", el("select", { name: `operator_${n}` }, OPERATORS.map((o) => el("option", { value: o }, o)))),
+      el("label", {}, "Value", el("input", { name: `value_${n}`, placeholder: "pune, or 18,30 for between/in" }))));
+  };
+  addRow();
+  let page = 1;
+  const run = async () => {
+    const conditions = [...rows.children].map((row) => {
+      const [definition, operator, value] = row.querySelectorAll("select, input");
+      return { definition_id: definition.value, type: operator.value, value: value.value };
+    });
+    try {
+      const found = await api("/user_attribute/users", { method: "POST",
+        body: JSON.stringify({ query: { type: "and", limit: 20, page, conditions } }) });
+      results.replaceChildren(userRows(found.items), pager(found.page, (step) => { page += step; run(); }));
+    } catch (e) {
+      results.replaceChildren(problem(e));
+    }
+  };
+  form.replaceChildren(rows, el("div", { class: "row" },
+    el("button", { type: "button", onclick: addRow }, "Add a condition"),
+    el("button", { type: "submit" }, "Find")));
+  form.addEventListener("submit", (event) => { event.preventDefault(); page = 1; run(); });
+  restore(form);
 }
 
 // -- a customer -----------------------------------------------------------------
@@ -152,34 +291,51 @@ async function customer(id) {
   show(page);
   let user;
   try {
-    user = (await api(`/customers/${encodeURIComponent(id)}`)).user;
+    user = await profile(id);
   } catch (e) {
-    page.replaceChildren(section(el("p", { class: "error", role: "alert" }, e.message)));
+    page.replaceChildren(section(el("h1", {}, "Customer"), problem(e)));
     return;
   }
   const act = (label, run) => el("button", { type: "button", onclick: async () => {
     try { await run(); say(`${label}: done`); customer(id); } catch (e) { say(e.message, true); }
   } }, label);
   const blocked = user.status === "blocked";
+  const body = (value) => ({ method: "PUT", body: JSON.stringify(value) });
   page.append(section(
-    el("h1", {}, [user.first_name, user.last_name].filter(Boolean).join(" ") || user.username),
+    el("h1", {}, name(user)),
     el("table", {}, el("tbody", {},
       [["Id", user._id], ["Username", user.username], ["Emails", (user.emails || []).map((e) => e.email).join(", ")],
-       ["Phones", (user.phone_numbers || []).map((p) => p.phone).join(", ")], ["Status", user.status],
+       ["Phones", (user.phone_numbers || []).map((p) => p.phone).join(", ")], ["Status", user.archive ? "archived" : user.status],
        ["Meta", JSON.stringify(user.meta || {})], ["Created", user.created_at], ["Updated", user.updated_at]]
         .map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v))))),
     el("div", { class: "row" },
-      act(blocked ? "Unblock" : "Block", () => api("/customers/activation", { method: "PUT",
-        body: JSON.stringify({ user_id: [id], status: blocked, reason: "console" }) })),
-      act("Archive", () => api("/customers/archive", { method: "PUT", body: JSON.stringify({ user_id: id }) })))));
+      user.archive ? null : act(blocked ? "Unblock" : "Block", () => api("/customers/activation",
+        body({ user_id: [id], status: blocked, reason: "console" }))),
+      user.archive ? act("Restore", () => api("/customers/undelete", body({ user_id: id, reason: "console" })))
+        : act("Archive", () => api("/customers/archive", body({ user_id: id })))))); 
   const parts = [
-    ["Attributes", attributes], ["Groups, and why", groups], ["Sessions", sessions], ["History", history],
+    ["Attributes", attributes], ["Groups, and why", groupsOf], ["Sessions", sessions], ["History", history],
   ].map(([title, load]) => {
-    const body = el("div", {}, el("p", { class: "muted" }, "Loading…"));
-    page.append(section(el("h2", {}, title), body));
-    return load(id, body).catch((e) => body.replaceChildren(el("p", { class: "error" }, e.message)));
+    const part = el("div", {}, el("p", { class: "muted" }, "Loading…"));
+    page.append(section(el("h2", {}, title), part));
+    return load(id, part).catch((e) => part.replaceChildren(problem(e)));
   });
   await Promise.all(parts);
+}
+
+// The customer; an archived one (the API answers 404 for it) as it was
+// just before it was archived, read from its history, so it can be restored.
+async function profile(id) {
+  const path = `/customers/${encodeURIComponent(id)}`;
+  try {
+    return (await api(path)).user;
+  } catch (e) {
+    if (e.status !== 404) throw e;
+    const events = (await api(`${path}/history`).catch(() => ({ history: [] }))).history;
+    const last = events[events.length - 1];
+    if (!last || last.type !== "user.archived") throw e;
+    return { ...(await api(`${path}?as_of=${last.position - 1}`)).user, archive: true };
+  }
 }
 
 async function attributes(id, body) {
@@ -194,18 +350,32 @@ async function attributes(id, body) {
     el("td", {}, encrypted.has(v.user_attribute_definition_id) ? "•••• (encrypted)" : JSON.stringify(v.value)))))));
 }
 
-async function groups(id, body) {
-  const mine = await api(`/customers/${encodeURIComponent(id)}/groups`);
+function why(cause) {
+  cause = cause || {};
+  return cause.kind === "event" ? `${cause.event_type} at position ${cause.position}`
+    : cause.kind === "evaluation" ? `evaluation of rule version ${cause.rule_version}` : cause.kind || "";
+}
+
+// The attribute definitions' names by id (for rules).
+async function definitionNames() {
+  const list = await api("/user_attribute/definition?page_size=100");
+  return new Map(list.items.map((d) => [d._id, d.slug]));
+}
+
+function rule(g, names) {
+  return g.conditions && g.conditions.length
+    ? el("code", {}, g.conditions.map((c) =>
+      `${names.get(c.user_attribute_definition_id) || c.user_attribute_definition_id} ${c.type} ${JSON.stringify(c.value)}`).join(" and "))
+    : "manual";
+}
+
+async function groupsOf(id, body) {
+  const [mine, names] = await Promise.all([api(`/customers/${encodeURIComponent(id)}/groups`), definitionNames()]);
   if (!mine.groups.length) return body.replaceChildren(el("p", { class: "muted" }, "In no group."));
-  body.replaceChildren(el("table", {}, el("tbody", {}, mine.groups.map((g) => {
-    const cause = g.joined.cause || {};
-    const why = cause.kind === "event" ? `${cause.event_type} at position ${cause.position}`
-      : cause.kind === "evaluation" ? `evaluation of rule version ${cause.rule_version}` : cause.kind || "";
-    return el("tr", {},
-      el("th", {}, el("a", { href: `#/group/${g._id}` }, g.name)),
-      el("td", {}, g.conditions && g.conditions.length ? el("code", {}, JSON.stringify(g.conditions)) : "manual"),
-      el("td", {}, `joined at position ${g.joined.position}${g.joined.at ? " (" + g.joined.at + ")" : ""}: ${why}`));
-  }))));
+  body.replaceChildren(el("table", {}, el("tbody", {}, mine.groups.map((g) => el("tr", {},
+    el("th", {}, el("a", { href: `#/group/${g._id}` }, g.name)),
+    el("td", {}, rule(g, names)),
+    el("td", {}, `joined at position ${g.joined.position}${g.joined.at ? " (" + g.joined.at + ")" : ""}: ${why(g.joined.cause)}`))))));
 }
 
 async function sessions(id, body) {
@@ -230,16 +400,197 @@ async function history(id, body) {
       el("code", {}, c.field), ": ", JSON.stringify(c.from), " → ", JSON.stringify(c.to)))) : null))));
 }
 
+// -- groups -----------------------------------------------------------------------
+
+async function groups(params) {
+  const page = Number(params.get("page") || "1");
+  const body = el("div", {}, el("p", { class: "muted" }, "Loading…"));
+  show(section(el("h1", {}, "Groups"), body));
+  try {
+    const list = await api(`/user_group?page_size=50&page_no=${page}`);
+    body.replaceChildren(list.items.length ? el("table", {},
+      el("thead", {}, el("tr", {}, ["Name", "Type", "Members", "Status"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, list.items.map((g) => el("tr", {},
+        el("td", {}, el("a", { href: `#/group/${g._id}` }, g.name)), el("td", {}, g.type),
+        el("td", {}, String(g.total_users)), el("td", {}, g.status))))) : el("p", { class: "muted" }, "No group."),
+    pager(list.page, (step) => { location.hash = `#/groups?page=${page + step}`; }));
+  } catch (e) {
+    body.replaceChildren(problem(e));
+  }
+}
+
+// A group: its rule, its members (cursor pages) and the changes of its
+// membership as the engine appends them.
+async function group(id) {
+  const page = el("div", {});
+  show(page);
+  let g, feed, names;
+  try {
+    // The feed's head first: the live stream starts there, so no change
+    // between the two reads is missed.
+    feed = await api("/events?limit=1&types=group.membership_changed");
+    [g, names] = await Promise.all([api(`/user_group/${encodeURIComponent(id)}`), definitionNames()]);
+  } catch (e) {
+    page.replaceChildren(section(el("h1", {}, "Group"), problem(e)));
+    return;
+  }
+  const total = el("span", { id: "total" }, String(g.total_users));
+  const state = el("span", { class: "muted", id: "live-state" }, "connecting…");
+  const changes = el("ul", { id: "changes" });
+  const members = el("div", { id: "members" }, el("p", { class: "muted" }, "Loading…"));
+  page.append(
+    section(el("h1", {}, g.name), el("p", {}, g.description || ""),
+      el("table", {}, el("tbody", {},
+        el("tr", {}, el("th", {}, "Rule"), el("td", {}, rule(g, names))),
+        el("tr", {}, el("th", {}, "Type"), el("td", {}, g.type)),
+        el("tr", {}, el("th", {}, "Status"), el("td", {}, g.status)),
+        el("tr", {}, el("th", {}, "Members"), el("td", {}, total))))),
+    section(el("h2", {}, "Membership changes, live ", state), changes),
+    section(el("h2", {}, "Members"), members));
+  let shown = [];
+  const load = async (cursor, direction) => {
+    shown = [cursor, direction];
+    try {
+      const q = cursor ? `&cursor=${encodeURIComponent(cursor)}&direction=${direction}` : "";
+      const list = await api(`/user_group/${encodeURIComponent(id)}/users?page_size=20${q}`);
+      members.replaceChildren(list.items.length ? el("ul", {}, list.items.map((u) => el("li", {},
+        el("a", { href: `#/customer/${u.user_id}` }, el("code", {}, u.user_id)), " ",
+        (u.emails || []).map((e) => e.email).join(", ")))) : el("p", { class: "muted" }, "No member."),
+      pager(list.page, (step) => step > 0 ? load(list.page.next_cursor, "next") : load(list.page.prev_cursor, "prev")));
+    } catch (e) {
+      members.replaceChildren(problem(e));
+    }
+  };
+  load();
+  follow("types=group.membership_changed", feed.head, (e) => {
+    if (e.data.group_id !== id) return;
+    const joined = e.data.joined || [], left = e.data.left || [];
+    total.textContent = String(Number(total.textContent) + joined.length - left.length);
+    const who = (ids, verb) => ids.map((u) => el("li", {}, el("a", { href: `#/customer/${u}` }, el("code", {}, u)),
+      ` ${verb} at position ${e.position} (${e.occurred_at}): ${why(e.data.cause)}`));
+    changes.prepend(...who(left, "left"), ...who(joined, "joined"));
+    load(...shown);
+  }, (s) => { state.textContent = s; });
+}
+
+// -- the event feed ---------------------------------------------------------------
+
+function events(params) {
+  const types = params.get("types") || "";
+  const from = params.get("from") || "now";
+  const list = el("ul", { id: "feed" });
+  const state = el("span", { class: "muted", id: "live-state" }, "connecting…");
+  const form = el("form", { "aria-label": "Filter events" }, el("div", { class: "row" },
+    el("label", {}, "Types", el("input", { name: "types", value: types, placeholder: "user.*, group.membership_changed" })),
+    el("label", {}, "From", el("select", { name: "from" },
+      el("option", { value: "now", selected: from === "now" }, "now"),
+      el("option", { value: "start", selected: from === "start" }, "the first event"))),
+    el("button", { type: "submit" }, "Follow")));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const f = new FormData(form);
+    location.hash = `#/events?types=${encodeURIComponent(f.get("types").trim())}&from=${f.get("from")}`;
+  });
+  show(section(el("h1", {}, "Events"), form), section(el("h2", {}, "Live ", state), list));
+  const query = types ? `types=${encodeURIComponent(types)}` : "";
+  (async () => {
+    try {
+      const after = from === "start" ? 0 : (await api(`/events?limit=1&${query}`)).head;
+      await follow(query, after, (e) => {
+        const link = e.stream.startsWith("user-") ? `#/customer/${e.stream.slice(5)}`
+          : e.stream.startsWith("group-") ? `#/group/${e.stream.slice(6)}` : null;
+        list.prepend(el("li", {},
+          el("strong", {}, e.type), ` ${e.occurred_at} by ${e.actor}, position ${e.position}, `,
+          link ? el("a", { href: link }, e.stream) : e.stream,
+          el("details", {}, el("summary", {}, "data"), el("pre", {}, JSON.stringify(e.data, null, 2)))));
+        while (list.children.length > 200) list.lastChild.remove();
+      }, (s) => { state.textContent = s; });
+    } catch (e) {
+      list.replaceChildren(problem(e));
+    }
+  })();
+}
+
+// -- bulk jobs --------------------------------------------------------------------
+
+function jobs() {
+  const list = el("div", { id: "jobs" }, el("p", { class: "muted" }, "Loading…"));
+  const start = (kind, form, body) => form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      await api(`/users/jobs/${kind}`, { method: "POST", body: JSON.stringify(body(new FormData(form))) });
+      say(`${kind} started`);
+      refresh();
+    } catch (e) { say(e.message, true); }
+  });
+  const formats = (name) => el("select", { name }, el("option", { value: "csv" }, "CSV"), el("option", { value: "jsonl" }, "JSON lines"));
+  const importForm = el("form", { "aria-label": "Import users" },
+    el("h2", {}, "Import users"),
+    el("label", {}, "File", el("input", { name: "file", required: true,
+      placeholder: "file://users.csv (in the server's files directory) or an http(s) URL" })),
+    el("div", { class: "row" }, el("label", {}, "Format", formats("import_format")), el("button", { type: "submit" }, "Start the import")));
+  start("import", importForm, (f) => {
+    const file = f.get("file").trim();
+    return { absolute_url: file, file_format: f.get("import_format"), relative_url: file.split("/").pop() };
+  });
+  const exportForm = el("form", { "aria-label": "Export users" },
+    el("h2", {}, "Export users"),
+    el("label", {}, "Filter (optional)", el("input", { name: "export_q", placeholder: "a JSON filter as in the search" })),
+    el("div", { class: "row" }, el("label", {}, "Format", formats("export_format")), el("button", { type: "submit" }, "Start the export")));
+  start("export", exportForm, (f) => ({ file_format: f.get("export_format"), ...(f.get("export_q").trim() ? { q: f.get("export_q").trim() } : {}) }));
+  show(section(el("h1", {}, "Bulk jobs"), importForm), section(exportForm), section(el("h2", {}, "Recent jobs"), list));
+  const signal = running.signal;
+  let timer = null;
+  const refresh = async () => {
+    clearTimeout(timer);
+    try {
+      const [imports, exports] = await Promise.all([api("/users/jobs/import?page_size=10"), api("/users/jobs/export?page_size=10")]);
+      if (signal.aborted) return;
+      const all = [...imports.items, ...exports.items].sort((a, b) => b.created_at.localeCompare(a.created_at));
+      list.replaceChildren(all.length ? el("table", {},
+        el("thead", {}, el("tr", {}, ["Job", "Status", "Progress", "Files"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, all.map(jobRow))) : el("p", { class: "muted" }, "No job yet."));
+      if (all.some((j) => j.status === "pending" || j.status === "running")) timer = setTimeout(refresh, 1000);
+    } catch (e) {
+      list.replaceChildren(problem(e));
+    }
+  };
+  signal.addEventListener("abort", () => clearTimeout(timer));
+  refresh();
+}
+
+function jobRow(j) {
+  const done = j.count.success + j.count.error;
+  const file = (label, link, name) => link && link.absolute_url && link.absolute_url.includes("/jobs/")
+    ? el("button", { type: "button", onclick: () => download(link.absolute_url, name).catch((e) => say(e.message, true)) }, label)
+    : null;
+  return el("tr", {},
+    el("td", {}, `${j.action_type} `, el("code", {}, j.file_name || j._id), el("br", {}), el("span", { class: "muted" }, j.created_at)),
+    el("td", {}, j.status, j.reason ? el("div", { class: "error" }, j.reason) : null),
+    el("td", {}, el("progress", { max: j.count.total || 1, value: j.status === "completed" ? j.count.total || 1 : done }),
+      ` ${j.count.success} done, ${j.count.error} rejected of ${j.count.total}`),
+    el("td", {}, file("Download the file", j.links.file, `${j._id}.${j.file_format}`),
+      j.count.error ? file("Download the errors", j.links.error, `${j._id}-errors.csv`) : null));
+}
+
 // -- routing ------------------------------------------------------------------
 
 function route() {
+  running.abort();
+  running = new AbortController();
   say("");
   const [path, query] = location.hash.slice(1).split("?");
   const params = new URLSearchParams(query || "");
   if (!session() || path === "/signin") return signin();
   document.getElementById("nav").hidden = false;
-  const customerMatch = path.match(/^\/customer\/([^/]+)$/);
-  if (customerMatch) return customer(decodeURIComponent(customerMatch[1]));
+  const match = (re) => { const m = path.match(re); return m && decodeURIComponent(m[1]); };
+  const customerId = match(/^\/customer\/([^/]+)$/);
+  if (customerId) return customer(customerId);
+  const groupId = match(/^\/group\/([^/]+)$/);
+  if (groupId) return group(groupId);
+  if (path === "/groups") return groups(params);
+  if (path === "/events") return events(params);
+  if (path === "/jobs") return jobs();
   return search(params);
 }
 
