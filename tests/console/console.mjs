@@ -63,11 +63,15 @@ try {
   const link = page.locator("#results a").first();
   await link.waitFor();
   await shot(page, "console-search", false);
-  await link.click();
+  await link.press("Enter");
   await page.getByRole("heading", { level: 1 }).waitFor();
   const id = page.url().split("/").pop();
   await page.getByRole("heading", { name: "History" }).waitFor();
   await page.getByText("user.created").first().waitFor();
+  // Attributes: values shown, an encrypted one masked.
+  await page.locator("td", { hasText: /^"goa"$/ }).waitFor();
+  await page.locator("td", { hasText: "•••• (encrypted)" }).waitFor();
+  assert.ok(!(await page.locator("main").textContent()).includes("ABCDE1234F"), "the encrypted value is not shown");
   await shot(page, "console-customer");
 
   // An update through the API appears in the history.
@@ -106,6 +110,19 @@ try {
   await page.locator(`#members a[href="#/customer/${id}"]`).waitFor();
   await shot(page, "console-group");
 
+  // A group's members in cursor pages of 20.
+  await page.goto(`${base}/console#/group/${setup.paged_group_id}`);
+  const members = page.locator("#members li");
+  const count = async (n) => page.waitForFunction((n) => document.querySelectorAll("#members li").length === n, n);
+  await count(20);
+  const firstPage = await members.allTextContents();
+  await page.locator("#members").getByRole("button", { name: "Next" }).click();
+  await count(setup.paged_total - 20);
+  assert.ok(!firstPage.includes(await members.first().textContent()), "the next page has other members");
+  await page.locator("#members").getByRole("button", { name: "Previous" }).click();
+  await count(20);
+  assert.deepEqual(await members.allTextContents(), firstPage);
+
   // The event feed, live, filtered by type.
   await page.goto(`${base}/console#/events?types=user.*&from=now`);
   await page.locator("#live-state", { hasText: "live" }).waitFor();
@@ -136,6 +153,8 @@ try {
   }, setup.expired_token);
   await page.getByRole("button", { name: "Start the import" }).click();
   await page.getByRole("heading", { name: "Sign in" }).waitFor();
+  assert.equal(await page.getByLabel("Application id").inputValue(), application, "the tenant is kept, not the secret");
+  assert.equal(await page.getByLabel("API secret").inputValue(), "");
   await signIn(secret);
   await page.getByRole("heading", { name: "Bulk jobs" }).waitFor();
   assert.equal(await page.getByLabel("File").inputValue(), "file://later.csv");
@@ -148,12 +167,14 @@ try {
 
   // Another tenant's customer: the 404 is shown.
   await page.goto(`${base}/console#/customer/${setup.other_id}`);
-  await page.getByRole("alert").filter({ hasText: /not found/i }).waitFor();
+  await page.getByRole("alert").filter({ hasText: /not found \(request [0-9a-f-]+\)/i }).waitFor();
 
-  // HTML in a name is text: nothing runs.
+  // HTML in a name, in meta and in an attribute value is text: nothing runs.
   await page.goto(`${base}/console#/customer/${setup.xss_id}`);
   await page.getByRole("heading", { level: 1 }).waitFor();
   assert.match(await page.getByRole("heading", { level: 1 }).textContent(), /<img src=x onerror=/);
+  await page.getByText("<script>window.__xss=2</script>").first().waitFor();
+  await page.getByText("<svg onload=window.__xss=3>").first().waitFor();
   assert.equal(await page.evaluate(() => window.__xss), undefined, "the injected handler never ran");
 
   // Phone width: the customer page still shows its sections.

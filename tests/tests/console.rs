@@ -23,15 +23,20 @@ async fn the_console_signs_in_finds_a_customer_shows_its_history_and_blocks_it()
     let files = std::env::temp_dir().join(format!("userstream-console-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&files).expect("files dir");
     // One row the import takes, one it rejects (its reason goes to the error file).
-    std::fs::write(files.join("users.csv"), "username,phone_number,email\nimported,9100000001,imported@x.io\nbad,9100000002,not-an-email\n")
-        .expect("write");
+    std::fs::write(
+        files.join("users.csv"),
+        "username,phone_number,email\nimported,9100000001,imported@x.io\nbad,9100000002,not-an-email\n",
+    )
+    .expect("write");
     let app = TestApp::spawn_on(fresh_sqlite(), &[("USERSTREAM_FILES_DIR", &files.display().to_string())]).await;
     let p = app.fynd(COMPANY, APP);
     let (alice, _) = app.create_user(alice()).await;
     let alice_id = alice["_id"].as_str().expect("id").to_string();
     let mut xss = userstream_tests::user_body(2);
     xss["first_name"] = json!("<img src=x onerror=window.__xss=1>");
+    xss["meta"] = json!({"note": "<script>window.__xss=2</script>"});
     let (xss_user, _) = app.create_user(xss).await;
+    let xss_id = xss_user["_id"].as_str().expect("id").to_string();
 
     // An attribute, alice's value, and a rule group she is not in yet.
     let (status, city) = call(
@@ -45,12 +50,39 @@ async fn the_console_signs_in_finds_a_customer_shows_its_history_and_blocks_it()
     let value = |v: &str| json!({"attribute": {"value": v}, "customer_overridden": true});
     let set_city = format!("{p}/user_attribute/definition/{city}/user/{alice_id}");
     assert_eq!(call(app.client.put(&set_city).json(&value("goa"))).await.0, 200);
+    let (status, pan) = call(
+        app.client
+            .post(format!("{p}/user_attribute/definition"))
+            .json(&json!({"name": "PAN", "slug": "pan", "type": "string", "encrypted": true})),
+    )
+    .await;
+    assert_eq!(status, 201, "{pan}");
+    let set_pan = format!("{p}/user_attribute/definition/{}/user/{alice_id}", pan["_id"].as_str().expect("id"));
+    assert_eq!(call(app.client.put(&set_pan).json(&value("ABCDE1234F"))).await.0, 200);
+    let set_xss_city = format!("{p}/user_attribute/definition/{city}/user/{xss_id}");
+    assert_eq!(call(app.client.put(&set_xss_city).json(&value("<svg onload=window.__xss=3>"))).await.0, 200);
     let (status, group) = call(app.client.post(format!("{p}/user_group")).json(&json!({
         "name": "Pune", "description": "customers in pune",
         "conditions": [{"user_attribute_definition_id": city, "type": "eq", "value": "pune"}]
     })))
     .await;
     assert_eq!(status, 201, "{group}");
+
+    // More customers with a city than a page of members holds (20).
+    for n in 10..31 {
+        let (u, _) = app.create_user(userstream_tests::user_body(n)).await;
+        let url = format!("{p}/user_attribute/definition/{city}/user/{}", u["_id"].as_str().expect("id"));
+        assert_eq!(call(app.client.put(&url).json(&value("goa"))).await.0, 200);
+    }
+    let (status, everyone) = call(app.client.post(format!("{p}/user_group")).json(&json!({
+        "name": "Has a city", "description": "d",
+        "conditions": [{"user_attribute_definition_id": city, "type": "exists", "value": ""}]
+    })))
+    .await;
+    assert_eq!(status, 201, "{everyone}");
+    let everyone = everyone["_id"].as_str().expect("id").to_string();
+    // alice, the HTML one and those 21.
+    settled(&app, &format!("{p}/user_group/{everyone}"), 23).await;
 
     // A customer of another application of the same company.
     let (status, other) = call(
@@ -67,8 +99,8 @@ async fn the_console_signs_in_finds_a_customer_shows_its_history_and_blocks_it()
     let setup = json!({
         "base": app.base, "company": COMPANY, "application": APP,
         "key": app.key.api_key, "secret": app.key.api_secret, "token": app.token,
-        "email": alice["emails"][0]["email"], "xss_id": xss_user["_id"], "other_id": other["user"]["_id"],
-        "group_id": group["_id"], "city": city, "expired_token": expired,
+        "email": alice["emails"][0]["email"], "xss_id": xss_id, "other_id": other["user"]["_id"],
+        "group_id": group["_id"], "paged_group_id": everyone, "paged_total": 23, "city": city, "expired_token": expired,
         "screenshots": std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default(),
     });
     let stdout = userstream_tests::run_script(
@@ -81,26 +113,59 @@ async fn the_console_signs_in_finds_a_customer_shows_its_history_and_blocks_it()
     assert!(stdout.contains("passed"), "{stdout}");
 }
 
-/// The console's own files: small, cached, no inline script, nothing from
-/// another origin.
+/// Waits (bounded) until the group is active with `n` members.
+async fn settled(app: &TestApp, url: &str, n: i64) {
+    for _ in 0..400 {
+        let (_, g) = call(app.client.get(url)).await;
+        if g["status"] == "active" && g["total_users"] == n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{url} never had {n} members: {}", call(app.client.get(url)).await.1);
+}
+
+/// The console's own files: small, cached by version, no inline script,
+/// nothing from another origin.
 #[tokio::test]
 async fn the_console_assets_are_small_cached_and_local() {
     let app = TestApp::spawn().await;
-    let mut total = 0;
-    for (path, kind) in
-        [("/console", "text/html"), ("/console/app.js", "text/javascript"), ("/console/app.css", "text/css")]
-    {
-        let r = reqwest::get(format!("{}{path}", app.base)).await.expect("asset");
-        assert_eq!(r.status(), 200, "{path}");
-        let headers = r.headers().clone();
-        assert!(headers["content-type"].to_str().is_ok_and(|t| t.starts_with(kind)), "{path}");
-        assert!(headers["content-security-policy"].to_str().is_ok_and(|p| p.contains("script-src 'self'")));
-        assert!(headers.contains_key("cache-control"), "{path}");
-        let body = r.text().await.expect("body");
+    let base = app.base.clone();
+    let get = |path: String| {
+        let url = format!("{base}{path}");
+        async move {
+            let r = reqwest::get(&url).await.expect("asset");
+            assert_eq!(r.status(), 200, "{path}");
+            let headers = r.headers().clone();
+            assert!(headers["content-security-policy"].to_str().is_ok_and(|p| p.contains("script-src 'self'")));
+            let cache = headers["cache-control"].to_str().expect("cache-control").to_string();
+            let kind = headers["content-type"].to_str().expect("content-type").to_string();
+            (kind, cache, r.text().await.expect("body"))
+        }
+    };
+    let (kind, cache, page) = get("/console".to_string()).await;
+    assert!(kind.starts_with("text/html") && cache == "no-cache", "{kind}, {cache}");
+    assert!(!page.contains("<script>") && !page.contains("onload="), "no inline script");
+    let mut total = page.len();
+    // The page names its assets with this binary's version: those are kept
+    // a year; the same path without it (or with another) is revalidated.
+    let assets: Vec<&str> = page.split('"').filter(|s| s.starts_with("/console/app.")).collect();
+    assert_eq!(assets.len(), 2, "{page}");
+    for asset in assets {
+        let (path, version) = asset.split_once("?v=").expect("a versioned URL");
+        assert_eq!(version.len(), 16, "{asset}");
+        let (kind, cache, body) = get(asset.to_string()).await;
+        assert_eq!(cache, "public, max-age=31536000, immutable", "{asset}");
+        let expected = if path.ends_with(".js") { "text/javascript" } else { "text/css" };
+        assert!(kind.starts_with(expected), "{asset}: {kind}");
         for remote in ["http://", "https://", "//cdn"] {
             assert!(!body.contains(remote), "{path} names {remote}");
         }
         total += body.len();
+        for other in [path.to_string(), format!("{path}?v=0000000000000000")] {
+            let (_, cache, again) = get(other.clone()).await;
+            assert_eq!((cache.as_str(), again.len()), ("no-cache", body.len()), "{other}");
+        }
     }
     assert!(total < 40 * 1024, "the console is {total} bytes");
 }

@@ -61,8 +61,13 @@ async fn feed_pages_by_position_within_the_tenant_and_filters_types() {
         assert_eq!(updated.len(), 1);
         assert_eq!(updated[0]["data"]["first_name"], "Ada", "{}", updated[0]);
 
-        // Beyond the head: an empty page, not an error.
+        // Every page names the log's head, where a live stream of what
+        // comes next starts (the console's feed "from now").
         let head = app.head().await;
+        let (_, first) = call(app.client.get(format!("{}/events?after=0&limit=1", app.fynd(COMPANY, APP)))).await;
+        assert_eq!((first["head"].as_i64(), first["next"].as_i64()), (Some(head), Some(positions[0])), "{first}");
+
+        // Beyond the head: an empty page, not an error.
         let (status, page) =
             call(app.client.get(format!("{}/events?after={}", app.fynd(COMPANY, APP), head + 100))).await;
         assert_eq!(

@@ -115,6 +115,66 @@ impl Filter {
     }
 }
 
+impl Filter {
+    /// When the filter only matches users found by index lookups (an id, an
+    /// email, a phone number, a username or an external id, exactly),
+    /// appends a query of those users' ids in `application_id` and answers
+    /// true. The caller then narrows to them first: SQLite keeps no
+    /// statistics here, so it would rather walk the tenant's list index in
+    /// order and test every user (1.8 s at 1,000,000 users for one
+    /// username) than look the few up and sort them.
+    pub fn candidates(&self, application_id: &str, out: &mut SqlBuilder) -> bool {
+        let Some(lookups) = self.lookups() else { return false };
+        for (i, (field, values)) in lookups.into_iter().enumerate() {
+            if i > 0 {
+                out.sql.push_str(" UNION ALL ");
+            }
+            out.sql.push_str(match field {
+                Field::Email => {
+                    "SELECT c.user_id FROM user_contacts_v1 c WHERE c.kind = 'email' AND c.application_id = "
+                }
+                Field::Phone => {
+                    "SELECT c.user_id FROM user_contacts_v1 c WHERE c.kind = 'phone' AND c.application_id = "
+                }
+                _ => "SELECT l.user_id FROM users_v1 l WHERE l.application_id = ",
+            });
+            out.bind(application_id.to_string());
+            out.sql.push_str(match field {
+                Field::Email | Field::Phone => " AND c.value IN (",
+                Field::Username => " AND l.username_key IN (",
+                Field::ExternalId => " AND l.external_id IN (",
+                _ => " AND l.user_id IN (",
+            });
+            for (j, v) in values.iter().enumerate() {
+                if j > 0 {
+                    out.sql.push_str(", ");
+                }
+                out.bind(v.clone());
+            }
+            out.sql.push(')');
+        }
+        true
+    }
+
+    /// The index lookups whose union holds every user this filter matches.
+    fn lookups(&self) -> Option<Vec<(Field, &[String])>> {
+        match self {
+            Filter::In(
+                field @ (Field::Email | Field::Phone | Field::Username | Field::ExternalId | Field::UserId),
+                values,
+            ) => Some(vec![(*field, values.as_slice())]),
+            Filter::In(..) | Filter::Like { .. } => None,
+            // Every part must hold: the lookups of any one part will do.
+            Filter::All(parts) => parts.iter().find_map(Filter::lookups),
+            // Any part may hold: every part needs its lookups.
+            Filter::Any(parts) if !parts.is_empty() => {
+                parts.iter().map(Filter::lookups).collect::<Option<Vec<_>>>().map(|l| l.concat())
+            }
+            Filter::Any(_) => None,
+        }
+    }
+}
+
 /// SQL text with `$n` placeholders and their string values.
 #[derive(Debug, Default)]
 pub struct SqlBuilder {

@@ -21,7 +21,7 @@ use writes::{
     apply_sessions_revoked, apply_update, bump_counts, insert_created, set_flag,
 };
 
-pub use query::{SessionRow, UserKey, UsersQuery, MAX_PAGE_SIZE, MAX_SEARCH_RESULTS};
+pub use query::{list_page_sql, SessionRow, UserKey, UsersQuery, MAX_PAGE_SIZE, MAX_SEARCH_RESULTS};
 
 pub const NAME: &str = "users_v1";
 

@@ -115,18 +115,10 @@ impl UsersQuery {
         page_size: i64,
     ) -> Result<(Vec<UserRow>, i64), sqlx::Error> {
         let offset = (page_no.max(1) - 1) * page_size;
-        let mut cond = SqlBuilder::starting_after(4);
-        if let Some(f) = filter {
-            cond.sql.push_str(" AND ");
-            f.to_sql(&mut cond);
-        }
-        let sql = format!(
-            "SELECT {COLUMNS} FROM users_v1 u WHERE u.company_id = $1 AND u.application_id = $2 AND u.archived = 0{} ORDER BY u.seq DESC LIMIT $3 OFFSET $4",
-            cond.sql
-        );
+        let (sql, binds) = list_page_sql(tenant, filter);
         let mut query =
             sqlx::query(&sql).bind(&tenant.company_id).bind(&tenant.application_id).bind(page_size).bind(offset);
-        for b in &cond.binds {
+        for b in &binds {
             query = query.bind(b.as_str());
         }
         let rows = query.fetch_all(&self.db.pool).await?;
@@ -142,14 +134,8 @@ impl UsersQuery {
             .unwrap_or(0)
         } else {
             let mut cond = SqlBuilder::starting_after(2);
-            cond.sql.push_str(" AND ");
-            if let Some(f) = filter {
-                f.to_sql(&mut cond);
-            }
-            let sql = format!(
-                "SELECT COUNT(*) FROM users_v1 u WHERE u.company_id = $1 AND u.application_id = $2 AND u.archived = 0{}",
-                cond.sql
-            );
+            let live = live_users(tenant, filter, &mut cond);
+            let sql = format!("SELECT COUNT(*) FROM users_v1 u WHERE {live}");
             let mut query = sqlx::query_scalar::<_, i64>(&sql).bind(&tenant.company_id).bind(&tenant.application_id);
             for b in &cond.binds {
                 query = query.bind(b.as_str());
@@ -242,14 +228,8 @@ impl UsersQuery {
             .fetch_optional(&mut *tx)
             .await?;
         let mut cond = SqlBuilder::starting_after(2);
-        if let Some(f) = filter {
-            cond.sql.push_str(" AND ");
-            f.to_sql(&mut cond);
-        }
-        let sql = format!(
-            "SELECT {COLUMNS} FROM users_v1 u WHERE u.company_id = $1 AND u.application_id = $2 AND u.archived = 0{} ORDER BY u.seq",
-            cond.sql
-        );
+        let live = live_users(tenant, filter, &mut cond);
+        let sql = format!("SELECT {COLUMNS} FROM users_v1 u WHERE {live} ORDER BY u.seq");
         let mut query = sqlx::query(&sql).bind(&tenant.company_id).bind(&tenant.application_id);
         for b in &cond.binds {
             query = query.bind(b.as_str());
@@ -270,6 +250,41 @@ impl UsersQuery {
         tx.rollback().await?;
         Ok(position.unwrap_or(0))
     }
+}
+
+/// A page of `list`: the SQL (company `$1`, application `$2`, `LIMIT $3`,
+/// `OFFSET $4`) and the filter's values for `$5` on.
+pub fn list_page_sql(tenant: &Tenant, filter: Option<&Filter>) -> (String, Vec<String>) {
+    let mut cond = SqlBuilder::starting_after(4);
+    let live = live_users(tenant, filter, &mut cond);
+    (format!("SELECT {COLUMNS} FROM users_v1 u WHERE {live} ORDER BY u.seq DESC LIMIT $3 OFFSET $4"), cond.binds)
+}
+
+/// The condition of the tenant's (`$1`, `$2`) live users that `filter`
+/// matches, its values bound in `cond`. When the filter names its users by
+/// index lookups, those are found first and the tenant's list index is
+/// kept out of the plan (`company_id || ''`, `archived + 0` cannot use it);
+/// otherwise that index drives, in `seq` order.
+fn live_users(tenant: &Tenant, filter: Option<&Filter>, cond: &mut SqlBuilder) -> String {
+    let Some(filter) = filter else {
+        return "u.company_id = $1 AND u.application_id = $2 AND u.archived = 0".to_string();
+    };
+    let mut candidates = SqlBuilder::starting_after(cond.offset);
+    let looked_up = filter.candidates(&tenant.application_id, &mut candidates);
+    let mut sql = if looked_up {
+        cond.binds.append(&mut candidates.binds);
+        format!(
+            "u.company_id || '' = $1 AND u.application_id = $2 AND u.archived + 0 = 0 AND u.user_id IN ({}) AND ",
+            candidates.sql
+        )
+    } else {
+        "u.company_id = $1 AND u.application_id = $2 AND u.archived = 0 AND ".to_string()
+    };
+    let mut rest = SqlBuilder::starting_after(cond.offset + cond.binds.len());
+    filter.to_sql(&mut rest);
+    cond.binds.append(&mut rest.binds);
+    sql.push_str(&rest.sql);
+    sql
 }
 
 /// How a bulk row names its user.

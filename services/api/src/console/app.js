@@ -73,7 +73,11 @@ async function api(path, options = {}) {
   let body = null;
   try { body = text ? JSON.parse(text) : null; } catch { body = { message: text }; }
   if (r.status === 401) throw expired();
-  if (!r.ok) throw new ApiError(r.status, (body && (body.message || body.error)) || `HTTP ${r.status}`);
+  if (!r.ok) {
+    // The request id finds the server's log lines of this failure.
+    const id = r.headers.get("x-request-id");
+    throw new ApiError(r.status, `${(body && (body.message || body.error)) || `HTTP ${r.status}`}${id ? ` (request ${id})` : ""}`);
+  }
   return body;
 }
 
@@ -165,11 +169,14 @@ function pager(page, go) {
 
 function signin() {
   document.getElementById("nav").hidden = true;
+  // The tenant of the last sign-in in this tab (never the secret).
+  let last = {};
+  try { last = JSON.parse(sessionStorage.getItem(KEY + ".tenant") || "{}"); } catch { last = {}; }
   const error = el("p", { class: "error", role: "alert" });
   const form = el("form", { "aria-label": "Sign in" },
     el("h1", {}, "Sign in"),
-    el("label", {}, "Company id", el("input", { name: "company", value: "1", required: true, autocomplete: "off" })),
-    el("label", {}, "Application id", el("input", { name: "application", required: true, autocomplete: "off" })),
+    el("label", {}, "Company id", el("input", { name: "company", value: last.company || "1", required: true, autocomplete: "off" })),
+    el("label", {}, "Application id", el("input", { name: "application", value: last.application || "", required: true, autocomplete: "off" })),
     el("label", {}, "API key", el("input", { name: "key", required: true, autocomplete: "username" })),
     el("label", {}, "API secret", el("input", { name: "secret", type: "password", required: true, autocomplete: "current-password" })),
     el("button", { type: "submit" }, "Sign in"), error);
@@ -179,19 +186,28 @@ function signin() {
     const company = f.get("company").trim();
     // `omit`: the endpoint's 401 carries a Basic challenge, which would
     // make the browser prompt for a password instead of answering.
-    const r = await fetch(`/service/panel/authentication/v1.0/company/${encodeURIComponent(company)}/oauth/token`, {
-      method: "POST",
-      credentials: "omit",
-      headers: { authorization: "Basic " + btoa(`${f.get("key").trim()}:${f.get("secret")}`),
-                 "content-type": "application/x-www-form-urlencoded" },
-      body: "grant_type=client_credentials",
-    });
+    let r;
+    try {
+      r = await fetch(`/service/panel/authentication/v1.0/company/${encodeURIComponent(company)}/oauth/token`, {
+        method: "POST",
+        credentials: "omit",
+        headers: { authorization: "Basic " + btoa(`${f.get("key").trim()}:${f.get("secret")}`),
+                   "content-type": "application/x-www-form-urlencoded" },
+        body: "grant_type=client_credentials",
+      });
+    } catch (e) {
+      // btoa refuses characters outside Latin-1; fetch fails when offline.
+      error.textContent = e.name === "InvalidCharacterError" ? "Wrong API key or secret." : `Cannot reach the server: ${e.message}`;
+      return;
+    }
     const body = await r.json().catch(() => ({}));
     if (!r.ok || !body.access_token) {
       error.textContent = r.status === 401 ? "Wrong API key or secret." : (body.error_description || body.message || `HTTP ${r.status}`);
       return;
     }
-    sessionStorage.setItem(KEY, JSON.stringify({ company, application: f.get("application").trim(), token: body.access_token }));
+    const application = f.get("application").trim();
+    sessionStorage.setItem(KEY, JSON.stringify({ company, application, token: body.access_token }));
+    sessionStorage.setItem(KEY + ".tenant", JSON.stringify({ company, application }));
     const back = sessionStorage.getItem(KEY + ".return");
     sessionStorage.removeItem(KEY + ".return");
     location.hash = back && back !== "#/signin" ? back : "#/search";
@@ -313,12 +329,14 @@ async function customer(id) {
         body({ user_id: [id], status: blocked, reason: "console" }))),
       user.archive ? act("Restore", () => api("/customers/undelete", body({ user_id: id, reason: "console" })))
         : act("Archive", () => api("/customers/archive", body({ user_id: id })))))); 
+  const definitions = api("/user_attribute/definition?page_size=100").then((d) => d.items);
+  definitions.catch(() => {});
   const parts = [
     ["Attributes", attributes], ["Groups, and why", groupsOf], ["Sessions", sessions], ["History", history],
   ].map(([title, load]) => {
     const part = el("div", {}, el("p", { class: "muted" }, "Loading…"));
     page.append(section(el("h2", {}, title), part));
-    return load(id, part).catch((e) => part.replaceChildren(problem(e)));
+    return load(id, part, definitions).catch((e) => part.replaceChildren(problem(e)));
   });
   await Promise.all(parts);
 }
@@ -338,16 +356,13 @@ async function profile(id) {
   }
 }
 
-async function attributes(id, body) {
-  const [values, definitions] = await Promise.all([
-    api(`/user_attribute/user/${encodeURIComponent(id)}?page_size=100`),
-    api("/user_attribute/definition?page_size=100"),
-  ]);
-  const encrypted = new Set(definitions.items.filter((d) => d.encrypted).map((d) => d._id));
+async function attributes(id, body, definitions) {
+  const values = await api(`/user_attribute/user/${encodeURIComponent(id)}?page_size=100`);
+  const encrypted = new Set((await definitions).filter((d) => d.encrypted).map((d) => d._id));
   if (!values.items.length) return body.replaceChildren(el("p", { class: "muted" }, "No attribute values."));
   body.replaceChildren(el("table", {}, el("tbody", {}, values.items.map((v) => el("tr", {},
     el("th", {}, v.name || v.user_attribute_definition_id),
-    el("td", {}, encrypted.has(v.user_attribute_definition_id) ? "•••• (encrypted)" : JSON.stringify(v.value)))))));
+    el("td", {}, encrypted.has(v.user_attribute_definition_id) ? "•••• (encrypted)" : JSON.stringify((v.attribute || {}).value)))))));
 }
 
 function why(cause) {
@@ -356,10 +371,10 @@ function why(cause) {
     : cause.kind === "evaluation" ? `evaluation of rule version ${cause.rule_version}` : cause.kind || "";
 }
 
-// The attribute definitions' names by id (for rules).
-async function definitionNames() {
-  const list = await api("/user_attribute/definition?page_size=100");
-  return new Map(list.items.map((d) => [d._id, d.slug]));
+// The attribute definitions' slugs by id (for rules).
+async function definitionNames(definitions) {
+  const list = await (definitions || api("/user_attribute/definition?page_size=100").then((d) => d.items));
+  return new Map(list.map((d) => [d._id, d.slug]));
 }
 
 function rule(g, names) {
@@ -369,8 +384,8 @@ function rule(g, names) {
     : "manual";
 }
 
-async function groupsOf(id, body) {
-  const [mine, names] = await Promise.all([api(`/customers/${encodeURIComponent(id)}/groups`), definitionNames()]);
+async function groupsOf(id, body, definitions) {
+  const [mine, names] = await Promise.all([api(`/customers/${encodeURIComponent(id)}/groups`), definitionNames(definitions)]);
   if (!mine.groups.length) return body.replaceChildren(el("p", { class: "muted" }, "In no group."));
   body.replaceChildren(el("table", {}, el("tbody", {}, mine.groups.map((g) => el("tr", {},
     el("th", {}, el("a", { href: `#/group/${g._id}` }, g.name)),
@@ -581,6 +596,7 @@ function route() {
   say("");
   const [path, query] = location.hash.slice(1).split("?");
   const params = new URLSearchParams(query || "");
+  if (!session() && path !== "/signin" && path) sessionStorage.setItem(KEY + ".return", location.hash);
   if (!session() || path === "/signin") return signin();
   document.getElementById("nav").hidden = false;
   const match = (re) => { const m = path.match(re); return m && decodeURIComponent(m[1]); };
