@@ -142,6 +142,12 @@ try {
     page.getByRole("button", { name: "Download the errors" }).click()]);
   const errors = await readFile(await download.path(), "utf8");
   assert.match(errors, /^3,email is not a valid email/m, "the error file names the rejected row and why");
+  // An export, then its file.
+  await page.getByRole("button", { name: "Start the export" }).click();
+  await page.locator("#jobs tr", { hasText: "export" }).locator("td", { hasText: /^completed$/ }).waitFor();
+  const [exported] = await Promise.all([page.waitForEvent("download"),
+    page.getByRole("button", { name: "Download the file" }).click()]);
+  assert.match(await readFile(await exported.path(), "utf8"), /alice@example\.com/i, "the export has the customers");
   await shot(page, "console-jobs", false);
 
   // The token expires while a form is half filled: sign in again, the
