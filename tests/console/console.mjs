@@ -80,14 +80,22 @@ try {
   await page.getByText("user.updated").first().waitFor();
   await page.getByText('"Augusta"').first().waitFor();
 
-  // Block it; archive it, restore it.
-  await page.getByRole("button", { name: "Block" }).click();
-  await page.getByRole("button", { name: "Unblock" }).waitFor();
-  await page.locator("td", { hasText: /^blocked$/ }).first().waitFor();
+  // Revoke one of its two sessions.
+  const revoke = page.getByRole("button", { name: "Revoke" });
+  assert.equal(await revoke.count(), 2);
+  await revoke.first().click();
+  await page.getByText("Session revoked").waitFor();
+  await page.waitForFunction(() => [...document.querySelectorAll("button")].filter((b) => b.textContent === "Revoke").length === 1);
+
+  // Archive it (which also ends its other session), restore it, block it.
   await page.getByRole("button", { name: "Archive" }).click();
   await page.getByRole("button", { name: "Restore" }).click();
   await page.getByRole("button", { name: "Archive" }).waitFor();
   await page.getByText("user.restored").first().waitFor();
+  await page.getByText("user.sessions_revoked").first().waitFor();
+  await page.getByRole("button", { name: "Block" }).click();
+  await page.getByRole("button", { name: "Unblock" }).waitFor();
+  await page.locator("td", { hasText: /^blocked$/ }).first().waitFor();
 
   // Find it by an attribute condition.
   await page.goto(`${base}/console#/search`);
@@ -99,14 +107,14 @@ try {
 
   // A rule group gains the customer live, with why.
   await page.goto(`${base}/console#/group/${setup.group_id}`);
-  await page.locator("#live-state", { hasText: "live" }).waitFor();
+  await page.locator("#group-live", { hasText: "live" }).waitFor();
   assert.equal(await page.locator("#total").textContent(), "0");
   await page.getByText("city eq \"pune\"").waitFor();
   await call("PUT", `/user_attribute/definition/${setup.city}/user/${id}`, { attribute: { value: "pune" }, customer_overridden: true });
   const change = page.locator("#changes li", { hasText: id });
   await change.waitFor();
   assert.match(await change.textContent(), /joined at position \d+ .*attribute/);
-  assert.equal(await page.locator("#total").textContent(), "1");
+  await page.locator("#total", { hasText: /^1$/ }).waitFor();
   await page.locator(`#members a[href="#/customer/${id}"]`).waitFor();
   await shot(page, "console-group");
 
@@ -125,9 +133,10 @@ try {
 
   // The event feed, live, filtered by type.
   await page.goto(`${base}/console#/events?types=user.*&from=now`);
-  await page.locator("#live-state", { hasText: "live" }).waitFor();
-  await call("PUT", `/customers/${id}`, { last_name: "Live" });
+  await page.locator("#feed-live", { hasText: "live" }).waitFor();
   await call("PUT", `/user_attribute/definition/${setup.city}/user/${id}`, { attribute: { value: "goa" }, customer_overridden: true });
+  await call("PUT", `/customers/${id}`, { last_name: "Live" });
+  // The attribute change came first: once the update is shown, it would be too.
   await page.locator("#feed li", { hasText: "user.updated" }).first().waitFor();
   await shot(page, "console-events", false);
   assert.equal(await page.locator("#feed li", { hasText: "attribute." }).count(), 0, "the type filter holds");

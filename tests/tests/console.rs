@@ -32,6 +32,14 @@ async fn the_console_signs_in_finds_a_customer_shows_its_history_and_blocks_it()
     let p = app.fynd(COMPANY, APP);
     let (alice, _) = app.create_user(alice()).await;
     let alice_id = alice["_id"].as_str().expect("id").to_string();
+    // Two sessions: the console revokes one, archiving ends the other.
+    for domain in ["shop.example", "app.example"] {
+        let (status, session) = call(
+            app.client.post(format!("{p}/customers/session")).json(&json!({"user_id": alice_id, "domain": domain})),
+        )
+        .await;
+        assert_eq!(status, 200, "{session}");
+    }
     let mut xss = userstream_tests::user_body(2);
     xss["first_name"] = json!("<img src=x onerror=window.__xss=1>");
     xss["meta"] = json!({"note": "<script>window.__xss=2</script>"});

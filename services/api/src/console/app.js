@@ -39,9 +39,10 @@ function expired() {
   for (const f of main.querySelectorAll("input[name], select[name], textarea[name]")) {
     if (f.type !== "password" && f.value) fields[f.name] = f.value;
   }
+  const s = session() || {};
   if (location.hash !== "#/signin") {
     sessionStorage.setItem(KEY + ".return", location.hash);
-    sessionStorage.setItem(KEY + ".draft", JSON.stringify({ hash: location.hash, fields }));
+    sessionStorage.setItem(KEY + ".draft", JSON.stringify({ hash: location.hash, fields, company: s.company, application: s.application }));
   }
   sessionStorage.removeItem(KEY);
   location.hash = "#/signin";
@@ -52,7 +53,8 @@ function expired() {
 function restore(root) {
   let draft;
   try { draft = JSON.parse(sessionStorage.getItem(KEY + ".draft") || "null"); } catch { draft = null; }
-  if (!draft || draft.hash !== location.hash) return;
+  const s = session() || {};
+  if (!draft || draft.hash !== location.hash || draft.company !== s.company || draft.application !== s.application) return;
   for (const f of root.querySelectorAll("input[name], select[name], textarea[name]")) {
     if (f.name in draft.fields) { f.value = draft.fields[f.name]; delete draft.fields[f.name]; }
   }
@@ -100,11 +102,18 @@ async function download(url, name) {
 // the page changes.
 let running = new AbortController();
 
+// The feed's head, where a live stream of what comes next starts: a page
+// read past every position is empty and cheap, and still names the head.
+async function head(query) {
+  return (await api(`/events?after=${Number.MAX_SAFE_INTEGER}&limit=1${query ? "&" + query : ""}`)).head;
+}
+
 // Follows the feed live from `after` (Server-Sent Events read with fetch,
-// since EventSource cannot send a bearer), reconnecting from the last event
-// seen; `onEvent` gets each event, `onState` "live" or "reconnecting".
-async function follow(query, after, onEvent, onState) {
-  const signal = running.signal;
+// since EventSource cannot send a bearer) until `signal` (the page's) is
+// aborted, reconnecting from the last event seen; `onEvent` gets each
+// event, `onState` "live" or "reconnecting". A refusal (4xx) ends it with
+// the server's message.
+async function follow(signal, query, after, onEvent, onState) {
   while (!signal.aborted) {
     try {
       const s = session();
@@ -112,6 +121,10 @@ async function follow(query, after, onEvent, onState) {
       const r = await fetch(`${base(s)}/events?${query}`, { credentials: "omit", signal,
         headers: headers(s, { accept: "text/event-stream", "last-event-id": String(after) }) });
       if (r.status === 401) throw expired();
+      if (r.status >= 400 && r.status < 500) {
+        const body = await r.json().catch(() => ({}));
+        throw new ApiError(r.status, body.message || `HTTP ${r.status}`);
+      }
       if (!r.ok) throw new ApiError(r.status, `HTTP ${r.status}`);
       onState("live");
       const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -133,10 +146,19 @@ async function follow(query, after, onEvent, onState) {
       }
     } catch (e) {
       if (signal.aborted || e.status === 401) return;
+      if (e.status >= 400 && e.status < 500) throw e;
     }
     onState("reconnecting");
     await new Promise((done) => setTimeout(done, 1000));
   }
+}
+
+// For loads that may overlap (a reload while another is on its way): each
+// call of the returned function starts a load and gives a check that is
+// true while no later load has started.
+function turns() {
+  let n = 0;
+  return () => { const mine = ++n; return () => mine === n; };
 }
 
 function say(text, error) {
@@ -208,6 +230,13 @@ function signin() {
     const application = f.get("application").trim();
     sessionStorage.setItem(KEY, JSON.stringify({ company, application, token: body.access_token }));
     sessionStorage.setItem(KEY + ".tenant", JSON.stringify({ company, application }));
+    // Back to where the session ended, unless that was another tenant's page.
+    let draft = {};
+    try { draft = JSON.parse(sessionStorage.getItem(KEY + ".draft") || "{}"); } catch { draft = {}; }
+    if (draft.hash && (draft.company !== company || draft.application !== application)) {
+      sessionStorage.removeItem(KEY + ".draft");
+      sessionStorage.removeItem(KEY + ".return");
+    }
     const back = sessionStorage.getItem(KEY + ".return");
     sessionStorage.removeItem(KEY + ".return");
     location.hash = back && back !== "#/signin" ? back : "#/search";
@@ -247,26 +276,32 @@ function search(params) {
   const byAttribute = el("form", { "aria-label": "Search by attribute" }, el("p", { class: "muted" }, "Loading attributes…"));
   show(section(el("h1", {}, "Customers"), form), section(el("h2", {}, "By attribute"), byAttribute), section(results));
   input.focus();
-  attributeSearch(byAttribute, results).catch((e) => byAttribute.replaceChildren(problem(e)));
+  // The list below and a search by attribute both fill the results: the
+  // latest asked wins.
+  const turn = turns();
+  attributeSearch(byAttribute, results, turn).catch((e) => byAttribute.replaceChildren(problem(e)));
+  const current = turn();
   (async () => {
+    let shown;
     try {
       if (q.startsWith("{") || q.startsWith("[") || !q) {
         const list = await api(`/customers/list?page_size=20&page_no=${page}${q ? "&q=" + encodeURIComponent(q) : ""}`);
-        results.replaceChildren(userRows(list.items), pager(list.page, (step) => {
+        shown = [userRows(list.items), pager(list.page, (step) => {
           location.hash = `#/search?q=${encodeURIComponent(q)}&page=${page + step}`;
-        }));
+        })];
       } else {
         const found = await api(`/customers/search?query=${encodeURIComponent(q)}`);
-        results.replaceChildren(userRows(found.users));
+        shown = [userRows(found.users)];
       }
     } catch (e) {
-      results.replaceChildren(problem(e));
+      shown = [problem(e)];
     }
+    if (current()) results.replaceChildren(...shown);
   })();
 }
 
 // Conditions on attribute values (all must hold): POST /user_attribute/users.
-async function attributeSearch(form, results) {
+async function attributeSearch(form, results, turn) {
   const definitions = (await api("/user_attribute/definition?page_size=100")).items;
   if (!definitions.length) return form.replaceChildren(el("p", { class: "muted" }, "No attribute is defined."));
   const rows = el("div", {});
@@ -285,13 +320,16 @@ async function attributeSearch(form, results) {
       const [definition, operator, value] = row.querySelectorAll("select, input");
       return { definition_id: definition.value, type: operator.value, value: value.value };
     });
+    const current = turn();
+    let shown;
     try {
       const found = await api("/user_attribute/users", { method: "POST",
         body: JSON.stringify({ query: { type: "and", limit: 20, page, conditions } }) });
-      results.replaceChildren(userRows(found.items), pager(found.page, (step) => { page += step; run(); }));
+      shown = [userRows(found.items), pager(found.page, (step) => { page += step; run(); })];
     } catch (e) {
-      results.replaceChildren(problem(e));
+      shown = [problem(e)];
     }
+    if (current()) results.replaceChildren(...shown);
   };
   form.replaceChildren(rows, el("div", { class: "row" },
     el("button", { type: "button", onclick: addRow }, "Add a condition"),
@@ -350,7 +388,8 @@ async function profile(id) {
   } catch (e) {
     if (e.status !== 404) throw e;
     const events = (await api(`${path}/history`).catch(() => ({ history: [] }))).history;
-    const last = events[events.length - 1];
+    // Archiving also revokes the sessions (events after the archive).
+    const last = events.filter((h) => ["user.archived", "user.restored", "user.erased"].includes(h.type)).pop();
     if (!last || last.type !== "user.archived") throw e;
     return { ...(await api(`${path}?as_of=${last.position - 1}`)).user, archive: true };
   }
@@ -437,20 +476,22 @@ async function groups(params) {
 // A group: its rule, its members (cursor pages) and the changes of its
 // membership as the engine appends them.
 async function group(id) {
+  const signal = running.signal;
   const page = el("div", {});
   show(page);
-  let g, feed, names;
+  let g, after, names;
   try {
     // The feed's head first: the live stream starts there, so no change
     // between the two reads is missed.
-    feed = await api("/events?limit=1&types=group.membership_changed");
+    after = await head("types=group.membership_changed");
     [g, names] = await Promise.all([api(`/user_group/${encodeURIComponent(id)}`), definitionNames()]);
   } catch (e) {
     page.replaceChildren(section(el("h1", {}, "Group"), problem(e)));
     return;
   }
+  if (signal.aborted) return;
   const total = el("span", { id: "total" }, String(g.total_users));
-  const state = el("span", { class: "muted", id: "live-state" }, "connecting…");
+  const state = el("span", { class: "muted", id: "group-live" }, "connecting…");
   const changes = el("ul", { id: "changes" });
   const members = el("div", { id: "members" }, el("p", { class: "muted" }, "Loading…"));
   page.append(
@@ -463,38 +504,48 @@ async function group(id) {
     section(el("h2", {}, "Membership changes, live ", state), changes),
     section(el("h2", {}, "Members"), members));
   let shown = [];
+  const turn = turns();
   const load = async (cursor, direction) => {
     shown = [cursor, direction];
+    const current = turn();
+    let view;
     try {
       const q = cursor ? `&cursor=${encodeURIComponent(cursor)}&direction=${direction}` : "";
       const list = await api(`/user_group/${encodeURIComponent(id)}/users?page_size=20${q}`);
-      members.replaceChildren(list.items.length ? el("ul", {}, list.items.map((u) => el("li", {},
+      view = [list.items.length ? el("ul", {}, list.items.map((u) => el("li", {},
         el("a", { href: `#/customer/${u.user_id}` }, el("code", {}, u.user_id)), " ",
         (u.emails || []).map((e) => e.email).join(", ")))) : el("p", { class: "muted" }, "No member."),
-      pager(list.page, (step) => step > 0 ? load(list.page.next_cursor, "next") : load(list.page.prev_cursor, "prev")));
+      pager(list.page, (step) => step > 0 ? load(list.page.next_cursor, "next") : load(list.page.prev_cursor, "prev"))];
     } catch (e) {
-      members.replaceChildren(problem(e));
+      view = [problem(e)];
     }
+    if (current() && !signal.aborted) members.replaceChildren(...view);
   };
   load();
-  follow("types=group.membership_changed", feed.head, (e) => {
+  const totals = turns();
+  follow(signal, "types=group.membership_changed", after, async (e) => {
     if (e.data.group_id !== id) return;
-    const joined = e.data.joined || [], left = e.data.left || [];
-    total.textContent = String(Number(total.textContent) + joined.length - left.length);
     const who = (ids, verb) => ids.map((u) => el("li", {}, el("a", { href: `#/customer/${u}` }, el("code", {}, u)),
       ` ${verb} at position ${e.position} (${e.occurred_at}): ${why(e.data.cause)}`));
-    changes.prepend(...who(left, "left"), ...who(joined, "joined"));
+    changes.prepend(...who(e.data.left || [], "left"), ...who(e.data.joined || [], "joined"));
+    while (changes.children.length > 200) changes.lastChild.remove();
     load(...shown);
-  }, (s) => { state.textContent = s; });
+    // The total as the read model has it once it has this change.
+    const current = totals();
+    const now = await api(`/user_group/${encodeURIComponent(id)}`, { headers: { "x-min-position": String(e.position) } })
+      .catch(() => null);
+    if (now && current()) total.textContent = String(now.total_users);
+  }, (s) => { state.textContent = s; }).catch((e) => { state.textContent = e.message; });
 }
 
 // -- the event feed ---------------------------------------------------------------
 
 function events(params) {
+  const signal = running.signal;
   const types = params.get("types") || "";
   const from = params.get("from") || "now";
   const list = el("ul", { id: "feed" });
-  const state = el("span", { class: "muted", id: "live-state" }, "connecting…");
+  const state = el("span", { class: "muted", id: "feed-live" }, "connecting…");
   const form = el("form", { "aria-label": "Filter events" }, el("div", { class: "row" },
     el("label", {}, "Types", el("input", { name: "types", value: types, placeholder: "user.*, group.membership_changed" })),
     el("label", {}, "From", el("select", { name: "from" },
@@ -510,8 +561,8 @@ function events(params) {
   const query = types ? `types=${encodeURIComponent(types)}` : "";
   (async () => {
     try {
-      const after = from === "start" ? 0 : (await api(`/events?limit=1&${query}`)).head;
-      await follow(query, after, (e) => {
+      const after = from === "start" ? 0 : await head(query);
+      await follow(signal, query, after, (e) => {
         const link = e.stream.startsWith("user-") ? `#/customer/${e.stream.slice(5)}`
           : e.stream.startsWith("group-") ? `#/group/${e.stream.slice(6)}` : null;
         list.prepend(el("li", {},
@@ -521,7 +572,7 @@ function events(params) {
         while (list.children.length > 200) list.lastChild.remove();
       }, (s) => { state.textContent = s; });
     } catch (e) {
-      list.replaceChildren(problem(e));
+      if (!signal.aborted) list.replaceChildren(problem(e));
     }
   })();
 }
@@ -529,6 +580,7 @@ function events(params) {
 // -- bulk jobs --------------------------------------------------------------------
 
 function jobs() {
+  const signal = running.signal;
   const list = el("div", { id: "jobs" }, el("p", { class: "muted" }, "Loading…"));
   const start = (kind, form, body) => form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -554,21 +606,29 @@ function jobs() {
     el("div", { class: "row" }, el("label", {}, "Format", formats("export_format")), el("button", { type: "submit" }, "Start the export")));
   start("export", exportForm, (f) => ({ file_format: f.get("export_format"), ...(f.get("export_q").trim() ? { q: f.get("export_q").trim() } : {}) }));
   show(section(el("h1", {}, "Bulk jobs"), importForm), section(exportForm), section(el("h2", {}, "Recent jobs"), list));
-  const signal = running.signal;
+  // One poll at a time: a refresh (a new job, the timer) supersedes any
+  // other, and leaving the page stops them.
   let timer = null;
+  const turn = turns();
   const refresh = async () => {
     clearTimeout(timer);
+    const current = turn();
+    let again = false, view;
     try {
       const [imports, exports] = await Promise.all([api("/users/jobs/import?page_size=10"), api("/users/jobs/export?page_size=10")]);
-      if (signal.aborted) return;
       const all = [...imports.items, ...exports.items].sort((a, b) => b.created_at.localeCompare(a.created_at));
-      list.replaceChildren(all.length ? el("table", {},
+      view = all.length ? el("table", {},
         el("thead", {}, el("tr", {}, ["Job", "Status", "Progress", "Files"].map((h) => el("th", {}, h)))),
-        el("tbody", {}, all.map(jobRow))) : el("p", { class: "muted" }, "No job yet."));
-      if (all.some((j) => j.status === "pending" || j.status === "running")) timer = setTimeout(refresh, 1000);
+        el("tbody", {}, all.map(jobRow))) : el("p", { class: "muted" }, "No job yet.");
+      again = all.some((j) => j.status === "pending" || j.status === "running");
     } catch (e) {
-      list.replaceChildren(problem(e));
+      // A passing failure (a read model behind, the network): try again.
+      view = problem(e);
+      again = e.status !== 401;
     }
+    if (!current() || signal.aborted) return;
+    list.replaceChildren(view);
+    if (again) timer = setTimeout(refresh, 1000);
   };
   signal.addEventListener("abort", () => clearTimeout(timer));
   refresh();
@@ -576,16 +636,19 @@ function jobs() {
 
 function jobRow(j) {
   const done = j.count.success + j.count.error;
-  const file = (label, link, name) => link && link.absolute_url && link.absolute_url.includes("/jobs/")
-    ? el("button", { type: "button", onclick: () => download(link.absolute_url, name).catch((e) => say(e.message, true)) }, label)
-    : null;
+  // The job's files on this service, by the job's id: a link's absolute
+  // URL may name another host (an import's source; a proxy's Host).
+  const file = (label, name, saveAs) => el("button", { type: "button", onclick: () => {
+    const s = session();
+    if (s) download(`${base(s)}/jobs/${encodeURIComponent(j._id)}/files/${name}`, saveAs).catch((e) => say(e.message, true));
+  } }, label);
   return el("tr", {},
     el("td", {}, `${j.action_type} `, el("code", {}, j.file_name || j._id), el("br", {}), el("span", { class: "muted" }, j.created_at)),
     el("td", {}, j.status, j.reason ? el("div", { class: "error" }, j.reason) : null),
     el("td", {}, el("progress", { max: j.count.total || 1, value: j.status === "completed" ? j.count.total || 1 : done }),
       ` ${j.count.success} done, ${j.count.error} rejected of ${j.count.total}`),
-    el("td", {}, file("Download the file", j.links.file, `${j._id}.${j.file_format}`),
-      j.count.error ? file("Download the errors", j.links.error, `${j._id}-errors.csv`) : null));
+    el("td", {}, j.action_type === "export" && j.status === "completed" ? file("Download the file", "file", `${j._id}.${j.file_format}`) : null,
+      j.count.error ? file("Download the errors", "error", `${j._id}-errors.csv`) : null));
 }
 
 // -- routing ------------------------------------------------------------------
@@ -611,7 +674,7 @@ function route() {
 }
 
 document.getElementById("signout").addEventListener("click", () => {
-  sessionStorage.removeItem(KEY);
+  for (const k of ["", ".return", ".draft"]) sessionStorage.removeItem(KEY + k);
   location.hash = "#/signin";
 });
 window.addEventListener("hashchange", route);
