@@ -93,7 +93,17 @@ try {
   await page.getByRole("button", { name: "Archive" }).waitFor();
   await page.getByText("user.restored").first().waitFor();
   await page.getByText("user.sessions_revoked").first().waitFor();
-  await page.getByRole("button", { name: "Block" }).click();
+  // Blocking with the keyboard alone: Tab from the top of the page to the
+  // button, then Enter.
+  await page.getByRole("button", { name: "Block" }).waitFor();
+  await page.evaluate(() => document.activeElement && document.activeElement.blur());
+  let reached = false;
+  for (let i = 0; i < 40 && !reached; i++) {
+    await page.keyboard.press("Tab");
+    reached = await page.evaluate(() => document.activeElement && document.activeElement.textContent === "Block");
+  }
+  assert.ok(reached, "the Block button is reachable with Tab");
+  await page.keyboard.press("Enter");
   await page.getByRole("button", { name: "Unblock" }).waitFor();
   await page.locator("td", { hasText: /^blocked$/ }).first().waitFor();
 

@@ -113,9 +113,7 @@ impl Filter {
             }
         }
     }
-}
 
-impl Filter {
     /// When the filter only matches users found by index lookups (an id, an
     /// email, a phone number, a username or an external id, exactly),
     /// appends a query of those users' ids in `application_id` and answers

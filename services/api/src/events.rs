@@ -289,7 +289,7 @@ pub async fn feed(
     }
     let limit = query.int("limit", 100, 1..=MAX_FEED_PAGE)?;
     // Read before the page, so a stream started `after` it misses nothing.
-    let head = *state.commands.log().watch_head().borrow();
+    let head = state.commands.log().head().await?;
     let mut events = state.commands.log().read_tenant(&tenant, after, limit + 1, &filter).await?;
     let has_more = events.len() as i64 > limit;
     events.truncate(limit as usize);

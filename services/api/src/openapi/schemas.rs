@@ -221,9 +221,8 @@ pub struct EventFeedPage {
     /// The `after` of the next page (the last event's position, else the `after` asked).
     pub next: i64,
     pub has_more: bool,
-    /// The log's last position this instance had seen when the page was
-    /// read: pass it as `after` to follow only what comes next (the live
-    /// feed from now).
+    /// The log's last position when the page was read: pass it as `after`
+    /// to follow only what comes next (the live feed from now).
     pub head: i64,
 }
 
