@@ -7,12 +7,12 @@ use std::path::Path;
 use time::OffsetDateTime;
 use userstream_api::access::Access;
 use userstream_eventlog::Db;
-use userstream_tests::{alice, call, fresh_sqlite, TestApp, APP, COMPANY};
+use userstream_tests::{alice, call, fresh_databases, TestApp, TestDb, APP, COMPANY};
 
 const OTHER_APP: &str = "000000000000000000000002";
 
 #[tokio::test]
-async fn the_console_signs_in_finds_a_customer_shows_its_history_and_blocks_it() {
+async fn every_console_screen_works_in_chromium_on_every_backend() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("console");
     assert!(
         dir.join("node_modules/playwright-core").exists(),
@@ -20,6 +20,15 @@ async fn the_console_signs_in_finds_a_customer_shows_its_history_and_blocks_it()
     );
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_string());
     assert!(Path::new(&chromium).exists(), "{chromium} is missing: apt-get install chromium (deploy/test.sh does)");
+    for (n, db) in fresh_databases().await.into_iter().enumerate() {
+        // Screenshots from the first backend's run.
+        let screenshots = if n == 0 { std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default() } else { String::new() };
+        drive(db, &dir, &chromium, &screenshots).await;
+    }
+}
+
+/// Prepares a service on `db` and drives the console against it.
+async fn drive(db: TestDb, dir: &Path, chromium: &str, screenshots: &str) {
     let files = std::env::temp_dir().join(format!("userstream-console-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&files).expect("files dir");
     // One row the import takes, one it rejects (its reason goes to the error file).
@@ -28,7 +37,7 @@ async fn the_console_signs_in_finds_a_customer_shows_its_history_and_blocks_it()
         "username,phone_number,email\nimported,9100000001,imported@x.io\nbad,9100000002,not-an-email\n",
     )
     .expect("write");
-    let app = TestApp::spawn_on(fresh_sqlite(), &[("USERSTREAM_FILES_DIR", &files.display().to_string())]).await;
+    let app = TestApp::spawn_on(db, &[("USERSTREAM_FILES_DIR", &files.display().to_string())]).await;
     let p = app.fynd(COMPANY, APP);
     let (alice, _) = app.create_user(alice()).await;
     let alice_id = alice["_id"].as_str().expect("id").to_string();
@@ -109,13 +118,13 @@ async fn the_console_signs_in_finds_a_customer_shows_its_history_and_blocks_it()
         "key": app.key.api_key, "secret": app.key.api_secret, "token": app.token,
         "email": alice["emails"][0]["email"], "xss_id": xss_id, "other_id": other["user"]["_id"],
         "group_id": group["_id"], "paged_group_id": everyone, "paged_total": 23, "city": city, "expired_token": expired,
-        "screenshots": std::env::var("CONSOLE_SCREENSHOTS").unwrap_or_default(),
+        "screenshots": screenshots,
     });
     let stdout = userstream_tests::run_script(
         Path::new("node"),
-        &dir,
+        dir,
         &["console.mjs", &setup.to_string()],
-        &[("CHROMIUM", &chromium)],
+        &[("CHROMIUM", chromium)],
     )
     .await;
     assert!(stdout.contains("passed"), "{stdout}");
