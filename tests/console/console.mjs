@@ -153,7 +153,7 @@ try {
 
   // An import: progress, then the error file.
   await page.goto(`${base}/console#/jobs`);
-  await page.getByLabel("File").fill("file://users.csv");
+  await page.getByLabel("or its URL").fill("file://users.csv");
   await page.getByRole("button", { name: "Start the import" }).click();
   await page.locator("#jobs td", { hasText: /^completed$/ }).waitFor();
   await page.getByText("1 done, 1 rejected of 2").waitFor();
@@ -161,6 +161,16 @@ try {
     page.getByRole("button", { name: "Download the errors" }).click()]);
   const errors = await readFile(await download.path(), "utf8");
   assert.match(errors, /^3,email is not a valid email/m, "the error file names the rejected row and why");
+  // An upload from this machine: the file is the request's body.
+  await page.getByLabel("Upload a file").setInputFiles({ name: "more.csv", mimeType: "text/csv",
+    buffer: Buffer.from("username,phone_number,email\nuploaded,9100000003,uploaded@x.io\n") });
+  await page.getByLabel("or its URL").fill("");
+  await page.getByRole("button", { name: "Start the import" }).click();
+  await page.locator("#jobs tr", { hasText: "more.csv" }).locator("td", { hasText: /^completed$/ }).waitFor();
+  await page.locator("#jobs tr", { hasText: "more.csv" }).getByText("1 done, 0 rejected of 1").waitFor();
+  assert.equal((await call("GET", "/customers/search?query=uploaded@x.io")).users.length, 1);
+  await page.getByLabel("Upload a file").setInputFiles([]);
+
   // An export, then its file.
   await page.getByRole("button", { name: "Start the export" }).click();
   await page.locator("#jobs tr", { hasText: "export" }).locator("td", { hasText: /^completed$/ }).waitFor();
@@ -171,7 +181,7 @@ try {
 
   // The token expires while a form is half filled: sign in again, the
   // form is as it was, and nothing was started with the dead token.
-  await page.getByLabel("File").fill("file://later.csv");
+  await page.getByLabel("or its URL").fill("file://later.csv");
   await page.evaluate((token) => {
     const s = JSON.parse(sessionStorage.getItem("userstream.console"));
     sessionStorage.setItem("userstream.console", JSON.stringify({ ...s, token }));
@@ -182,7 +192,7 @@ try {
   assert.equal(await page.getByLabel("API secret").inputValue(), "");
   await signIn(secret);
   await page.getByRole("heading", { name: "Bulk jobs" }).waitFor();
-  assert.equal(await page.getByLabel("File").inputValue(), "file://later.csv");
+  assert.equal(await page.getByLabel("or its URL").inputValue(), "file://later.csv");
   assert.equal((await call("GET", "/users/jobs/import?search=later")).items.length, 0);
 
   // An invalid filter: the server's 400 message, not a blank page.

@@ -384,3 +384,107 @@ async fn bulk_attribute_rows_are_validated_per_definition_and_reported_per_row()
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// POSTs `body` to `url` as an upload of `content_type`; the status and the answer.
+async fn upload(app: &TestApp, query: &str, content_type: &str, body: Vec<u8>, key: Option<&str>) -> (u16, Value) {
+    let mut request = app
+        .client
+        .post(format!("{}/users/jobs/import{query}", prefix(app)))
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    call(request).await
+}
+
+/// The entries of the files directory's `jobs/` (none when it is absent).
+fn job_dirs(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("jobs"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_uploaded_file_is_imported_and_a_refused_upload_leaves_nothing() {
+    for db in fresh_databases().await {
+        let (app, dir) = app_with_files(db, &[]).await;
+        // Over the 1 MiB body limit of other requests: an upload is bounded by --job-max-bytes.
+        let mut csv = String::from("username,phone_number,email,first_name\n");
+        csv.push_str("ann,9100000001,ann@x.io,Ann\nbob,9100000002,not-an-email,Bob\n");
+        // Rows refused at once (no valid email), to pass 1 MiB cheaply.
+        for i in 0..20_000 {
+            csv.push_str(&format!("pad{i},,not-an-email-{},\n", "x".repeat(48)));
+        }
+        assert!(csv.len() > 1024 * 1024);
+        let (status, job) =
+            upload(&app, "?file_name=people.csv", "text/csv", csv.clone().into_bytes(), Some("up-1")).await;
+        assert_eq!(status, 202, "{job}");
+        assert_eq!(job["file_name"], "people.csv", "{job}");
+        let id = job["_id"].as_str().expect("id").to_string();
+        // The same request again under its Idempotency-Key: the same job, no second copy kept.
+        let (status, again) = upload(&app, "?file_name=people.csv", "text/csv", csv.into_bytes(), Some("up-1")).await;
+        assert_eq!((status, again["_id"].as_str()), (202, Some(id.as_str())), "{again}");
+        let done = finished(&app, &format!("/users/jobs/{id}")).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!((done["count"]["success"].as_i64(), done["count"]["total"].as_i64()), (Some(1), Some(20_002)));
+        let (_, errors) = download(&app, done["links"]["error"]["absolute_url"].as_str().expect("a string")).await;
+        assert!(errors.contains("3,email is not a valid email"), "{errors}");
+        assert_eq!(search(&app, "ann@x.io").await["users"].as_array().map(Vec::len), Some(1));
+        assert_eq!(job_dirs(&dir), vec![id.clone()], "one job, one directory");
+
+        // JSON lines.
+        let jsonl = b"{\"username\":\"cid\",\"phone_number\":\"9100000003\",\"email\":\"cid@x.io\"}\n".to_vec();
+        let (status, job) = upload(&app, "", "application/x-ndjson", jsonl, None).await;
+        assert_eq!((status, job["file_name"].as_str()), (202, Some("upload.jsonl")), "{job}");
+        let done = finished(&app, &format!("/users/jobs/{}", job["_id"].as_str().expect("id"))).await;
+        assert_eq!(done["count"]["success"], 1, "{done}");
+    }
+
+    // Refusals, before any job exists, with nothing left in the files directory.
+    let (app, dir) = app_with_files(userstream_tests::fresh_sqlite(), &[("USERSTREAM_JOB_MAX_BYTES", "200")]).await;
+    let big = format!("username,email\n{}", "ann,a@x.io\n".repeat(40)).into_bytes();
+    for (query, content_type, body, status, needle) in [
+        ("", "text/csv", big.clone(), 413, "--job-max-bytes"),
+        ("", "text/csv", b"name,mail\nann,a@x.io\n".to_vec(), 400, "upload.csv"),
+        ("", "text/csv", Vec::new(), 400, "upload.csv"),
+        ("?file_name=..%2Fx.csv", "text/csv", b"username\nann\n".to_vec(), 400, "file_name"),
+        ("?file_name=..", "text/csv", b"username\nann\n".to_vec(), 400, "file_name"),
+    ] {
+        let (got, err) = upload(&app, query, content_type, body, None).await;
+        assert_eq!(got, status, "{query} {content_type}: {err}");
+        assert!(err["message"].as_str().is_some_and(|m| m.contains(needle)), "{needle}: {err}");
+    }
+    // Over the bound without a declared length (chunked): cut as it streams.
+    let status = chunked_upload(&app, &big).await;
+    assert_eq!(status, 413);
+    let (_, list) = call(app.client.get(format!("{}/users/jobs/import", prefix(&app)))).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+    assert_eq!(job_dirs(&dir), Vec::<String>::new(), "a refused upload leaves no file");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An upload with `Transfer-Encoding: chunked` (no Content-Length), written
+/// on a raw connection; the answer's status.
+async fn chunked_upload(app: &TestApp, body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let base = app.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(base).await.expect("connect");
+    let path = format!("{}/users/jobs/import", prefix(app)).replace(&app.base, "");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {base}\r\nAuthorization: Bearer {}\r\nContent-Type: text/csv\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        app.token
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    for chunk in body.chunks(64) {
+        let _ = stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await;
+        let _ = stream.write_all(chunk).await;
+        let _ = stream.write_all(b"\r\n").await;
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}

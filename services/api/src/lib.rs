@@ -318,7 +318,8 @@ async fn reject_oversized(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    // An import's uploaded file has its own bound (`--job-max-bytes`).
+    if declared.is_some_and(|n| n > limit) && !jobs::http::is_upload(&request) {
         let passage = request.uri().path().starts_with(passage::PREFIX.split('{').next().unwrap_or_default());
         let continues = request
             .headers()

@@ -37,7 +37,7 @@ class ApiError extends Error {
 function expired() {
   const fields = {};
   for (const f of main.querySelectorAll("input[name], select[name], textarea[name]")) {
-    if (f.type !== "password" && f.value) fields[f.name] = f.value;
+    if (f.type !== "password" && f.type !== "file" && f.value) fields[f.name] = f.value;
   }
   const s = session() || {};
   if (location.hash !== "#/signin") {
@@ -56,7 +56,7 @@ function restore(root) {
   const s = session() || {};
   if (!draft || draft.hash !== location.hash || draft.company !== s.company || draft.application !== s.application) return;
   for (const f of root.querySelectorAll("input[name], select[name], textarea[name]")) {
-    if (f.name in draft.fields) { f.value = draft.fields[f.name]; delete draft.fields[f.name]; }
+    if (f.type !== "file" && f.name in draft.fields) { f.value = draft.fields[f.name]; delete draft.fields[f.name]; }
   }
   if (Object.keys(draft.fields).length) sessionStorage.setItem(KEY + ".draft", JSON.stringify(draft));
   else sessionStorage.removeItem(KEY + ".draft");
@@ -582,10 +582,11 @@ function events(params) {
 function jobs() {
   const signal = running.signal;
   const list = el("div", { id: "jobs" }, el("p", { class: "muted" }, "Loading…"));
-  const start = (kind, form, body) => form.addEventListener("submit", async (event) => {
+  const start = (kind, form, request) => form.addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
-      await api(`/users/jobs/${kind}`, { method: "POST", body: JSON.stringify(body(new FormData(form))) });
+      const [query, options] = request(new FormData(form));
+      await api(`/users/jobs/${kind}${query}`, { method: "POST", ...options });
       say(`${kind} started`);
       refresh();
     } catch (e) { say(e.message, true); }
@@ -593,18 +594,27 @@ function jobs() {
   const formats = (name) => el("select", { name }, el("option", { value: "csv" }, "CSV"), el("option", { value: "jsonl" }, "JSON lines"));
   const importForm = el("form", { "aria-label": "Import users" },
     el("h2", {}, "Import users"),
-    el("label", {}, "File", el("input", { name: "file", required: true,
-      placeholder: "file://users.csv (in the server's files directory) or an http(s) URL" })),
+    el("div", { class: "row" },
+      el("label", {}, "Upload a file", el("input", { name: "upload", type: "file", accept: ".csv,.jsonl,.ndjson,text/csv,application/x-ndjson" })),
+      el("label", {}, "or its URL", el("input", { name: "file",
+        placeholder: "file://users.csv (in the server's files directory) or an http(s) URL" }))),
     el("div", { class: "row" }, el("label", {}, "Format", formats("import_format")), el("button", { type: "submit" }, "Start the import")));
   start("import", importForm, (f) => {
-    const file = f.get("file").trim();
-    return { absolute_url: file, file_format: f.get("import_format"), relative_url: file.split("/").pop() };
+    const upload = f.get("upload"), file = f.get("file").trim(), format = f.get("import_format");
+    if (upload && upload.size) {
+      // The file itself is the body; the server keeps it with the job.
+      return [`?file_name=${encodeURIComponent(upload.name)}`,
+        { body: upload, headers: { "content-type": format === "jsonl" ? "application/x-ndjson" : "text/csv" } }];
+    }
+    if (!file) throw new ApiError(400, "Choose a file to upload, or name one.");
+    return ["", { body: JSON.stringify({ absolute_url: file, file_format: format, relative_url: file.split("/").pop() }) }];
   });
   const exportForm = el("form", { "aria-label": "Export users" },
     el("h2", {}, "Export users"),
     el("label", {}, "Filter (optional)", el("input", { name: "export_q", placeholder: "a JSON filter as in the search" })),
     el("div", { class: "row" }, el("label", {}, "Format", formats("export_format")), el("button", { type: "submit" }, "Start the export")));
-  start("export", exportForm, (f) => ({ file_format: f.get("export_format"), ...(f.get("export_q").trim() ? { q: f.get("export_q").trim() } : {}) }));
+  start("export", exportForm, (f) => ["", { body: JSON.stringify({ file_format: f.get("export_format"),
+    ...(f.get("export_q").trim() ? { q: f.get("export_q").trim() } : {}) }) }]);
   show(section(el("h1", {}, "Bulk jobs"), importForm), section(exportForm), section(el("h2", {}, "Recent jobs"), list));
   // One poll at a time: a refresh (a new job, the timer) supersedes any
   // other, and leaving the page stops them.

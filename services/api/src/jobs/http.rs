@@ -3,7 +3,10 @@
 //! A request that names a file is checked before the job exists: the URL
 //! must be `file://` inside the files directory (the file's size and CSV
 //! header are checked too) or `http(s)://` (fetched when the job runs;
-//! what cannot be fetched fails the job). Files a job writes (an export,
+//! what cannot be fetched fails the job). An import's file may also be
+//! the request's body (an upload): written to the job's directory as it
+//! streams, bounded by `--job-max-bytes`, its header checked, all before
+//! the job exists; a refused upload leaves nothing. Files a job writes (an export,
 //! an error file) are served by `GET …/jobs/{job_id}/files/{file|error}`
 //! to the same credential; the job's `links` give their URL.
 
@@ -81,19 +84,132 @@ async fn check_source(state: &AppState, url: &str, format: Format, columns: sour
         .map_err(|e| ApiError::invalid(format!("{url}: {e}")))
 }
 
-/// POST `…/users/jobs/import`.
+/// The format of an uploaded file, by the request's content type:
+/// `text/csv` or `application/x-ndjson`; none for anything else (a JSON
+/// body naming a file).
+pub fn upload_format(headers: &HeaderMap) -> Option<Format> {
+    let kind = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let kind = kind.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    match kind.as_str() {
+        "text/csv" => Some(Format::Csv),
+        "application/x-ndjson" | "application/jsonl" => Some(Format::Jsonl),
+        _ => None,
+    }
+}
+
+/// Whether a request is the upload of an import's file: its body is
+/// bounded by `--job-max-bytes` (read as it streams to the files
+/// directory), not by the body limit of other requests.
+pub fn is_upload(request: &axum::extract::Request) -> bool {
+    request.method() == axum::http::Method::POST
+        && request.uri().path().ends_with("/users/jobs/import")
+        && upload_format(request.headers()).is_some()
+}
+
+/// POST `…/users/jobs/import`: a JSON body naming the file, or the file
+/// itself (`text/csv`, `application/x-ndjson`; `?file_name=` names it).
 pub async fn import_users(
     State(state): State<AppState>,
     Caller(meta): Caller,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<ImportBody>,
+    query: QueryPairs,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let format = Format::parse(&body.file_format)?;
-    check_source(&state, &body.absolute_url, format, super::import::COLUMNS).await?;
     let ctx = state.commands.context(&meta.tenant).await?;
-    let source = FileRef { url: body.absolute_url.trim().to_string(), relative_url: body.relative_url };
-    let job = super::create_job(&state, &meta, JobKind::Import, format, source, Value::Null, &ctx).await?;
+    let (format, source, uploaded) = match upload_format(&headers) {
+        Some(format) => {
+            let (source, dir) = upload(&state, &ctx, &headers, &query, format, request.into_body()).await?;
+            (format, source, Some(dir))
+        }
+        None => {
+            use axum::extract::FromRequest;
+            let JsonBody(body) = JsonBody::<ImportBody>::from_request(request, &state).await?;
+            let format = Format::parse(&body.file_format)?;
+            check_source(&state, &body.absolute_url, format, super::import::COLUMNS).await?;
+            (format, FileRef { url: body.absolute_url.trim().to_string(), relative_url: body.relative_url }, None)
+        }
+    };
+    let created = super::create_job(&state, &meta, JobKind::Import, format, source, Value::Null, &ctx).await;
+    // A retry under the same Idempotency-Key answers the first job: the
+    // copy this request uploaded is not that job's.
+    if let Some(dir) = uploaded {
+        if created.as_ref().map_or(true, |job| job.id != ctx.id(0).to_string()) {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+        }
+    }
+    let job = created?;
     Ok((StatusCode::ACCEPTED, Json(model(&job, &meta.tenant, &headers))).into_response())
+}
+
+/// Writes an uploaded file into the directory of the job about to be
+/// created (`jobs/{id}/upload/{file_name}`), at most `--job-max-bytes`,
+/// and checks its header. Answers the job's source and the directory to
+/// remove if the job is not created. Whatever is refused leaves nothing.
+async fn upload(
+    state: &AppState,
+    ctx: &userstream_domain::Context,
+    headers: &HeaderMap,
+    query: &QueryPairs,
+    format: Format,
+    body: axum::body::Body,
+) -> Result<(FileRef, std::path::PathBuf), ApiError> {
+    let max = state.config.job_limits.max_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("an uploaded file is at most {max} bytes (--job-max-bytes)"),
+        )
+    };
+    let name = match query.get("file_name").map(str::trim) {
+        None | Some("") => format!("upload.{}", format.as_str()),
+        Some(name) => {
+            let ok = name.chars().count() <= 100
+                && !matches!(name, "." | "..")
+                && name.chars().all(|c| !c.is_control() && !matches!(c, '/' | '\\'));
+            if !ok {
+                return Err(ApiError::invalid("file_name must be 1 to 100 characters, without / or \\"));
+            }
+            name.to_string()
+        }
+    };
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let dir = state.files.root().join(job_dir(&ctx.id(0).to_string())).join("upload");
+    let path = dir.join(&name);
+    let written = async {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        tokio::fs::create_dir_all(&dir).await.map_err(ApiError::internal)?;
+        let mut file = tokio::fs::File::create(&path).await.map_err(ApiError::internal)?;
+        let mut stream = body.into_data_stream();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::invalid(format!("the upload broke off: {e}")))?;
+            size += chunk.len() as u64;
+            if size > max {
+                return Err(too_large());
+            }
+            file.write_all(&chunk).await.map_err(ApiError::internal)?;
+        }
+        file.sync_all().await.map_err(ApiError::internal)?;
+        let checked = path.clone();
+        tokio::task::spawn_blocking(move || source::check_header(&checked, format, super::import::COLUMNS))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::invalid(format!("{name}: {e}")))
+    }
+    .await;
+    let own = dir.parent().map(std::path::Path::to_path_buf).unwrap_or_else(|| dir.clone());
+    if let Err(e) = written {
+        let _ = tokio::fs::remove_dir_all(&own).await;
+        return Err(e);
+    }
+    let relative = format!("{}/upload/{name}", job_dir(&ctx.id(0).to_string()));
+    Ok((FileRef { url: format!("file://{relative}"), relative_url: name }, own))
 }
 
 /// POST `…/users/jobs/export`.

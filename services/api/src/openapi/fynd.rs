@@ -127,7 +127,7 @@ impl Described for Op {
         let passage = self.errors == Errors::Passage;
         let has = |name: &str| self.params.iter().any(|p| p.name == name);
         let mut causes: Vec<&str> = Vec::new();
-        if self.body.is_some() {
+        if !self.body.is_empty() {
             causes.push(if passage {
                 "a body that is not JSON or not of this shape"
             } else {
@@ -158,7 +158,7 @@ impl Described for Op {
         let reused = "the Idempotency-Key was used for this kind of change to another target (idempotency_key_reused)";
         if !passage {
             let mut unprocessable = Vec::new();
-            if self.body.is_some() {
+            if !self.body.is_empty() {
                 unprocessable.push("the body is not valid JSON (unparsable_json)");
             }
             if has("Idempotency-Key") {
@@ -699,15 +699,27 @@ fn jobs() -> Vec<Op> {
     };
     let source_400 = "a file_format other than csv or jsonl, or an absolute_url that cannot be a source (scheme, \
                       outside the files directory, missing, too large, a job's own file, a CSV header without the \
-                      columns, a host that is refused or unreachable)";
+                      columns, a host that is refused or unreachable); an uploaded file without the columns, or a \
+                      file_name over 100 characters or with / or \\";
     vec![
         Op::new(Method::POST, "/users/jobs/import", JOBS, "Import users from a file (a job)")
-            .describe("Every row becomes a CreateUser; rows refused go to the job's error file.")
+            .describe(
+                "Every row becomes a CreateUser; rows refused go to the job's error file. The body names the \
+                 file (JSON), or is the file itself (text/csv or application/x-ndjson, at most --job-max-bytes), \
+                 kept with the job's files.",
+            )
             .command()
             .forwarded_proto()
+            .query("file_name", string(), "an uploaded file's name (default upload.csv or upload.jsonl)")
             .body::<ImportBody>()
+            .body_as("text/csv", string())
+            .body_as("application/x-ndjson", string())
             .reply::<BulkActionModel>(202, "the job, pending")
-            .done(&[(400, source_400), (409, CONTENDED)]),
+            .done(&[
+                (400, source_400),
+                (409, CONTENDED),
+                (413, "an uploaded file over --job-max-bytes, or a JSON body over the body limit"),
+            ]),
         list("/users/jobs/import", "List import jobs"),
         Op::new(Method::POST, "/users/jobs/export", JOBS, "Export users to a file (a job)")
             .describe("The file holds the users matching q as of the log position the job starts at.")

@@ -74,7 +74,8 @@ pub struct Op {
     description: Option<&'static str>,
     tag: &'static str,
     params: Vec<Param>,
-    body: Option<(&'static str, RefOr<Schema>, bool)>,
+    /// The body's content types, each with its schema; none without a body.
+    body: Vec<(&'static str, RefOr<Schema>)>,
     replies: Vec<Reply>,
     security: Security,
     errors: Errors,
@@ -123,7 +124,7 @@ impl Op {
             description: None,
             tag,
             params: Vec::new(),
-            body: None,
+            body: Vec::new(),
             replies: Vec::new(),
             security: if tag == PASSAGE { Security::PassageBearer } else { Security::FyndToken },
             errors,
@@ -176,13 +177,14 @@ impl Op {
     /// A required JSON body of type `T`.
     pub fn body<T: ToSchema>(mut self) -> Self {
         let schema = reference::<T>(&mut self.schemas);
-        self.body = Some(("application/json", schema, true));
+        self.body.push(("application/json", schema));
         self
     }
 
-    /// A body of another content type, described by `schema`.
+    /// A body of another content type, described by `schema` (one more
+    /// choice when the operation has a body already).
     pub fn body_as(mut self, content_type: &'static str, schema: RefOr<Schema>) -> Self {
-        self.body = Some((content_type, schema, true));
+        self.body.push((content_type, schema));
         self
     }
 
@@ -279,7 +281,7 @@ impl Op {
             }
             Security::Basic | Security::None | Security::Ops => {}
         }
-        if op.body.is_some() && op.errors != Errors::OAuth {
+        if !op.body.is_empty() && op.errors != Errors::OAuth {
             common.push((413, "the body is over the body limit (--body-limit)"));
         }
         if matches!(op.security, Security::FyndToken | Security::PassageBearer) {
@@ -325,13 +327,12 @@ impl Op {
                     .schema(Some(schema)),
             );
         }
-        if let Some((content_type, schema, required)) = op.body {
-            builder = builder.request_body(Some(
-                RequestBodyBuilder::new()
-                    .content(content_type, ContentBuilder::new().schema(Some(schema)).build())
-                    .required(Some(if required { Required::True } else { Required::False }))
-                    .build(),
-            ));
+        if !op.body.is_empty() {
+            let mut body = RequestBodyBuilder::new().required(Some(Required::True));
+            for (content_type, schema) in op.body {
+                body = body.content(content_type, ContentBuilder::new().schema(Some(schema)).build());
+            }
+            builder = builder.request_body(Some(body.build()));
         }
         for r in op.replies {
             let mut response = ResponseBuilder::new().description(r.description);
