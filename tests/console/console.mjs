@@ -7,7 +7,7 @@
 // expired without losing a half-filled form, another tenant's id, and a
 // name full of HTML shown as text, an invalid filter's 400.
 // Usage: node console.mjs SETUP_JSON (see tests/tests/console.rs)
-import { chromium } from "playwright-core";
+import { launch } from "./browser.mjs";
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 
@@ -27,11 +27,7 @@ const shot = async (page, name, fullPage = true) => {
   if (shots) await page.screenshot({ path: `${shots}/${name}.png`, fullPage });
 };
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 const failures = [];
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });

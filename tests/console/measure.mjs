@@ -5,18 +5,14 @@
 // user{i}@bench.example, 9{i:09}; attributes score0..score9). Not a test:
 // deploy/console-bench.sh runs it and docs/benchmarks.md has its figures.
 // Usage: node measure.mjs BASE COMPANY APPLICATION KEY SECRET USERS [ROUNDS]
-import { chromium } from "playwright-core";
+import { launch } from "./browser.mjs";
 
 const [base, company, application, key, secret, users, rounds = "30"] = process.argv.slice(2);
 const n = Number(users);
 const pick = () => Math.floor(Math.random() * n);
 const fynd = `${base}/service/platform/user/v1.0/company/${company}/application/${application}`;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
 await page.goto(`${base}/console`);
 await page.getByLabel("Company id").fill(company);

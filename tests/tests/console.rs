@@ -56,48 +56,41 @@ async fn drive(db: TestDb, dir: &Path, chromium: &str, screenshots: &str) {
     let xss_id = xss_user["_id"].as_str().expect("id").to_string();
 
     // An attribute, alice's value, and a rule group she is not in yet.
-    let (status, city) = call(
-        app.client
-            .post(format!("{p}/user_attribute/definition"))
-            .json(&json!({"name": "City", "slug": "city", "type": "string"})),
+    let city = created(
+        &app,
+        &format!("{p}/user_attribute/definition"),
+        json!({"name": "City", "slug": "city", "type": "string"}),
     )
     .await;
-    assert_eq!(status, 201, "{city}");
-    let city = city["_id"].as_str().expect("id").to_string();
-    let value = |v: &str| json!({"attribute": {"value": v}, "customer_overridden": true});
-    let set_city = format!("{p}/user_attribute/definition/{city}/user/{alice_id}");
-    assert_eq!(call(app.client.put(&set_city).json(&value("goa"))).await.0, 200);
-    let (status, pan) = call(
-        app.client
-            .post(format!("{p}/user_attribute/definition"))
-            .json(&json!({"name": "PAN", "slug": "pan", "type": "string", "encrypted": true})),
+    set(&app, &p, &city, &alice_id, "goa").await;
+    let pan = json!({"name": "PAN", "slug": "pan", "type": "string", "encrypted": true});
+    let pan = created(&app, &format!("{p}/user_attribute/definition"), pan).await;
+    set(&app, &p, &pan, &alice_id, "ABCDE1234F").await;
+    set(&app, &p, &city, &xss_id, "<svg onload=window.__xss=3>").await;
+    let group = created(
+        &app,
+        &format!("{p}/user_group"),
+        json!({
+            "name": "Pune", "description": "customers in pune",
+            "conditions": [{"user_attribute_definition_id": city, "type": "eq", "value": "pune"}]
+        }),
     )
     .await;
-    assert_eq!(status, 201, "{pan}");
-    let set_pan = format!("{p}/user_attribute/definition/{}/user/{alice_id}", pan["_id"].as_str().expect("id"));
-    assert_eq!(call(app.client.put(&set_pan).json(&value("ABCDE1234F"))).await.0, 200);
-    let set_xss_city = format!("{p}/user_attribute/definition/{city}/user/{xss_id}");
-    assert_eq!(call(app.client.put(&set_xss_city).json(&value("<svg onload=window.__xss=3>"))).await.0, 200);
-    let (status, group) = call(app.client.post(format!("{p}/user_group")).json(&json!({
-        "name": "Pune", "description": "customers in pune",
-        "conditions": [{"user_attribute_definition_id": city, "type": "eq", "value": "pune"}]
-    })))
-    .await;
-    assert_eq!(status, 201, "{group}");
 
     // More customers with a city than a page of members holds (20).
     for n in 10..31 {
         let (u, _) = app.create_user(userstream_tests::user_body(n)).await;
-        let url = format!("{p}/user_attribute/definition/{city}/user/{}", u["_id"].as_str().expect("id"));
-        assert_eq!(call(app.client.put(&url).json(&value("goa"))).await.0, 200);
+        set(&app, &p, &city, u["_id"].as_str().expect("id"), "goa").await;
     }
-    let (status, everyone) = call(app.client.post(format!("{p}/user_group")).json(&json!({
-        "name": "Has a city", "description": "d",
-        "conditions": [{"user_attribute_definition_id": city, "type": "exists", "value": ""}]
-    })))
+    let everyone = created(
+        &app,
+        &format!("{p}/user_group"),
+        json!({
+            "name": "Has a city", "description": "d",
+            "conditions": [{"user_attribute_definition_id": city, "type": "exists", "value": ""}]
+        }),
+    )
     .await;
-    assert_eq!(status, 201, "{everyone}");
-    let everyone = everyone["_id"].as_str().expect("id").to_string();
     // alice, the HTML one and those 21.
     settled(&app, &format!("{p}/user_group/{everyone}"), 23).await;
 
@@ -117,7 +110,7 @@ async fn drive(db: TestDb, dir: &Path, chromium: &str, screenshots: &str) {
         "base": app.base, "company": COMPANY, "application": APP,
         "key": app.key.api_key, "secret": app.key.api_secret, "token": app.token,
         "email": alice["emails"][0]["email"], "xss_id": xss_id, "other_id": other["user"]["_id"],
-        "group_id": group["_id"], "paged_group_id": everyone, "paged_total": 23, "city": city, "expired_token": expired,
+        "group_id": group, "paged_group_id": everyone, "paged_total": 23, "city": city, "expired_token": expired,
         "screenshots": screenshots,
     });
     let stdout = userstream_tests::run_script(
@@ -128,6 +121,20 @@ async fn drive(db: TestDb, dir: &Path, chromium: &str, screenshots: &str) {
     )
     .await;
     assert!(stdout.contains("passed"), "{stdout}");
+}
+
+/// POSTs `body` to `url`, which must answer 201; the new thing's id.
+async fn created(app: &TestApp, url: &str, body: serde_json::Value) -> String {
+    let (status, made) = call(app.client.post(url).json(&body)).await;
+    assert_eq!(status, 201, "{url} {body}: {made}");
+    made["_id"].as_str().expect("id").to_string()
+}
+
+/// Sets the user's value of the attribute `definition` (prefix `p`).
+async fn set(app: &TestApp, p: &str, definition: &str, user: &str, value: &str) {
+    let url = format!("{p}/user_attribute/definition/{definition}/user/{user}");
+    let body = json!({"attribute": {"value": value}, "customer_overridden": true});
+    assert_eq!(call(app.client.put(&url).json(&body)).await.0, 200, "{url}");
 }
 
 /// Waits (bounded) until the group is active with `n` members.

@@ -373,6 +373,21 @@ async fn long_runs_of_created_users_with_many_contacts_equal_one_at_a_time() {
     }
 }
 
+/// The plan the database chooses for `sql`, as text: `run` executes the
+/// statement it is given with the values bound.
+async fn plan<F, Fut>(dialect: userstream_eventlog::Dialect, sql: &str, run: F) -> String
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Vec<sqlx::any::AnyRow>>,
+{
+    let (explain, column) = match dialect {
+        userstream_eventlog::Dialect::Sqlite => (format!("EXPLAIN QUERY PLAN {sql}"), 3),
+        userstream_eventlog::Dialect::Postgres => (format!("EXPLAIN {sql}"), 0),
+    };
+    let rows = run(explain).await;
+    rows.iter().map(|row| sqlx::Row::get::<String, _>(row, column)).collect::<Vec<_>>().join("\n")
+}
+
 /// Deleting many (group, user) pairs probes the primary key once per pair
 /// and never scans the table, on every backend (PostgreSQL planned the
 /// plain `(a, b) IN (VALUES …)` as a hash join over a sequential scan).
@@ -406,17 +421,7 @@ async fn deleting_pairs_probes_the_key_and_never_scans_the_table() {
                 query.fetch_all(&pool).await.expect("run")
             }
         };
-        let plan: Vec<String> = match db.dialect {
-            userstream_eventlog::Dialect::Sqlite => bind(format!("EXPLAIN QUERY PLAN {sql}"))
-                .await
-                .iter()
-                .map(|row| sqlx::Row::get::<String, _>(row, 3))
-                .collect(),
-            userstream_eventlog::Dialect::Postgres => {
-                bind(format!("EXPLAIN {sql}")).await.iter().map(|row| sqlx::Row::get::<String, _>(row, 0)).collect()
-            }
-        };
-        let plan = plan.join("\n");
+        let plan = plan(db.dialect, &sql, bind).await;
         assert!(!plan.contains("SCAN pairs") && !plan.contains("Seq Scan on pairs"), "{backend}: {plan}");
         bind(sql).await;
         let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pairs").fetch_one(&db.pool).await.expect("count");
@@ -493,17 +498,7 @@ async fn a_list_filtered_by_lookups_reads_only_the_users_it_names() {
                     query.fetch_all(&pool).await.expect("run")
                 }
             };
-            let plan: Vec<String> = match db.dialect {
-                userstream_eventlog::Dialect::Sqlite => run(format!("EXPLAIN QUERY PLAN {sql}"))
-                    .await
-                    .iter()
-                    .map(|row| sqlx::Row::get::<String, _>(row, 3))
-                    .collect(),
-                userstream_eventlog::Dialect::Postgres => {
-                    run(format!("EXPLAIN {sql}")).await.iter().map(|row| sqlx::Row::get::<String, _>(row, 0)).collect()
-                }
-            };
-            let plan = plan.join("\n");
+            let plan = plan(db.dialect, &sql, run).await;
             for walk in ["users_v1_list", "users_v1_created", "SCAN u", "Seq Scan on users_v1"] {
                 assert!(!plan.contains(walk), "{backend}, {q}: {plan}");
             }

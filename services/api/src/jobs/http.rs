@@ -178,7 +178,10 @@ async fn upload(
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
-    let dir = state.files.root().join(job_dir(&ctx.id(0).to_string())).join("upload");
+    // The job's own directory: removed whole if the upload is refused.
+    let job = job_dir(&ctx.id(0).to_string());
+    let own = state.files.root().join(&job);
+    let dir = own.join("upload");
     let path = dir.join(&name);
     let written = async {
         use futures_util::StreamExt;
@@ -203,13 +206,11 @@ async fn upload(
             .map_err(|e| ApiError::invalid(format!("{name}: {e}")))
     }
     .await;
-    let own = dir.parent().map(std::path::Path::to_path_buf).unwrap_or_else(|| dir.clone());
     if let Err(e) = written {
         let _ = tokio::fs::remove_dir_all(&own).await;
         return Err(e);
     }
-    let relative = format!("{}/upload/{name}", job_dir(&ctx.id(0).to_string()));
-    Ok((FileRef { url: format!("file://{relative}"), relative_url: name }, own))
+    Ok((FileRef { url: format!("file://{job}/upload/{name}"), relative_url: name }, own))
 }
 
 /// POST `…/users/jobs/export`.
@@ -251,7 +252,7 @@ pub async fn bulk_attributes(
             }
             let path = state.files.root().join(&relative);
             if let Some(dir) = path.parent() {
-                tokio::fs::create_dir_all(dir).await.map_err(ApiError::internal)?;
+                tokio::fs::create_dir_all(&dir).await.map_err(ApiError::internal)?;
             }
             tokio::fs::write(&path, text).await.map_err(ApiError::internal)?;
             (Format::Jsonl, FileRef { url: format!("file://{relative}"), relative_url: relative })
