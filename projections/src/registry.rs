@@ -9,7 +9,7 @@ use crate::engine::Engine;
 use crate::read_models::attributes::AttributesProjection;
 use crate::read_models::groups::GroupsProjection;
 use crate::read_models::jobs::JobsProjection;
-use crate::read_models::users::UsersProjection;
+use crate::read_models::users::{InlineUsers, UsersProjection};
 use crate::relay::{Relay, RelayConfig};
 use crate::{Projection, ProjectionError, Runner, RunnerHandle};
 use std::future::Future;
@@ -101,6 +101,9 @@ impl Workers {
         poll: Duration,
     ) -> Result<Workers, ProjectionError> {
         let users = Runner::new(log.clone(), UsersProjection).await?;
+        // On SQLite, created users go into the read model in the log's own
+        // transaction; the runner applies everything else.
+        log.set_inline(std::sync::Arc::new(InlineUsers));
         let attributes = Runner::new(log.clone(), AttributesProjection).await?;
         let groups = Runner::new(log.clone(), GroupsProjection).await?;
         let jobs = Runner::new(log.clone(), JobsProjection).await?;

@@ -22,7 +22,7 @@ use crate::worker::read_checkpoint;
 use crate::{Projection, ProjectionError, Runner};
 use sqlx::{Connection, Executor};
 use std::time::{Duration, Instant};
-use userstream_eventlog::{Db, Dialect, EventLog, RecordedEvent, SqlEventLog};
+use userstream_eventlog::{sqlite_file, Db, Dialect, EventLog, RecordedEvent, SqlEventLog};
 
 /// Events per read (and per transaction) of a rebuild.
 const READ_BATCH: i64 = 5000;
@@ -64,13 +64,6 @@ pub struct Shadow {
     pub db: Db,
     /// The schema (PostgreSQL) or file (SQLite) holding them.
     pub location: String,
-}
-
-/// The SQLite file behind a `sqlite:` URL.
-fn sqlite_file(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next()?;
-    (!path.is_empty() && !path.contains(":memory:")).then(|| path.to_string())
 }
 
 fn remove_sqlite(path: &str) {

@@ -307,6 +307,94 @@ async fn rebuilding_the_users_read_model_from_zero_equals_the_live_one() {
     }
 }
 
+/// On SQLite, created users are in the read model when their create is
+/// acknowledged (the log's writer applies them in its own transaction,
+/// with the runner's checkpoint), without the runner ever running; any
+/// other user event is left to the runner, which the writer then waits
+/// for before it applies creates again. The rows equal a rebuild. On
+/// PostgreSQL nothing is applied inline.
+#[tokio::test]
+async fn created_users_are_in_the_read_model_when_acknowledged_on_sqlite() {
+    use userstream_projections::read_models::users::InlineUsers;
+    for test_db in fresh_databases().await {
+        let backend = test_db.backend;
+        let db = Db::connect(&test_db.url).await.expect("connect");
+        let log = SqlEventLog::open(db.clone()).await.expect("open");
+        let runner = Runner::new(log.clone(), UsersProjection).await.expect("runner");
+        let inline = log.set_inline(Arc::new(InlineUsers));
+        assert_eq!(inline, backend == "sqlite", "{backend}: inline only on SQLite");
+        assert!(!log.set_inline(Arc::new(InlineUsers)), "{backend}: set once");
+        let commands = Commands::new(log.clone(), userstream_api::clock::Clock::system());
+        let meta = Meta { tenant: tenant(), actor: "t".into(), correlation_id: "c".into(), idempotency_key: None };
+        let ctx = Context::at(OffsetDateTime::now_utc());
+        let create = |i: usize| CreateUser {
+            user_id: commands.context_of(&Default::default()).id(0),
+            username: Username::parse("u", &format!("inline{i}")).expect("u"),
+            phone: Some(Phone::parse("p", &format!("98766{i:05}")).expect("p")),
+            email: Some(Email::parse("e", &format!("inline{i}@example.com")).expect("e")),
+            first_name: None,
+            last_name: None,
+            gender: None,
+            meta: None,
+            external_id: None,
+            rr_id: None,
+            verified: false,
+        };
+        let checkpoint = || async {
+            sqlx::query_scalar::<_, i64>("SELECT position FROM checkpoints WHERE name = 'users_v1'")
+                .fetch_one(&db.pool)
+                .await
+                .expect("checkpoint")
+        };
+        let query = UsersQuery::new(db.clone());
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let command = create(i);
+            ids.push(command.user_id.clone());
+            let outcome = commands.create_user(&meta, command, &ctx).await.expect("create");
+            let (_, total) = query.list(&tenant(), None, 1, 10).await.expect("list");
+            let at = checkpoint().await;
+            if backend == "sqlite" {
+                assert_eq!((total, at), (i as i64 + 1, outcome.position), "{backend}: in the model when acknowledged");
+            } else {
+                assert_eq!((total, at), (0, 0), "{backend}: left to the runner");
+            }
+        }
+        let update = UpdateUser {
+            first_name: Some(userstream_domain::Name::parse("f", "Ada").expect("name")),
+            ..Default::default()
+        };
+        let updated = commands
+            .handle::<userstream_domain::user::UserStream>(
+                &meta,
+                userstream_domain::StreamId::user(&ids[0]),
+                UserCommand::Update(update),
+                None,
+                &ctx,
+            )
+            .await
+            .expect("update");
+        let behind = checkpoint().await;
+        assert!(behind < updated.position, "{backend}: an update is the runner's");
+        // The checkpoint is behind now: this create waits for the runner too.
+        let waiting = commands.create_user(&meta, create(3), &ctx).await.expect("create");
+        assert_eq!(checkpoint().await, behind, "{backend}: nothing inline while the runner is behind");
+        while runner.step().await.expect("step") > 0 {}
+        assert_eq!(checkpoint().await, waiting.position, "{backend}: the runner caught up");
+        let last = commands.create_user(&meta, create(4), &ctx).await.expect("create");
+        if backend == "sqlite" {
+            assert_eq!(checkpoint().await, last.position, "{backend}: inline again once caught up");
+        }
+        while runner.step().await.expect("step") > 0 {}
+        assert_eq!(checkpoint().await, last.position, "{backend}");
+        let (_, total) = query.list(&tenant(), None, 1, 10).await.expect("list");
+        assert_eq!(total, 5, "{backend}");
+        let live = dump(&db).await;
+        assert!(live.iter().any(|row| row.contains("|Ada|")), "{backend}: the update is applied");
+        assert_eq!(users_one_event_at_a_time(&db, &log).await, live, "{backend}: inline rows equal a rebuild");
+    }
+}
+
 /// A run of `user.created` longer than one statement (200 users), with more
 /// contacts per user than ride along in the users' statement (the first
 /// 400; the rest get statements of their own), builds the same rows as one

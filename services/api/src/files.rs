@@ -23,12 +23,8 @@ impl FilesDir {
     /// The default directory for a database URL: `files/` beside a SQLite
     /// database file, `./files` otherwise (PostgreSQL, in-memory SQLite).
     pub fn default_for(database_url: &str) -> PathBuf {
-        let file = database_url
-            .strip_prefix("sqlite://")
-            .or_else(|| database_url.strip_prefix("sqlite:"))
-            .map(|rest| rest.split('?').next().unwrap_or(rest))
-            .filter(|path| !path.is_empty() && !path.starts_with(":memory:"));
-        match file.and_then(|f| Path::new(f).parent()) {
+        let file = userstream_eventlog::sqlite_file(database_url);
+        match file.as_deref().and_then(|f| Path::new(f).parent()) {
             Some(parent) if !parent.as_os_str().is_empty() => parent.join("files"),
             _ => PathBuf::from("files"),
         }

@@ -47,14 +47,14 @@ pub struct Migration {
 /// Every SQLite connection: waits for locks, LIKE as case-sensitive as on
 /// PostgreSQL, and `secure_delete`: freed space is zeroed, so an erased
 /// person's rows leave no bytes behind in the file (see `shred`).
-const SQLITE_SESSION: &str =
+pub(crate) const SQLITE_SESSION: &str =
     "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; PRAGMA case_sensitive_like = ON; PRAGMA secure_delete = ON;";
 
 /// Every connection to the service's own file: WAL. A commit checkpoints the
 /// WAL itself only past 16,000 pages: [`Db::checkpoints`] does it in the
 /// background long before, so no command or projection commit pays for
 /// copying the WAL back into the database file and syncing it.
-const SQLITE_WAL: &str = "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 16000;";
+pub(crate) const SQLITE_WAL: &str = "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 16000;";
 
 /// Pooled connections write only what can be rebuilt from the log (read
 /// models with their checkpoints, in one transaction), so their commits
@@ -74,7 +74,7 @@ const SQLITE_SCRATCH: &str =
     "PRAGMA page_size = 65536; PRAGMA journal_mode = MEMORY; PRAGMA synchronous = OFF; PRAGMA cache_size = -262144; PRAGMA temp_store = MEMORY;";
 
 /// The log's own connections fsync every commit: acknowledged = durable.
-const SQLITE_LOG_SYNC: &str = "PRAGMA synchronous = FULL;";
+pub(crate) const SQLITE_LOG_SYNC: &str = "PRAGMA synchronous = FULL;";
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,6 +137,18 @@ impl Db {
             Dialect::Sqlite => Some(self.write_gate.lock().await),
             Dialect::Postgres => None,
         }
+    }
+
+    /// The turn [`Db::write_turn`] hands out, for a writer on a thread of
+    /// its own (which waits for it with `blocking_lock`).
+    pub(crate) fn write_gate(&self) -> Arc<Mutex<()>> {
+        self.write_gate.clone()
+    }
+
+    /// The file behind a SQLite database (`None` on PostgreSQL and for an
+    /// in-memory database).
+    pub fn sqlite_file(&self) -> Option<String> {
+        sqlite_file(&self.url)
     }
 
     /// A connection outside the pool for the log's writer, which owns one for
@@ -242,6 +254,14 @@ impl Db {
                 .unwrap_or(None);
         Ok(applied.is_some_and(|v| v >= version))
     }
+}
+
+/// The SQLite file behind a `sqlite:` URL (`None` for any other URL and
+/// for an in-memory database).
+pub fn sqlite_file(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && !path.contains(":memory:")).then(|| path.to_string())
 }
 
 fn normalise_url(url: &str) -> Result<(Dialect, String), sqlx::Error> {

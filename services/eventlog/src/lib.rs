@@ -1,7 +1,10 @@
 //! The userstream event log.
 //!
 //! Modules: this file (the [`EventLog`] trait, envelopes, reads, the SQL
-//! log), `writer` (the group-commit writer), `db` (one handle for SQLite and
+//! log), `writer` (the group-commit writer: its pure judging, and its
+//! statements through sqlx for PostgreSQL), `sqlite_writer` (the same
+//! writer on SQLite: a thread of its own with a rusqlite connection),
+//! [`inline`] (read models the SQLite writer applies in its transaction), `db` (one handle for SQLite and
 //! PostgreSQL, migrations), [`keys`] (credential rows and shared secrets),
 //! [`lease`] (one worker per name across processes), [`metric`] (the names
 //! of what the writer records), `recent` (the last
@@ -25,6 +28,7 @@
 //!   batch rather than one per command.
 
 mod db;
+pub mod inline;
 pub mod keys;
 #[cfg(feature = "eventstore")]
 pub mod kurrent;
@@ -32,9 +36,10 @@ pub mod lease;
 pub mod metric;
 mod recent;
 pub mod shred;
+mod sqlite_writer;
 mod writer;
 
-pub use db::{Db, Dialect, Migration};
+pub use db::{sqlite_file, Db, Dialect, Migration};
 pub use writer::{delete_pairs, statement_chunks, tuples as placeholders, Stats};
 
 use serde::{Deserialize, Serialize};
@@ -166,7 +171,10 @@ impl StorageError {
                 let code = db.code().unwrap_or_default();
                 code == "53100" || code.parse::<i64>().is_ok_and(|c| c & 0xff == 13)
             }
-            _ => e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull),
+            _ => match e.downcast_ref::<rusqlite::Error>() {
+                Some(rusqlite::Error::SqliteFailure(failure, _)) => failure.code == rusqlite::ErrorCode::DiskFull,
+                _ => e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull),
+            },
         })
     }
 
@@ -369,7 +377,12 @@ pub struct SqlEventLog {
     /// Seals personal fields on append and opens them on read; `None`
     /// stores and reads payloads as they are.
     shredder: Option<std::sync::Arc<shred::Shredder>>,
+    /// The read model the SQLite writer applies in its own transaction, once set.
+    inline: InlineSlot,
 }
+
+/// Where [`SqlEventLog::set_inline`] puts the inline projection for the writer.
+pub(crate) type InlineSlot = std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn inline::Inline>>>;
 
 /// The advisory lock key that serialises position assignment on PostgreSQL.
 pub const POSITION_LOCK: i64 = 7_320_002;
@@ -420,7 +433,6 @@ impl SqlEventLog {
     /// handle (and its clones) are group-committed by that one writer.
     pub async fn open(db: Db) -> Result<SqlEventLog, sqlx::Error> {
         db.migrate("eventlog", MIGRATIONS).await?;
-        let conn = db.dedicated_connection().await?;
         let head_now = head_position(&db).await?;
         let head_tx = std::sync::Arc::new(watch::channel(head_now).0);
         let head = head_tx.subscribe();
@@ -430,8 +442,33 @@ impl SqlEventLog {
             tokio::spawn(listen_for_appends(db.clone(), head_tx.clone()));
         }
         let recent = std::sync::Arc::new(recent::Recent::new(recent::CAPACITY, recent::CAPACITY_BYTES));
-        tokio::spawn(writer::run(db.clone(), conn, rx, head_tx, stats.clone(), recent.clone()));
-        Ok(SqlEventLog { db, queue, head, stats, recent, shredder: None })
+        let inline = InlineSlot::default();
+        match db.sqlite_file() {
+            Some(file) => {
+                let shared = sqlite_writer::Shared {
+                    gate: db.write_gate(),
+                    head: head_tx,
+                    stats: stats.clone(),
+                    recent: recent.clone(),
+                    inline: inline.clone(),
+                };
+                sqlite_writer::spawn(file, rx, shared).map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?;
+            }
+            None => {
+                let conn = db.dedicated_connection().await?;
+                tokio::spawn(writer::run(db.clone(), conn, rx, head_tx, stats.clone(), recent.clone()));
+            }
+        }
+        Ok(SqlEventLog { db, queue, head, stats, recent, shredder: None, inline })
+    }
+
+    /// Has the SQLite writer apply `projection` in each append's own
+    /// transaction from now on (see [`inline`]); its checkpoint row must
+    /// exist. Returns false, changing nothing, on PostgreSQL (several
+    /// processes write there, and the read models follow asynchronously)
+    /// or when one is set already.
+    pub fn set_inline(&self, projection: std::sync::Arc<dyn inline::Inline>) -> bool {
+        self.db.sqlite_file().is_some() && self.inline.set(projection).is_ok()
     }
 
     /// This log, sealing personal fields under their subjects' keys on
@@ -650,12 +687,19 @@ async fn head_position(db: &Db) -> Result<i64, sqlx::Error> {
 
 impl EventLog for SqlEventLog {
     async fn append(&self, mut request: AppendRequest) -> Result<AppendResult, AppendError> {
-        let keys = match &self.shredder {
-            Some(shredder) => shredder.seal(&mut request).await.map_err(StorageError::from)?,
-            None => Vec::new(),
+        let (keys, plain) = match &self.shredder {
+            Some(shredder) => {
+                let plain = request
+                    .streams
+                    .iter()
+                    .flat_map(|s| s.events.iter().map(|e| (e.event_id, EventData::from_value(&e.data))))
+                    .collect();
+                (shredder.seal(&mut request).await.map_err(StorageError::from)?, plain)
+            }
+            None => (Vec::new(), Vec::new()),
         };
         let (reply, answer) = oneshot::channel();
-        let pending = writer::Pending { request, keys, shredder: self.shredder.clone(), reply };
+        let pending = writer::Pending { request, keys, shredder: self.shredder.clone(), plain, reply };
         self.queue.send(pending).await.map_err(|_| AppendError::Closed)?;
         answer.await.map_err(|_| AppendError::Closed)?
     }

@@ -315,6 +315,21 @@ impl Shredder {
         }
     }
 
+    /// Remembers committed events' payloads as appended, before sealing
+    /// (`(position, event_id, stream, data)`), so that no reader has to
+    /// open them again. An erased subject's are left out: checked under
+    /// the lock that an erasure clears the cache under, after marking the
+    /// subject erased.
+    pub(crate) fn remember_opened(&self, events: Vec<(i64, String, &str, EventData)>) {
+        let Ok(mut opened) = self.opened.lock() else { return };
+        for (position, event_id, stream, data) in events {
+            if self.policy.subject(stream).is_some_and(|s| self.is_erased(&s)) {
+                continue;
+            }
+            opened.put(position, &event_id, data);
+        }
+    }
+
     /// Opens the sealed fields of `events` in place (placeholders for erased
     /// subjects), and redacts clear personal fields of erased subjects. A
     /// sealed event whose subject has no key and is not erased is an error:

@@ -40,11 +40,13 @@ pub(crate) struct Pending {
     /// reader can see the events they seal).
     pub keys: Vec<(crate::shred::NewKey, [u8; 32])>,
     pub shredder: Option<Arc<crate::shred::Shredder>>,
+    /// With a shredder: each event's payload before sealing, by event id.
+    pub plain: Vec<(uuid::Uuid, EventData)>,
     pub reply: oneshot::Sender<Result<AppendResult, AppendError>>,
 }
 
 /// Most requests one transaction takes; the rest wait for the next one.
-const MAX_BATCH: usize = 1024;
+pub(crate) const MAX_BATCH: usize = 1024;
 
 /// `items` in slices for multi-row statements: `max` rows at a time, then
 /// the rest in powers of two (300 → 256, 32, 8, 4). The driver keeps the
@@ -77,8 +79,7 @@ pub(crate) async fn run(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        stats.transactions.fetch_add(1, Ordering::Relaxed);
-        stats.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.counted(batch.len());
         let span = tracing::debug_span!("eventlog.append", batch = batch.len());
         let requests: Vec<&AppendRequest> = batch.iter().map(|p| &p.request).collect();
         let started = std::time::Instant::now();
@@ -93,42 +94,18 @@ pub(crate) async fn run(
         }
         .instrument(span)
         .await;
-        let ok = if outcome.is_ok() { "ok" } else { "error" };
-        metrics::histogram!(crate::metric::APPEND_BATCH_DURATION, "outcome" => ok)
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!(crate::metric::APPEND_BATCH_SIZE, "outcome" => ok).record(batch.len() as f64);
+        record_batch(started, batch.len(), outcome.is_ok());
         match outcome {
             Ok((results, recorded)) => {
-                metrics::counter!(crate::metric::EVENTS_APPENDED).increment(recorded.len() as u64);
-                for (pending, result) in batch.iter().zip(&results) {
-                    if let (Some(shredder), Ok(r)) = (&pending.shredder, result) {
-                        if !r.replayed {
-                            shredder.committed(&pending.keys);
-                        }
-                    }
-                }
-                recent.remember(recorded);
-                let top = results.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.last_position).max();
-                if let Some(top) = top {
+                if let Some(top) = top_position(&results) {
                     if db.dialect == Dialect::Postgres {
                         notify(&mut conn, top).await;
                     }
-                    head.send_if_modified(|h| {
-                        let moved = top > *h;
-                        *h = (*h).max(top);
-                        moved
-                    });
                 }
-                for (pending, result) in batch.drain(..).zip(results) {
-                    let _ = pending.reply.send(result);
-                }
+                deliver(&mut batch, results, recorded, &head, &recent);
             }
             Err(e) => {
-                tracing::error!(error = %e, "append batch failed; nothing of it was committed");
-                let failure = crate::StorageError::from(e);
-                for pending in batch.drain(..) {
-                    let _ = pending.reply.send(Err(AppendError::Storage(failure.clone())));
-                }
+                fail(&mut batch, crate::StorageError::from(e));
                 // The connection may be broken; get a fresh one before the next batch.
                 match db.dedicated_connection().await {
                     Ok(fresh) => conn = fresh,
@@ -136,6 +113,79 @@ pub(crate) async fn run(
                 }
             }
         }
+    }
+}
+
+impl Stats {
+    pub(crate) fn counted(&self, requests: usize) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(requests as u64, Ordering::Relaxed);
+    }
+}
+
+/// Records a batch's duration and size by outcome.
+pub(crate) fn record_batch(started: std::time::Instant, size: usize, ok: bool) {
+    let ok = if ok { "ok" } else { "error" };
+    metrics::histogram!(crate::metric::APPEND_BATCH_DURATION, "outcome" => ok).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(crate::metric::APPEND_BATCH_SIZE, "outcome" => ok).record(size as f64);
+}
+
+/// The highest position a committed batch appended, if it appended any.
+pub(crate) fn top_position(results: &[Result<AppendResult, AppendError>]) -> Option<i64> {
+    results.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.last_position).max()
+}
+
+/// After COMMIT: caches the new data keys, keeps the events for readers at
+/// the head, moves the head, and answers every request of the batch.
+pub(crate) fn deliver(
+    batch: &mut Vec<Pending>,
+    results: Vec<Result<AppendResult, AppendError>>,
+    recorded: Vec<(RecordedEvent, usize)>,
+    head: &watch::Sender<i64>,
+    recent: &crate::recent::Recent,
+) {
+    metrics::counter!(crate::metric::EVENTS_APPENDED).increment(recorded.len() as u64);
+    for (pending, result) in batch.iter().zip(&results) {
+        if let (Some(shredder), Ok(r)) = (&pending.shredder, result) {
+            if !r.replayed {
+                shredder.committed(&pending.keys);
+            }
+        }
+    }
+    if let Some(shredder) = batch.iter().find_map(|p| p.shredder.as_ref()) {
+        let plain = plain_payloads(batch);
+        let opened = recorded
+            .iter()
+            .filter_map(|(e, _)| {
+                let data = plain.get(e.event_id.as_str())?;
+                Some((e.position, e.event_id.clone(), e.stream.as_str(), (*data).clone()))
+            })
+            .collect();
+        shredder.remember_opened(opened);
+    }
+    recent.remember(recorded);
+    if let Some(top) = top_position(&results) {
+        head.send_if_modified(|h| {
+            let moved = top > *h;
+            *h = (*h).max(top);
+            moved
+        });
+    }
+    for (pending, result) in batch.drain(..).zip(results) {
+        let _ = pending.reply.send(result);
+    }
+}
+
+/// The batch's payloads before sealing, by event id (empty without a shredder).
+pub(crate) fn plain_payloads(batch: &[Pending]) -> HashMap<String, &EventData> {
+    batch.iter().flat_map(|p| p.plain.iter().map(|(id, data)| (id.to_string(), data))).collect()
+}
+
+/// After a failed batch: nothing of it was committed; every request gets the error.
+pub(crate) fn fail(batch: &mut Vec<Pending>, failure: crate::StorageError) {
+    tracing::error!(error = %failure, "append batch failed; nothing of it was committed");
+    for pending in batch.drain(..) {
+        let _ = pending.reply.send(Err(AppendError::Storage(failure.clone())));
     }
 }
 
@@ -184,12 +234,12 @@ pub(crate) async fn begin(db: &Db, conn: &mut AnyConnection) -> Result<(), sqlx:
 }
 
 /// What the database holds for the keys and streams a batch touches.
-struct Snapshot {
-    versions: HashMap<String, i64>,
+pub(crate) struct Snapshot {
+    pub versions: HashMap<String, i64>,
     /// (scope, key) → holding stream.
-    holders: HashMap<(String, String), Option<String>>,
+    pub holders: HashMap<(String, String), Option<String>>,
     /// (scope, idempotency key) → stored result.
-    seen: HashMap<(String, String), AppendResult>,
+    pub seen: HashMap<(String, String), AppendResult>,
 }
 
 /// How one request of the batch ends.
@@ -210,7 +260,7 @@ enum Verdict {
 pub(crate) type Written = (Vec<Result<AppendResult, AppendError>>, Vec<(RecordedEvent, usize)>);
 
 /// One event row to insert: its request, stream, version and event.
-type EventRow<'a> = (&'a AppendRequest, &'a str, i64, &'a NewEvent);
+pub(crate) type EventRow<'a> = (&'a AppendRequest, &'a str, i64, &'a NewEvent);
 
 /// Checks and writes a whole batch inside the open transaction: the net
 /// change of every reservation, the accepted requests' events, their
@@ -220,17 +270,12 @@ pub(crate) async fn write_batch(
     dialect: Dialect,
     batch: &[&AppendRequest],
 ) -> Result<Written, sqlx::Error> {
-    let mut snap = read_snapshot(conn, dialect, batch).await?;
-    let initial_holders = snap.holders.clone();
-    let mut claimed_keys: HashMap<(String, String), usize> = HashMap::new();
-    let verdicts: Vec<Verdict> =
-        batch.iter().enumerate().map(|(i, req)| judge(i, req, &mut snap, &mut claimed_keys)).collect();
-    write_reservations(conn, dialect, &initial_holders, &snap.holders).await?;
+    let snap = read_snapshot(conn, dialect, batch).await?;
+    let judged = judge_batch(batch, snap);
+    write_reservations(conn, dialect, &judged.changes).await?;
     let now = to_micros(OffsetDateTime::now_utc());
-    let rows_to_insert = event_rows(batch, &verdicts);
-    let (positions, payloads) = insert_events(conn, dialect, &rows_to_insert, now).await?;
-    let recorded = recorded_events(&rows_to_insert, payloads, &positions, now);
-    let (results, keys) = results(batch, verdicts, &positions)?;
+    let (positions, payloads) = insert_events(conn, dialect, &judged.rows, now).await?;
+    let (written, keys) = settle(batch, judged, payloads, &positions, now)?;
     for chunk in statement_chunks(&keys, ROWS_PER_STATEMENT) {
         let sql = format!("INSERT INTO idempotency (scope, key, result) VALUES {}", rows(dialect, chunk.len(), 3));
         let mut q = sqlx::query(&sql);
@@ -239,7 +284,60 @@ pub(crate) async fn write_batch(
         }
         q.execute(&mut *conn).await?;
     }
-    Ok((results, recorded))
+    Ok(written)
+}
+
+/// A batch judged against its snapshot: each request's verdict, the net
+/// change of every reservation it touched, and the event rows to insert.
+pub(crate) struct Judged<'a> {
+    verdicts: Vec<Verdict>,
+    pub changes: ReservationChanges,
+    pub rows: Vec<EventRow<'a>>,
+}
+
+/// Reservations to delete `(scope, key)` and to insert `(scope, key, stream)`.
+#[derive(Default)]
+pub(crate) struct ReservationChanges {
+    pub deletes: Vec<(String, String)>,
+    pub inserts: Vec<(String, String, String)>,
+}
+
+/// Judges every request of the batch in arrival order (pure: no IO).
+pub(crate) fn judge_batch<'a>(batch: &[&'a AppendRequest], mut snap: Snapshot) -> Judged<'a> {
+    let initial_holders = snap.holders.clone();
+    let mut claimed_keys: HashMap<(String, String), usize> = HashMap::new();
+    let verdicts: Vec<Verdict> =
+        batch.iter().enumerate().map(|(i, req)| judge(i, req, &mut snap, &mut claimed_keys)).collect();
+    let changes = reservation_changes(&initial_holders, &snap.holders);
+    let rows = event_rows(batch, &verdicts);
+    Judged { verdicts, changes, rows }
+}
+
+/// Each request's result and the events recorded, once the event rows have
+/// their positions; and the idempotency keys to store.
+pub(crate) fn settle(
+    batch: &[&AppendRequest],
+    judged: Judged<'_>,
+    payloads: Vec<EventData>,
+    positions: &HashMap<String, i64>,
+    now: OffsetDateTime,
+) -> Result<(Written, NewKeys), sqlx::Error> {
+    let recorded = recorded_events(&judged.rows, payloads, positions, now);
+    let (results, keys) = results(batch, judged.verdicts, positions)?;
+    Ok(((results, recorded), keys))
+}
+
+/// The data keys of the requests that were appended (not refused, not replayed).
+pub(crate) fn appended_keys<'a>(
+    batch: &'a [Pending],
+    results: &[Result<AppendResult, AppendError>],
+) -> Vec<&'a crate::shred::NewKey> {
+    batch
+        .iter()
+        .zip(results)
+        .filter(|(_, r)| r.as_ref().is_ok_and(|r| !r.replayed))
+        .flat_map(|(p, _)| p.keys.iter().map(|(k, _)| k))
+        .collect()
 }
 
 /// Stores the data keys of the requests that were appended (not refused,
@@ -250,12 +348,7 @@ async fn insert_keys(
     batch: &[Pending],
     results: &[Result<AppendResult, AppendError>],
 ) -> Result<(), sqlx::Error> {
-    let keys: Vec<&crate::shred::NewKey> = batch
-        .iter()
-        .zip(results)
-        .filter(|(_, r)| r.as_ref().is_ok_and(|r| !r.replayed))
-        .flat_map(|(p, _)| p.keys.iter().map(|(k, _)| k))
-        .collect();
+    let keys = appended_keys(batch, results);
     for chunk in statement_chunks(&keys, ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO subject_keys (subject, wrapped) VALUES {} ON CONFLICT (subject) DO NOTHING",
@@ -270,27 +363,33 @@ async fn insert_keys(
     Ok(())
 }
 
-/// Writes the net change of every reservation key the batch touched.
-async fn write_reservations(
-    conn: &mut AnyConnection,
-    dialect: Dialect,
+/// The net change of every reservation key the batch touched.
+fn reservation_changes(
     initial: &HashMap<(String, String), Option<String>>,
     now: &HashMap<(String, String), Option<String>>,
-) -> Result<(), sqlx::Error> {
-    let mut deletes = Vec::new();
-    let mut inserts = Vec::new();
+) -> ReservationChanges {
+    let mut changes = ReservationChanges::default();
     for (key, holder) in now {
         let before = initial.get(key).cloned().flatten();
         if before != *holder {
             if before.is_some() {
-                deletes.push(key.clone());
+                changes.deletes.push(key.clone());
             }
             if let Some(stream) = holder {
-                inserts.push((key.0.clone(), key.1.clone(), stream.clone()));
+                changes.inserts.push((key.0.clone(), key.1.clone(), stream.clone()));
             }
         }
     }
-    for chunk in statement_chunks(&deletes, ROWS_PER_STATEMENT) {
+    changes
+}
+
+/// Writes the net change of every reservation key the batch touched.
+async fn write_reservations(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    changes: &ReservationChanges,
+) -> Result<(), sqlx::Error> {
+    for chunk in statement_chunks(&changes.deletes, ROWS_PER_STATEMENT) {
         let sql =
             format!("DELETE FROM reservations WHERE (scope, key) IN (VALUES {})", tuples(dialect, chunk.len(), 2, 0));
         let mut q = sqlx::query(&sql);
@@ -299,7 +398,7 @@ async fn write_reservations(
         }
         q.execute(&mut *conn).await?;
     }
-    for chunk in statement_chunks(&inserts, ROWS_PER_STATEMENT) {
+    for chunk in statement_chunks(&changes.inserts, ROWS_PER_STATEMENT) {
         let sql = format!("INSERT INTO reservations (scope, key, stream) VALUES {}", rows(dialect, chunk.len(), 3));
         let mut q = sqlx::query(&sql);
         for (scope, key, stream) in chunk {
@@ -410,7 +509,7 @@ fn recorded_events(
 }
 
 /// Idempotency keys to store: (scope, key, result as JSON).
-type NewKeys = Vec<(String, String, String)>;
+pub(crate) type NewKeys = Vec<(String, String, String)>;
 
 /// Each request's result, and the idempotency keys of the accepted ones.
 fn results(
@@ -452,7 +551,7 @@ fn results(
 }
 
 /// A time as the log stores it: UTC, microseconds.
-fn to_micros(t: OffsetDateTime) -> OffsetDateTime {
+pub(crate) fn to_micros(t: OffsetDateTime) -> OffsetDateTime {
     let t = t.to_offset(time::UtcOffset::UTC);
     t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000).unwrap_or(t)
 }
@@ -538,17 +637,57 @@ fn judge(
     Verdict::Accepted { before, versions }
 }
 
+/// What a batch must look up before it is judged: its streams, the
+/// reservation keys it claims or releases, and its idempotency keys, each once.
+pub(crate) struct Lookups<'a> {
+    pub streams: Vec<&'a str>,
+    pub keys: Vec<(String, String)>,
+    pub ids: Vec<(String, String)>,
+}
+
+impl<'a> Lookups<'a> {
+    pub fn of(batch: &[&'a AppendRequest]) -> Lookups<'a> {
+        let mut streams: Vec<&str> = batch.iter().flat_map(|r| r.streams.iter().map(|s| s.stream.as_str())).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let mut keys: Vec<(String, String)> = batch
+            .iter()
+            .flat_map(|r| {
+                let scope = r.tenant.scope();
+                r.reserve.iter().chain(&r.release).map(move |res| (scope.clone(), res.key.clone()))
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let ids =
+            batch.iter().filter_map(|r| r.idempotency_key.as_ref().map(|k| (r.tenant.scope(), k.clone()))).collect();
+        Lookups { streams, keys, ids }
+    }
+
+    /// An empty snapshot of these lookups: every key unheld.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            versions: HashMap::with_capacity(self.streams.len()),
+            holders: self.keys.iter().map(|k| (k.clone(), None)).collect(),
+            seen: HashMap::new(),
+        }
+    }
+}
+
+/// An idempotency result as stored.
+pub(crate) fn stored_result(text: &str) -> Result<AppendResult, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
 /// Reads the versions, reservation holders and idempotency results the batch needs.
 async fn read_snapshot(
     conn: &mut AnyConnection,
     dialect: Dialect,
     batch: &[&AppendRequest],
 ) -> Result<Snapshot, sqlx::Error> {
-    let mut streams: Vec<&str> = batch.iter().flat_map(|r| r.streams.iter().map(|s| s.stream.as_str())).collect();
-    streams.sort_unstable();
-    streams.dedup();
-    let mut versions = HashMap::with_capacity(streams.len());
-    for chunk in statement_chunks(&streams, ROWS_PER_STATEMENT) {
+    let wanted = Lookups::of(batch);
+    let mut snap = wanted.snapshot();
+    for chunk in statement_chunks(&wanted.streams, ROWS_PER_STATEMENT) {
         // One index probe per stream, whatever the planner thinks of the
         // table: as `stream IN (…) GROUP BY stream`, PostgreSQL chose a
         // sequential scan of the whole log when its statistics were off
@@ -564,33 +703,18 @@ async fn read_snapshot(
         }
         for row in q.fetch_all(&mut *conn).await? {
             if let Some(version) = row.try_get::<Option<i64>, _>("version")? {
-                versions.insert(row.try_get::<String, _>("stream")?, version);
+                snap.versions.insert(row.try_get::<String, _>("stream")?, version);
             }
         }
     }
-
-    let mut keys: Vec<(String, String)> = batch
-        .iter()
-        .flat_map(|r| {
-            let scope = r.tenant.scope();
-            r.reserve.iter().chain(&r.release).map(move |res| (scope.clone(), res.key.clone()))
-        })
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let mut holders: HashMap<(String, String), Option<String>> = keys.iter().map(|k| (k.clone(), None)).collect();
-    for (scope, key, stream) in by_scope_key(conn, dialect, "reservations", "stream", &keys).await? {
-        holders.insert((scope, key), Some(stream));
+    for (scope, key, stream) in by_scope_key(conn, dialect, "reservations", "stream", &wanted.keys).await? {
+        snap.holders.insert((scope, key), Some(stream));
     }
-
-    let ids: Vec<(String, String)> =
-        batch.iter().filter_map(|r| r.idempotency_key.as_ref().map(|k| (r.tenant.scope(), k.clone()))).collect();
-    let mut seen = HashMap::new();
-    for (scope, key, stored) in by_scope_key(conn, dialect, "idempotency", "result", &ids).await? {
-        let result: AppendResult = serde_json::from_str(&stored).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        seen.insert((scope, key), result);
+    for (scope, key, stored) in by_scope_key(conn, dialect, "idempotency", "result", &wanted.ids).await? {
+        let result = stored_result(&stored).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        snap.seen.insert((scope, key), result);
     }
-    Ok(Snapshot { versions, holders, seen })
+    Ok(snap)
 }
 
 /// `(scope, key, column)` of the rows of `table` whose `(scope, key)` is among `keys`.

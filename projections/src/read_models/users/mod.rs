@@ -3,7 +3,8 @@
 //! events; serves get, list (paged, filtered) and search.
 //!
 //! Modules: this file (schema, row shape, the projection's dispatch),
-//! `writes` (how each event is written), `query` ([`UsersQuery`]).
+//! `writes` (how each event is written), `inline` (created users written
+//! in the SQLite log's own transaction), `query` ([`UsersQuery`]).
 
 use crate::{Projection, ProjectionError};
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,7 @@ use userstream_domain::codec::{self, v1};
 use userstream_domain::user::{EmailEntry, PhoneEntry, UserEvent};
 use userstream_eventlog::{format_time, Dialect, Migration, RecordedEvent};
 
+mod inline;
 mod query;
 mod writes;
 
@@ -21,6 +23,7 @@ use writes::{
     apply_sessions_revoked, apply_update, bump_counts, insert_created, set_flag,
 };
 
+pub use inline::InlineUsers;
 pub use query::{list_page_sql, SessionRow, UserKey, UsersQuery, MAX_PAGE_SIZE, MAX_SEARCH_RESULTS};
 
 pub const NAME: &str = "users_v1";

@@ -182,9 +182,9 @@ async fn bump_version(conn: &mut AnyConnection, event: &RecordedEvent, user_id: 
 const ROWS_PER_STATEMENT: usize = 200;
 
 /// One `user.created` as the values of the rows it writes.
-struct CreatedRow<'a> {
-    event: &'a RecordedEvent,
-    user_id: &'a str,
+pub(super) struct CreatedRow<'a> {
+    pub event: &'a RecordedEvent,
+    pub user_id: &'a str,
     created: v1::UserCreated,
     emails: String,
     phones: String,
@@ -195,7 +195,7 @@ struct CreatedRow<'a> {
 }
 
 impl<'a> CreatedRow<'a> {
-    fn of(event: &'a RecordedEvent) -> Result<CreatedRow<'a>, ProjectionError> {
+    pub(super) fn of(event: &'a RecordedEvent) -> Result<CreatedRow<'a>, ProjectionError> {
         let poison = |reason: String| ProjectionError::Poison { position: event.position, reason };
         let created = match userstream_domain::decode(&event.event_type, event.schema as u32, event.data.as_str()) {
             Ok(UserEvent::Created(created)) => created,
@@ -219,7 +219,65 @@ impl<'a> CreatedRow<'a> {
     fn all(chunk: &'a [RecordedEvent]) -> Result<Vec<CreatedRow<'a>>, ProjectionError> {
         chunk.iter().map(CreatedRow::of).collect()
     }
+
+    /// The user row's values, in the order of [`USER_COLUMNS`], and the
+    /// contact keys; counted into `counts` per (company, application).
+    pub(super) fn cells(self) -> ([Cell<'a>; USER_VALUES], Vec<(&'static str, String)>) {
+        let CreatedRow { event, user_id, created: e, emails, phones, meta, at, primary, keys } = self;
+        let (email, email_verified, phone, phone_verified) = primary;
+        let cells = [
+            Cell::Str(event.company_id.as_str()),
+            Cell::Str(event.application_id.as_str()),
+            Cell::Str(user_id),
+            Cell::Int(event.position),
+            Cell::Int(event.version),
+            Cell::Text(Some(e.username.as_str().to_string())),
+            Cell::Text(Some(e.username.key())),
+            Cell::Text(e.first_name.map(|n| n.as_str().to_string())),
+            Cell::Text(e.last_name.map(|n| n.as_str().to_string())),
+            Cell::Text(e.gender.map(|g| g.as_str().to_string())),
+            Cell::Text(Some(emails)),
+            Cell::Text(Some(phones)),
+            Cell::Text(Some(meta)),
+            Cell::Text(e.external_id),
+            Cell::Text(e.rr_id),
+            Cell::Text(Some(e.account_type)),
+            Cell::Text(Some(at.clone())),
+            Cell::Text(Some(at)),
+            Cell::Text(Some(email)),
+            Cell::Int(i64::from(email_verified)),
+            Cell::Text(Some(phone)),
+            Cell::Int(i64::from(phone_verified)),
+        ];
+        (cells, keys)
+    }
 }
+
+/// One value of a row to write, bound the same way by sqlx and rusqlite.
+pub(super) enum Cell<'a> {
+    Str(&'a str),
+    Text(Option<String>),
+    Int(i64),
+}
+
+impl rusqlite::ToSql for Cell<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Cell::Str(s) => s.to_sql(),
+            Cell::Text(t) => t.to_sql(),
+            Cell::Int(i) => i.to_sql(),
+        }
+    }
+}
+
+/// The columns of a new user's row: [`USER_VALUES`] bound values, then
+/// `blocked`, `archived` and `login_count`, which start at 0.
+pub(super) const USER_COLUMNS: &str = "company_id, application_id, user_id, seq, version, username, username_key, first_name, last_name, gender, emails, phone_numbers, meta, external_id, rr_id, account_type, created_at, updated_at, email, email_verified, phone, phone_verified, blocked, archived, login_count";
+pub(super) const USER_VALUES: usize = 22;
+
+/// Adds `$3` live and `$4` blocked users to the counts of company `$1`, application `$2`.
+pub(super) const BUMP_COUNTS: &str = "INSERT INTO user_counts_v1 (company_id, application_id, live, blocked) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (company_id, application_id) DO UPDATE SET live = user_counts_v1.live + $3, blocked = user_counts_v1.blocked + $4";
 
 /// Inserts the users of a run of `user.created` events, their contacts and
 /// their counts, with multi-row statements of [`ROWS_PER_STATEMENT`] users.
@@ -291,43 +349,26 @@ fn created_statements<'a>(
     chunk: &'a [RecordedEvent],
     counts: &mut BTreeMap<(&'a str, &'a str), i64>,
 ) -> Result<Vec<Statement<'a>>, ProjectionError> {
-    const USER_VALUES: usize = 22;
     let rows = CreatedRow::all(chunk)?;
     let mut users = Statement::new(
         format!(
-            "INSERT INTO users_v1 (company_id, application_id, user_id, seq, version, username, username_key, first_name, last_name, gender, emails, phone_numbers, meta, external_id, rr_id, account_type, created_at, updated_at, email, email_verified, phone, phone_verified, blocked, archived, login_count) VALUES {}",
+            "INSERT INTO users_v1 ({USER_COLUMNS}) VALUES {}",
             placeholders(dialect, rows.len(), USER_VALUES, 0).replace(')', ", 0, 0, 0)")
         ),
         rows.len() * USER_VALUES,
     );
     let mut contacts: Vec<(&'a RecordedEvent, &'a str, &'static str, String)> = Vec::with_capacity(rows.len() * 2);
     for row in rows {
-        let CreatedRow { event, user_id, created: e, emails, phones, meta, at, primary, keys } = row;
-        let (email, email_verified, phone, phone_verified) = primary;
+        let (event, user_id) = (row.event, row.user_id);
         *counts.entry((event.company_id.as_str(), event.application_id.as_str())).or_default() += 1;
-        users
-            .bind(event.company_id.as_str())
-            .bind(event.application_id.as_str())
-            .bind(user_id)
-            .bind(event.position)
-            .bind(event.version)
-            .bind(e.username.as_str().to_string())
-            .bind(e.username.key())
-            .bind(e.first_name.map(|n| n.as_str().to_string()))
-            .bind(e.last_name.map(|n| n.as_str().to_string()))
-            .bind(e.gender.map(|g| g.as_str()))
-            .bind(emails)
-            .bind(phones)
-            .bind(meta)
-            .bind(e.external_id)
-            .bind(e.rr_id)
-            .bind(e.account_type)
-            .bind(at.clone())
-            .bind(at)
-            .bind(email)
-            .bind(i64::from(email_verified))
-            .bind(phone)
-            .bind(i64::from(phone_verified));
+        let (cells, keys) = row.cells();
+        for cell in cells {
+            match cell {
+                Cell::Str(s) => users.bind(s),
+                Cell::Text(t) => users.bind(t),
+                Cell::Int(i) => users.bind(i),
+            };
+        }
         contacts.extend(keys.into_iter().map(|(kind, value)| (event, user_id, kind, value)));
     }
     // The first contacts go in the users' statement: one round trip (one
@@ -502,15 +543,6 @@ pub(super) async fn bump_counts(
     live: i64,
     blocked: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO user_counts_v1 (company_id, application_id, live, blocked) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (company_id, application_id) DO UPDATE SET live = user_counts_v1.live + $3, blocked = user_counts_v1.blocked + $4",
-    )
-    .bind(company)
-    .bind(app)
-    .bind(live)
-    .bind(blocked)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(BUMP_COUNTS).bind(company).bind(app).bind(live).bind(blocked).execute(&mut *conn).await?;
     Ok(())
 }
