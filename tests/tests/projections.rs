@@ -197,6 +197,19 @@ async fn users_one_event_at_a_time(db: &Db, log: &SqlEventLog) -> Vec<String> {
     dump(db).await
 }
 
+/// Runs a command on one user's stream.
+async fn on_user(
+    commands: &Commands,
+    meta: &Meta,
+    id: &userstream_domain::UserId,
+    command: UserCommand,
+    ctx: &Context,
+) -> Result<userstream_api::commands::Outcome, userstream_api::commands::CommandError> {
+    commands
+        .handle::<userstream_domain::user::UserStream>(meta, userstream_domain::StreamId::user(id), command, None, ctx)
+        .await
+}
+
 /// Live changes, then a rebuild from position 0: the same rows.
 #[tokio::test]
 async fn rebuilding_the_users_read_model_from_zero_equals_the_live_one() {
@@ -240,46 +253,12 @@ async fn rebuilding_the_users_read_model_from_zero_equals_the_live_one() {
             }]),
             ..Default::default()
         };
-        commands
-            .handle::<userstream_domain::user::UserStream>(
-                &meta,
-                userstream_domain::StreamId::user(&ids[0]),
-                UserCommand::Update(update),
-                None,
-                &ctx,
-            )
-            .await
-            .expect("update");
+        on_user(&commands, &meta, &ids[0], UserCommand::Update(update), &ctx).await.expect("update");
         commands.set_blocked(&meta, &ids[1..4], true, "r", &ctx).await.expect("block");
         commands.set_blocked(&meta, &ids[2..3], false, "r", &ctx).await.expect("unblock");
-        commands
-            .handle::<userstream_domain::user::UserStream>(
-                &meta,
-                userstream_domain::StreamId::user(&ids[5]),
-                UserCommand::Archive,
-                None,
-                &ctx,
-            )
-            .await
-            .expect("archive");
-        commands
-            .handle::<userstream_domain::user::UserStream>(
-                &meta,
-                userstream_domain::StreamId::user(&ids[6]),
-                UserCommand::Archive,
-                None,
-                &ctx,
-            )
-            .await
-            .expect("archive");
-        let last = commands
-            .handle::<userstream_domain::user::UserStream>(
-                &meta,
-                userstream_domain::StreamId::user(&ids[6]),
-                UserCommand::Restore { reason: "r".into() },
-                None,
-                &ctx,
-            )
+        on_user(&commands, &meta, &ids[5], UserCommand::Archive, &ctx).await.expect("archive");
+        on_user(&commands, &meta, &ids[6], UserCommand::Archive, &ctx).await.expect("archive");
+        let last = on_user(&commands, &meta, &ids[6], UserCommand::Restore { reason: "r".into() }, &ctx)
             .await
             .expect("restore")
             .position;
@@ -364,16 +343,7 @@ async fn created_users_are_in_the_read_model_when_acknowledged_on_sqlite() {
             first_name: Some(userstream_domain::Name::parse("f", "Ada").expect("name")),
             ..Default::default()
         };
-        let updated = commands
-            .handle::<userstream_domain::user::UserStream>(
-                &meta,
-                userstream_domain::StreamId::user(&ids[0]),
-                UserCommand::Update(update),
-                None,
-                &ctx,
-            )
-            .await
-            .expect("update");
+        let updated = on_user(&commands, &meta, &ids[0], UserCommand::Update(update), &ctx).await.expect("update");
         let behind = checkpoint().await;
         assert!(behind < updated.position, "{backend}: an update is the runner's");
         // The checkpoint is behind now: this create waits for the runner too.

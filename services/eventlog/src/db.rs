@@ -107,6 +107,10 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(30))
+            // A SQLite connection is a file handle, not a socket that can
+            // drop: checking it on every acquire was a round trip to its
+            // worker thread before every query.
+            .test_before_acquire(dialect == Dialect::Postgres)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {

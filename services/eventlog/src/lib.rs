@@ -342,6 +342,26 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: "CREATE INDEX IF NOT EXISTS events_by_tenant ON events (company_id, application_id, position)",
         postgres: "CREATE INDEX IF NOT EXISTS events_by_tenant ON events (company_id, application_id, position)",
     },
+    // On SQLite, tables looked up only by their primary key keep their rows
+    // in it (`WITHOUT ROWID`): one b-tree per table instead of two, so each
+    // reservation is written (and stored) once. PostgreSQL has no rowid.
+    Migration {
+        version: 3,
+        sqlite: "
+        CREATE TABLE reservations__new (
+            scope TEXT NOT NULL, key TEXT NOT NULL, stream TEXT NOT NULL, PRIMARY KEY (scope, key)
+        ) WITHOUT ROWID;
+        INSERT INTO reservations__new (scope, key, stream) SELECT scope, key, stream FROM reservations;
+        DROP TABLE reservations;
+        ALTER TABLE reservations__new RENAME TO reservations;
+        CREATE TABLE idempotency__new (
+            scope TEXT NOT NULL, key TEXT NOT NULL, result TEXT NOT NULL, PRIMARY KEY (scope, key)
+        ) WITHOUT ROWID;
+        INSERT INTO idempotency__new (scope, key, result) SELECT scope, key, result FROM idempotency;
+        DROP TABLE idempotency;
+        ALTER TABLE idempotency__new RENAME TO idempotency;",
+        postgres: "SELECT 1",
+    },
 ];
 
 /// The SQL event log, on SQLite or PostgreSQL.

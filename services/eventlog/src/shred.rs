@@ -50,9 +50,18 @@ const DDL: &str = "
 /// Erasures begun and not finished yet (see [`Shredder::begin_erasure`]).
 const PENDING: &str = "CREATE TABLE IF NOT EXISTS erasures_begun (subject TEXT PRIMARY KEY, begun_at TEXT NOT NULL)";
 
+/// On SQLite, the keys live in their primary key (`WITHOUT ROWID`): one
+/// b-tree, one write per new user.
+const KEYS_WITHOUT_ROWID: &str = "
+    CREATE TABLE subject_keys__new (subject TEXT PRIMARY KEY, wrapped TEXT NOT NULL) WITHOUT ROWID;
+    INSERT INTO subject_keys__new (subject, wrapped) SELECT subject, wrapped FROM subject_keys;
+    DROP TABLE subject_keys;
+    ALTER TABLE subject_keys__new RENAME TO subject_keys;";
+
 const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, sqlite: DDL, postgres: DDL },
     Migration { version: 2, sqlite: PENDING, postgres: PENDING },
+    Migration { version: 3, sqlite: KEYS_WITHOUT_ROWID, postgres: "SELECT 1" },
 ];
 
 /// Creates the key tables (`userstream migrate`; [`Shredder::open`] does it too).
