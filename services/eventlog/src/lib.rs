@@ -4,11 +4,11 @@
 //! log), `writer` (the group-commit writer: its pure judging, and its
 //! statements through sqlx for PostgreSQL), `sqlite_writer` (the same
 //! writer on SQLite: a thread of its own with a rusqlite connection),
-//! [`inline`] (read models the SQLite writer applies in its transaction), `db` (one handle for SQLite and
-//! PostgreSQL, migrations), [`keys`] (credential rows and shared secrets),
-//! [`lease`] (one worker per name across processes), [`metric`] (the names
-//! of what the writer records), `recent` (the last
-//! events in memory), `kurrent` (the log on KurrentDB, feature
+//! [`inline`] (read models the SQLite writer applies in its transaction),
+//! `db` (one handle for SQLite and PostgreSQL, migrations), [`keys`]
+//! (credential rows and shared secrets), [`lease`] (one worker per name
+//! across processes), [`metric`] (the names of what the writer records),
+//! `recent` (the last events in memory), `kurrent` (the log on KurrentDB, feature
 //! `eventstore`), [`shred`] (personal fields sealed per subject, and
 //! erasure by destroying the subject's key). It knows envelopes and JSON,
 //! not the domain: which fields are personal is a [`shred::Policy`] handed in.

@@ -1,4 +1,8 @@
 //! The group-commit writer: one task, one connection, one transaction per batch.
+//! This module holds its rules (judging a batch, settling its results,
+//! answering its requests after COMMIT), shared by both backends, and its
+//! statements through sqlx, which PostgreSQL uses; on SQLite
+//! `sqlite_writer` runs the same rules on a thread of its own.
 //!
 //! A batch is checked in memory, request by request in arrival order, against
 //! what the database holds (stream versions, reservations, idempotency keys,
