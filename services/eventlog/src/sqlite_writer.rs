@@ -95,10 +95,6 @@ fn write(conn: &mut Connection, batch: &[Pending], inline: Option<&dyn Inline>) 
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StorageError::new)?;
     let judged = writer::judge_batch(&requests, snapshot(&tx, &requests)?);
     let sql = |e: rusqlite::Error| StorageError::new(e);
-    let head_before: i64 = match inline {
-        Some(_) => tx.query_row("SELECT coalesce(MAX(position), 0) FROM events", [], |r| r.get(0)).map_err(sql)?,
-        None => 0,
-    };
     {
         let mut delete = tx.prepare_cached("DELETE FROM reservations WHERE scope = ?1 AND key = ?2").map_err(sql)?;
         for (scope, key) in &judged.changes.deletes {
@@ -156,7 +152,7 @@ fn write(conn: &mut Connection, batch: &[Pending], inline: Option<&dyn Inline>) 
         insert.execute(params![key.subject, key.wrapped]).map_err(sql)?;
     }
     if let Some(inline) = inline {
-        apply_inline(&tx, inline, head_before, batch, &written.1).map_err(sql)?;
+        apply_inline(&tx, inline, batch, &written.1).map_err(sql)?;
     }
     tx.commit().map_err(sql)?;
     Ok(written)
@@ -164,15 +160,18 @@ fn write(conn: &mut Connection, batch: &[Pending], inline: Option<&dyn Inline>) 
 
 /// Applies the batch's events to the inline projection and moves its
 /// checkpoint, if the checkpoint is at the head the batch started from and
-/// the projection takes the batch (see [`crate::inline`]).
+/// the projection takes the batch (see [`crate::inline`]). That head is the
+/// position before the batch's first: SQLite's `AUTOINCREMENT` counter
+/// commits and rolls back with the rows, so positions have no gaps (and
+/// one would only make the batch go to the runner).
 fn apply_inline(
     tx: &rusqlite::Transaction<'_>,
     inline: &dyn Inline,
-    head_before: i64,
     batch: &[Pending],
     recorded: &[(RecordedEvent, usize)],
 ) -> rusqlite::Result<()> {
-    let Some(last) = recorded.last().map(|(e, _)| e.position) else { return Ok(()) };
+    let (Some((first, _)), Some((last, _))) = (recorded.first(), recorded.last()) else { return Ok(()) };
+    let (head_before, last) = (first.position - 1, last.position);
     let at: Option<i64> = tx
         .prepare_cached("SELECT position FROM checkpoints WHERE name = ?1")?
         .query_row([inline.name()], |r| r.get(0))
